@@ -1,0 +1,348 @@
+//! Unit tests of the core, driven by hand-set instants: no clock, no sleep.
+
+use std::time::Duration;
+
+use super::*;
+
+const MIN: u64 = 60_000;
+
+fn settings() -> LeaseSettings {
+    LeaseSettings {
+        ttl: Duration::from_secs(15 * 60),
+        max_ttl: Duration::from_secs(2 * 3600),
+        grace: Duration::from_secs(5 * 60),
+        quarantine: Duration::from_secs(10 * 60),
+        retention: Duration::from_secs(24 * 3600),
+    }
+}
+
+fn numbers(n: u64) -> Vec<PhoneNumber> {
+    (0..n)
+        .map(|i| PhoneNumber::from_digits(33_899_100_000 + i).unwrap())
+        .collect()
+}
+
+fn allocator(size: u64) -> Allocator {
+    Allocator::new(vec![PoolSpec {
+        name: "fr".into(),
+        numbers: numbers(size),
+        settings: settings(),
+        on_exhausted: OnExhausted::Reject,
+    }])
+    .unwrap()
+}
+
+fn at(min: u64) -> Timestamp {
+    // Far from zero so that "free since the epoch" never ties with a real instant.
+    Timestamp::from_millis(1_800_000_000_000 + min * MIN)
+}
+
+fn req(session: &str, listing: Option<&str>) -> AllocateRequest {
+    AllocateRequest {
+        tenant: TenantId::parse("site").unwrap(),
+        pool: PoolId(0),
+        session: SessionId::parse(session).unwrap(),
+        listing: listing.map(|l| ListingId::parse(l).unwrap()),
+        target: None,
+        caller: None,
+        ttl: None,
+        calls_required: 1,
+        min_call_secs: 0,
+    }
+}
+
+fn id(n: u8) -> LeaseId {
+    LeaseId::from_bytes([n; 16])
+}
+
+fn stats(a: &Allocator) -> (usize, usize, usize) {
+    let s = a.pool_stats(PoolId(0));
+    (s.free, s.leased, s.cooling)
+}
+
+#[test]
+fn a_number_goes_free_leased_cooling_free() {
+    let mut a = allocator(1);
+    let l = a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    assert!(l.fresh);
+    assert_eq!(l.lease.expires_at, at(15));
+    assert_eq!(stats(&a), (0, 1, 0));
+
+    a.tick(at(14));
+    assert_eq!(stats(&a), (0, 1, 0), "not expired before its deadline");
+    a.tick(at(15));
+    assert_eq!(stats(&a), (0, 0, 1), "cooling once expired");
+    assert_eq!(a.lease(&id(1)).unwrap().state(at(15)), LeaseState::Expired);
+
+    a.tick(at(24));
+    assert_eq!(
+        stats(&a),
+        (0, 0, 1),
+        "quarantine lasts 10 minutes from the end"
+    );
+    a.tick(at(25));
+    assert_eq!(stats(&a), (1, 0, 0));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_lease_reads_expired_at_its_deadline_even_before_the_wheel_fires() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    let lease = a.lease(&id(1)).unwrap();
+    assert_eq!(
+        lease.state(at(15).saturating_sub(Duration::from_millis(1))),
+        LeaseState::Active
+    );
+    assert_eq!(lease.state(at(15)), LeaseState::Expired);
+}
+
+#[test]
+fn same_session_and_listing_get_their_live_lease_back_extended() {
+    let mut a = allocator(3);
+    let first = a.allocate(req("s1", Some("car-1")), at(0), id(1)).unwrap();
+    let again = a.allocate(req("s1", Some("car-1")), at(10), id(2)).unwrap();
+    assert!(!again.fresh);
+    assert_eq!(again.lease.id, first.lease.id);
+    assert_eq!(again.lease.number, first.lease.number);
+    assert_eq!(again.lease.expires_at, at(25));
+
+    let other_listing = a.allocate(req("s1", Some("car-2")), at(10), id(3)).unwrap();
+    assert!(other_listing.fresh);
+    assert_ne!(other_listing.lease.number, first.lease.number);
+    let other_session = a.allocate(req("s2", Some("car-1")), at(10), id(4)).unwrap();
+    assert_ne!(other_session.lease.number, first.lease.number);
+}
+
+#[test]
+fn an_ended_lease_is_not_handed_back_to_its_session() {
+    let mut a = allocator(2);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    a.release(&id(1), at(1)).unwrap();
+    let again = a.allocate(req("s1", None), at(2), id(2)).unwrap();
+    assert!(again.fresh);
+    assert_eq!(again.lease.id, id(2));
+}
+
+#[test]
+fn renewals_never_outlive_max_ttl_from_creation() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    for m in (10..=110).step_by(10) {
+        a.renew(&id(1), None, at(m)).unwrap();
+        a.tick(at(m));
+    }
+    let lease = a.lease(&id(1)).unwrap();
+    assert_eq!(lease.expires_at, at(120), "capped at created + 2h");
+    let r = a
+        .renew(&id(1), Some(Duration::from_secs(3600)), at(115))
+        .unwrap();
+    assert_eq!(r.expires_at, at(120));
+    a.tick(at(120));
+    assert_eq!(
+        a.renew(&id(1), None, at(120)).unwrap_err(),
+        CoreError::LeaseEnded(LeaseState::Expired)
+    );
+}
+
+#[test]
+fn renewal_never_shortens_a_lease() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    let r = a
+        .renew(&id(1), Some(Duration::from_secs(60)), at(1))
+        .unwrap();
+    assert_eq!(r.expires_at, at(15));
+}
+
+#[test]
+fn a_stale_wheel_entry_of_a_renewed_lease_does_nothing() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    a.renew(&id(1), None, at(10)).unwrap();
+    a.tick(at(15));
+    assert_eq!(stats(&a), (0, 1, 0));
+    assert_eq!(a.lease(&id(1)).unwrap().state(at(15)), LeaseState::Active);
+    a.tick(at(25));
+    assert_eq!(stats(&a), (0, 0, 1));
+}
+
+#[test]
+fn free_numbers_go_out_least_recently_used_first() {
+    let mut a = allocator(3);
+    let n: Vec<_> = (1..=3)
+        .map(|i| {
+            a.allocate(req(&format!("s{i}"), None), at(0), id(i))
+                .unwrap()
+                .lease
+                .number
+        })
+        .collect();
+    // Released in the order 2, 0, 1: they become free in that order after quarantine.
+    a.release(&id(2), at(1)).unwrap();
+    a.release(&id(3), at(3)).unwrap();
+    a.release(&id(1), at(2)).unwrap();
+    a.tick(at(20));
+    assert_eq!(stats(&a), (3, 0, 0));
+    let order: Vec<_> = (4..=6)
+        .map(|i| {
+            a.allocate(req(&format!("s{i}"), None), at(20), id(i))
+                .unwrap()
+                .lease
+                .number
+        })
+        .collect();
+    assert_eq!(order, vec![n[1], n[0], n[2]]);
+}
+
+#[test]
+fn cooling_blocks_reuse_until_quarantine_ends() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    assert!(a.release(&id(1), at(1)).unwrap());
+    a.tick(at(1));
+    let err = a.allocate(req("s2", None), at(5), id(2)).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::Exhausted {
+            retry_after_secs: 6 * 60
+        }
+    );
+    a.tick(at(11));
+    assert!(a.allocate(req("s2", None), at(11), id(2)).is_ok());
+}
+
+#[test]
+fn an_exhausted_pool_says_when_the_next_number_frees() {
+    let mut a = allocator(2);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    a.allocate(req("s2", None), at(3), id(2)).unwrap();
+    // Nothing cooling: the first lease expires at 15 and cools until 25.
+    let err = a.allocate(req("s3", None), at(4), id(3)).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::Exhausted {
+            retry_after_secs: 21 * 60
+        }
+    );
+    // Released lease 2 at 5 cools until 15, sooner.
+    a.release(&id(2), at(5)).unwrap();
+    let err = a.allocate(req("s3", None), at(5), id(3)).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::Exhausted {
+            retry_after_secs: 10 * 60
+        }
+    );
+}
+
+#[test]
+fn release_is_idempotent_and_unknown_leases_are_reported() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    assert!(a.release(&id(1), at(1)).unwrap());
+    assert!(!a.release(&id(1), at(2)).unwrap());
+    assert_eq!(
+        a.release(&id(9), at(2)).unwrap_err(),
+        CoreError::UnknownLease
+    );
+    assert_eq!(
+        a.renew(&id(1), None, at(2)).unwrap_err(),
+        CoreError::LeaseEnded(LeaseState::Released)
+    );
+}
+
+#[test]
+fn ended_records_are_purged_after_retention() {
+    let mut a = allocator(1);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    a.release(&id(1), at(0)).unwrap();
+    a.tick(at(10));
+    assert!(a.lease(&id(1)).is_some(), "kept after the number frees");
+    a.tick(at(24 * 60));
+    assert!(a.lease(&id(1)).is_none());
+    assert!(a.take_effects().contains(&Effect::DelLease(id(1))));
+}
+
+#[test]
+fn a_long_pause_settles_every_overdue_transition_at_once() {
+    let mut a = allocator(2);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    a.allocate(req("s2", None), at(0), id(2)).unwrap();
+    a.tick(at(60));
+    assert_eq!(stats(&a), (2, 0, 0));
+    let l = a.lease(&id(1)).unwrap();
+    assert_eq!(
+        l.end.unwrap().at,
+        at(15),
+        "ended at its deadline, not when noticed"
+    );
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn ttl_requests_are_capped_by_max_ttl() {
+    let mut a = allocator(1);
+    let mut r = req("s1", None);
+    r.ttl = Some(Duration::from_secs(10 * 3600));
+    let l = a.allocate(r, at(0), id(1)).unwrap();
+    assert_eq!(l.lease.expires_at, at(120));
+}
+
+/// Applies the effects to a map, as the store would, and rebuilds from it.
+fn replay(
+    a: &mut Allocator,
+    leases: &mut std::collections::BTreeMap<LeaseId, Lease>,
+    wheel: &mut std::collections::BTreeSet<(u64, LeaseId)>,
+) {
+    for e in a.take_effects() {
+        match e {
+            Effect::PutLease(l) => {
+                leases.insert(l.id, l);
+            }
+            Effect::DelLease(id) => {
+                leases.remove(&id);
+            }
+            Effect::PutWheel(t, id) => {
+                wheel.insert((t, id));
+            }
+            Effect::DelWheel(t, id) => {
+                wheel.remove(&(t, id));
+            }
+        }
+    }
+}
+
+#[test]
+fn restoring_from_effects_gives_back_the_same_state() {
+    let mut a = allocator(3);
+    let (mut leases, mut wheel) = Default::default();
+    a.allocate(req("s1", Some("l")), at(0), id(1)).unwrap();
+    a.allocate(req("s2", None), at(1), id(2)).unwrap();
+    a.release(&id(2), at(2)).unwrap();
+    a.tick(at(2));
+    replay(&mut a, &mut leases, &mut wheel);
+
+    let specs = vec![a.pool_spec(PoolId(0)).clone()];
+    let mut b = Allocator::restore(specs, leases.values().cloned(), wheel.iter().copied()).unwrap();
+    b.tick(at(2));
+    b.check_invariants().unwrap();
+    assert_eq!(b.pool_stats(PoolId(0)), a.pool_stats(PoolId(0)));
+    // Stickiness survives.
+    let again = b.allocate(req("s1", Some("l")), at(3), id(3)).unwrap();
+    assert_eq!(again.lease.id, id(1));
+    // And the wheel still expires what it must.
+    b.tick(at(40));
+    assert_eq!(b.pool_stats(PoolId(0)).free, 3);
+}
+
+#[test]
+fn restore_refuses_two_live_leases_on_one_number() {
+    let mut a = allocator(1);
+    let l = a.allocate(req("s1", None), at(0), id(1)).unwrap().lease;
+    let mut twin = l.clone();
+    twin.id = id(2);
+    let specs = vec![a.pool_spec(PoolId(0)).clone()];
+    let err = Allocator::restore(specs, [l, twin], []).unwrap_err();
+    assert!(matches!(err, CoreError::Corrupt(_)));
+}
