@@ -2,5 +2,20 @@
 //! the phone network who is calling whom.
 //!
 //! # Layout
-//! - [`core`]: the pure allocation state machine (no I/O, no clock).
+//! - [`core`]: the pure allocation state machine (no I/O, no clock): pools, leases, wheel.
+//! - [`store`]: sled persistence of core effects and wheel entries; group commit; recovery.
+//! - [`service`]: the core behind a lock, each change durable before it is answered.
+//! - [`http`]: the axum router of the v1 contract, errors as problem+json.
+//! - [`config`]: `pool.toml` into a validated [`config::Config`].
+//! - [`metrics`]: every Prometheus metric name.
+//! - [`startup`]: wiring, tick task, graceful shutdown.
+//! - [`clock`]: the system clock and a manual one for tests.
+
+pub mod clock;
+pub mod config;
 pub mod core;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod startup;
+pub mod store;

@@ -215,6 +215,16 @@ pub struct Allocator {
     sticky: HashMap<StickyKey, LeaseId>,
     wheel: Wheel,
     effects: Vec<Effect>,
+    ended: Vec<Ended>,
+}
+
+/// A lease that stopped being active, reported for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub pool: PoolId,
+    pub reason: EndReason,
+    /// From creation to the end.
+    pub lived: Duration,
 }
 
 impl Allocator {
@@ -261,6 +271,7 @@ impl Allocator {
             sticky: HashMap::new(),
             wheel: Wheel::new(0),
             effects: Vec::new(),
+            ended: Vec::new(),
         })
     }
 
@@ -360,6 +371,11 @@ impl Allocator {
     /// The changes made since the last call, in order, for the caller to persist.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// The leases that ended since the last call.
+    pub fn take_ended(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Gives the visitor a number: their live lease back (extended) if they already hold one
@@ -643,6 +659,11 @@ impl Allocator {
     fn end(&mut self, id: LeaseId, at: Timestamp, reason: EndReason) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         lease.end = Some(LeaseEnd { at, reason });
+        self.ended.push(Ended {
+            pool: lease.pool,
+            reason,
+            lived: at.since(lease.created_at),
+        });
         let key = sticky_key(lease);
         if self.sticky.get(&key) == Some(&id) {
             self.sticky.remove(&key);

@@ -7,8 +7,8 @@ mod types;
 mod wheel;
 
 pub use allocator::{
-    AllocateRequest, Allocated, Allocator, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState,
-    OnExhausted, PoolSpec, PoolStats,
+    AllocateRequest, Allocated, Allocator, EndReason, Ended, Lease, LeaseEnd, LeaseSettings,
+    LeaseState, OnExhausted, PoolSpec, PoolStats,
 };
 pub use time::{retry_after_secs, Timestamp, TICK_MS};
 pub use types::{LeaseId, ListingId, ParseError, PhoneNumber, PoolId, SessionId, Target, TenantId};

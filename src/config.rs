@@ -1,0 +1,662 @@
+//! `pool.toml` → a typed, validated [`Config`]. Everything is checked here, once, with a message
+//! that names the file, the pool or key, and what was expected; nothing later re-validates.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::core::{LeaseSettings, OnExhausted, PhoneNumber, PoolSpec, TenantId};
+
+/// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
+pub const MAX_POOL_SIZE: u64 = 10_000_000;
+
+#[derive(Debug, Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub pools: Vec<PoolConfig>,
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Concurrent writers share one flush (the default).
+    Group,
+    /// Each acknowledged write pays for its own flush: the baseline group commit is measured against.
+    PerRequest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Where sled keeps its files; a relative path is taken from the config file's folder.
+    pub data_dir: PathBuf,
+    /// sled's page cache; sled's own default (1 GiB) is far more than this workload needs.
+    pub cache_capacity: u64,
+    pub commit: CommitMode,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub spec: PoolSpec,
+    pub tariff: Option<Tariff>,
+}
+
+/// What a call costs the caller; informational (billing is the operator's), shown by `check`
+/// and carried in exports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tariff {
+    pub amount: String,
+    pub unit: TariffUnit,
+    pub currency: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TariffUnit {
+    PerCall,
+    PerMinute,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A site's server: allocates, reads, renews, releases and redeems leases.
+    Site,
+    /// A telephony platform: reports calls.
+    Telephony,
+    /// An operator: reads pools and journals.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Site => "site",
+            Role::Telephony => "telephony",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyConfig {
+    pub name: String,
+    /// Keys of one tenant share leases; defaults to the key's name.
+    pub tenant: TenantId,
+    pub role: Role,
+    pub sha256: [u8; 32],
+    /// Pools this key may use; `None` means all.
+    pub pools: Option<Vec<String>>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|message| ConfigError {
+            file: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        validate(raw, base)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    lease: RawLease,
+    #[serde(default, rename = "pool")]
+    pools: Vec<RawPool>,
+    #[serde(default, rename = "key")]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    cache_capacity_mb: Option<u64>,
+    commit: Option<String>,
+    log_format: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    ttl: Option<String>,
+    max_ttl: Option<String>,
+    grace: Option<String>,
+    quarantine: Option<String>,
+    retention: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: String,
+    numbers: Vec<String>,
+    tariff: Option<RawTariff>,
+    on_exhausted: Option<String>,
+    ttl: Option<String>,
+    max_ttl: Option<String>,
+    grace: Option<String>,
+    quarantine: Option<String>,
+    retention: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTariff {
+    per_call: Option<String>,
+    per_minute: Option<String>,
+    currency: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: String,
+    role: String,
+    sha256: String,
+    tenant: Option<String>,
+    pools: Option<Vec<String>>,
+}
+
+fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
+    let server = validate_server(raw.server, base)?;
+    let defaults = RawLease {
+        ttl: raw.lease.ttl.or(Some("15m".into())),
+        max_ttl: raw.lease.max_ttl.or(Some("2h".into())),
+        grace: raw.lease.grace.or(Some("5m".into())),
+        quarantine: raw.lease.quarantine.or(Some("10m".into())),
+        retention: raw.lease.retention.or(Some("1d".into())),
+    };
+    if raw.pools.is_empty() {
+        return Err("no [[pool]] is defined: at least one pool of numbers is needed".into());
+    }
+    let mut pools = Vec::new();
+    let mut owner: HashMap<PhoneNumber, String> = HashMap::new();
+    let mut names = HashSet::new();
+    for p in raw.pools {
+        let pool = validate_pool(p, &defaults, &mut owner)?;
+        if !names.insert(pool.spec.name.clone()) {
+            return Err(format!("pool {:?} is defined twice", pool.spec.name));
+        }
+        pools.push(pool);
+    }
+    let mut keys: Vec<KeyConfig> = Vec::new();
+    for k in raw.keys {
+        let key = validate_key(k, &names)?;
+        if keys.iter().any(|o| o.name == key.name) {
+            return Err(format!("key {:?} is defined twice", key.name));
+        }
+        if let Some(o) = keys.iter().find(|o| o.sha256 == key.sha256) {
+            return Err(format!(
+                "keys {:?} and {:?} have the same sha256: each key needs its own token",
+                o.name, key.name
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(Config {
+        server,
+        pools,
+        keys,
+    })
+}
+
+fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> {
+    let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen = listen_s.parse().map_err(|_| {
+        format!("[server] listen = {listen_s:?} is not an address:port such as \"127.0.0.1:8080\"")
+    })?;
+    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "data".into()));
+    let data_dir = if data_dir.is_absolute() {
+        data_dir
+    } else {
+        base.join(data_dir)
+    };
+    let cache_mb = raw.cache_capacity_mb.unwrap_or(64);
+    if !(8..=65_536).contains(&cache_mb) {
+        return Err(format!(
+            "[server] cache_capacity_mb = {cache_mb}: expected 8 to 65536"
+        ));
+    }
+    let commit = match raw.commit.as_deref().unwrap_or("group") {
+        "group" => CommitMode::Group,
+        "per_request" => CommitMode::PerRequest,
+        other => {
+            return Err(format!(
+                "[server] commit = {other:?}: expected \"group\" or \"per_request\""
+            ))
+        }
+    };
+    let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(format!(
+                "[server] log_format = {other:?}: expected \"text\" or \"json\""
+            ))
+        }
+    };
+    Ok(ServerConfig {
+        listen,
+        data_dir,
+        cache_capacity: cache_mb << 20,
+        commit,
+        log_format,
+    })
+}
+
+fn validate_pool(
+    p: RawPool,
+    defaults: &RawLease,
+    owner: &mut HashMap<PhoneNumber, String>,
+) -> Result<PoolConfig, String> {
+    let name = p.name;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "pool name {name:?}: use 1 to 64 letters, digits, '-' or '_'"
+        ));
+    }
+    let ctx = |m: String| format!("pool {name:?}: {m}");
+    let dur = |key: &str, own: &Option<String>, def: &Option<String>| -> Result<Duration, String> {
+        let s = own.as_ref().or(def.as_ref()).expect("defaults are filled");
+        parse_duration(s).map_err(|e| ctx(format!("{key} = {s:?}: {e}")))
+    };
+    let settings = LeaseSettings {
+        ttl: dur("ttl", &p.ttl, &defaults.ttl)?,
+        max_ttl: dur("max_ttl", &p.max_ttl, &defaults.max_ttl)?,
+        grace: dur("grace", &p.grace, &defaults.grace)?,
+        quarantine: dur("quarantine", &p.quarantine, &defaults.quarantine)?,
+        retention: dur("retention", &p.retention, &defaults.retention)?,
+    };
+    let s = &settings;
+    if s.ttl.is_zero() {
+        return Err(ctx("ttl must be longer than 0s".into()));
+    }
+    if s.max_ttl < s.ttl {
+        return Err(ctx(format!(
+            "max_ttl ({}) is shorter than ttl ({})",
+            fmt_duration(s.max_ttl),
+            fmt_duration(s.ttl)
+        )));
+    }
+    if s.grace > s.quarantine {
+        return Err(ctx(format!(
+            "grace ({}) is longer than quarantine ({}): a late caller could reach the next visitor",
+            fmt_duration(s.grace),
+            fmt_duration(s.quarantine)
+        )));
+    }
+    if s.retention < s.quarantine {
+        return Err(ctx(format!(
+            "retention ({}) is shorter than quarantine ({})",
+            fmt_duration(s.retention),
+            fmt_duration(s.quarantine)
+        )));
+    }
+
+    let mut numbers = Vec::new();
+    for entry in &p.numbers {
+        let (first, last) = parse_number_entry(entry).map_err(ctx)?;
+        if (numbers.len() as u64) + (last - first + 1) > MAX_POOL_SIZE {
+            return Err(ctx(format!("more than {MAX_POOL_SIZE} numbers")));
+        }
+        for d in first..=last {
+            let n = PhoneNumber::from_digits(d).expect("range ends are valid and of equal length");
+            if let Some(other) = owner.insert(n, name.clone()) {
+                return Err(if other == name {
+                    ctx(format!("number {n} is listed twice"))
+                } else {
+                    format!("number {n} is in pool {other:?} and in pool {name:?}: a number belongs to one pool")
+                });
+            }
+            numbers.push(n);
+        }
+    }
+    if numbers.is_empty() {
+        return Err(ctx(
+            "numbers is empty: list numbers or ranges such as \"+33899100000..=+33899100999\""
+                .into(),
+        ));
+    }
+
+    let on_exhausted = match p.on_exhausted.as_deref().unwrap_or("reject") {
+        "reject" => OnExhausted::Reject,
+        other => {
+            return Err(ctx(format!(
+                "on_exhausted = {other:?}: expected \"reject\""
+            )))
+        }
+    };
+    let tariff = p
+        .tariff
+        .map(|t| validate_tariff(t).map_err(ctx))
+        .transpose()?;
+    Ok(PoolConfig {
+        spec: PoolSpec {
+            name,
+            numbers,
+            settings,
+            on_exhausted,
+        },
+        tariff,
+    })
+}
+
+/// `"+33899200042"` or an inclusive range `"+33899100000..=+33899100999"`, as digit bounds.
+fn parse_number_entry(entry: &str) -> Result<(u64, u64), String> {
+    let Some((a, b)) = entry.split_once("..=") else {
+        let n = PhoneNumber::parse(entry.trim()).map_err(|e| e.to_string())?;
+        return Ok((n.digits(), n.digits()));
+    };
+    let a = PhoneNumber::parse(a.trim()).map_err(|e| format!("range {entry:?}: {e}"))?;
+    let b = PhoneNumber::parse(b.trim()).map_err(|e| format!("range {entry:?}: {e}"))?;
+    if a.digits().ilog10() != b.digits().ilog10() {
+        return Err(format!(
+            "range {entry:?}: both ends must have the same number of digits"
+        ));
+    }
+    if a > b {
+        return Err(format!(
+            "range {entry:?} is empty: its first number is after its last"
+        ));
+    }
+    Ok((a.digits(), b.digits()))
+}
+
+fn validate_tariff(t: RawTariff) -> Result<Tariff, String> {
+    let (amount, unit) = match (t.per_call, t.per_minute) {
+        (Some(a), None) => (a, TariffUnit::PerCall),
+        (None, Some(a)) => (a, TariffUnit::PerMinute),
+        _ => return Err("tariff needs exactly one of per_call or per_minute".into()),
+    };
+    let valid = amount
+        .split_once('.')
+        .map_or(Some((amount.as_str(), "")), Some)
+        .is_some_and(|(i, f)| {
+            !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && f.len() <= 4
+                && f.bytes().all(|b| b.is_ascii_digit())
+        });
+    if !valid {
+        return Err(format!(
+            "tariff amount {amount:?}: expected a decimal such as \"2.99\""
+        ));
+    }
+    if t.currency.len() != 3 || !t.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "tariff currency {:?}: expected an ISO 4217 code such as \"EUR\"",
+            t.currency
+        ));
+    }
+    Ok(Tariff {
+        amount,
+        unit,
+        currency: t.currency,
+    })
+}
+
+fn validate_key(k: RawKey, pools: &HashSet<String>) -> Result<KeyConfig, String> {
+    let ctx = |m: String| format!("key {:?}: {m}", k.name);
+    if k.name.is_empty() {
+        return Err("a [[key]] has an empty name".into());
+    }
+    let role = match k.role.as_str() {
+        "site" => Role::Site,
+        "telephony" => Role::Telephony,
+        "admin" => Role::Admin,
+        other => {
+            return Err(ctx(format!(
+                "role {other:?}: expected \"site\", \"telephony\" or \"admin\""
+            )))
+        }
+    };
+    let mut sha256 = [0u8; 32];
+    if k.sha256.len() != 64 || hex::decode_to_slice(&k.sha256, &mut sha256).is_err() {
+        return Err(ctx(
+            "sha256 must be the 64 hex digits of the token's SHA-256 (sha256sum prints it)".into(),
+        ));
+    }
+    if let Some(list) = &k.pools {
+        if let Some(unknown) = list.iter().find(|p| !pools.contains(*p)) {
+            return Err(ctx(format!(
+                "pools names {unknown:?}, which is not a [[pool]]"
+            )));
+        }
+    }
+    let tenant =
+        TenantId::parse(k.tenant.as_deref().unwrap_or(&k.name)).map_err(|e| ctx(e.to_string()))?;
+    Ok(KeyConfig {
+        name: k.name.clone(),
+        tenant,
+        role,
+        sha256,
+        pools: k.pools,
+    })
+}
+
+/// `90s`, `15m`, `2h`, `1d`, `500ms`, or several together (`1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let expected = "expected a duration such as \"90s\", \"15m\", \"2h\" or \"1h30m\"";
+    let mut total: u64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(expected.into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(expected.into());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| expected.to_string())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(expected.into()),
+        };
+        rest = &rest[unit_len..];
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or("duration too long")?;
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// The shortest way to write a duration in the config's own syntax.
+pub fn fmt_duration(d: Duration) -> String {
+    struct D(u64);
+    impl fmt::Display for D {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let mut ms = self.0;
+            if ms == 0 {
+                return f.write_str("0s");
+            }
+            for (unit, size) in [
+                ("d", 86_400_000),
+                ("h", 3_600_000),
+                ("m", 60_000),
+                ("s", 1000),
+                ("ms", 1),
+            ] {
+                if ms >= size {
+                    write!(f, "{}{unit}", ms / size)?;
+                    ms %= size;
+                }
+            }
+            Ok(())
+        }
+    }
+    D(d.as_millis() as u64).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/leaseline"))
+    }
+
+    fn pool(extra: &str) -> String {
+        format!("[[pool]]\nname = \"fr\"\nnumbers = [\"+33899100000..=+33899100009\"]\n{extra}\n")
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "15", "m", "15x", "-1s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(fmt_duration(Duration::from_secs(5400)), "1h30m");
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = parse(&pool("")).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.data_dir, Path::new("/etc/leaseline/data"));
+        let s = &c.pools[0].spec.settings;
+        assert_eq!(s.ttl, Duration::from_secs(900));
+        assert_eq!(s.max_ttl, Duration::from_secs(7200));
+        assert_eq!(s.grace, Duration::from_secs(300));
+        assert_eq!(s.quarantine, Duration::from_secs(600));
+        assert_eq!(c.pools[0].spec.numbers.len(), 10);
+    }
+
+    #[test]
+    fn pools_override_lease_defaults() {
+        let c = parse(&format!(
+            "[lease]\nttl = \"5m\"\n{}",
+            pool("ttl = \"30m\"\nmax_ttl = \"1h\"")
+        ))
+        .unwrap();
+        assert_eq!(c.pools[0].spec.settings.ttl, Duration::from_secs(1800));
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_number_in_two_pools_is_refused_by_name() {
+        let e = error_of(
+            "[[pool]]\nname = \"a\"\nnumbers = [\"+33899100000\"]\n[[pool]]\nname = \"b\"\nnumbers = [\"+33899100000\"]\n",
+        );
+        assert!(
+            e.contains("+33899100000 is in pool \"a\" and in pool \"b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_numbers_and_empty_ranges_are_refused() {
+        let e = error_of("[[pool]]\nname = \"a\"\nnumbers = [\"0899100000\"]\n");
+        assert!(e.contains("not an E.164 number"), "{e}");
+        let e = error_of("[[pool]]\nname = \"a\"\nnumbers = [\"+33899100009..=+33899100000\"]\n");
+        assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn grace_longer_than_quarantine_is_refused() {
+        let e = error_of(&pool("grace = \"20m\""));
+        assert!(
+            e.contains("grace (20m) is longer than quarantine (10m)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let e = error_of(&pool("colour = \"blue\""));
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let ok = format!(
+            "{}[[key]]\nname = \"k\"\nrole = \"site\"\nsha256 = \"{KEY}\"\npools = [\"fr\"]\n",
+            pool("")
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.keys[0].tenant.as_str(), "k");
+        let e = error_of(&ok.replace("\"fr\"]", "\"de\"]"));
+        assert!(e.contains("\"de\", which is not a [[pool]]"), "{e}");
+        let e = error_of(&ok.replace("\"site\"", "\"root\""));
+        assert!(e.contains("role \"root\""), "{e}");
+        let e = error_of(&ok.replace(KEY, "abc"));
+        assert!(e.contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn tariffs_need_one_amount_and_a_currency_code() {
+        assert!(parse(&pool(
+            "tariff = { per_call = \"2.99\", currency = \"EUR\" }"
+        ))
+        .is_ok());
+        assert!(error_of(&pool(
+            "tariff = { per_call = \"2,99\", currency = \"EUR\" }"
+        ))
+        .contains("decimal"));
+        assert!(error_of(&pool(
+            "tariff = { per_call = \"1\", per_minute = \"1\", currency = \"EUR\" }"
+        ))
+        .contains("exactly one"));
+    }
+
+    #[test]
+    fn the_shipped_pool_toml_is_valid() {
+        let text = include_str!("../pool.toml");
+        let c = parse(text).unwrap();
+        assert!(c.server.listen.ip().is_loopback());
+        assert!(!c.keys.is_empty());
+    }
+}

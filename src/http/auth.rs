@@ -1,0 +1,119 @@
+//! Bearer keys: the token's SHA-256 is compared, in constant time, with every configured hash.
+//! Extractors check the role before the body is even read.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::config::{KeyConfig, Role};
+
+pub struct Keys {
+    keys: Vec<Arc<KeyConfig>>,
+}
+
+impl Keys {
+    pub fn new(keys: &[KeyConfig]) -> Keys {
+        Keys {
+            keys: keys.iter().cloned().map(Arc::new).collect(),
+        }
+    }
+
+    /// The key whose hash matches `token`. Every key is compared, whichever matches, so the
+    /// time taken says nothing about which hashes are configured.
+    pub fn find(&self, token: &str) -> Option<Arc<KeyConfig>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for k in &self.keys {
+            if bool::from(k.sha256.ct_eq(&digest)) {
+                found = Some(Arc::clone(k));
+            }
+        }
+        found
+    }
+}
+
+/// The key a request presents, if any. A present but unknown or malformed key is refused
+/// (401) here, whatever the route.
+pub struct Auth(pub Option<Arc<KeyConfig>>);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Auth(None));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be \"Bearer <key>\"")
+            })?;
+        state
+            .keys
+            .find(token)
+            .map(|k| Auth(Some(k)))
+            .ok_or_else(|| ApiError::unauthorized("this key is not known"))
+    }
+}
+
+/// A role a route requires, as a type: `Need<Site>` in a handler's arguments.
+pub trait RoleSpec {
+    const ROLE: Role;
+}
+
+pub struct Site;
+impl RoleSpec for Site {
+    const ROLE: Role = Role::Site;
+}
+
+pub struct Admin;
+impl RoleSpec for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// A request authenticated with a key of role `R` (401 without a key, 403 with another role).
+pub struct Need<R>(pub Arc<KeyConfig>, pub PhantomData<R>);
+
+impl<R: RoleSpec> FromRequestParts<AppState> for Need<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Auth(key) = Auth::from_request_parts(parts, state).await?;
+        let key = key.ok_or_else(|| {
+            ApiError::unauthorized(format!(
+                "this needs a key of role {:?}: send \"Authorization: Bearer <key>\"",
+                R::ROLE.as_str()
+            ))
+        })?;
+        if key.role != R::ROLE {
+            return Err(ApiError::forbidden(format!(
+                "key {:?} has role {:?}; this needs role {:?}",
+                key.name,
+                key.role.as_str(),
+                R::ROLE.as_str()
+            )));
+        }
+        Ok(Need(key, PhantomData))
+    }
+}
+
+/// Refuses (403) a key not allowed to use `pool`.
+pub fn check_pool(key: &KeyConfig, pool: &str) -> Result<(), ApiError> {
+    match &key.pools {
+        Some(list) if !list.iter().any(|p| p == pool) => Err(ApiError::forbidden(format!(
+            "key {:?} may not use pool {pool:?}",
+            key.name
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,144 @@
+//! The one error type handlers return, and the one place errors become HTTP statuses and
+//! `application/problem+json` bodies (RFC 9457). 5xx bodies stay generic; the cause is logged.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::core::{CoreError, LeaseState};
+use crate::service::ServiceError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Short stable slug; the problem `type` is `urn:leaseline:problem:<kind>`.
+    pub kind: &'static str,
+    pub detail: String,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn unknown_lease() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown-lease",
+            "no lease with this id",
+        )
+    }
+
+    pub fn unknown_pool(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown-pool",
+            format!("no pool named {name:?}"),
+        )
+    }
+
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
+    }
+
+    fn storage() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-unavailable",
+            "the store cannot make this change durable right now; nothing was changed that will be kept",
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Core(CoreError::UnknownPool) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown-pool", "no such pool")
+            }
+            ServiceError::Core(CoreError::UnknownLease) => Self::unknown_lease(),
+            ServiceError::Core(CoreError::LeaseEnded(state)) => Self::new(
+                StatusCode::GONE,
+                "lease-ended",
+                match state {
+                    LeaseState::Released => "the lease was released; allocate a new one",
+                    _ => "the lease has expired; allocate a new one",
+                },
+            ),
+            ServiceError::Core(CoreError::Exhausted { retry_after_secs }) => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "pool-exhausted",
+                    format!("every number of this pool is in use; the next one frees in {retry_after_secs} s"),
+                )
+            },
+            ServiceError::Core(e @ (CoreError::DuplicateId | CoreError::Corrupt(_))) => {
+                tracing::error!(error = %e, "internal error");
+                Self::internal()
+            }
+            ServiceError::Store(e) => {
+                tracing::error!(error = %e, "storage error");
+                Self::storage()
+            }
+            ServiceError::Unavailable => Self::storage(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = serde_json::to_vec(&Problem {
+            kind: format!("urn:leaseline:problem:{}", self.kind),
+            title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        })
+        .expect("a problem always serialises");
+        let mut res = (self.status, body).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}

@@ -1,0 +1,118 @@
+//! `/v1/leases`: allocate, read, renew, release.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::auth::{check_pool, Auth, Need, Site};
+use super::error::ApiError;
+use super::json::{ApiJson, OptionalJson};
+use super::wire::{AllocateBody, LeaseBody, RenewBody};
+use super::AppState;
+use crate::core::{AllocateRequest, LeaseId, ListingId, PhoneNumber, SessionId, Target};
+
+/// Bounds on what a site may ask for; beyond them the request is refused, not clamped.
+const MAX_CALLS_REQUIRED: u32 = 100;
+const MAX_MIN_CALL_SECS: u32 = 24 * 3600;
+
+fn field<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::invalid(format!("{name}: {e}")))
+}
+
+fn ttl(secs: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match secs {
+        Some(0) => Err(ApiError::invalid("ttl_secs: must be at least 1")),
+        s => Ok(s.map(Duration::from_secs)),
+    }
+}
+
+fn lease_id(s: &str) -> Result<LeaseId, ApiError> {
+    LeaseId::parse(s).map_err(|_| ApiError::unknown_lease())
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Need(key, _): Need<Site>,
+    ApiJson(b): ApiJson<AllocateBody>,
+) -> Result<(StatusCode, Json<LeaseBody>), ApiError> {
+    let pool = s
+        .service
+        .pool_id(&b.pool)
+        .ok_or_else(|| ApiError::unknown_pool(&b.pool))?;
+    check_pool(&key, &b.pool)?;
+    let calls_required = b.calls_required.unwrap_or(1);
+    if !(1..=MAX_CALLS_REQUIRED).contains(&calls_required) {
+        return Err(ApiError::invalid(format!(
+            "calls_required: must be 1 to {MAX_CALLS_REQUIRED}"
+        )));
+    }
+    let min_call_secs = b.min_call_secs.unwrap_or(0);
+    if min_call_secs > MAX_MIN_CALL_SECS {
+        return Err(ApiError::invalid(format!(
+            "min_call_secs: must be at most {MAX_MIN_CALL_SECS}"
+        )));
+    }
+    let req = AllocateRequest {
+        tenant: key.tenant.clone(),
+        pool,
+        session: field("session", SessionId::parse(&b.session))?,
+        listing: field(
+            "listing",
+            b.listing.as_deref().map(ListingId::parse).transpose(),
+        )?,
+        target: field("target", b.target.as_deref().map(Target::parse).transpose())?,
+        caller: field(
+            "caller",
+            b.caller.as_deref().map(PhoneNumber::parse).transpose(),
+        )?,
+        ttl: ttl(b.ttl_secs)?,
+        calls_required,
+        min_call_secs,
+    };
+    let (view, fresh) = s.service.allocate(req).await?;
+    let status = if fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(LeaseBody::new(&view, true))))
+}
+
+/// Readable by anyone holding the id; the advertiser's target only by the owning tenant.
+pub async fn show(
+    State(s): State<AppState>,
+    Auth(key): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let view = s.service.get(&lease_id(&id)?)?;
+    let owner = key.is_some_and(|k| k.tenant == view.lease.tenant);
+    Ok(Json(LeaseBody::new(&view, owner)))
+}
+
+pub async fn renew(
+    State(s): State<AppState>,
+    Auth(key): Auth,
+    Path(id): Path<String>,
+    OptionalJson(b): OptionalJson<RenewBody>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let view = s.service.renew(lease_id(&id)?, ttl(b.ttl_secs)?).await?;
+    let owner = key.is_some_and(|k| k.tenant == view.lease.tenant);
+    Ok(Json(LeaseBody::new(&view, owner)))
+}
+
+pub async fn release(
+    State(s): State<AppState>,
+    Need(key, _): Need<Site>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = lease_id(&id)?;
+    let view = s.service.get(&id)?;
+    if view.lease.tenant != key.tenant {
+        return Err(ApiError::unknown_lease());
+    }
+    check_pool(&key, &view.pool)?;
+    s.service.release(id, &key.tenant).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

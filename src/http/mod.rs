@@ -1,0 +1,118 @@
+//! The HTTP edge: the axum router of the v1 contract, request logging and metrics.
+//! Handlers parse and authorise, call the [`Service`], and turn its answer into JSON.
+
+mod auth;
+mod error;
+mod json;
+mod leases;
+mod ops;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rand::Rng;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use auth::Keys;
+pub use error::ApiError;
+pub use wire::rfc3339;
+
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub keys: Arc<Keys>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/leases", post(leases::create))
+        .route("/v1/leases/{id}", get(leases::show).delete(leases::release))
+        .route("/v1/leases/{id}/renew", post(leases::renew))
+        .route("/v1/pools", get(ops::pools))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(json::MAX_BODY))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an internal error occurred; it has been logged",
+            )
+            .into_response()
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "no such endpoint; see the README for the v1 API",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// One log line and one histogram sample per request, by matched route (never the raw path,
+/// which holds lease ids); echoes or assigns an `X-Request-Id`.
+async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || format!("{:016x}", rand::thread_rng().gen::<u64>()),
+            str::to_owned,
+        );
+    let mut res = next.run(req).await;
+    let status = res.status();
+    let elapsed = started.elapsed();
+    s.metrics
+        .http_duration
+        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "leaseline::http",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}

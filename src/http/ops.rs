@@ -1,0 +1,40 @@
+//! Operator endpoints: pool counts, liveness, readiness, Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+
+use super::auth::{Admin, Need};
+use super::error::ApiError;
+use super::wire::{PoolBody, PoolsBody};
+use super::AppState;
+
+pub async fn pools(State(s): State<AppState>, _: Need<Admin>) -> Result<Json<PoolsBody>, ApiError> {
+    let pools = s.service.pools()?;
+    Ok(Json(PoolsBody {
+        pools: pools.iter().map(PoolBody::from).collect(),
+    }))
+}
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    s.service
+        .ready()
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why))?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    s.service.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}

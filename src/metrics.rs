@@ -1,0 +1,244 @@
+//! Every metric Leaseline exports, defined in one place. Labels are bounded (pool, state,
+//! outcome, reason, route, method, status): never a number, session, caller or lease id.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub pool_numbers: IntGaugeVec,
+    pub pool_size: IntGaugeVec,
+    pub pool_saturation: GaugeVec,
+    pub allocations: IntCounterVec,
+    pub renewals: IntCounterVec,
+    pub releases: IntCounterVec,
+    pub expiries: IntCounterVec,
+    pub lease_lifetime: HistogramVec,
+    pub http_duration: HistogramVec,
+    pub wheel_pending: IntGauge,
+    pub wheel_lag: Gauge,
+    pub flush_duration: Histogram,
+    pub flush_batch: Histogram,
+    pub store_size: IntGauge,
+    pub store_failures: IntCounterVec,
+    pub live_leases: IntGauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let lifetime_buckets = vec![
+            10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+        ];
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let m = Metrics {
+            pool_numbers: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "leaseline_pool_numbers",
+                        "Numbers of a pool by state (free, leased, cooling).",
+                    ),
+                    &["pool", "state"],
+                )
+                .unwrap(),
+            ),
+            pool_size: reg(
+                r,
+                IntGaugeVec::new(
+                    opts("leaseline_pool_size", "Numbers configured in a pool."),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            pool_saturation: reg(
+                r,
+                GaugeVec::new(
+                    opts(
+                        "leaseline_pool_saturation_ratio",
+                        "Share of a pool's numbers not free (leased or cooling), 0 to 1.",
+                    ),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            allocations: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_allocations_total",
+                        "Allocation requests by outcome (new, sticky, rejected).",
+                    ),
+                    &["pool", "outcome"],
+                )
+                .unwrap(),
+            ),
+            renewals: reg(
+                r,
+                IntCounterVec::new(
+                    opts("leaseline_renewals_total", "Leases renewed."),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            releases: reg(
+                r,
+                IntCounterVec::new(
+                    opts("leaseline_releases_total", "Leases released by their site."),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            expiries: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_expiries_total",
+                        "Leases that reached their deadline.",
+                    ),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            lease_lifetime: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "leaseline_lease_lifetime_seconds",
+                        "How long leases lived, from creation to expiry or release.",
+                    )
+                    .buckets(lifetime_buckets),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            http_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "leaseline_http_request_duration_seconds",
+                        "HTTP requests by matched route, method and status.",
+                    )
+                    .buckets(latency_buckets.clone()),
+                    &["route", "method", "status"],
+                )
+                .unwrap(),
+            ),
+            wheel_pending: reg(
+                r,
+                IntGauge::new(
+                    "leaseline_wheel_pending_entries",
+                    "Timing wheel entries waiting to fire.",
+                )
+                .unwrap(),
+            ),
+            wheel_lag: reg(
+                r,
+                Gauge::new(
+                    "leaseline_wheel_lag_seconds",
+                    "How far the wheel's last fired tick is behind the clock.",
+                )
+                .unwrap(),
+            ),
+            flush_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "leaseline_store_flush_duration_seconds",
+                        "Duration of one durable flush (one group commit).",
+                    )
+                    .buckets(latency_buckets),
+                )
+                .unwrap(),
+            ),
+            flush_batch: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "leaseline_store_flush_batch_size",
+                        "Acknowledged writes made durable by one flush.",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                )
+                .unwrap(),
+            ),
+            store_size: reg(
+                r,
+                IntGauge::new(
+                    "leaseline_store_size_bytes",
+                    "Size of the sled store on disk.",
+                )
+                .unwrap(),
+            ),
+            store_failures: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_store_failures_total",
+                        "Store writes or flushes that failed.",
+                    ),
+                    &["op"],
+                )
+                .unwrap(),
+            ),
+            live_leases: reg(
+                r,
+                IntGauge::new(
+                    "leaseline_lease_records",
+                    "Lease records held (live and recently ended).",
+                )
+                .unwrap(),
+            ),
+            registry,
+        };
+        let build = reg(
+            &m.registry,
+            IntGaugeVec::new(
+                opts(
+                    "leaseline_build_info",
+                    "Always 1; labels say which build runs.",
+                ),
+                &["version"],
+            )
+            .unwrap(),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once");
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
