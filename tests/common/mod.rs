@@ -1,0 +1,300 @@
+//! Helpers shared by the integration tests: an in-process app on a manual clock, and the
+//! real binary started on a free loopback port.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use leaseline::clock::ManualClock;
+use leaseline::config::Config;
+use leaseline::core::Timestamp;
+use leaseline::http::{router, AppState};
+use leaseline::startup::build_state;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const SITE: &str = "dev-site-key";
+pub const TELEPHONY: &str = "dev-telephony-key";
+pub const ADMIN: &str = "dev-admin-key";
+pub const OTHER_SITE: &str = "other-site-key";
+pub const CH_ONLY: &str = "ch-only-key";
+
+/// A config with a 3-number pool "small", a 50-number pool "ch", and keys of every role.
+pub fn config_text(data_dir: &Path, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{dir}"
+{extra_server}
+
+[lease]
+ttl = "15m"
+max_ttl = "2h"
+grace = "5m"
+quarantine = "10m"
+
+[[pool]]
+name = "small"
+numbers = ["+33899100000..=+33899100002"]
+
+[[pool]]
+name = "ch"
+numbers = ["+41900100000..=+41900100049"]
+
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{site}"
+
+[[key]]
+name = "other"
+role = "site"
+sha256 = "{other}"
+
+[[key]]
+name = "ch-only"
+role = "site"
+tenant = "site"
+sha256 = "{ch_only}"
+pools = ["ch"]
+
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{tel}"
+
+[[key]]
+name = "admin"
+role = "admin"
+sha256 = "{admin}"
+"#,
+        dir = data_dir.display(),
+        site = sha(SITE),
+        other = sha(OTHER_SITE),
+        ch_only = sha(CH_ONLY),
+        tel = sha(TELEPHONY),
+        admin = sha(ADMIN),
+    )
+}
+
+pub fn sha(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// 2026-01-01T00:00:00Z: tests start here and move the clock by hand.
+pub const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
+
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&config_text(&dir.path().join("data"), ""), dir.path()).unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let state = build_state(&config, clock.clone()).await.unwrap();
+        TestApp {
+            router: router(state.clone()),
+            state,
+            clock,
+            dir,
+        }
+    }
+
+    /// Moves the clock and fires what fell due, as the tick task would.
+    pub async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.state.service.tick().await.unwrap();
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    pub async fn allocate(&self, pool: &str, session: &str) -> Reply {
+        let body = format!(r#"{{"pool":"{pool}","session":"{session}","target":"+33612345678"}}"#);
+        self.call("POST", "/v1/leases", Some(SITE), Some(&body))
+            .await
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// Asserts this is a problem+json answer with `status` and a detail containing `needle`.
+    pub fn assert_problem(&self, status: u16, needle: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(
+            self.headers["content-type"], "application/problem+json",
+            "body: {}",
+            self.text
+        );
+        assert_eq!(self.json["status"], status);
+        assert!(self.json["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:leaseline:problem:"));
+        assert!(self.json["title"].is_string());
+        let detail = self.json["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(needle),
+            "detail {detail:?} lacks {needle:?}"
+        );
+    }
+}
+
+/// The real `leaseline` binary, serving a config in a temporary folder.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub config: PathBuf,
+}
+
+impl Server {
+    /// Starts the binary on `config` and waits until it says where it listens and is ready.
+    pub fn start(config: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_leaseline"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("LEASELINE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if let Some(addr) = v["fields"]["addr"].as_str() {
+                            let _ = tx.send(addr.to_owned());
+                            sent = true;
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server reports its address");
+        let server = Server {
+            child,
+            addr,
+            config: config.to_owned(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = ureq::get(&self.url("/readyz")).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server not ready within 60 s");
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// POST/GET with a bearer key; returns status and JSON (errors included, never panics on 4xx).
+pub fn http(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let mut req = agent.request(method, url);
+    if let Some(k) = key {
+        req = req.set("authorization", &format!("Bearer {k}"));
+    }
+    let res = match body {
+        Some(b) => req.send_json(b.clone()),
+        None => req.call(),
+    };
+    match res {
+        Ok(r) => {
+            let status = r.status();
+            let v = r.into_json().unwrap_or(Value::Null);
+            Ok((status, v))
+        }
+        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_json().unwrap_or(Value::Null))),
+        Err(e) => Err(e.to_string()),
+    }
+}
