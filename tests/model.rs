@@ -1,0 +1,416 @@
+//! Model-based test: random allocate / renew / release / advance-clock / restart sequences are
+//! applied to the real core persisted in a real sled store, and to a small reference model
+//! written from DESIGN.md's rules. After every step both must agree and the invariants hold.
+
+use std::time::Duration;
+
+use leaseline::core::{
+    AllocateRequest, Allocator, CoreError, LeaseId, LeaseSettings, LeaseState, ListingId,
+    OnExhausted, PhoneNumber, PoolId, PoolSpec, SessionId, TenantId, Timestamp,
+};
+use leaseline::store::Store;
+use proptest::prelude::*;
+
+const N: usize = 4;
+const TTL: u64 = 60_000;
+const MAX_TTL: u64 = 180_000;
+const GRACE: u64 = 20_000;
+const Q: u64 = 40_000;
+const RETENTION: u64 = 120_000;
+const START: u64 = 1_800_000_000_000;
+
+fn spec() -> PoolSpec {
+    PoolSpec {
+        name: "p".into(),
+        numbers: (0..N as u64)
+            .map(|i| PhoneNumber::from_digits(33_899_100_000 + i).unwrap())
+            .collect(),
+        settings: LeaseSettings {
+            ttl: Duration::from_millis(TTL),
+            max_ttl: Duration::from_millis(MAX_TTL),
+            grace: Duration::from_millis(GRACE),
+            quarantine: Duration::from_millis(Q),
+            retention: Duration::from_millis(RETENTION),
+        },
+        on_exhausted: OnExhausted::Reject,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Allocate {
+        session: u8,
+        listing: Option<u8>,
+        ttl_secs: Option<u16>,
+    },
+    Renew {
+        lease: u8,
+        ttl_secs: Option<u16>,
+    },
+    Release {
+        lease: u8,
+    },
+    Advance {
+        secs: u16,
+    },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ttl = prop::option::of(1u16..400);
+    prop_oneof![
+        4 => (0u8..4, prop::option::of(0u8..2), ttl.clone())
+            .prop_map(|(session, listing, ttl_secs)| Op::Allocate { session, listing, ttl_secs }),
+        2 => (any::<u8>(), ttl).prop_map(|(lease, ttl_secs)| Op::Renew { lease, ttl_secs }),
+        2 => any::<u8>().prop_map(|lease| Op::Release { lease }),
+        3 => (0u16..100).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// What a step answered, in terms both sides can produce.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Lease {
+        id: u64,
+        number: usize,
+        expires: u64,
+        fresh: bool,
+    },
+    Released(bool),
+    Exhausted(u64),
+    Unknown,
+    Ended(LeaseState),
+    Nothing,
+}
+
+// ---- the reference model -------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct MLease {
+    number: usize,
+    session: u8,
+    listing: Option<u8>,
+    created: u64,
+    expires: u64,
+    released: Option<u64>,
+}
+
+#[derive(Default)]
+struct Model {
+    leases: Vec<MLease>,
+    /// Numbers whose last lease's record was purged before a restart: their free-since time
+    /// is forgotten, so they rank as free since forever (index order).
+    forgotten: [bool; N],
+}
+
+impl MLease {
+    fn end(&self, now: u64) -> Option<u64> {
+        self.released
+            .or((now >= self.expires).then_some(self.expires))
+    }
+    fn state(&self, now: u64) -> LeaseState {
+        match (self.released, now >= self.expires) {
+            (Some(_), _) => LeaseState::Released,
+            (None, true) => LeaseState::Expired,
+            (None, false) => LeaseState::Active,
+        }
+    }
+    fn purged(&self, now: u64) -> bool {
+        self.end(now).is_some_and(|e| now >= e + RETENTION.max(Q))
+    }
+}
+
+impl Model {
+    fn latest_on(&self, n: usize) -> Option<&MLease> {
+        self.leases.iter().rev().find(|l| l.number == n)
+    }
+
+    /// (free since, or None if busy; busy until)
+    fn number_state(&self, n: usize, now: u64) -> (Option<u64>, u64) {
+        match self.latest_on(n) {
+            None => (Some(0), 0),
+            Some(l) => {
+                let until = l.end(now).unwrap_or(l.expires) + Q;
+                if now >= until {
+                    (Some(if self.forgotten[n] { 0 } else { until }), until)
+                } else {
+                    (None, until)
+                }
+            }
+        }
+    }
+
+    fn extend(l: &mut MLease, ttl: Option<u64>, now: u64) {
+        let ttl = ttl.unwrap_or(TTL).min(MAX_TTL);
+        l.expires = l.expires.max((now + ttl).min(l.created + MAX_TTL));
+    }
+
+    fn apply(&mut self, op: &Op, now: u64) -> Answer {
+        match *op {
+            Op::Allocate {
+                session,
+                listing,
+                ttl_secs,
+            } => {
+                let ttl = ttl_secs.map(|s| s as u64 * 1000);
+                if let Some(i) = self.leases.iter().rposition(|l| {
+                    l.session == session
+                        && l.listing == listing
+                        && l.state(now) == LeaseState::Active
+                }) {
+                    Self::extend(&mut self.leases[i], ttl, now);
+                    let l = &self.leases[i];
+                    return Answer::Lease {
+                        id: i as u64,
+                        number: l.number,
+                        expires: l.expires,
+                        fresh: false,
+                    };
+                }
+                let states: Vec<_> = (0..N).map(|n| self.number_state(n, now)).collect();
+                let pick = (0..N)
+                    .filter_map(|n| states[n].0.map(|since| (since, n)))
+                    .min();
+                match pick {
+                    None => {
+                        let next = states.iter().map(|s| s.1).min().unwrap();
+                        Answer::Exhausted(((next - now).div_ceil(1000)).max(1))
+                    }
+                    Some((_, n)) => {
+                        let expires = now + ttl.unwrap_or(TTL).min(MAX_TTL);
+                        self.forgotten[n] = false;
+                        self.leases.push(MLease {
+                            number: n,
+                            session,
+                            listing,
+                            created: now,
+                            expires,
+                            released: None,
+                        });
+                        Answer::Lease {
+                            id: self.leases.len() as u64 - 1,
+                            number: n,
+                            expires,
+                            fresh: true,
+                        }
+                    }
+                }
+            }
+            Op::Renew { lease, ttl_secs } => {
+                let known = self.leases.len() as u64;
+                let Some(l) = self.target(lease, now) else {
+                    return Answer::Unknown;
+                };
+                match l.state(now) {
+                    LeaseState::Active => {
+                        Self::extend(l, ttl_secs.map(|s| s as u64 * 1000), now);
+                        Answer::Lease {
+                            id: lease as u64 % known,
+                            number: l.number,
+                            expires: l.expires,
+                            fresh: false,
+                        }
+                    }
+                    s => Answer::Ended(s),
+                }
+            }
+            Op::Release { lease } => {
+                let Some(l) = self.target(lease, now) else {
+                    return Answer::Unknown;
+                };
+                if l.state(now) == LeaseState::Active {
+                    l.released = Some(now);
+                    Answer::Released(true)
+                } else {
+                    Answer::Released(false)
+                }
+            }
+            Op::Advance { .. } => Answer::Nothing,
+            Op::Restart => {
+                for n in 0..N {
+                    if self.latest_on(n).is_some_and(|l| l.purged(now)) {
+                        self.forgotten[n] = true;
+                    }
+                }
+                Answer::Nothing
+            }
+        }
+    }
+
+    fn target(&mut self, lease: u8, now: u64) -> Option<&mut MLease> {
+        if self.leases.is_empty() {
+            return None;
+        }
+        let i = lease as usize % self.leases.len();
+        let l = &mut self.leases[i];
+        (!l.purged(now)).then_some(l)
+    }
+}
+
+// ---- the real thing: core + sled -------------------------------------------------------
+
+struct Real {
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    core: Allocator,
+}
+
+fn id(i: u64) -> LeaseId {
+    let mut b = [0u8; 16];
+    b[8..].copy_from_slice(&i.to_be_bytes());
+    LeaseId::from_bytes(b)
+}
+
+fn index(id: &LeaseId) -> u64 {
+    u64::from_be_bytes(id.as_bytes()[8..].try_into().unwrap())
+}
+
+impl Real {
+    fn new() -> Real {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20, &[spec()]).unwrap();
+        Real {
+            dir,
+            store: Some(store),
+            core: Allocator::new(vec![spec()]).unwrap(),
+        }
+    }
+
+    fn persist(&mut self) {
+        let effects = self.core.take_effects();
+        let store = self.store.as_ref().unwrap();
+        store.apply(&effects).unwrap();
+        store.flush().unwrap();
+    }
+
+    fn restart(&mut self) {
+        self.store = None; // closes sled
+        let store = Store::open(self.dir.path(), 8 << 20, &[spec()]).unwrap();
+        let r = store.load().unwrap();
+        self.core = Allocator::restore(vec![spec()], r.leases, r.wheel).unwrap();
+        self.store = Some(store);
+    }
+
+    fn apply(&mut self, op: &Op, now: Timestamp, next_id: u64, known: usize) -> Answer {
+        let answer = match *op {
+            Op::Allocate {
+                session,
+                listing,
+                ttl_secs,
+            } => {
+                let req = AllocateRequest {
+                    tenant: TenantId::parse("t").unwrap(),
+                    pool: PoolId(0),
+                    session: SessionId::parse(&format!("s{session}")).unwrap(),
+                    listing: listing.map(|l| ListingId::parse(&format!("l{l}")).unwrap()),
+                    target: None,
+                    caller: None,
+                    ttl: ttl_secs.map(|s| Duration::from_secs(s as u64)),
+                    calls_required: 1,
+                    min_call_secs: 0,
+                };
+                match self.core.allocate(req, now, id(next_id)) {
+                    Ok(a) => Answer::Lease {
+                        id: index(&a.lease.id),
+                        number: number_index(a.lease.number),
+                        expires: a.lease.expires_at.as_millis(),
+                        fresh: a.fresh,
+                    },
+                    Err(CoreError::Exhausted { retry_after_secs }) => {
+                        Answer::Exhausted(retry_after_secs)
+                    }
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            Op::Renew { lease, ttl_secs } if known > 0 => {
+                let i = lease as u64 % known as u64;
+                match self
+                    .core
+                    .renew(&id(i), ttl_secs.map(|s| Duration::from_secs(s as u64)), now)
+                {
+                    Ok(l) => Answer::Lease {
+                        id: i,
+                        number: number_index(l.number),
+                        expires: l.expires_at.as_millis(),
+                        fresh: false,
+                    },
+                    Err(CoreError::UnknownLease) => Answer::Unknown,
+                    Err(CoreError::LeaseEnded(s)) => Answer::Ended(s),
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            Op::Release { lease } if known > 0 => {
+                match self.core.release(&id(lease as u64 % known as u64), now) {
+                    Ok(changed) => Answer::Released(changed),
+                    Err(CoreError::UnknownLease) => Answer::Unknown,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            Op::Renew { .. } | Op::Release { .. } => Answer::Unknown,
+            Op::Advance { .. } => Answer::Nothing,
+            Op::Restart => {
+                self.restart();
+                Answer::Nothing
+            }
+        };
+        // As the tick task would within the same tick.
+        self.core.tick(now);
+        self.persist();
+        answer
+    }
+}
+
+fn number_index(n: PhoneNumber) -> usize {
+    (n.digits() - 33_899_100_000) as usize
+}
+
+fn check(real: &Real, model: &Model, now: u64) -> Result<(), TestCaseError> {
+    real.core.check_invariants().map_err(TestCaseError::fail)?;
+    let (mut free, mut leased, mut cooling) = (0, 0, 0);
+    for n in 0..N {
+        match model.latest_on(n) {
+            Some(l) if l.state(now) == LeaseState::Active => leased += 1,
+            Some(l) if now < l.end(now).unwrap() + Q => cooling += 1,
+            _ => free += 1,
+        }
+    }
+    let s = real.core.pool_stats(PoolId(0));
+    prop_assert_eq!((s.free, s.leased, s.cooling), (free, leased, cooling));
+    for (i, m) in model.leases.iter().enumerate() {
+        let r = real.core.lease(&id(i as u64));
+        prop_assert_eq!(r.is_none(), m.purged(now), "lease {} presence", i);
+        if let Some(r) = r {
+            prop_assert_eq!(r.state(Timestamp::from_millis(now)), m.state(now));
+            prop_assert_eq!(number_index(r.number), m.number);
+            prop_assert_eq!(r.expires_at.as_millis(), m.expires);
+            prop_assert_eq!(r.end.map(|e| e.at.as_millis()), m.end(now));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn core_and_store_agree_with_the_model(ops in prop::collection::vec(op(), 1..60)) {
+        let mut real = Real::new();
+        let mut model = Model::default();
+        let mut now = START;
+        for op in &ops {
+            if let Op::Advance { secs } = op {
+                now += *secs as u64 * 1000;
+            }
+            let known = model.leases.len();
+            let expected = model.apply(op, now);
+            let got = real.apply(op, Timestamp::from_millis(now), known as u64, known);
+            prop_assert_eq!(got, expected, "after {:?}", op);
+            check(&real, &model, now)?;
+        }
+        // Whatever happened, a final restart loses nothing.
+        real.restart();
+        real.core.tick(Timestamp::from_millis(now));
+        check(&real, &model, now)?;
+    }
+}
