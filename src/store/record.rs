@@ -82,7 +82,7 @@ pub fn decode(
         )));
     }
     let r: LeaseRecordV1 = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
-    let pool = pool_id(&r.pool).ok_or_else(|| DecodeError::UnknownPool)?;
+    let pool = pool_id(&r.pool).ok_or(DecodeError::UnknownPool)?;
     let label = |e: crate::core::ParseError| bad(&e.0);
     let number = |d: u64| PhoneNumber::from_digits(d).ok_or_else(|| bad("bad number"));
     Ok(Lease {
