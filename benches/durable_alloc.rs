@@ -71,7 +71,9 @@ sha256 = "{}"
         .map(|c| {
             let (url, stop) = (url.clone(), Arc::clone(&stop));
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
                 let mut lat = Vec::new();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -80,7 +82,9 @@ sha256 = "{}"
                     let r = agent
                         .post(&url)
                         .set("authorization", &format!("Bearer {SITE}"))
-                        .send_json(serde_json::json!({"pool": "p", "session": format!("c{c}-{i}")}));
+                        .send_json(
+                            serde_json::json!({"pool": "p", "session": format!("c{c}-{i}")}),
+                        );
                     assert_eq!(r.map(|r| r.status()).unwrap_or(0), 201);
                     lat.push(t.elapsed());
                 }
@@ -90,12 +94,16 @@ sha256 = "{}"
         .collect();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
-    let mut lat: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut lat: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     let elapsed = started.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
     lat.sort();
-    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    let q =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     Cell {
         per_sec: lat.len() as f64 / elapsed,
         p50_ms: q(0.50),
@@ -117,8 +125,14 @@ fn main() {
         let group = run("group", clients, secs);
         let single = run("per_request", clients, secs);
         for (name, c) in [("group", &group), ("per_request", &single)] {
-            println!("| {clients} | {name} | {:.0} | {:.2} | {:.2} |", c.per_sec, c.p50_ms, c.p99_ms);
+            println!(
+                "| {clients} | {name} | {:.0} | {:.2} | {:.2} |",
+                c.per_sec, c.p50_ms, c.p99_ms
+            );
         }
-        println!("| {clients} | ratio group / per_request | {:.2}x | | |", group.per_sec / single.per_sec);
+        println!(
+            "| {clients} | ratio group / per_request | {:.2}x | | |",
+            group.per_sec / single.per_sec
+        );
     }
 }

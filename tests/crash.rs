@@ -61,7 +61,12 @@ struct Acked {
 }
 
 /// Drives allocations (and a release every few) from several clients until `stop`.
-fn load(server: &Server, acked: &Arc<Mutex<Acked>>, stop: &Arc<AtomicBool>, cycle: usize) -> Vec<std::thread::JoinHandle<()>> {
+fn load(
+    server: &Server,
+    acked: &Arc<Mutex<Acked>>,
+    stop: &Arc<AtomicBool>,
+    cycle: usize,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..CLIENTS)
         .map(|c| {
             let url = server.url("/v1/leases");
@@ -74,13 +79,28 @@ fn load(server: &Server, acked: &Arc<Mutex<Acked>>, stop: &Arc<AtomicBool>, cycl
                         return;
                     }
                     let body = json!({"pool": "p", "session": format!("c{cycle}-{c}-{i}")});
-                    let Ok((status, v)) = http(&agent, "POST", &url, Some(SITE), Some(&body)) else { return };
+                    let Ok((status, v)) = http(&agent, "POST", &url, Some(SITE), Some(&body))
+                    else {
+                        return;
+                    };
                     match status {
                         201 => {
                             let id = v["lease_id"].as_str().unwrap().to_owned();
-                            acked.lock().unwrap().leases.insert(id.clone(), v["number"].as_str().unwrap().to_owned());
+                            acked
+                                .lock()
+                                .unwrap()
+                                .leases
+                                .insert(id.clone(), v["number"].as_str().unwrap().to_owned());
                             if i % 3 == 0 {
-                                let Ok((s, _)) = http(&agent, "DELETE", &format!("{url}/{id}"), Some(SITE), None) else { return };
+                                let Ok((s, _)) = http(
+                                    &agent,
+                                    "DELETE",
+                                    &format!("{url}/{id}"),
+                                    Some(SITE),
+                                    None,
+                                ) else {
+                                    return;
+                                };
                                 if s == 204 {
                                     acked.lock().unwrap().released.insert(id);
                                 }
@@ -99,20 +119,36 @@ fn verify(server: &Server, acked: &Acked) {
     let agent = agent();
     let mut active_numbers = HashSet::new();
     for (id, number) in &acked.leases {
-        let (status, v) = http(&agent, "GET", &server.url(&format!("/v1/leases/{id}")), None, None).unwrap();
+        let (status, v) = http(
+            &agent,
+            "GET",
+            &server.url(&format!("/v1/leases/{id}")),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(status, 200, "acknowledged lease {id} lost: {v}");
-        assert_eq!(v["number"].as_str().unwrap(), number, "lease {id} changed number");
+        assert_eq!(
+            v["number"].as_str().unwrap(),
+            number,
+            "lease {id} changed number"
+        );
         let state = v["state"].as_str().unwrap();
         if acked.released.contains(id) {
             assert_eq!(state, "released", "acknowledged release of {id} lost");
         }
         if state == "active" {
-            assert!(active_numbers.insert(number.clone()), "number {number} held by two active leases");
+            assert!(
+                active_numbers.insert(number.clone()),
+                "number {number} held by two active leases"
+            );
         }
     }
     let (_, pools) = http(&agent, "GET", &server.url("/v1/pools"), Some(ADMIN), None).unwrap();
     let p = &pools["pools"][0];
-    let sum = p["free"].as_u64().unwrap() + p["leased"].as_u64().unwrap() + p["cooling"].as_u64().unwrap();
+    let sum = p["free"].as_u64().unwrap()
+        + p["leased"].as_u64().unwrap()
+        + p["cooling"].as_u64().unwrap();
     assert_eq!(sum, POOL_SIZE as u64, "counts do not add up: {p}");
     assert!(p["leased"].as_u64().unwrap() >= active_numbers.len() as u64);
 }
@@ -141,7 +177,10 @@ fn acknowledged_leases_survive_kill_9_and_no_number_is_leased_twice() {
             w.join().unwrap();
         }
         let after = acked.lock().unwrap().leases.len();
-        assert!(after > before, "no allocation acknowledged in cycle {cycle}");
+        assert!(
+            after > before,
+            "no allocation acknowledged in cycle {cycle}"
+        );
         total_acks.fetch_add(after - before, Ordering::Relaxed);
     }
     let server = Server::start(&config);
@@ -151,16 +190,37 @@ fn acknowledged_leases_survive_kill_9_and_no_number_is_leased_twice() {
     let agent = agent();
     let mut held: HashSet<String> = HashSet::new();
     for (id, number) in acked.leases.iter() {
-        let (_, v) = http(&agent, "GET", &server.url(&format!("/v1/leases/{id}")), None, None).unwrap();
+        let (_, v) = http(
+            &agent,
+            "GET",
+            &server.url(&format!("/v1/leases/{id}")),
+            None,
+            None,
+        )
+        .unwrap();
         if v["state"] == "active" {
             held.insert(number.clone());
         }
     }
     for i in 0..10 {
-        let (status, v): (u16, Value) = http(&agent, "POST", &server.url("/v1/leases"), Some(SITE), Some(&json!({"pool": "p", "session": format!("after-{i}")}))).unwrap();
+        let (status, v): (u16, Value) = http(
+            &agent,
+            "POST",
+            &server.url("/v1/leases"),
+            Some(SITE),
+            Some(&json!({"pool": "p", "session": format!("after-{i}")})),
+        )
+        .unwrap();
         if status == 201 {
-            assert!(!held.contains(v["number"].as_str().unwrap()), "restart handed out a held number");
+            assert!(
+                !held.contains(v["number"].as_str().unwrap()),
+                "restart handed out a held number"
+            );
         }
     }
-    eprintln!("checked {} acknowledged leases, {} releases", acked.leases.len(), acked.released.len());
+    eprintln!(
+        "checked {} acknowledged leases, {} releases",
+        acked.leases.len(),
+        acked.released.len()
+    );
 }
