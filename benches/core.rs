@@ -23,6 +23,8 @@ fn allocator(size: u64) -> Allocator {
             retention: Duration::from_secs(600),
         },
         on_exhausted: OnExhausted::Reject,
+        return_window: Duration::from_secs(30 * 86_400),
+        fallback: None,
     }])
     .unwrap()
 }
@@ -67,7 +69,7 @@ fn bench(c: &mut Criterion) {
                     a.release(&l, now).unwrap();
                     a.tick(now);
                     black_box(a.take_effects());
-                    a.take_ended();
+                    a.take_notices();
                 })
             },
         );

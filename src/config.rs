@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::core::{LeaseSettings, OnExhausted, PhoneNumber, PoolSpec, TenantId};
+use crate::core::{LeaseSettings, OnExhausted, PhoneNumber, PoolSpec, Target, TenantId};
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
 pub const MAX_POOL_SIZE: u64 = 10_000_000;
@@ -166,6 +166,10 @@ struct RawPool {
     numbers: Vec<String>,
     tariff: Option<RawTariff>,
     on_exhausted: Option<String>,
+    shared_number: Option<String>,
+    code_ttl: Option<String>,
+    return_window: Option<String>,
+    fallback_target: Option<String>,
     ttl: Option<String>,
     max_ttl: Option<String>,
     grace: Option<String>,
@@ -357,14 +361,55 @@ fn validate_pool(
         ));
     }
 
-    let on_exhausted = match p.on_exhausted.as_deref().unwrap_or("reject") {
-        "reject" => OnExhausted::Reject,
-        other => {
+    let on_exhausted = match (p.on_exhausted.as_deref().unwrap_or("reject"), &p.shared_number) {
+        ("reject", None) => OnExhausted::Reject,
+        ("reject", Some(_)) => {
+            return Err(ctx(
+                "shared_number is set but on_exhausted is \"reject\": set on_exhausted = \"shared\" to use it".into(),
+            ))
+        }
+        ("shared", None) => {
+            return Err(ctx(
+                "on_exhausted = \"shared\" needs shared_number, the number callers dial with a code".into(),
+            ))
+        }
+        ("shared", Some(n)) => {
+            let number = PhoneNumber::parse(n).map_err(|e| ctx(format!("shared_number: {e}")))?;
+            if let Some(other) = owner.insert(number, name.clone()) {
+                return Err(ctx(format!(
+                    "shared_number {number} is already a number of pool {other:?}"
+                )));
+            }
+            let code_ttl = match &p.code_ttl {
+                Some(s) => parse_duration(s).map_err(|e| ctx(format!("code_ttl = {s:?}: {e}")))?,
+                None => Duration::from_secs(180),
+            };
+            if code_ttl.is_zero() {
+                return Err(ctx("code_ttl must be longer than 0s".into()));
+            }
+            OnExhausted::Shared { number, code_ttl }
+        }
+        (other, _) => {
             return Err(ctx(format!(
-                "on_exhausted = {other:?}: expected \"reject\""
+                "on_exhausted = {other:?}: expected \"reject\" or \"shared\""
             )))
         }
     };
+    if p.code_ttl.is_some() && on_exhausted == OnExhausted::Reject {
+        return Err(ctx(
+            "code_ttl is only used with on_exhausted = \"shared\"".into()
+        ));
+    }
+    let return_window = match &p.return_window {
+        Some(s) => parse_duration(s).map_err(|e| ctx(format!("return_window = {s:?}: {e}")))?,
+        None => Duration::from_secs(30 * 86_400),
+    };
+    let fallback = p
+        .fallback_target
+        .as_deref()
+        .map(Target::parse)
+        .transpose()
+        .map_err(|e| ctx(format!("fallback_target: {e}")))?;
     let tariff = p
         .tariff
         .map(|t| validate_tariff(t).map_err(ctx))
@@ -375,6 +420,8 @@ fn validate_pool(
             numbers,
             settings,
             on_exhausted,
+            return_window,
+            fallback,
         },
         tariff,
     })
@@ -650,6 +697,31 @@ mod tests {
             "tariff = { per_call = \"1\", per_minute = \"1\", currency = \"EUR\" }"
         ))
         .contains("exactly one"));
+    }
+
+    #[test]
+    fn shared_mode_needs_a_shared_number_of_its_own() {
+        let e = error_of(&pool("on_exhausted = \"shared\""));
+        assert!(e.contains("needs shared_number"), "{e}");
+        let e = error_of(&pool(
+            "on_exhausted = \"shared\"\nshared_number = \"+33899100003\"",
+        ));
+        assert!(e.contains("already a number of pool"), "{e}");
+        let c = parse(&pool(
+            "on_exhausted = \"shared\"\nshared_number = \"+33899199999\"\ncode_ttl = \"2m\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.pools[0].spec.on_exhausted,
+            OnExhausted::Shared {
+                number: PhoneNumber::parse("+33899199999").unwrap(),
+                code_ttl: Duration::from_secs(120)
+            }
+        );
+        assert_eq!(
+            c.pools[0].spec.return_window,
+            Duration::from_secs(30 * 86_400)
+        );
     }
 
     #[test]

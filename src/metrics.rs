@@ -24,6 +24,12 @@ pub struct Metrics {
     pub store_size: IntGauge,
     pub store_failures: IntCounterVec,
     pub live_leases: IntGauge,
+    pub calls: IntCounterVec,
+    pub call_ends: IntCounterVec,
+    pub first_call: HistogramVec,
+    pub paid: IntCounterVec,
+    pub redeemed: IntCounterVec,
+    pub sse_clients: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -203,6 +209,54 @@ impl Metrics {
                     "Lease records held (live and recently ended).",
                 )
                 .unwrap(),
+            ),
+            calls: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_calls_total",
+                        "Call starts by pool and attribution reason (code, caller, return, active, grace, not_leased, unknown_number).",
+                    ),
+                    &["pool", "reason"],
+                )
+                .unwrap(),
+            ),
+            call_ends: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_call_ends_total",
+                        "Call ends by pool and whether the call counted toward its lease.",
+                    ),
+                    &["pool", "counted"],
+                )
+                .unwrap(),
+            ),
+            first_call: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "leaseline_lease_first_call_seconds",
+                        "Time from a lease's creation to its first attributed call.",
+                    )
+                    .buckets(vec![5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0]),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            paid: reg(
+                r,
+                IntCounterVec::new(opts("leaseline_leases_paid_total", "Leases that reached their required calls."), &["pool"])
+                    .unwrap(),
+            ),
+            redeemed: reg(
+                r,
+                IntCounterVec::new(opts("leaseline_redeems_total", "Redeem attempts by outcome (ok, not_paid, already)."), &["pool", "outcome"])
+                    .unwrap(),
+            ),
+            sse_clients: reg(
+                r,
+                IntGauge::new("leaseline_event_streams", "Open lease event streams (Server-Sent Events).").unwrap(),
             ),
             registry,
         };

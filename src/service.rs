@@ -1,21 +1,23 @@
 //! The service: the core behind one lock, its effects written to the store in the core's own
-//! order and made durable before any answer leaves. HTTP handlers and tests call this; it
-//! knows nothing of HTTP.
+//! order and made durable before any answer leaves; then metrics and live events. HTTP
+//! handlers and tests call this; it knows nothing of HTTP.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
 use thiserror::Error;
+use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::core::{
-    AllocateRequest, Allocator, CoreError, EndReason, Lease, LeaseId, LeaseState, PoolId,
-    PoolStats, Timestamp, TICK_MS,
+    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Lease,
+    LeaseId, LeaseState, Notice, PhoneNumber, PoolId, PoolStats, TenantId, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
-use crate::store::{Committer, Store, StoreError};
+use crate::store::{Committer, JournalPage, JournalQuery, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -44,6 +46,45 @@ pub struct PoolView {
     pub stats: PoolStats,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    CallStarted,
+    CallEnded,
+    Paid,
+    Expired,
+    Released,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::CallStarted => "call_started",
+            EventKind::CallEnded => "call_ended",
+            EventKind::Paid => "paid",
+            EventKind::Expired => "expired",
+            EventKind::Released => "released",
+        }
+    }
+}
+
+/// Something a page showing a lease wants to know, with the lease's counters after it.
+#[derive(Clone, Debug)]
+pub struct LeaseEvent {
+    /// Increasing across the process and its restarts (seeded from the clock at start).
+    pub id: u64,
+    pub lease: LeaseId,
+    pub kind: EventKind,
+    pub calls: u32,
+    pub calls_required: u32,
+    pub paid: bool,
+    pub call_id: Option<String>,
+    pub duration_secs: Option<u32>,
+    pub counted: Option<bool>,
+}
+
+/// Events kept per lease for clients that reconnect with `Last-Event-ID`.
+const EVENT_BACKLOG: usize = 64;
+
 pub struct Service {
     core: Mutex<Allocator>,
     store: Arc<Store>,
@@ -51,6 +92,9 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     failed: AtomicBool,
+    events: broadcast::Sender<Arc<LeaseEvent>>,
+    backlog: Mutex<HashMap<LeaseId, VecDeque<Arc<LeaseEvent>>>>,
+    next_event: AtomicU64,
 }
 
 impl Service {
@@ -61,6 +105,7 @@ impl Service {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Service {
+        let first_event = clock.now().as_millis() * 1000;
         Service {
             core: Mutex::new(core),
             store,
@@ -68,6 +113,9 @@ impl Service {
             clock,
             metrics,
             failed: AtomicBool::new(false),
+            events: broadcast::channel(4096).0,
+            backlog: Mutex::new(HashMap::new()),
+            next_event: AtomicU64::new(first_event),
         }
     }
 
@@ -77,6 +125,13 @@ impl Service {
 
     pub fn pool_id(&self, name: &str) -> Option<PoolId> {
         self.lock().ok()?.pool_id(name)
+    }
+
+    /// The name of the pool a called number (pool or shared number) belongs to.
+    pub fn pool_of_number(&self, n: PhoneNumber) -> Option<String> {
+        let core = self.lock().ok()?;
+        core.pool_of_number(n)
+            .map(|p| core.pool_spec(p).name.clone())
     }
 
     /// Allocates, or returns the caller's live lease extended; the flag is true for a new lease.
@@ -90,6 +145,7 @@ impl Service {
             })
             .await;
         let outcome = match &res {
+            Ok((true, v)) if v.lease.code.is_some() => "shared_code",
             Ok((true, _)) => "new",
             Ok((false, _)) => "sticky",
             Err(ServiceError::Core(CoreError::Exhausted { .. })) => "rejected",
@@ -126,19 +182,105 @@ impl Service {
 
     /// Ends the lease now; `owner` must be the tenant that holds it (others are told it does
     /// not exist, so lease ids of other tenants cannot be probed).
-    pub async fn release(
-        &self,
-        id: LeaseId,
-        owner: &crate::core::TenantId,
-    ) -> Result<(), ServiceError> {
+    pub async fn release(&self, id: LeaseId, owner: &TenantId) -> Result<(), ServiceError> {
         self.write(|core, now| {
-            match core.lease(&id) {
-                Some(l) if &l.tenant == owner => {}
-                _ => return Err(CoreError::UnknownLease),
-            }
+            owned(core, &id, owner)?;
             core.release(&id, now).map(drop)
         })
         .await
+    }
+
+    /// Redeems a paid lease of `owner`'s, once.
+    pub async fn redeem(&self, id: LeaseId, owner: &TenantId) -> Result<LeaseView, ServiceError> {
+        let pool = self.get(&id)?.pool;
+        let res = self
+            .write(|core, now| {
+                owned(core, &id, owner)?;
+                let lease = core.redeem(&id, now)?.clone();
+                Ok(view(core, lease, now))
+            })
+            .await;
+        let outcome = match &res {
+            Ok(_) => "ok",
+            Err(ServiceError::Core(CoreError::NotPaid { .. })) => "not_paid",
+            Err(ServiceError::Core(CoreError::AlreadyRedeemed)) => "already",
+            Err(_) => "error",
+        };
+        self.metrics
+            .redeemed
+            .with_label_values(&[&pool, outcome])
+            .inc();
+        res
+    }
+
+    /// Records a call's start and says where it goes; `at` defaults to now.
+    pub async fn call_start(
+        &self,
+        mut start: CallStart,
+        at_given: bool,
+    ) -> Result<(Call, Option<String>), ServiceError> {
+        self.write(|core, now| {
+            if !at_given {
+                start.at = now;
+            }
+            let call = core.call_start(start, now)?;
+            let pool = call
+                .attribution
+                .pool
+                .map(|p| core.pool_spec(p).name.clone());
+            Ok((call, pool))
+        })
+        .await
+    }
+
+    pub async fn call_end(
+        &self,
+        id: CallId,
+        duration_secs: u32,
+        at: Option<Timestamp>,
+    ) -> Result<Call, ServiceError> {
+        self.write(|core, now| {
+            core.call_end(
+                &id,
+                CallEnd {
+                    at: at.unwrap_or(now),
+                    duration_secs,
+                },
+                now,
+            )
+        })
+        .await
+    }
+
+    /// A page of the call journal (read from the store: it outlives what memory keeps).
+    pub fn journal(&self, q: &JournalQuery) -> Result<JournalPage, ServiceError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(ServiceError::Unavailable);
+        }
+        Ok(self.store.journal(q)?)
+    }
+
+    /// Events of lease `id` after `last_seen`, and a receiver for those still to come.
+    /// Subscribing before reading the backlog means nothing falls between the two.
+    pub fn subscribe(
+        &self,
+        id: &LeaseId,
+        last_seen: Option<u64>,
+    ) -> (Vec<Arc<LeaseEvent>>, broadcast::Receiver<Arc<LeaseEvent>>) {
+        let rx = self.events.subscribe();
+        let backlog = self
+            .backlog
+            .lock()
+            .map(|b| {
+                b.get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| last_seen.is_none_or(|s| e.id > s))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        (backlog, rx)
     }
 
     /// Fires what the wheel holds due now. The tick task calls this about once a second;
@@ -184,15 +326,14 @@ impl Service {
             for p in pools {
                 let s = p.stats;
                 let m = &self.metrics;
-                m.pool_numbers
-                    .with_label_values(&[&p.name, "free"])
-                    .set(s.free as i64);
-                m.pool_numbers
-                    .with_label_values(&[&p.name, "leased"])
-                    .set(s.leased as i64);
-                m.pool_numbers
-                    .with_label_values(&[&p.name, "cooling"])
-                    .set(s.cooling as i64);
+                let set = |state: &str, v: usize| {
+                    m.pool_numbers
+                        .with_label_values(&[&p.name, state])
+                        .set(v as i64)
+                };
+                set("free", s.free);
+                set("leased", s.leased);
+                set("cooling", s.cooling);
                 m.pool_size.with_label_values(&[&p.name]).set(s.size as i64);
                 let busy = (s.leased + s.cooling) as f64 / s.size.max(1) as f64;
                 m.pool_saturation.with_label_values(&[&p.name]).set(busy);
@@ -224,18 +365,19 @@ impl Service {
     }
 
     /// Runs one core operation at the current instant, writes its effects as one batch, and
-    /// waits until they are durable. Effects are persisted even when the operation reports an
-    /// error (settling an overdue lease, say), so memory never runs ahead of the disk.
+    /// waits until they are durable; only then are metrics counted and events published.
+    /// Effects are persisted even when the operation reports an error (settling an overdue
+    /// lease, say), so memory never runs ahead of the disk.
     async fn write<R>(
         &self,
         op: impl FnOnce(&mut Allocator, Timestamp) -> Result<R, CoreError>,
     ) -> Result<R, ServiceError> {
-        let (res, seq, ended) = {
+        let (res, seq, notices) = {
             let mut core = self.lock()?;
             let now = self.clock.now();
             let res = op(&mut core, now);
             let effects = core.take_effects();
-            let ended = core.take_ended();
+            let notices = core.take_notices();
             let seq = if effects.is_empty() {
                 None
             } else {
@@ -250,11 +392,8 @@ impl Service {
                 }
                 Some(self.commit.record_write())
             };
-            let ended: Vec<_> = ended
-                .into_iter()
-                .map(|e| (core.pool_spec(e.pool).name.clone(), e))
-                .collect();
-            (res, seq, ended)
+            let notices = self.describe(&core, notices);
+            (res, seq, notices)
         };
         if let Some(seq) = seq {
             if let Err(e) = self.commit.durable(seq).await {
@@ -262,18 +401,156 @@ impl Service {
                 return Err(e.into());
             }
         }
-        for (pool, e) in ended {
-            let counter = match e.reason {
-                EndReason::Expired => &self.metrics.expiries,
-                EndReason::Released => &self.metrics.releases,
-            };
-            counter.with_label_values(&[&pool]).inc();
-            self.metrics
-                .lease_lifetime
-                .with_label_values(&[&pool])
-                .observe(e.lived.as_secs_f64());
-        }
+        self.publish(notices);
         Ok(res?)
+    }
+
+    /// Resolves what notices need from the core (names, counters) while the lock is held.
+    fn describe(&self, core: &Allocator, notices: Vec<Notice>) -> Vec<Described> {
+        let name = |p: PoolId| core.pool_spec(p).name.clone();
+        notices
+            .into_iter()
+            .map(|n| {
+                let lease_of = |id: &LeaseId| {
+                    core.lease(id)
+                        .map(|l| (l.calls, l.calls_required, l.paid(), name(l.pool)))
+                };
+                match &n {
+                    Notice::Ended { lease, .. }
+                    | Notice::CallStarted { lease, .. }
+                    | Notice::CallEnded { lease, .. }
+                    | Notice::Paid { lease } => Described {
+                        counters: lease_of(lease),
+                        pool: None,
+                        notice: n,
+                    },
+                    Notice::Attributed { pool, .. } => Described {
+                        counters: None,
+                        pool: pool.map(name),
+                        notice: n,
+                    },
+                    Notice::Purged { .. } => Described {
+                        counters: None,
+                        pool: None,
+                        notice: n,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn publish(&self, notices: Vec<Described>) {
+        for d in notices {
+            let (calls, calls_required, paid, pool) = d.counters.clone().unwrap_or_default();
+            let event = |lease: LeaseId,
+                         kind,
+                         call: Option<&CallId>,
+                         duration: Option<u32>,
+                         counted: Option<bool>| {
+                let e = Arc::new(LeaseEvent {
+                    id: self.next_event.fetch_add(1, Ordering::Relaxed) + 1,
+                    lease,
+                    kind,
+                    calls,
+                    calls_required,
+                    paid,
+                    call_id: call.map(|c| c.as_str().to_owned()),
+                    duration_secs: duration,
+                    counted,
+                });
+                if let Ok(mut b) = self.backlog.lock() {
+                    let q = b.entry(lease).or_default();
+                    if q.len() == EVENT_BACKLOG {
+                        q.pop_front();
+                    }
+                    q.push_back(Arc::clone(&e));
+                }
+                let _ = self.events.send(e);
+            };
+            match d.notice {
+                Notice::Ended {
+                    lease,
+                    pool: _,
+                    reason,
+                    lived,
+                } => {
+                    let (counter, kind) = match reason {
+                        EndReason::Expired => (&self.metrics.expiries, EventKind::Expired),
+                        EndReason::Released => (&self.metrics.releases, EventKind::Released),
+                    };
+                    counter.with_label_values(&[&pool]).inc();
+                    self.metrics
+                        .lease_lifetime
+                        .with_label_values(&[&pool])
+                        .observe(lived.as_secs_f64());
+                    event(lease, kind, None, None, None);
+                }
+                Notice::Attributed {
+                    reason,
+                    first_call_after,
+                    ..
+                } => {
+                    let pool = d.pool.unwrap_or_default();
+                    self.metrics
+                        .calls
+                        .with_label_values(&[&pool, reason.as_str()])
+                        .inc();
+                    if let Some(after) = first_call_after {
+                        self.metrics
+                            .first_call
+                            .with_label_values(&[&pool])
+                            .observe(after.as_secs_f64());
+                    }
+                }
+                Notice::CallStarted { lease, call } => {
+                    event(lease, EventKind::CallStarted, Some(&call), None, None)
+                }
+                Notice::CallEnded {
+                    lease,
+                    call,
+                    duration_secs,
+                    counted,
+                } => {
+                    let label = if counted { "true" } else { "false" };
+                    self.metrics
+                        .call_ends
+                        .with_label_values(&[&pool, label])
+                        .inc();
+                    event(
+                        lease,
+                        EventKind::CallEnded,
+                        Some(&call),
+                        Some(duration_secs),
+                        Some(counted),
+                    )
+                }
+                Notice::Paid { lease } => {
+                    self.metrics.paid.with_label_values(&[&pool]).inc();
+                    event(lease, EventKind::Paid, None, None, None)
+                }
+                Notice::Purged { lease } => {
+                    if let Ok(mut b) = self.backlog.lock() {
+                        b.remove(&lease);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A notice with what the core could tell about it at the time.
+struct Described {
+    notice: Notice,
+    /// (calls, calls_required, paid, pool name) of the lease concerned.
+    counters: Option<(u32, u32, bool, String)>,
+    pool: Option<String>,
+}
+
+/// Refuses (as "unknown") a lease that is not `owner`'s.
+fn owned(core: &Allocator, id: &LeaseId, owner: &TenantId) -> Result<(), CoreError> {
+    match core.lease(id) {
+        Some(l) if &l.tenant == owner => Ok(()),
+        _ => Err(CoreError::UnknownLease),
     }
 }
 

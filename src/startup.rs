@@ -45,8 +45,8 @@ pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
             "lease records of pools no longer configured are kept on disk but not served"
         );
     }
-    let leases = recovered.leases.len();
-    let core = Allocator::restore(specs, recovered.leases, recovered.wheel)
+    let leases = recovered.snapshot.leases.len();
+    let core = Allocator::restore(specs, recovered.snapshot)
         .context("the store's contents are inconsistent")?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(store);

@@ -33,6 +33,8 @@ fn spec() -> PoolSpec {
             retention: Duration::from_millis(RETENTION),
         },
         on_exhausted: OnExhausted::Reject,
+        return_window: Duration::from_secs(30 * 86_400),
+        fallback: None,
     }
 }
 
@@ -286,9 +288,20 @@ impl Real {
 
     fn restart(&mut self) {
         self.store = None; // closes sled
-        let store = Store::open(self.dir.path(), 8 << 20, &[spec()]).unwrap();
+                           // sled's background threads may hold the file lock a moment after the last handle.
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(self.dir.path(), 8 << 20, &[spec()]) {
+                Ok(s) => break s,
+                Err(e) if tries < 200 && e.to_string().contains("lock") => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("reopen failed: {e}"),
+            }
+        };
         let r = store.load().unwrap();
-        self.core = Allocator::restore(vec![spec()], r.leases, r.wheel).unwrap();
+        self.core = Allocator::restore(vec![spec()], r.snapshot).unwrap();
         self.store = Some(store);
     }
 

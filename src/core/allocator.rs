@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use priority_queue::PriorityQueue;
 
+use super::calls::{Call, Reason, ReturnRoute};
 use super::time::{retry_after_secs, Timestamp};
-use super::types::{LeaseId, ListingId, PhoneNumber, PoolId, SessionId, Target, TenantId};
+use super::types::{
+    CallId, CallKey, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, SessionId,
+    Target, TenantId,
+};
 use super::wheel::Wheel;
 use super::{CoreError, Effect};
 
@@ -35,6 +39,11 @@ pub struct LeaseSettings {
 pub enum OnExhausted {
     /// Refuse, telling the client when the next number frees.
     Reject,
+    /// Hand out the pool's shared number with a keypad code, valid `code_ttl`.
+    Shared {
+        number: PhoneNumber,
+        code_ttl: Duration,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +52,21 @@ pub struct PoolSpec {
     pub numbers: Vec<PhoneNumber>,
     pub settings: LeaseSettings,
     pub on_exhausted: OnExhausted,
+    /// How long a caller's later calls on a number keep reaching the listing of their first
+    /// attributed call there.
+    pub return_window: Duration,
+    /// Where unattributed calls to this pool go, so no caller hits a dead end.
+    pub fallback: Option<Target>,
+}
+
+impl PoolSpec {
+    /// The shared number, if the pool hands out codes when exhausted.
+    pub fn shared_number(&self) -> Option<PhoneNumber> {
+        match self.on_exhausted {
+            OnExhausted::Shared { number, .. } => Some(number),
+            OnExhausted::Reject => None,
+        }
+    }
 }
 
 /// A validated request for a number.
@@ -111,6 +135,9 @@ pub struct Lease {
     pub min_call_secs: u32,
     pub calls: u32,
     pub redeemed_at: Option<Timestamp>,
+    /// On a shared number: the code the caller types.
+    pub code: Option<Code>,
+    pub first_call_at: Option<Timestamp>,
 }
 
 impl Lease {
@@ -131,7 +158,19 @@ impl Lease {
     pub fn paid(&self) -> bool {
         self.calls >= self.calls_required
     }
+
+    /// When it stopped (or will stop) being active, as far as `at` knows.
+    pub(super) fn end_at(&self) -> Timestamp {
+        self.end.map_or(self.expires_at, |e| e.at)
+    }
+
+    pub(super) fn line(&self) -> Line {
+        (self.number, self.code)
+    }
 }
+
+/// What a call is placed on: a pool number, or a shared number with a code.
+pub(super) type Line = (PhoneNumber, Option<Code>);
 
 /// The answer to an allocation.
 #[derive(Clone, Debug)]
@@ -148,6 +187,43 @@ pub struct PoolStats {
     pub free: usize,
     pub leased: usize,
     pub cooling: usize,
+    /// Codes held on the shared number (live or cooling).
+    pub codes: usize,
+}
+
+/// Something that happened, for metrics and live event streams; not persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Ended {
+        lease: LeaseId,
+        pool: PoolId,
+        reason: EndReason,
+        /// From creation to the end.
+        lived: Duration,
+    },
+    Attributed {
+        pool: Option<PoolId>,
+        reason: Reason,
+        /// Time from the lease's creation to its first call, on that first call.
+        first_call_after: Option<Duration>,
+    },
+    CallStarted {
+        lease: LeaseId,
+        call: CallId,
+    },
+    CallEnded {
+        lease: LeaseId,
+        call: CallId,
+        duration_secs: u32,
+        counted: bool,
+    },
+    Paid {
+        lease: LeaseId,
+    },
+    /// The record is gone (retention over): nothing more will happen to it.
+    Purged {
+        lease: LeaseId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,8 +242,8 @@ struct Slot {
 }
 
 #[derive(Debug)]
-struct Pool {
-    spec: PoolSpec,
+pub(super) struct Pool {
+    pub(super) spec: PoolSpec,
     slots: Vec<Slot>,
     /// Free slots, the one free longest first: `Reverse((freed_at, slot))`.
     free: PriorityQueue<u32, Reverse<(Timestamp, u32)>>,
@@ -175,6 +251,8 @@ struct Pool {
     /// answer "when does the next number free" for `Retry-After` without a scan.
     leased: PriorityQueue<u32, Reverse<Timestamp>>,
     cooling: PriorityQueue<u32, Reverse<Timestamp>>,
+    /// Codes of the shared number held by a lease (active or cooling).
+    codes: HashMap<Code, LeaseId>,
 }
 
 impl Pool {
@@ -184,6 +262,7 @@ impl Pool {
             free: self.free.len(),
             leased: self.leased.len(),
             cooling: self.cooling.len(),
+            codes: self.codes.len(),
         }
     }
 
@@ -194,43 +273,57 @@ impl Pool {
             .leased
             .peek()
             .map(|(_, Reverse(t))| t.saturating_add(self.spec.settings.quarantine));
-        match (cooled, expired) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        min_opt(cooled, expired)
+    }
+}
+
+fn min_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
 type StickyKey = (TenantId, PoolId, SessionId, Option<ListingId>);
 
-/// The whole allocation state of the service.
+/// Persisted state to rebuild an allocator from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub leases: Vec<Lease>,
+    pub calls: Vec<Call>,
+    pub returns: Vec<ReturnRoute>,
+    pub wheel: Vec<(u64, Due)>,
+}
+
+/// The whole allocation and attribution state of the service.
 #[derive(Debug)]
 pub struct Allocator {
-    pools: Vec<Pool>,
+    pub(super) pools: Vec<Pool>,
     by_name: HashMap<Arc<str>, PoolId>,
     /// Which pool and slot each number lives in.
     numbers: HashMap<PhoneNumber, (PoolId, u32)>,
-    leases: HashMap<LeaseId, Lease>,
+    /// Which pool each shared number belongs to.
+    pub(super) shared: HashMap<PhoneNumber, PoolId>,
+    pub(super) leases: HashMap<LeaseId, Lease>,
     /// The live lease of each (tenant, pool, session, listing): asking again returns it.
     sticky: HashMap<StickyKey, LeaseId>,
-    wheel: Wheel,
-    effects: Vec<Effect>,
-    ended: Vec<Ended>,
-}
-
-/// A lease that stopped being active, reported for metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ended {
-    pub pool: PoolId,
-    pub reason: EndReason,
-    /// From creation to the end.
-    pub lived: Duration,
+    /// Leases of each line, oldest first, until purged: attribution looks back in time here.
+    pub(super) history: HashMap<Line, Vec<LeaseId>>,
+    /// Leases that named the caller the visitor typed, until purged.
+    pub(super) by_caller: HashMap<PhoneNumber, Vec<LeaseId>>,
+    pub(super) returns: HashMap<ReturnKey, ReturnRoute>,
+    /// Calls still remembered (for idempotency and their `end`), by key.
+    pub(super) calls: HashMap<CallKey, Call>,
+    wheel: Wheel<Due>,
+    pub(super) effects: Vec<Effect>,
+    pub(super) notices: Vec<Notice>,
 }
 
 impl Allocator {
     /// An allocator with every number free, least-recently-used order being the listed order.
     pub fn new(specs: Vec<PoolSpec>) -> Result<Self, CoreError> {
         let mut numbers = HashMap::new();
+        let mut shared = HashMap::new();
         let mut by_name = HashMap::new();
         let mut pools = Vec::with_capacity(specs.len());
         for (p, spec) in specs.into_iter().enumerate() {
@@ -255,76 +348,93 @@ impl Allocator {
                 });
                 free.push(i, Reverse((Timestamp::ZERO, i)));
             }
+            if let Some(n) = spec.shared_number() {
+                if numbers.contains_key(&n) || shared.insert(n, pid).is_some() {
+                    return Err(CoreError::Corrupt(format!(
+                        "shared number {n} in two places"
+                    )));
+                }
+            }
             pools.push(Pool {
                 spec,
                 slots,
                 free,
                 leased: PriorityQueue::new(),
                 cooling: PriorityQueue::new(),
+                codes: HashMap::new(),
             });
         }
         Ok(Allocator {
             pools,
             by_name,
             numbers,
+            shared,
             leases: HashMap::new(),
             sticky: HashMap::new(),
+            history: HashMap::new(),
+            by_caller: HashMap::new(),
+            returns: HashMap::new(),
+            calls: HashMap::new(),
             wheel: Wheel::new(0),
             effects: Vec::new(),
-            ended: Vec::new(),
+            notices: Vec::new(),
         })
     }
 
-    /// Rebuilds the state that `leases` and `wheel` (as persisted) describe. Numbers no
-    /// longer configured keep their lease records readable but never return to a pool.
-    pub fn restore(
-        specs: Vec<PoolSpec>,
-        leases: impl IntoIterator<Item = Lease>,
-        wheel: impl IntoIterator<Item = (u64, LeaseId)>,
-    ) -> Result<Self, CoreError> {
+    /// Rebuilds the state that a snapshot (as persisted) describes. Numbers no longer
+    /// configured keep their lease records readable but never return to a pool.
+    pub fn restore(specs: Vec<PoolSpec>, snapshot: Snapshot) -> Result<Self, CoreError> {
         let mut a = Allocator::new(specs)?;
         // Last time each number became free, for least-recently-used order after restart.
         let mut freed_at: HashMap<(PoolId, u32), Timestamp> = HashMap::new();
+        let mut leases = snapshot.leases;
+        leases.sort_by_key(|l| (l.created_at, l.id));
         for lease in leases {
-            if let Some(&(pid, idx)) = a.numbers.get(&lease.number) {
-                let cool_until = a.cool_until(&lease);
+            let holds = lease.end.is_none() || !lease.freed;
+            let cool_until = a.cool_until(&lease);
+            if let Some(code) = lease.code {
+                if holds {
+                    let pool = &mut a.pools[lease.pool.0 as usize];
+                    if let Some(other) = pool.codes.insert(code, lease.id) {
+                        return Err(CoreError::Corrupt(format!(
+                            "code {code} held by two leases ({other} and {})",
+                            lease.id
+                        )));
+                    }
+                }
+            } else if let Some(&(pid, idx)) = a.numbers.get(&lease.number) {
                 let pool = &mut a.pools[pid.0 as usize];
                 let slot = &mut pool.slots[idx as usize];
-                let claim = match (lease.end, lease.freed) {
-                    (None, _) => Some(SlotState::Leased),
-                    (Some(_), false) => Some(SlotState::Cooling),
-                    (Some(_), true) => None,
-                };
-                match claim {
-                    Some(state) => {
-                        if slot.state != SlotState::Free {
-                            return Err(CoreError::Corrupt(format!(
-                                "number {} is held by two leases ({:?} and {})",
-                                lease.number, slot.holder, lease.id
-                            )));
-                        }
-                        slot.state = state;
-                        slot.holder = Some(lease.id);
-                        pool.free.remove(&idx);
-                        match state {
-                            SlotState::Leased => pool.leased.push(idx, Reverse(lease.expires_at)),
-                            _ => pool.cooling.push(idx, Reverse(cool_until)),
-                        };
-                        if lease.end.is_none() {
-                            a.sticky.insert(sticky_key(&lease), lease.id);
-                        }
+                if holds {
+                    if slot.state != SlotState::Free {
+                        return Err(CoreError::Corrupt(format!(
+                            "number {} is held by two leases ({:?} and {})",
+                            lease.number, slot.holder, lease.id
+                        )));
                     }
-                    None => {
-                        let t = freed_at.entry((pid, idx)).or_default();
-                        if cool_until >= *t {
-                            *t = cool_until;
-                            if slot.state == SlotState::Free {
-                                slot.holder = Some(lease.id);
-                            }
+                    slot.holder = Some(lease.id);
+                    pool.free.remove(&idx);
+                    if lease.end.is_none() {
+                        slot.state = SlotState::Leased;
+                        pool.leased.push(idx, Reverse(lease.expires_at));
+                    } else {
+                        slot.state = SlotState::Cooling;
+                        pool.cooling.push(idx, Reverse(cool_until));
+                    }
+                } else {
+                    let t = freed_at.entry((pid, idx)).or_default();
+                    if cool_until >= *t {
+                        *t = cool_until;
+                        if slot.state == SlotState::Free {
+                            slot.holder = Some(lease.id);
                         }
                     }
                 }
             }
+            if lease.end.is_none() {
+                a.sticky.insert(sticky_key(&lease), lease.id);
+            }
+            a.index(&lease);
             a.leases.insert(lease.id, lease);
         }
         for ((pid, idx), t) in freed_at {
@@ -333,8 +443,14 @@ impl Allocator {
                 pool.free.change_priority(&idx, Reverse((t, idx)));
             }
         }
-        for (tick, id) in wheel {
-            a.wheel.insert(tick, id);
+        for call in snapshot.calls {
+            a.calls.insert(call.id.key(), call);
+        }
+        for r in snapshot.returns {
+            a.returns.insert(r.key, r);
+        }
+        for (tick, due) in snapshot.wheel {
+            a.wheel.insert(tick, due);
         }
         Ok(a)
     }
@@ -349,6 +465,10 @@ impl Allocator {
 
     pub fn pool_ids(&self) -> impl Iterator<Item = PoolId> {
         (0..self.pools.len() as u32).map(PoolId)
+    }
+
+    pub(super) fn number_pool(&self, n: PhoneNumber) -> Option<PoolId> {
+        self.numbers.get(&n).map(|&(p, _)| p)
     }
 
     pub fn pool_stats(&self, pool: PoolId) -> PoolStats {
@@ -373,13 +493,15 @@ impl Allocator {
         std::mem::take(&mut self.effects)
     }
 
-    /// The leases that ended since the last call.
-    pub fn take_ended(&mut self) -> Vec<Ended> {
-        std::mem::take(&mut self.ended)
+    /// What happened since the last call, for metrics and event streams.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Gives the visitor a number: their live lease back (extended) if they already hold one
-    /// for this listing, else the free number that has rested longest.
+    /// for this listing, else the free number that has rested longest, else (if the pool
+    /// allows) the shared number with a code. `new_id` is fresh randomness from the caller;
+    /// its first bytes also pick where the search for a free code starts.
     pub fn allocate(
         &mut self,
         req: AllocateRequest,
@@ -391,7 +513,6 @@ impl Allocator {
             .get(req.pool.0 as usize)
             .ok_or(CoreError::UnknownPool)?;
         let settings = pool.spec.settings.clone();
-        let ttl = req.ttl.unwrap_or(settings.ttl).min(settings.max_ttl);
 
         let key: StickyKey = (
             req.tenant.clone(),
@@ -401,6 +522,7 @@ impl Allocator {
         );
         if let Some(&id) = self.sticky.get(&key) {
             if self.leases[&id].state(now) == LeaseState::Active {
+                let ttl = self.ttl_of(&self.leases[&id], req.ttl);
                 self.extend(id, ttl, now);
                 return Ok(Allocated {
                     lease: self.leases[&id].clone(),
@@ -413,24 +535,50 @@ impl Allocator {
             return Err(CoreError::DuplicateId);
         }
         let pool = &mut self.pools[req.pool.0 as usize];
-        let Some((idx, _)) = pool.free.pop() else {
-            let next = pool.next_free_at().unwrap_or(now);
-            return Err(match pool.spec.on_exhausted {
-                OnExhausted::Reject => CoreError::Exhausted {
-                    retry_after_secs: retry_after_secs(now, next),
-                },
-            });
+        let (number, code, ttl) = match pool.free.pop() {
+            Some((idx, _)) => {
+                let slot = &mut pool.slots[idx as usize];
+                slot.state = SlotState::Leased;
+                slot.holder = Some(new_id);
+                let ttl = req.ttl.unwrap_or(settings.ttl).min(settings.max_ttl);
+                pool.leased.push(idx, Reverse(now.saturating_add(ttl)));
+                (slot.number, None, ttl)
+            }
+            None => {
+                let next_number = pool.next_free_at();
+                let OnExhausted::Shared { number, code_ttl } = pool.spec.on_exhausted else {
+                    return Err(CoreError::Exhausted {
+                        retry_after_secs: retry_after_secs(now, next_number.unwrap_or(now)),
+                    });
+                };
+                let seed = u16::from_le_bytes([new_id.as_bytes()[0], new_id.as_bytes()[1]]);
+                let Some(code) = (0..Code::SPACE)
+                    .filter_map(|i| Code::new((seed % Code::SPACE + i) % Code::SPACE))
+                    .find(|c| !pool.codes.contains_key(c))
+                else {
+                    let next_code = pool
+                        .codes
+                        .values()
+                        .filter_map(|id| self.leases.get(id))
+                        .map(|l| l.end_at().saturating_add(settings.quarantine))
+                        .min();
+                    return Err(CoreError::Exhausted {
+                        retry_after_secs: retry_after_secs(
+                            now,
+                            min_opt(next_number, next_code).unwrap_or(now),
+                        ),
+                    });
+                };
+                pool.codes.insert(code, new_id);
+                (number, Some(code), code_ttl.min(settings.max_ttl))
+            }
         };
         let expires_at = now.saturating_add(ttl);
-        let slot = &mut pool.slots[idx as usize];
-        slot.state = SlotState::Leased;
-        slot.holder = Some(new_id);
-        pool.leased.push(idx, Reverse(expires_at));
         let lease = Lease {
             id: new_id,
             tenant: req.tenant,
             pool: req.pool,
-            number: slot.number,
+            number,
             session: req.session,
             listing: req.listing,
             target: req.target,
@@ -443,16 +591,20 @@ impl Allocator {
             min_call_secs: req.min_call_secs,
             calls: 0,
             redeemed_at: None,
+            code,
+            first_call_at: None,
         };
         self.sticky.insert(key, new_id);
+        self.index(&lease);
         self.leases.insert(new_id, lease.clone());
         self.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(expires_at, new_id);
+        self.schedule(expires_at, Due::Lease(new_id));
         Ok(Allocated { lease, fresh: true })
     }
 
-    /// Extends an active lease by `ttl` from now (the pool's `ttl` if `None`), never past
-    /// `max_ttl` from its creation and never shortening it.
+    /// Extends an active lease by `ttl` from now (the pool's `ttl` if `None`; a code's
+    /// `code_ttl` on a shared number), never past `max_ttl` from its creation and never
+    /// shortening it.
     pub fn renew(
         &mut self,
         id: &LeaseId,
@@ -464,8 +616,7 @@ impl Allocator {
             LeaseState::Active => {}
             ended => return Err(CoreError::LeaseEnded(ended)),
         }
-        let settings = &self.pools[lease.pool.0 as usize].spec.settings;
-        let ttl = ttl.unwrap_or(settings.ttl).min(settings.max_ttl);
+        let ttl = self.ttl_of(lease, ttl);
         self.extend(*id, ttl, now);
         Ok(&self.leases[id])
     }
@@ -478,16 +629,33 @@ impl Allocator {
             LeaseState::Active => {
                 self.end(*id, now, EndReason::Released);
                 let cool_until = self.cool_until(&self.leases[id]);
-                self.schedule(cool_until, *id);
+                self.schedule(cool_until, Due::Lease(*id));
                 Ok(true)
             }
             // Past its deadline but not yet fired: settle it as the wheel would.
             LeaseState::Expired if lease.end.is_none() => {
-                self.advance(*id, now);
+                self.advance(Due::Lease(*id), now);
                 Ok(false)
             }
             _ => Ok(false),
         }
+    }
+
+    /// Marks a paid lease redeemed, once: the merchant's proof of payment cannot be replayed.
+    pub fn redeem(&mut self, id: &LeaseId, now: Timestamp) -> Result<&Lease, CoreError> {
+        let lease = self.leases.get_mut(id).ok_or(CoreError::UnknownLease)?;
+        if lease.redeemed_at.is_some() {
+            return Err(CoreError::AlreadyRedeemed);
+        }
+        if !lease.paid() {
+            return Err(CoreError::NotPaid {
+                calls: lease.calls,
+                calls_required: lease.calls_required,
+            });
+        }
+        lease.redeemed_at = Some(now);
+        self.effects.push(Effect::PutLease(lease.clone()));
+        Ok(&self.leases[id])
     }
 
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
@@ -495,9 +663,9 @@ impl Allocator {
     pub fn tick(&mut self, now: Timestamp) {
         let mut due = Vec::new();
         self.wheel.advance(now.tick_floor(), &mut due);
-        for (tick, id) in due {
-            self.effects.push(Effect::DelWheel(tick, id));
-            self.advance(id, now);
+        for (tick, what) in due {
+            self.effects.push(Effect::DelWheel(tick, what));
+            self.advance(what, now);
         }
     }
 
@@ -553,49 +721,78 @@ impl Allocator {
                     }
                 }
             }
+            for (code, id) in &pool.codes {
+                let lease = self
+                    .leases
+                    .get(id)
+                    .ok_or_else(|| format!("code {code} held by a missing lease"))?;
+                if lease.code != Some(*code) || lease.freed {
+                    return Err(format!("code {code} disagrees with {lease:?}"));
+                }
+            }
         }
-        let mut holders: HashMap<PhoneNumber, LeaseId> = HashMap::new();
+        let mut holders: HashMap<Line, LeaseId> = HashMap::new();
         for lease in self.leases.values() {
             if lease.end.is_none() {
-                if let Some(other) = holders.insert(lease.number, lease.id) {
-                    return Err(format!("{} held by {other} and {}", lease.number, lease.id));
+                if let Some(other) = holders.insert(lease.line(), lease.id) {
+                    return Err(format!(
+                        "{:?} held by {other} and {}",
+                        lease.line(),
+                        lease.id
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    /// When the lease's number may go to someone else.
+    /// When the lease's number (or code) may go to someone else.
     pub fn cool_until(&self, lease: &Lease) -> Timestamp {
         let q = self.pools[lease.pool.0 as usize].spec.settings.quarantine;
-        lease
-            .end
-            .map_or(lease.expires_at, |e| e.at)
-            .saturating_add(q)
+        lease.end_at().saturating_add(q)
     }
 
     /// Until when late calls still reach the lease's holder.
     pub fn grace_until(&self, lease: &Lease) -> Timestamp {
         let g = self.pools[lease.pool.0 as usize].spec.settings.grace;
-        lease
-            .end
-            .map_or(lease.expires_at, |e| e.at)
-            .saturating_add(g)
+        lease.end_at().saturating_add(g)
     }
 
     fn purge_at(&self, lease: &Lease) -> Timestamp {
         let r = self.pools[lease.pool.0 as usize].spec.settings.retention;
-        lease
-            .end
-            .map_or(lease.expires_at, |e| e.at)
-            .saturating_add(r)
-            .max(self.cool_until(lease))
+        lease.end_at().saturating_add(r).max(self.cool_until(lease))
     }
 
-    fn schedule(&mut self, deadline: Timestamp, id: LeaseId) {
+    /// The lifetime a new term of `lease` gets: `code_ttl` on a shared number, else `wanted`
+    /// or the pool's `ttl`; never more than `max_ttl`.
+    fn ttl_of(&self, lease: &Lease, wanted: Option<Duration>) -> Duration {
+        let spec = &self.pools[lease.pool.0 as usize].spec;
+        let ttl = match (lease.code, &spec.on_exhausted) {
+            (Some(_), OnExhausted::Shared { code_ttl, .. }) => *code_ttl,
+            _ => wanted.unwrap_or(spec.settings.ttl),
+        };
+        ttl.min(spec.settings.max_ttl)
+    }
+
+    pub(super) fn schedule(&mut self, deadline: Timestamp, what: Due) {
         let tick = deadline.tick_ceil();
-        self.wheel.insert(tick, id);
-        self.effects.push(Effect::PutWheel(tick, id));
+        self.wheel.insert(tick, what);
+        self.effects.push(Effect::PutWheel(tick, what));
+    }
+
+    /// Adds a lease to the lookups attribution uses.
+    fn index(&mut self, lease: &Lease) {
+        self.history.entry(lease.line()).or_default().push(lease.id);
+        if let Some(c) = lease.caller {
+            self.by_caller.entry(c).or_default().push(lease.id);
+        }
+    }
+
+    fn unindex(&mut self, lease: &Lease) {
+        remove_from(&mut self.history, lease.line(), lease.id);
+        if let Some(c) = lease.caller {
+            remove_from(&mut self.by_caller, c, lease.id);
+        }
     }
 
     fn extend(&mut self, id: LeaseId, ttl: Duration, now: Timestamp) {
@@ -607,16 +804,25 @@ impl Allocator {
             return;
         }
         lease.expires_at = new_expiry;
-        let (pid, idx) = self.numbers[&lease.number];
-        self.pools[pid.0 as usize]
-            .leased
-            .change_priority(&idx, Reverse(new_expiry));
+        if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+            self.pools[pid.0 as usize]
+                .leased
+                .change_priority(&idx, Reverse(new_expiry));
+        }
         self.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(new_expiry, id);
+        self.schedule(new_expiry, Due::Lease(id));
     }
 
-    /// Moves a lease as far along its life cycle as `now` allows, and files its next deadline.
-    fn advance(&mut self, id: LeaseId, now: Timestamp) {
+    /// Moves a record as far along its life as `now` allows, and files its next deadline.
+    fn advance(&mut self, what: Due, now: Timestamp) {
+        match what {
+            Due::Lease(id) => self.advance_lease(id, now),
+            Due::Call(key) => self.forget_call(key, now),
+            Due::Return(key) => self.expire_return(key, now),
+        }
+    }
+
+    fn advance_lease(&mut self, id: LeaseId, now: Timestamp) {
         let mut moved = false;
         loop {
             let Some(lease) = self.leases.get(&id) else {
@@ -640,8 +846,10 @@ impl Allocator {
                 if now < self.purge_at(lease) {
                     break;
                 }
-                self.leases.remove(&id);
+                let lease = self.leases.remove(&id).expect("just seen");
+                self.unindex(&lease);
                 self.effects.push(Effect::DelLease(id));
+                self.notices.push(Notice::Purged { lease: id });
                 return;
             }
         }
@@ -652,14 +860,15 @@ impl Allocator {
             } else {
                 self.cool_until(lease)
             };
-            self.schedule(next, id);
+            self.schedule(next, Due::Lease(id));
         }
     }
 
     fn end(&mut self, id: LeaseId, at: Timestamp, reason: EndReason) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         lease.end = Some(LeaseEnd { at, reason });
-        self.ended.push(Ended {
+        self.notices.push(Notice::Ended {
+            lease: id,
             pool: lease.pool,
             reason,
             lived: at.since(lease.created_at),
@@ -670,13 +879,15 @@ impl Allocator {
         }
         let lease = &self.leases[&id];
         let cool_until = self.cool_until(lease);
-        if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
-            let pool = &mut self.pools[pid.0 as usize];
-            let slot = &mut pool.slots[idx as usize];
-            if slot.holder == Some(id) && slot.state == SlotState::Leased {
-                slot.state = SlotState::Cooling;
-                pool.leased.remove(&idx);
-                pool.cooling.push(idx, Reverse(cool_until));
+        if lease.code.is_none() {
+            if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+                let pool = &mut self.pools[pid.0 as usize];
+                let slot = &mut pool.slots[idx as usize];
+                if slot.holder == Some(id) && slot.state == SlotState::Leased {
+                    slot.state = SlotState::Cooling;
+                    pool.leased.remove(&idx);
+                    pool.cooling.push(idx, Reverse(cool_until));
+                }
             }
         }
         self.effects.push(Effect::PutLease(lease.clone()));
@@ -685,13 +896,22 @@ impl Allocator {
     fn free(&mut self, id: LeaseId, at: Timestamp) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         lease.freed = true;
-        if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
-            let pool = &mut self.pools[pid.0 as usize];
-            let slot = &mut pool.slots[idx as usize];
-            if slot.holder == Some(id) && slot.state == SlotState::Cooling {
-                slot.state = SlotState::Free;
-                pool.cooling.remove(&idx);
-                pool.free.push(idx, Reverse((at, idx)));
+        let pool = &mut self.pools[lease.pool.0 as usize];
+        match lease.code {
+            Some(code) => {
+                if pool.codes.get(&code) == Some(&id) {
+                    pool.codes.remove(&code);
+                }
+            }
+            None => {
+                if let Some(&(_, idx)) = self.numbers.get(&lease.number) {
+                    let slot = &mut pool.slots[idx as usize];
+                    if slot.holder == Some(id) && slot.state == SlotState::Cooling {
+                        slot.state = SlotState::Free;
+                        pool.cooling.remove(&idx);
+                        pool.free.push(idx, Reverse((at, idx)));
+                    }
+                }
             }
         }
         self.effects.push(Effect::PutLease(lease.clone()));
@@ -705,4 +925,13 @@ fn sticky_key(lease: &Lease) -> StickyKey {
         lease.session.clone(),
         lease.listing.clone(),
     )
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<LeaseId>>, key: K, id: LeaseId) {
+    if let Some(v) = map.get_mut(&key) {
+        v.retain(|x| *x != id);
+        if v.is_empty() {
+            map.remove(&key);
+        }
+    }
 }

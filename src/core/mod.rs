@@ -1,17 +1,23 @@
-//! The pure core: numbers, leases, the timing wheel and their rules. It knows nothing of
-//! HTTP, sled or the wall clock: callers pass `now` in and persist the [`Effect`]s it returns.
+//! The pure core: numbers, leases, calls, the timing wheel and their rules. It knows nothing
+//! of HTTP, sled or the wall clock: callers pass `now` in and persist the [`Effect`]s it
+//! returns before answering anyone.
 
 mod allocator;
+mod calls;
 mod time;
 mod types;
 mod wheel;
 
 pub use allocator::{
-    AllocateRequest, Allocated, Allocator, EndReason, Ended, Lease, LeaseEnd, LeaseSettings,
-    LeaseState, OnExhausted, PoolSpec, PoolStats,
+    AllocateRequest, Allocated, Allocator, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState,
+    Notice, OnExhausted, PoolSpec, PoolStats, Snapshot,
 };
+pub use calls::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use time::{retry_after_secs, Timestamp, TICK_MS};
-pub use types::{LeaseId, ListingId, ParseError, PhoneNumber, PoolId, SessionId, Target, TenantId};
+pub use types::{
+    CallId, CallKey, Code, Due, LeaseId, ListingId, ParseError, PhoneNumber, PoolId, ReturnKey,
+    SessionId, Target, TenantId,
+};
 pub use wheel::Wheel;
 
 use thiserror::Error;
@@ -22,9 +28,13 @@ use thiserror::Error;
 pub enum Effect {
     PutLease(Lease),
     DelLease(LeaseId),
-    /// A wheel entry: at this tick, look at this lease again.
-    PutWheel(u64, LeaseId),
-    DelWheel(u64, LeaseId),
+    /// A call record; it stays on disk (the journal) after memory forgets it.
+    PutCall(Call),
+    PutReturn(ReturnRoute),
+    DelReturn(ReturnKey),
+    /// A wheel entry: at this tick, look at this record again.
+    PutWheel(u64, Due),
+    DelWheel(u64, Due),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -37,6 +47,16 @@ pub enum CoreError {
     LeaseEnded(LeaseState),
     #[error("no number is free in this pool; retry in {retry_after_secs} s")]
     Exhausted { retry_after_secs: u64 },
+    #[error("the lease is not paid yet: {calls} of {calls_required} calls")]
+    NotPaid { calls: u32, calls_required: u32 },
+    #[error("the lease was already redeemed")]
+    AlreadyRedeemed,
+    #[error("no such call")]
+    UnknownCall,
+    #[error("{0}")]
+    CallConflict(String),
+    #[error("the call's end is before its start")]
+    EndBeforeStart,
     #[error("lease id already in use")]
     DuplicateId,
     #[error("inconsistent state: {0}")]

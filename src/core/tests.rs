@@ -28,6 +28,8 @@ fn allocator(size: u64) -> Allocator {
         numbers: numbers(size),
         settings: settings(),
         on_exhausted: OnExhausted::Reject,
+        return_window: Duration::from_secs(30 * 86_400),
+        fallback: None,
     }])
     .unwrap()
 }
@@ -293,7 +295,7 @@ fn ttl_requests_are_capped_by_max_ttl() {
 fn replay(
     a: &mut Allocator,
     leases: &mut std::collections::BTreeMap<LeaseId, Lease>,
-    wheel: &mut std::collections::BTreeSet<(u64, LeaseId)>,
+    wheel: &mut std::collections::BTreeSet<(u64, Due)>,
 ) {
     for e in a.take_effects() {
         match e {
@@ -309,6 +311,7 @@ fn replay(
             Effect::DelWheel(t, id) => {
                 wheel.remove(&(t, id));
             }
+            Effect::PutCall(_) | Effect::PutReturn(_) | Effect::DelReturn(_) => {}
         }
     }
 }
@@ -324,7 +327,12 @@ fn restoring_from_effects_gives_back_the_same_state() {
     replay(&mut a, &mut leases, &mut wheel);
 
     let specs = vec![a.pool_spec(PoolId(0)).clone()];
-    let mut b = Allocator::restore(specs, leases.values().cloned(), wheel.iter().copied()).unwrap();
+    let snapshot = Snapshot {
+        leases: leases.values().cloned().collect(),
+        wheel: wheel.iter().copied().collect(),
+        ..Snapshot::default()
+    };
+    let mut b = Allocator::restore(specs, snapshot).unwrap();
     b.tick(at(2));
     b.check_invariants().unwrap();
     assert_eq!(b.pool_stats(PoolId(0)), a.pool_stats(PoolId(0)));
@@ -343,6 +351,10 @@ fn restore_refuses_two_live_leases_on_one_number() {
     let mut twin = l.clone();
     twin.id = id(2);
     let specs = vec![a.pool_spec(PoolId(0)).clone()];
-    let err = Allocator::restore(specs, [l, twin], []).unwrap_err();
+    let snapshot = Snapshot {
+        leases: vec![l, twin],
+        ..Snapshot::default()
+    };
+    let err = Allocator::restore(specs, snapshot).unwrap_err();
     assert!(matches!(err, CoreError::Corrupt(_)));
 }

@@ -260,6 +260,90 @@ label_type!(
     "tenant"
 );
 
+/// A telephony platform's id for one call (a SIP Call-ID, a Twilio CallSid): 1 to 128
+/// printable bytes. Starts and ends of the same call carry the same id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(Arc<str>);
+
+impl CallId {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        label("call_id", s).map(CallId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A fixed-size key for the call (the first 16 bytes of its SHA-256), used where keys must
+    /// have one length: wheel entries and store keys.
+    pub fn key(&self) -> CallKey {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(self.0.as_bytes());
+        CallKey(d[..16].try_into().expect("16 bytes"))
+    }
+}
+
+impl fmt::Debug for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CallId({:?})", &*self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey(pub [u8; 16]);
+
+/// A keypad code on a shared number: four digits, leading zeros kept (`0042`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Code(u16);
+
+impl Code {
+    pub const SPACE: u16 = 10_000;
+
+    pub fn new(n: u16) -> Option<Code> {
+        (n < Self::SPACE).then_some(Code(n))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.len() != 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err(format!(
+                "{s:?} is not a code: expected four digits, such as \"0042\""
+            )));
+        }
+        Ok(Code(s.parse().expect("four digits")))
+    }
+
+    pub fn value(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}", self.0)
+    }
+}
+
+impl fmt::Debug for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Code({:04})", self.0)
+    }
+}
+
+/// A return caller's route is keyed by who calls and which number they call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReturnKey {
+    pub caller: PhoneNumber,
+    pub number: PhoneNumber,
+}
+
+/// What a timing wheel entry points at: each kind of record with a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Due {
+    Lease(LeaseId),
+    Call(CallKey),
+    Return(ReturnKey),
+}
+
 /// A pool's index in the allocator, fixed for the life of the process (names are for the edges).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolId(pub u32);

@@ -1,24 +1,22 @@
 //! A hashed timing wheel of deadlines, in ticks. It mirrors the entries the store persists
 //! under big-endian tick keys; this copy only answers "what is due" without touching disk.
 
-use super::types::LeaseId;
-
 /// 4096 one-second slots: about 68 minutes per turn. Entries further out share a slot with
 /// nearer ones and are skipped (not fired) until their own tick comes round.
 const SLOTS: usize = 4096;
 
 #[derive(Debug)]
-pub struct Wheel {
-    slots: Vec<Vec<(u64, LeaseId)>>,
+pub struct Wheel<T> {
+    slots: Vec<Vec<(u64, T)>>,
     /// Entries filed for a tick already passed (restored after a restart, or a deadline set
     /// in the past): they fire on the very next advance.
-    overdue: Vec<(u64, LeaseId)>,
+    overdue: Vec<(u64, T)>,
     /// Every tick up to and including this one has been fired.
     done_through: u64,
     len: usize,
 }
 
-impl Wheel {
+impl<T: Copy> Wheel<T> {
     /// A wheel that has fired everything up to `done_through`.
     pub fn new(done_through: u64) -> Self {
         Wheel {
@@ -43,7 +41,7 @@ impl Wheel {
         self.done_through
     }
 
-    pub fn insert(&mut self, tick: u64, id: LeaseId) {
+    pub fn insert(&mut self, tick: u64, id: T) {
         if tick <= self.done_through {
             self.overdue.push((tick, id));
         } else {
@@ -53,7 +51,7 @@ impl Wheel {
     }
 
     /// Moves every entry due at or before `through` into `out`, in no particular order.
-    pub fn advance(&mut self, through: u64, out: &mut Vec<(u64, LeaseId)>) {
+    pub fn advance(&mut self, through: u64, out: &mut Vec<(u64, T)>) {
         self.len -= self.overdue.len();
         out.append(&mut self.overdue);
         if through <= self.done_through {
@@ -81,12 +79,13 @@ impl Wheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::LeaseId;
 
     fn id(n: u8) -> LeaseId {
         LeaseId::from_bytes([n; 16])
     }
 
-    fn due(w: &mut Wheel, through: u64) -> Vec<(u64, LeaseId)> {
+    fn due(w: &mut Wheel<LeaseId>, through: u64) -> Vec<(u64, LeaseId)> {
         let mut out = Vec::new();
         w.advance(through, &mut out);
         out.sort();

@@ -76,6 +76,11 @@ impl RoleSpec for Site {
     const ROLE: Role = Role::Site;
 }
 
+pub struct Telephony;
+impl RoleSpec for Telephony {
+    const ROLE: Role = Role::Telephony;
+}
+
 pub struct Admin;
 impl RoleSpec for Admin {
     const ROLE: Role = Role::Admin;

@@ -104,6 +104,28 @@ impl From<ServiceError> for ApiError {
                     format!("every number of this pool is in use; the next one frees in {retry_after_secs} s"),
                 )
             },
+            ServiceError::Core(e @ CoreError::NotPaid { .. }) => {
+                Self::new(StatusCode::PAYMENT_REQUIRED, "not-paid", e.to_string())
+            }
+            ServiceError::Core(e @ CoreError::AlreadyRedeemed) => {
+                Self::new(StatusCode::CONFLICT, "already-redeemed", e.to_string())
+            }
+            ServiceError::Core(CoreError::UnknownCall) => Self::new(
+                StatusCode::NOT_FOUND,
+                "unknown-call",
+                "no call with this call_id has started (or it is too old to end)",
+            ),
+            ServiceError::Core(CoreError::CallConflict(m)) => {
+                Self::new(StatusCode::CONFLICT, "call-conflict", m)
+            }
+            ServiceError::Core(e @ CoreError::EndBeforeStart) => {
+                Self::new(StatusCode::CONFLICT, "end-before-start", e.to_string())
+            }
+            ServiceError::Store(crate::store::StoreError::BadCursor) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad-cursor",
+                "cursor is not one this journal gave; start again without it",
+            ),
             ServiceError::Core(e @ (CoreError::DuplicateId | CoreError::Corrupt(_))) => {
                 tracing::error!(error = %e, "internal error");
                 Self::internal()

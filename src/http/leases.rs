@@ -116,3 +116,19 @@ pub async fn release(
     s.service.release(id, &key.tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Redeems a paid lease once: 200 the first time, 402 not paid yet, 409 already redeemed.
+pub async fn redeem(
+    State(s): State<AppState>,
+    Need(key, _): Need<Site>,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let id = lease_id(&id)?;
+    let view = s.service.get(&id)?;
+    if view.lease.tenant != key.tenant {
+        return Err(ApiError::unknown_lease());
+    }
+    check_pool(&key, &view.pool)?;
+    let view = s.service.redeem(id, &key.tenant).await?;
+    Ok(Json(LeaseBody::new(&view, true)))
+}

@@ -2,7 +2,9 @@
 //! Handlers parse and authorise, call the [`Service`], and turn its answer into JSON.
 
 mod auth;
+mod calls;
 mod error;
+mod events;
 mod json;
 mod leases;
 mod ops;
@@ -40,6 +42,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases", post(leases::create))
         .route("/v1/leases/{id}", get(leases::show).delete(leases::release))
         .route("/v1/leases/{id}/renew", post(leases::renew))
+        .route("/v1/leases/{id}/redeem", post(leases::redeem))
+        .route("/v1/leases/{id}/events", get(events::stream))
+        .route("/v1/calls", post(calls::event).get(calls::journal))
         .route("/v1/pools", get(ops::pools))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

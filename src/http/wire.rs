@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::Timestamp;
+use crate::core::{Call, Timestamp};
 use crate::service::{LeaseView, PoolView};
 
 /// RFC 3339, UTC, millisecond precision: `2026-11-22T11:00:00.000Z`.
@@ -49,12 +49,15 @@ pub struct LeaseBody {
     pub state: &'static str,
     pub created_at: String,
     pub expires_at: String,
+    /// On a shared number: the four digits the caller types.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub calls: u32,
     pub calls_required: u32,
     pub calls_missing: u32,
+    pub min_call_secs: u32,
     pub paid: bool,
+    pub redeemed_at: Option<String>,
 }
 
 impl LeaseBody {
@@ -73,11 +76,13 @@ impl LeaseBody {
             state: v.state.as_str(),
             created_at: rfc3339(l.created_at),
             expires_at: rfc3339(l.expires_at),
-            code: None,
+            code: l.code.map(|c| c.to_string()),
             calls: l.calls,
             calls_required: l.calls_required,
             calls_missing: l.calls_required.saturating_sub(l.calls),
+            min_call_secs: l.min_call_secs,
             paid: l.paid(),
+            redeemed_at: l.redeemed_at.map(rfc3339),
         }
     }
 }
@@ -110,4 +115,157 @@ impl From<&PoolView> for PoolBody {
 #[derive(Serialize)]
 pub struct PoolsBody {
     pub pools: Vec<PoolBody>,
+}
+
+/// A call event from telephony.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallEventBody {
+    pub call_id: String,
+    pub event: String,
+    pub called: Option<String>,
+    pub caller: Option<String>,
+    /// RFC 3339; defaults to the time the event is received.
+    pub at: Option<String>,
+    pub code: Option<String>,
+    pub duration_secs: Option<u32>,
+}
+
+/// The answer to a call's start: where it goes and who gets the credit.
+#[derive(Serialize)]
+pub struct CallStartAnswer {
+    pub call_id: String,
+    pub attributed: bool,
+    pub reason: &'static str,
+    pub pool: Option<String>,
+    pub lease_id: Option<String>,
+    pub target: Option<String>,
+    pub listing: Option<String>,
+}
+
+impl CallStartAnswer {
+    pub fn new(c: &Call, pool: Option<String>) -> Self {
+        let a = &c.attribution;
+        CallStartAnswer {
+            call_id: c.id.as_str().to_owned(),
+            attributed: a.reason.attributed(),
+            reason: a.reason.as_str(),
+            pool,
+            lease_id: a.lease.map(|l| l.to_string()),
+            target: a.target.as_ref().map(ToString::to_string),
+            listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CallEndAnswer {
+    pub call_id: String,
+    pub duration_secs: u32,
+    /// The call counted toward its lease's `calls`.
+    pub counted: bool,
+    pub lease_id: Option<String>,
+}
+
+/// One row of the call journal.
+#[derive(Serialize)]
+pub struct JournalRow {
+    pub call_id: String,
+    pub pool: Option<String>,
+    pub called: String,
+    pub caller: Option<String>,
+    pub code: Option<String>,
+    pub started_at: String,
+    pub reason: &'static str,
+    pub attributed: bool,
+    pub lease_id: Option<String>,
+    pub listing: Option<String>,
+    pub target: Option<String>,
+    pub ended_at: Option<String>,
+    pub duration_secs: Option<u32>,
+    pub counted: bool,
+}
+
+impl JournalRow {
+    pub fn new(row: &crate::store::CallRow) -> Self {
+        let c = &row.call;
+        let a = &c.attribution;
+        JournalRow {
+            call_id: c.id.as_str().to_owned(),
+            pool: row.pool.clone(),
+            called: c.called.to_string(),
+            caller: c.caller.map(|n| n.to_string()),
+            code: c.code.map(|x| x.to_string()),
+            started_at: rfc3339(c.started_at),
+            reason: a.reason.as_str(),
+            attributed: a.reason.attributed(),
+            lease_id: a.lease.map(|l| l.to_string()),
+            listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
+            target: a.target.as_ref().map(ToString::to_string),
+            ended_at: c.end.map(|e| rfc3339(e.at)),
+            duration_secs: c.end.map(|e| e.duration_secs),
+            counted: c.counted,
+        }
+    }
+
+    pub const CSV_HEADER: &'static str = "call_id,pool,called,caller,code,started_at,reason,attributed,lease_id,listing,target,ended_at,duration_secs,counted";
+
+    /// One CSV line (RFC 4180 quoting where a field needs it).
+    pub fn csv(&self) -> String {
+        fn q(s: &str) -> String {
+            if s.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_owned()
+            }
+        }
+        let o = |v: &Option<String>| v.as_deref().map(q).unwrap_or_default();
+        [
+            q(&self.call_id),
+            o(&self.pool),
+            q(&self.called),
+            o(&self.caller),
+            o(&self.code),
+            q(&self.started_at),
+            self.reason.to_owned(),
+            self.attributed.to_string(),
+            o(&self.lease_id),
+            o(&self.listing),
+            o(&self.target),
+            o(&self.ended_at),
+            self.duration_secs
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            self.counted.to_string(),
+        ]
+        .join(",")
+    }
+}
+
+#[derive(Serialize)]
+pub struct JournalBody {
+    pub calls: Vec<JournalRow>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalParams {
+    pub pool: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+    pub format: Option<String>,
+}
+
+/// Parses an RFC 3339 instant from a client.
+pub fn parse_time(field: &str, s: &str) -> Result<Timestamp, String> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+        .map(Timestamp::from_millis)
+        .ok_or_else(|| {
+            format!("{field}: {s:?} is not an RFC 3339 time such as \"2026-11-22T11:00:00Z\"")
+        })
 }

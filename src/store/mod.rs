@@ -3,23 +3,34 @@
 //!
 //! Key layout (one tree, first byte = record kind):
 //! - `L` + lease id (16 bytes) → versioned lease record ([`record`]).
-//! - `W` + due tick (8 bytes, big-endian) + lease id (16 bytes) → empty. Big-endian ticks make
-//!   byte order time order: a range scan from `W` yields entries earliest first.
+//! - `C` + call key (16 bytes) → versioned call record. Kept after memory forgets the call:
+//!   this is the call journal.
+//! - `J` + start time (ms, 8 bytes big-endian) + call key → empty: the journal's time index.
+//! - `R` + caller digits (8 bytes) + called digits (8 bytes) → return route.
+//! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R) + id (16 bytes) → empty.
+//!   Big-endian ticks make byte order time order: a range scan from `W` yields entries
+//!   earliest first.
 //! - `M` + name → metadata (`Mformat` = the store format, checked on open).
 
 mod commit;
 mod record;
 
 pub use commit::Committer;
+pub use record::CallRow;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use thiserror::Error;
 
-use crate::core::{Effect, Lease, LeaseId, PoolId, PoolSpec};
+use crate::core::{
+    CallKey, Due, Effect, LeaseId, PhoneNumber, PoolId, PoolSpec, ReturnKey, Snapshot, Timestamp,
+};
 
 const LEASE: u8 = b'L';
+const CALL: u8 = b'C';
+const JOURNAL: u8 = b'J';
+const RETURN: u8 = b'R';
 const WHEEL: u8 = b'W';
 const FORMAT_KEY: &[u8] = b"Mformat";
 const FORMAT: &[u8] = b"leaseline-store-1";
@@ -32,15 +43,37 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage is failing: {0}")]
     Failed(String),
+    #[error("the cursor is not one this journal gave")]
+    BadCursor,
 }
 
 /// What was on disk at start-up.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub leases: Vec<Lease>,
-    pub wheel: Vec<(u64, LeaseId)>,
+    pub snapshot: Snapshot,
     /// Records of pools no longer configured: left on disk untouched, not served.
     pub orphans: usize,
+}
+
+/// A page of the call journal, newest first.
+#[derive(Debug, Default)]
+pub struct JournalPage {
+    pub rows: Vec<CallRow>,
+    /// Pass back to get the next (older) page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Which calls a journal page holds.
+#[derive(Debug, Default, Clone)]
+pub struct JournalQuery {
+    pub pool: Option<String>,
+    /// Calls started at or after this instant.
+    pub since: Option<Timestamp>,
+    /// Calls started before this instant.
+    pub until: Option<Timestamp>,
+    /// Continue after this cursor (from a previous page).
+    pub cursor: Option<String>,
+    pub limit: usize,
 }
 
 pub struct Store {
@@ -92,25 +125,50 @@ impl Store {
         })
     }
 
-    /// Reads every lease record and wheel entry back.
+    /// Reads back what the core needs: every lease, return route and wheel entry, and the
+    /// calls the wheel still remembers (older calls live on only in the journal).
     pub fn load(&self) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
+        let pool_id = |name: &str| self.pool_ids.get(name).copied();
         for item in self.db.scan_prefix([LEASE]) {
             let (k, v) = item?;
-            let id = lease_id(&k[1..])?;
-            match record::decode(id, &v, |name| self.pool_ids.get(name).copied()) {
-                Ok(lease) => out.leases.push(lease),
+            let id = LeaseId::from_bytes(fixed(&k[1..])?);
+            match record::decode_lease(id, &v, pool_id) {
+                Ok(lease) => out.snapshot.leases.push(lease),
                 Err(record::DecodeError::UnknownPool) => out.orphans += 1,
                 Err(record::DecodeError::Invalid(m)) => return Err(StoreError::Corrupt(m)),
             }
         }
+        for item in self.db.scan_prefix([RETURN]) {
+            let (k, v) = item?;
+            let key = return_key_from(&k[1..])?;
+            let route = record::decode_return(key, &v).map_err(corrupt)?;
+            out.snapshot.returns.push(route);
+        }
         for item in self.db.scan_prefix([WHEEL]) {
             let (k, _) = item?;
-            if k.len() != 25 {
+            if k.len() != 26 {
                 return Err(StoreError::Corrupt("malformed wheel key".into()));
             }
-            let tick = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
-            out.wheel.push((tick, lease_id(&k[9..])?));
+            let tick = u64::from_be_bytes(fixed(&k[1..9])?);
+            let id: [u8; 16] = fixed(&k[10..])?;
+            let due = match k[9] {
+                LEASE => Due::Lease(LeaseId::from_bytes(id)),
+                CALL => {
+                    if let Some(v) = self.db.get(call_key(&CallKey(id)))? {
+                        let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
+                        out.snapshot.calls.push(row.call);
+                    }
+                    Due::Call(CallKey(id))
+                }
+                RETURN => Due::Return(return_key_from(&id)?),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "wheel entry of unknown kind {other}"
+                    )))
+                }
+            };
+            out.snapshot.wheel.push((tick, due));
         }
         Ok(out)
     }
@@ -119,19 +177,67 @@ impl Store {
     /// [`Committer`]).
     pub fn apply(&self, effects: &[Effect]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let name = |p: PoolId| self.pool_names[p.0 as usize].as_str();
         for e in effects {
             match e {
-                Effect::PutLease(l) => batch.insert(
-                    &lease_key(&l.id),
-                    record::encode(l, &self.pool_names[l.pool.0 as usize]),
-                ),
-                Effect::DelLease(id) => batch.remove(&lease_key(id)),
-                Effect::PutWheel(t, id) => batch.insert(&wheel_key(*t, id), &[]),
-                Effect::DelWheel(t, id) => batch.remove(&wheel_key(*t, id)),
+                Effect::PutLease(l) => {
+                    batch.insert(&lease_key(&l.id)[..], record::encode_lease(l, name(l.pool)))
+                }
+                Effect::DelLease(id) => batch.remove(&lease_key(id)[..]),
+                Effect::PutCall(c) => {
+                    let key = c.id.key();
+                    let pool = c.attribution.pool.map(name);
+                    batch.insert(&call_key(&key)[..], record::encode_call(c, pool));
+                    batch.insert(&journal_key(c.started_at, &key)[..], &[][..]);
+                }
+                Effect::PutReturn(r) => {
+                    batch.insert(&return_key(&r.key)[..], record::encode_return(r))
+                }
+                Effect::DelReturn(k) => batch.remove(&return_key(k)[..]),
+                Effect::PutWheel(t, due) => batch.insert(&wheel_key(*t, due)[..], &[][..]),
+                Effect::DelWheel(t, due) => batch.remove(&wheel_key(*t, due)[..]),
             }
         }
         self.db.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// One page of the call journal, newest first.
+    pub fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError> {
+        let lo = journal_bound(q.since.unwrap_or(Timestamp::ZERO));
+        let mut hi = match q.until {
+            Some(t) => journal_bound(t).to_vec(),
+            None => vec![JOURNAL + 1],
+        };
+        if let Some(c) = &q.cursor {
+            let mut k = [0u8; 25];
+            if c.len() != 48 || hex::decode_to_slice(c, &mut k[1..]).is_err() {
+                return Err(StoreError::BadCursor);
+            }
+            k[0] = JOURNAL;
+            if k.as_slice() < hi.as_slice() {
+                hi = k.to_vec();
+            }
+        }
+        let pool_id = |name: &str| self.pool_ids.get(name).copied();
+        let mut page = JournalPage::default();
+        for item in self.db.range(lo.to_vec()..hi).rev() {
+            let (k, _) = item?;
+            let Some(v) = self.db.get(call_key(&CallKey(fixed(&k[9..])?)))? else {
+                continue;
+            };
+            let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
+            if q.pool.is_some() && row.pool != q.pool {
+                continue;
+            }
+            if page.rows.len() == q.limit {
+                // There is at least one more: the cursor is the last key returned.
+                page.next = Some(hex::encode(&last_key(&page)[1..]));
+                break;
+            }
+            page.rows.push(row);
+        }
+        Ok(page)
     }
 
     /// Makes every write applied so far durable; returns the bytes flushed.
@@ -150,15 +256,80 @@ fn lease_key(id: &LeaseId) -> [u8; 17] {
     k
 }
 
-fn wheel_key(tick: u64, id: &LeaseId) -> [u8; 25] {
-    let mut k = [WHEEL; 25];
-    k[1..9].copy_from_slice(&tick.to_be_bytes());
-    k[9..].copy_from_slice(id.as_bytes());
+fn call_key(key: &CallKey) -> [u8; 17] {
+    let mut k = [CALL; 17];
+    k[1..].copy_from_slice(&key.0);
     k
 }
 
-fn lease_id(b: &[u8]) -> Result<LeaseId, StoreError> {
+fn journal_key(at: Timestamp, key: &CallKey) -> [u8; 25] {
+    let mut k = [JOURNAL; 25];
+    k[1..9].copy_from_slice(&at.as_millis().to_be_bytes());
+    k[9..].copy_from_slice(&key.0);
+    k
+}
+
+/// The smallest journal key at `at`.
+fn journal_bound(at: Timestamp) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = JOURNAL;
+    k[1..9].copy_from_slice(&at.as_millis().to_be_bytes());
+    k
+}
+
+fn last_key(page: &JournalPage) -> [u8; 25] {
+    let c = &page.rows.last().expect("a full page has rows").call;
+    journal_key(c.started_at, &c.id.key())
+}
+
+fn return_key(r: &ReturnKey) -> [u8; 17] {
+    let mut k = [RETURN; 17];
+    k[1..].copy_from_slice(&return_id(r));
+    k
+}
+
+fn return_id(r: &ReturnKey) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&r.caller.digits().to_be_bytes());
+    id[8..].copy_from_slice(&r.number.digits().to_be_bytes());
+    id
+}
+
+fn return_key_from(b: &[u8]) -> Result<ReturnKey, StoreError> {
+    let number = |b: &[u8]| {
+        PhoneNumber::from_digits(u64::from_be_bytes(fixed(b)?))
+            .ok_or_else(|| StoreError::Corrupt("malformed return key".into()))
+    };
+    if b.len() != 16 {
+        return Err(StoreError::Corrupt("malformed return key".into()));
+    }
+    Ok(ReturnKey {
+        caller: number(&b[..8])?,
+        number: number(&b[8..])?,
+    })
+}
+
+fn wheel_key(tick: u64, due: &Due) -> [u8; 26] {
+    let (kind, id) = match due {
+        Due::Lease(id) => (LEASE, *id.as_bytes()),
+        Due::Call(key) => (CALL, key.0),
+        Due::Return(r) => (RETURN, return_id(r)),
+    };
+    let mut k = [WHEEL; 26];
+    k[1..9].copy_from_slice(&tick.to_be_bytes());
+    k[9] = kind;
+    k[10..].copy_from_slice(&id);
+    k
+}
+
+fn fixed<const N: usize>(b: &[u8]) -> Result<[u8; N], StoreError> {
     b.try_into()
-        .map(LeaseId::from_bytes)
-        .map_err(|_| StoreError::Corrupt("malformed lease key".into()))
+        .map_err(|_| StoreError::Corrupt("malformed key".into()))
+}
+
+fn corrupt(e: record::DecodeError) -> StoreError {
+    match e {
+        record::DecodeError::Invalid(m) => StoreError::Corrupt(m),
+        record::DecodeError::UnknownPool => StoreError::Corrupt("record of an unknown pool".into()),
+    }
 }

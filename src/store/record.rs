@@ -1,16 +1,67 @@
-//! The on-disk form of a lease: a versioned record, converted explicitly from and to the core's
-//! [`Lease`]. Pools are stored by name (ids are per process), numbers and times as integers.
+//! On-disk forms: versioned records, converted explicitly from and to core types. Pools are
+//! stored by name (ids are per process), numbers and times as integers.
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    EndReason, Lease, LeaseEnd, LeaseId, ListingId, PhoneNumber, PoolId, SessionId, Target,
-    TenantId, Timestamp,
+    Attribution, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId, ListingId,
+    PhoneNumber, PoolId, Reason, ReturnKey, ReturnRoute, SessionId, Target, TenantId, Timestamp,
 };
 
-/// First byte of every lease value: bump it (and keep a reader for the old one) when the
-/// record changes shape.
+/// First byte of every value: bump it (and keep a reader for the old one) when a record
+/// changes shape.
 const VERSION: u8 = 1;
+
+/// Why a stored record could not be read back.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The record names a pool that is no longer configured.
+    UnknownPool,
+    Invalid(String),
+}
+
+fn wrap<T: Serialize>(r: &T) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend(postcard::to_allocvec(r).expect("a record always serialises"));
+    out
+}
+
+fn unwrap<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let bad = |m: String| DecodeError::Invalid(format!("{what}: {m}"));
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| bad("empty record".into()))?;
+    if version != VERSION {
+        return Err(bad(format!(
+            "record version {version} is not one this build reads"
+        )));
+    }
+    postcard::from_bytes(body).map_err(|e| bad(e.to_string()))
+}
+
+fn invalid(what: &str, m: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Invalid(format!("{what}: {m}"))
+}
+
+fn number(what: &str, d: u64) -> Result<PhoneNumber, DecodeError> {
+    PhoneNumber::from_digits(d).ok_or_else(|| invalid(what, "bad number"))
+}
+
+fn target(what: &str, t: Option<String>) -> Result<Option<Target>, DecodeError> {
+    t.as_deref()
+        .map(Target::parse)
+        .transpose()
+        .map_err(|e| invalid(what, e))
+}
+
+fn listing(what: &str, l: Option<String>) -> Result<Option<ListingId>, DecodeError> {
+    l.as_deref()
+        .map(ListingId::parse)
+        .transpose()
+        .map_err(|e| invalid(what, e))
+}
+
+// ---- leases ----------------------------------------------------------------------------
 
 #[derive(Serialize, Deserialize)]
 struct LeaseRecordV1 {
@@ -30,10 +81,12 @@ struct LeaseRecordV1 {
     min_call_secs: u32,
     calls: u32,
     redeemed_at: Option<u64>,
+    code: Option<u16>,
+    first_call_at: Option<u64>,
 }
 
-pub fn encode(lease: &Lease, pool_name: &str) -> Vec<u8> {
-    let r = LeaseRecordV1 {
+pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
+    wrap(&LeaseRecordV1 {
         tenant: lease.tenant.as_str().to_owned(),
         pool: pool_name.to_owned(),
         number: lease.number.digits(),
@@ -55,55 +108,30 @@ pub fn encode(lease: &Lease, pool_name: &str) -> Vec<u8> {
         min_call_secs: lease.min_call_secs,
         calls: lease.calls,
         redeemed_at: lease.redeemed_at.map(Timestamp::as_millis),
-    };
-    let mut out = vec![VERSION];
-    out.extend(postcard::to_allocvec(&r).expect("a record always serialises"));
-    out
+        code: lease.code.map(Code::value),
+        first_call_at: lease.first_call_at.map(Timestamp::as_millis),
+    })
 }
 
-/// Why a stored record could not be read back.
-#[derive(Debug)]
-pub enum DecodeError {
-    /// The record names a pool that is no longer configured.
-    UnknownPool,
-    Invalid(String),
-}
-
-pub fn decode(
+pub fn decode_lease(
     id: LeaseId,
     bytes: &[u8],
     pool_id: impl Fn(&str) -> Option<PoolId>,
 ) -> Result<Lease, DecodeError> {
-    let bad = |m: &str| DecodeError::Invalid(format!("lease {id}: {m}"));
-    let (&version, body) = bytes.split_first().ok_or_else(|| bad("empty record"))?;
-    if version != VERSION {
-        return Err(bad(&format!(
-            "record version {version} is not one this build reads"
-        )));
-    }
-    let r: LeaseRecordV1 = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+    let what = format!("lease {id}");
+    let what = what.as_str();
+    let r: LeaseRecordV1 = unwrap(what, bytes)?;
     let pool = pool_id(&r.pool).ok_or(DecodeError::UnknownPool)?;
-    let label = |e: crate::core::ParseError| bad(&e.0);
-    let number = |d: u64| PhoneNumber::from_digits(d).ok_or_else(|| bad("bad number"));
+    let label = |e: crate::core::ParseError| invalid(what, e);
     Ok(Lease {
         id,
         tenant: TenantId::parse(&r.tenant).map_err(label)?,
         pool,
-        number: number(r.number)?,
+        number: number(what, r.number)?,
         session: SessionId::parse(&r.session).map_err(label)?,
-        listing: r
-            .listing
-            .as_deref()
-            .map(ListingId::parse)
-            .transpose()
-            .map_err(label)?,
-        target: r
-            .target
-            .as_deref()
-            .map(Target::parse)
-            .transpose()
-            .map_err(label)?,
-        caller: r.caller.map(number).transpose()?,
+        listing: listing(what, r.listing)?,
+        target: target(what, r.target)?,
+        caller: r.caller.map(|c| number(what, c)).transpose()?,
         created_at: Timestamp::from_millis(r.created_at),
         expires_at: Timestamp::from_millis(r.expires_at),
         end: r
@@ -112,7 +140,7 @@ pub fn decode(
                 let reason = match reason {
                     0 => EndReason::Expired,
                     1 => EndReason::Released,
-                    _ => return Err(bad("bad end reason")),
+                    _ => return Err(invalid(what, "bad end reason")),
                 };
                 Ok(LeaseEnd {
                     at: Timestamp::from_millis(at),
@@ -125,5 +153,123 @@ pub fn decode(
         min_call_secs: r.min_call_secs,
         calls: r.calls,
         redeemed_at: r.redeemed_at.map(Timestamp::from_millis),
+        code: r
+            .code
+            .map(|c| Code::new(c).ok_or_else(|| invalid(what, "bad code")))
+            .transpose()?,
+        first_call_at: r.first_call_at.map(Timestamp::from_millis),
+    })
+}
+
+// ---- calls -----------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct CallRecordV1 {
+    id: String,
+    pool: Option<String>,
+    called: u64,
+    caller: Option<u64>,
+    code: Option<u16>,
+    started_at: u64,
+    reason: String,
+    lease: Option<[u8; 16]>,
+    target: Option<String>,
+    listing: Option<String>,
+    /// (at, duration_secs)
+    end: Option<(u64, u32)>,
+    counted: bool,
+}
+
+/// A journal row: a call as stored, with its pool by name (it may no longer be configured).
+#[derive(Clone, Debug)]
+pub struct CallRow {
+    pub pool: Option<String>,
+    pub call: Call,
+}
+
+pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
+    let a = &call.attribution;
+    wrap(&CallRecordV1 {
+        id: call.id.as_str().to_owned(),
+        pool: pool_name.map(str::to_owned),
+        called: call.called.digits(),
+        caller: call.caller.map(PhoneNumber::digits),
+        code: call.code.map(Code::value),
+        started_at: call.started_at.as_millis(),
+        reason: a.reason.as_str().to_owned(),
+        lease: a.lease.map(|l| *l.as_bytes()),
+        target: a.target.as_ref().map(Target::to_string),
+        listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
+        end: call.end.map(|e| (e.at.as_millis(), e.duration_secs)),
+        counted: call.counted,
+    })
+}
+
+/// Decodes a call; its attribution's pool id is `None` if the pool is no longer configured.
+pub fn decode_call(
+    bytes: &[u8],
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<CallRow, DecodeError> {
+    let r: CallRecordV1 = unwrap("call", bytes)?;
+    let what = format!("call {:?}", r.id);
+    let what = what.as_str();
+    Ok(CallRow {
+        call: Call {
+            id: CallId::parse(&r.id).map_err(|e| invalid(what, e))?,
+            called: number(what, r.called)?,
+            caller: r.caller.map(|c| number(what, c)).transpose()?,
+            code: r
+                .code
+                .map(|c| Code::new(c).ok_or_else(|| invalid(what, "bad code")))
+                .transpose()?,
+            started_at: Timestamp::from_millis(r.started_at),
+            attribution: Attribution {
+                reason: Reason::parse(&r.reason).ok_or_else(|| invalid(what, "bad reason"))?,
+                pool: r.pool.as_deref().and_then(&pool_id),
+                lease: r.lease.map(LeaseId::from_bytes),
+                target: target(what, r.target)?,
+                listing: listing(what, r.listing)?,
+            },
+            end: r.end.map(|(at, d)| CallEnd {
+                at: Timestamp::from_millis(at),
+                duration_secs: d,
+            }),
+            counted: r.counted,
+        },
+        pool: r.pool,
+    })
+}
+
+// ---- return routes ---------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct ReturnRecordV1 {
+    lease: [u8; 16],
+    listing: String,
+    target: Option<String>,
+    first_at: u64,
+    until: u64,
+}
+
+pub fn encode_return(r: &ReturnRoute) -> Vec<u8> {
+    wrap(&ReturnRecordV1 {
+        lease: *r.lease.as_bytes(),
+        listing: r.listing.as_str().to_owned(),
+        target: r.target.as_ref().map(Target::to_string),
+        first_at: r.first_at.as_millis(),
+        until: r.until.as_millis(),
+    })
+}
+
+pub fn decode_return(key: ReturnKey, bytes: &[u8]) -> Result<ReturnRoute, DecodeError> {
+    let what = "return route";
+    let r: ReturnRecordV1 = unwrap(what, bytes)?;
+    Ok(ReturnRoute {
+        key,
+        lease: LeaseId::from_bytes(r.lease),
+        listing: ListingId::parse(&r.listing).map_err(|e| invalid(what, e))?,
+        target: target(what, r.target)?,
+        first_at: Timestamp::from_millis(r.first_at),
+        until: Timestamp::from_millis(r.until),
     })
 }

@@ -1,0 +1,419 @@
+//! Calls: who gets the credit for a call, decided from the stored history at the call's own
+//! time (so a late event is answered as it would have been live), and what calls count toward
+//! a lease being paid. Pure, like the rest of the core.
+
+use std::time::Duration;
+
+use super::allocator::{Allocator, Lease, Line, Notice};
+use super::time::Timestamp;
+use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
+use super::{CoreError, Effect};
+
+/// Why a call went where it went, in order of precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The caller typed a live code on the pool's shared number.
+    Code,
+    /// The caller's number is the one the visitor typed on the page.
+    Caller,
+    /// The caller already called this number for a listing, within the return window.
+    Return,
+    /// The number's live lease.
+    Active,
+    /// The number's last lease ended less than `grace` ago.
+    Grace,
+    /// A pool number nobody holds.
+    NotLeased,
+    /// Not a number Leaseline manages.
+    UnknownNumber,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Code,
+        Reason::Caller,
+        Reason::Return,
+        Reason::Active,
+        Reason::Grace,
+        Reason::NotLeased,
+        Reason::UnknownNumber,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Code => "code",
+            Reason::Caller => "caller",
+            Reason::Return => "return",
+            Reason::Active => "active",
+            Reason::Grace => "grace",
+            Reason::NotLeased => "not_leased",
+            Reason::UnknownNumber => "unknown_number",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn attributed(self) -> bool {
+        !matches!(self, Reason::NotLeased | Reason::UnknownNumber)
+    }
+}
+
+/// Where a call goes and who gets the credit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    pub reason: Reason,
+    pub pool: Option<PoolId>,
+    pub lease: Option<LeaseId>,
+    pub target: Option<Target>,
+    pub listing: Option<ListingId>,
+}
+
+/// A return caller's route: after their first attributed call on `key.number` for a listing,
+/// their later calls there reach that listing until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReturnRoute {
+    pub key: ReturnKey,
+    pub lease: LeaseId,
+    pub listing: ListingId,
+    pub target: Option<Target>,
+    pub first_at: Timestamp,
+    pub until: Timestamp,
+}
+
+/// The start of a call, as telephony reports it.
+#[derive(Clone, Debug)]
+pub struct CallStart {
+    pub id: CallId,
+    pub called: PhoneNumber,
+    pub caller: Option<PhoneNumber>,
+    pub code: Option<Code>,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallEnd {
+    pub at: Timestamp,
+    pub duration_secs: u32,
+}
+
+/// A call as recorded: its start, the answer given, and its end once known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub id: CallId,
+    pub called: PhoneNumber,
+    pub caller: Option<PhoneNumber>,
+    pub code: Option<Code>,
+    pub started_at: Timestamp,
+    pub attribution: Attribution,
+    pub end: Option<CallEnd>,
+    /// It counted toward its lease's `calls`.
+    pub counted: bool,
+}
+
+/// How long a call stays in memory (for retried events and its `end`) when its pool is unknown.
+const CALL_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+impl Allocator {
+    /// Who gets a call placed at `at`, from the state as stored. Rules in order: code,
+    /// caller, return, active, grace; else not_leased or unknown_number (with the pool's
+    /// fallback target, if any).
+    pub fn attribute(
+        &self,
+        called: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        code: Option<Code>,
+        at: Timestamp,
+    ) -> Attribution {
+        let pool = self.pool_of_number(called);
+        let Some(pool) = pool else {
+            return Attribution {
+                reason: Reason::UnknownNumber,
+                pool: None,
+                lease: None,
+                target: None,
+                listing: None,
+            };
+        };
+        let from_lease = |reason, l: &Lease| Attribution {
+            reason,
+            pool: Some(pool),
+            lease: Some(l.id),
+            target: l.target.clone(),
+            listing: l.listing.clone(),
+        };
+        if let (Some(code), true) = (code, self.shared.get(&called) == Some(&pool)) {
+            if let Some((l, _)) = self.on_line((called, Some(code)), at) {
+                return from_lease(Reason::Code, l);
+            }
+        }
+        if let Some(caller) = caller {
+            let typed = self
+                .by_caller
+                .get(&caller)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.leases.get(id))
+                .filter(|l| l.pool == pool && l.created_at <= at && at < l.end_at())
+                .max_by_key(|l| (l.created_at, l.id));
+            if let Some(l) = typed {
+                return from_lease(Reason::Caller, l);
+            }
+            if let Some(r) = self.returns.get(&ReturnKey {
+                caller,
+                number: called,
+            }) {
+                if r.first_at < at && at < r.until {
+                    return Attribution {
+                        reason: Reason::Return,
+                        pool: Some(pool),
+                        lease: Some(r.lease),
+                        target: r.target.clone(),
+                        listing: Some(r.listing.clone()),
+                    };
+                }
+            }
+        }
+        if let Some((l, active)) = self.on_line((called, None), at) {
+            return from_lease(
+                if active {
+                    Reason::Active
+                } else {
+                    Reason::Grace
+                },
+                l,
+            );
+        }
+        Attribution {
+            reason: Reason::NotLeased,
+            pool: Some(pool),
+            lease: None,
+            target: self.pools[pool.0 as usize].spec.fallback.clone(),
+            listing: None,
+        }
+    }
+
+    /// Records a call's start and answers where it goes. A retried start (same id, same
+    /// facts) gets the first answer again; the same id with other facts is a conflict.
+    pub fn call_start(&mut self, start: CallStart, now: Timestamp) -> Result<Call, CoreError> {
+        let key = start.id.key();
+        if let Some(c) = self.calls.get(&key) {
+            if c.id != start.id {
+                return Err(CoreError::CallConflict(
+                    "another call has a colliding id".into(),
+                ));
+            }
+            if c.called != start.called || c.caller != start.caller || c.code != start.code {
+                return Err(CoreError::CallConflict(format!(
+                    "call {} was already started with other numbers or code",
+                    start.id.as_str()
+                )));
+            }
+            return Ok(c.clone());
+        }
+        let attribution = self.attribute(start.called, start.caller, start.code, start.at);
+        let mut call = Call {
+            id: start.id,
+            called: start.called,
+            caller: start.caller,
+            code: start.code,
+            started_at: start.at,
+            attribution,
+            end: None,
+            counted: false,
+        };
+        let reason = call.attribution.reason;
+        let mut first_call_after = None;
+        if let Some(lease) = call
+            .attribution
+            .lease
+            .and_then(|id| self.leases.get_mut(&id))
+        {
+            if reason != Reason::Return && lease.first_call_at.is_none() {
+                lease.first_call_at = Some(call.started_at);
+                first_call_after = Some(call.started_at.since(lease.created_at));
+            }
+            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
+            self.notices.push(Notice::CallStarted {
+                lease: id,
+                call: call.id.clone(),
+            });
+            if lease.min_call_secs == 0 {
+                self.count(id, &mut call);
+            } else {
+                self.effects
+                    .push(Effect::PutLease(self.leases[&id].clone()));
+            }
+            if let (Some(caller), Some(listing), true) =
+                (call.caller, listing, reason != Reason::Return)
+            {
+                self.open_return(caller, &call, id, listing, target);
+            }
+        }
+        self.notices.push(Notice::Attributed {
+            pool: call.attribution.pool,
+            reason,
+            first_call_after,
+        });
+        let memory = call.attribution.pool.map_or(CALL_MEMORY, |p| {
+            self.pools[p.0 as usize].spec.settings.retention
+        });
+        self.effects.push(Effect::PutCall(call.clone()));
+        self.schedule(
+            now.max(call.started_at).saturating_add(memory),
+            Due::Call(call.id.key()),
+        );
+        self.calls.insert(key, call.clone());
+        Ok(call)
+    }
+
+    /// Records a call's end. A call whose lease needs `min_call_secs` counts now if it lasted
+    /// that long. A retried end with the same duration is answered again; another duration is
+    /// a conflict.
+    pub fn call_end(
+        &mut self,
+        id: &CallId,
+        end: CallEnd,
+        _now: Timestamp,
+    ) -> Result<Call, CoreError> {
+        let key = id.key();
+        let call = self
+            .calls
+            .get(&key)
+            .filter(|c| &c.id == id)
+            .ok_or(CoreError::UnknownCall)?;
+        if let Some(prev) = call.end {
+            return if prev.duration_secs == end.duration_secs {
+                Ok(call.clone())
+            } else {
+                Err(CoreError::CallConflict(format!(
+                    "call {} already ended after {} s",
+                    id.as_str(),
+                    prev.duration_secs
+                )))
+            };
+        }
+        if end.at < call.started_at {
+            return Err(CoreError::EndBeforeStart);
+        }
+        let mut call = call.clone();
+        call.end = Some(end);
+        if let Some(lease) = call.attribution.lease.and_then(|l| self.leases.get(&l)) {
+            let lease_id = lease.id;
+            if !call.counted && end.duration_secs >= lease.min_call_secs {
+                self.count(lease_id, &mut call);
+            }
+            self.notices.push(Notice::CallEnded {
+                lease: lease_id,
+                call: call.id.clone(),
+                duration_secs: end.duration_secs,
+                counted: call.counted,
+            });
+        }
+        self.effects.push(Effect::PutCall(call.clone()));
+        self.calls.insert(key, call.clone());
+        Ok(call)
+    }
+
+    pub fn call(&self, id: &CallId) -> Option<&Call> {
+        self.calls.get(&id.key()).filter(|c| &c.id == id)
+    }
+
+    /// Which pool a called number belongs to, as a pool number or a shared number.
+    pub fn pool_of_number(&self, n: PhoneNumber) -> Option<PoolId> {
+        self.number_pool(n).or_else(|| self.shared.get(&n).copied())
+    }
+
+    /// Counts `call` toward its lease (once), noting when the lease becomes paid.
+    fn count(&mut self, lease: LeaseId, call: &mut Call) {
+        let l = self.leases.get_mut(&lease).expect("caller checked");
+        let was_paid = l.paid();
+        l.calls += 1;
+        call.counted = true;
+        if !was_paid && l.paid() {
+            self.notices.push(Notice::Paid { lease });
+        }
+        self.effects.push(Effect::PutLease(l.clone()));
+    }
+
+    fn open_return(
+        &mut self,
+        caller: PhoneNumber,
+        call: &Call,
+        lease: LeaseId,
+        listing: ListingId,
+        target: Option<Target>,
+    ) {
+        let key = ReturnKey {
+            caller,
+            number: call.called,
+        };
+        if self
+            .returns
+            .get(&key)
+            .is_some_and(|r| call.started_at < r.until)
+        {
+            return;
+        }
+        let Some(pool) = call.attribution.pool else {
+            return;
+        };
+        let window = self.pools[pool.0 as usize].spec.return_window;
+        if window.is_zero() {
+            return;
+        }
+        let route = ReturnRoute {
+            key,
+            lease,
+            listing,
+            target,
+            first_at: call.started_at,
+            until: call.started_at.saturating_add(window),
+        };
+        self.effects.push(Effect::PutReturn(route.clone()));
+        self.schedule(route.until, Due::Return(key));
+        self.returns.insert(key, route);
+    }
+
+    /// The lease on `line` that was active at `at` (true), or whose grace covered `at` (false).
+    fn on_line(&self, line: Line, at: Timestamp) -> Option<(&Lease, bool)> {
+        for id in self.history.get(&line)?.iter().rev() {
+            let Some(l) = self.leases.get(id) else {
+                continue;
+            };
+            if at < l.created_at {
+                continue;
+            }
+            if at < l.end_at() {
+                return Some((l, true));
+            }
+            if at < self.grace_until(l) {
+                return Some((l, false));
+            }
+            // Older leases on this line ended even earlier.
+            return None;
+        }
+        None
+    }
+
+    pub(super) fn forget_call(&mut self, key: super::types::CallKey, now: Timestamp) {
+        let Some(c) = self.calls.get(&key) else {
+            return;
+        };
+        let memory = c.attribution.pool.map_or(CALL_MEMORY, |p| {
+            self.pools[p.0 as usize].spec.settings.retention
+        });
+        // The record stays on disk as the journal; only memory forgets it.
+        if now >= c.started_at.saturating_add(memory) {
+            self.calls.remove(&key);
+        }
+    }
+
+    pub(super) fn expire_return(&mut self, key: ReturnKey, now: Timestamp) {
+        if self.returns.get(&key).is_some_and(|r| now >= r.until) {
+            self.returns.remove(&key);
+            self.effects.push(Effect::DelReturn(key));
+        }
+    }
+}
