@@ -101,8 +101,13 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn new() -> TestApp {
+        Self::with_config(|data| config_text(data, "")).await
+    }
+
+    /// An app on a config made for its data folder.
+    pub async fn with_config(text: impl FnOnce(&Path) -> String) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(&config_text(&dir.path().join("data"), ""), dir.path()).unwrap();
+        let config = Config::parse(&text(&dir.path().join("data")), dir.path()).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let state = build_state(&config, clock.clone()).await.unwrap();
         TestApp {

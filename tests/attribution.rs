@@ -1,0 +1,248 @@
+//! Attribution rules, driven by fixture files in `tests/fixtures/attribution/`: each is a
+//! timeline of leases, releases and calls with the answer expected for each call, played
+//! through the HTTP API on a manual clock. See `README.md` in that folder for the format.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use leaseline::config::parse_duration;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Two numbers, a shared number with codes, a fallback target.
+fn fixture_config(data: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{}"
+
+[[pool]]
+name = "fx"
+numbers = ["+33899100000", "+33899100001"]
+ttl = "15m"
+max_ttl = "2h"
+grace = "5m"
+quarantine = "10m"
+on_exhausted = "shared"
+shared_number = "+33899199999"
+code_ttl = "3m"
+return_window = "30d"
+fallback_target = "+33100000000"
+
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{}"
+
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{}"
+"#,
+        data.display(),
+        sha(SITE),
+        sha(TELEPHONY)
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    #[allow(dead_code)]
+    description: String,
+    step: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    /// When the step happens, from the start of the fixture.
+    at: String,
+    name: Option<String>,
+    allocate: Option<Allocate>,
+    release: Option<String>,
+    call: Option<CallStep>,
+    end: Option<EndStep>,
+    lease: Option<LeaseCheck>,
+    expect: Option<Expect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Allocate {
+    session: String,
+    listing: Option<String>,
+    target: Option<String>,
+    caller: Option<String>,
+    calls_required: Option<u32>,
+    min_call_secs: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallStep {
+    id: String,
+    /// A lease's name (its number), `shared`, or an E.164 number.
+    called: String,
+    caller: Option<String>,
+    /// A lease's name (its code) or four digits.
+    code: Option<String>,
+    /// When the call really started, if the event arrives late.
+    event_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndStep {
+    id: String,
+    duration_secs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseCheck {
+    name: String,
+    calls: Option<u64>,
+    paid: Option<bool>,
+    state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    reason: Option<String>,
+    /// A lease's name, or "none".
+    lease: Option<String>,
+    target: Option<String>,
+    listing: Option<String>,
+    counted: Option<bool>,
+    /// For allocations: "shared" when a code on the shared number is expected.
+    number: Option<String>,
+    status: Option<u16>,
+}
+
+fn offset(s: &str) -> Duration {
+    parse_duration(s).unwrap_or_else(|e| panic!("bad duration {s:?}: {e}"))
+}
+
+async fn play(path: &Path) {
+    let file = path.file_name().unwrap().to_string_lossy().into_owned();
+    let fx: Fixture = toml::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let app = TestApp::with_config(fixture_config).await;
+    let mut leases: HashMap<String, Value> = HashMap::new();
+    let mut elapsed = Duration::ZERO;
+    for (i, step) in fx.step.iter().enumerate() {
+        let ctx = format!("{file} step {} (at {})", i + 1, step.at);
+        let at = offset(&step.at);
+        assert!(at >= elapsed, "{ctx}: steps must be in time order");
+        app.advance(at - elapsed).await;
+        elapsed = at;
+        let expect = step.expect.as_ref();
+
+        if let Some(a) = &step.allocate {
+            let body = json!({
+                "pool": "fx", "session": a.session, "listing": a.listing, "target": a.target,
+                "caller": a.caller, "calls_required": a.calls_required, "min_call_secs": a.min_call_secs,
+            });
+            let r = app.call("POST", "/v1/leases", Some(SITE), Some(&body.to_string())).await;
+            let want = expect.and_then(|e| e.status).unwrap_or(201);
+            assert_eq!(r.status.as_u16(), want, "{ctx}: {}", r.text);
+            if let Some(n) = expect.and_then(|e| e.number.as_deref()) {
+                let shared = r.json["code"].is_string();
+                assert_eq!(n == "shared", shared, "{ctx}: {}", r.text);
+            }
+            if let Some(name) = &step.name {
+                leases.insert(name.clone(), r.json.clone());
+            }
+        }
+        if let Some(name) = &step.release {
+            let id = leases[name]["lease_id"].as_str().unwrap();
+            let r = app.call("DELETE", &format!("/v1/leases/{id}"), Some(SITE), None).await;
+            assert_eq!(r.status, 204, "{ctx}");
+        }
+        if let Some(c) = &step.call {
+            let called = match c.called.as_str() {
+                "shared" => "+33899199999".to_owned(),
+                n if n.starts_with('+') => n.to_owned(),
+                name => leases[name]["number"].as_str().unwrap().to_owned(),
+            };
+            let code = c.code.as_ref().map(|c| match leases.get(c) {
+                Some(l) => l["code"].as_str().expect("lease has a code").to_owned(),
+                None => c.clone(),
+            });
+            let mut body = json!({"call_id": c.id, "event": "start", "called": called, "caller": c.caller, "code": code});
+            if let Some(e) = &c.event_at {
+                let t = leaseline::core::Timestamp::from_millis(T0.as_millis() + offset(e).as_millis() as u64);
+                body["at"] = json!(leaseline::http::rfc3339(t));
+            }
+            let r = app.call("POST", "/v1/calls", Some(TELEPHONY), Some(&body.to_string())).await;
+            assert_eq!(r.status, 200, "{ctx}: {}", r.text);
+            check(&ctx, &r.json, expect, &leases);
+        }
+        if let Some(e) = &step.end {
+            let body = json!({"call_id": e.id, "event": "end", "duration_secs": e.duration_secs});
+            let r = app.call("POST", "/v1/calls", Some(TELEPHONY), Some(&body.to_string())).await;
+            assert_eq!(r.status, 200, "{ctx}: {}", r.text);
+            if let Some(counted) = expect.and_then(|x| x.counted) {
+                assert_eq!(r.json["counted"], counted, "{ctx}: {}", r.text);
+            }
+        }
+        if let Some(l) = &step.lease {
+            let id = leases[&l.name]["lease_id"].as_str().unwrap();
+            let r = app.call("GET", &format!("/v1/leases/{id}"), None, None).await;
+            if let Some(calls) = l.calls {
+                assert_eq!(r.json["calls"], calls, "{ctx}: {}", r.text);
+            }
+            if let Some(paid) = l.paid {
+                assert_eq!(r.json["paid"], paid, "{ctx}: {}", r.text);
+            }
+            if let Some(state) = &l.state {
+                assert_eq!(r.json["state"], state.as_str(), "{ctx}: {}", r.text);
+            }
+        }
+    }
+}
+
+fn check(ctx: &str, got: &Value, expect: Option<&Expect>, leases: &HashMap<String, Value>) {
+    let Some(e) = expect else { return };
+    if let Some(reason) = &e.reason {
+        assert_eq!(got["reason"], reason.as_str(), "{ctx}: {got}");
+        let attributed = !matches!(reason.as_str(), "not_leased" | "unknown_number");
+        assert_eq!(got["attributed"], attributed, "{ctx}: {got}");
+    }
+    if let Some(lease) = &e.lease {
+        let want = match lease.as_str() {
+            "none" => Value::Null,
+            name => leases[name]["lease_id"].clone(),
+        };
+        assert_eq!(got["lease_id"], want, "{ctx}: {got}");
+    }
+    if let Some(t) = &e.target {
+        let want = if t == "none" { Value::Null } else { json!(t) };
+        assert_eq!(got["target"], want, "{ctx}: {got}");
+    }
+    if let Some(l) = &e.listing {
+        assert_eq!(got["listing"], l.as_str(), "{ctx}: {got}");
+    }
+}
+
+#[tokio::test]
+async fn every_attribution_fixture_gives_the_expected_answers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attribution");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "fixtures missing from {}", dir.display());
+    for f in files {
+        play(&f).await;
+    }
+}
