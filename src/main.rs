@@ -32,6 +32,37 @@ enum Command {
         #[arg(long, default_value = "pool.toml")]
         config: PathBuf,
     },
+    /// Export records from a running Leaseline (for billing reconciliation).
+    Export {
+        #[command(subcommand)]
+        what: Export,
+    },
+}
+
+#[derive(Subcommand)]
+enum Export {
+    /// The call journal, oldest page last (newest first), as CSV on stdout.
+    Calls {
+        /// The server's config: its `listen` address is where to ask.
+        #[arg(long, default_value = "pool.toml")]
+        config: PathBuf,
+        /// Ask this base URL instead (e.g. http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+        /// An admin key's token (or set LEASELINE_ADMIN_KEY).
+        #[arg(long, env = "LEASELINE_ADMIN_KEY", hide_env_values = true)]
+        key: String,
+        /// Calls started at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Calls started before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long, default_value = "csv", value_parser = ["csv"])]
+        format: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +73,93 @@ fn main() -> ExitCode {
     match command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Export {
+            what:
+                Export::Calls {
+                    config,
+                    url,
+                    key,
+                    since,
+                    until,
+                    pool,
+                    format: _,
+                },
+        } => {
+            let base = match url {
+                Some(u) => u,
+                None => match load(&config) {
+                    Some(c) => format!("http://{}", c.server.listen),
+                    None => return ExitCode::FAILURE,
+                },
+            };
+            match export_calls(&base, &key, since, until, pool) {
+                Ok(n) => {
+                    eprintln!("exported {n} calls");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Pages through `GET /v1/calls?format=csv`, writing one header and every row to stdout.
+fn export_calls(
+    base: &str,
+    key: &str,
+    since: Option<String>,
+    until: Option<String>,
+    pool: Option<String>,
+) -> Result<usize, String> {
+    use std::io::Write;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(60))
+        .build();
+    let mut out = std::io::stdout().lock();
+    let mut cursor: Option<String> = None;
+    let mut rows = 0;
+    loop {
+        let mut req = agent
+            .get(&format!("{}/v1/calls", base.trim_end_matches('/')))
+            .set("authorization", &format!("Bearer {key}"))
+            .query("format", "csv")
+            .query("limit", "1000");
+        for (k, v) in [
+            ("since", &since),
+            ("until", &until),
+            ("pool", &pool),
+            ("cursor", &cursor),
+        ] {
+            if let Some(v) = v {
+                req = req.query(k, v);
+            }
+        }
+        let res = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                return Err(format!("the server answered {code}: {body}"));
+            }
+            Err(e) => return Err(format!("cannot reach {base}: {e}")),
+        };
+        let next = res.header("x-next-cursor").map(str::to_owned);
+        let body = res.into_string().map_err(|e| e.to_string())?;
+        let mut lines = body.lines();
+        let header = lines.next().unwrap_or_default();
+        if cursor.is_none() {
+            writeln!(out, "{header}").map_err(|e| e.to_string())?;
+        }
+        for line in lines {
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            rows += 1;
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(rows),
+        }
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Service {
     events: broadcast::Sender<Arc<LeaseEvent>>,
     backlog: Mutex<HashMap<LeaseId, VecDeque<Arc<LeaseEvent>>>>,
     next_event: AtomicU64,
+    /// Becomes true when shutdown starts, so long-lived streams end and draining can finish.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Service {
@@ -116,6 +118,7 @@ impl Service {
             events: broadcast::channel(4096).0,
             backlog: Mutex::new(HashMap::new()),
             next_event: AtomicU64::new(first_event),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -268,18 +271,18 @@ impl Service {
         last_seen: Option<u64>,
     ) -> (Vec<Arc<LeaseEvent>>, broadcast::Receiver<Arc<LeaseEvent>>) {
         let rx = self.events.subscribe();
-        let backlog = self
-            .backlog
-            .lock()
-            .map(|b| {
-                b.get(id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| last_seen.is_none_or(|s| e.id > s))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        // A new client starts from the lease's current state; only a reconnecting one
+        // (with the id of the last event it saw) is owed the events since.
+        let backlog = match (last_seen, self.backlog.lock()) {
+            (Some(seen), Ok(b)) => b
+                .get(id)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.id > seen)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
         (backlog, rx)
     }
 
@@ -345,6 +348,16 @@ impl Service {
         self.metrics
             .store_size
             .set(self.store.size_on_disk() as i64);
+    }
+
+    /// Tells long-lived streams to end: shutdown has begun.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Flushes everything written; called once the server has stopped taking requests.

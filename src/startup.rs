@@ -120,6 +120,11 @@ impl Application {
             }
         });
         tracing::info!(addr = %self.local_addr(), "serving");
+        let service = Arc::clone(&self.state.service);
+        let shutdown = async move {
+            shutdown.await;
+            service.begin_shutdown();
+        };
         axum::serve(self.listener, router(self.state.clone()))
             .with_graceful_shutdown(shutdown)
             .await

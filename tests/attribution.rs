@@ -150,7 +150,9 @@ async fn play(path: &Path) {
                 "pool": "fx", "session": a.session, "listing": a.listing, "target": a.target,
                 "caller": a.caller, "calls_required": a.calls_required, "min_call_secs": a.min_call_secs,
             });
-            let r = app.call("POST", "/v1/leases", Some(SITE), Some(&body.to_string())).await;
+            let r = app
+                .call("POST", "/v1/leases", Some(SITE), Some(&body.to_string()))
+                .await;
             let want = expect.and_then(|e| e.status).unwrap_or(201);
             assert_eq!(r.status.as_u16(), want, "{ctx}: {}", r.text);
             if let Some(n) = expect.and_then(|e| e.number.as_deref()) {
@@ -163,7 +165,9 @@ async fn play(path: &Path) {
         }
         if let Some(name) = &step.release {
             let id = leases[name]["lease_id"].as_str().unwrap();
-            let r = app.call("DELETE", &format!("/v1/leases/{id}"), Some(SITE), None).await;
+            let r = app
+                .call("DELETE", &format!("/v1/leases/{id}"), Some(SITE), None)
+                .await;
             assert_eq!(r.status, 204, "{ctx}");
         }
         if let Some(c) = &step.call {
@@ -178,16 +182,32 @@ async fn play(path: &Path) {
             });
             let mut body = json!({"call_id": c.id, "event": "start", "called": called, "caller": c.caller, "code": code});
             if let Some(e) = &c.event_at {
-                let t = leaseline::core::Timestamp::from_millis(T0.as_millis() + offset(e).as_millis() as u64);
+                let t = leaseline::core::Timestamp::from_millis(
+                    T0.as_millis() + offset(e).as_millis() as u64,
+                );
                 body["at"] = json!(leaseline::http::rfc3339(t));
             }
-            let r = app.call("POST", "/v1/calls", Some(TELEPHONY), Some(&body.to_string())).await;
+            let r = app
+                .call(
+                    "POST",
+                    "/v1/calls",
+                    Some(TELEPHONY),
+                    Some(&body.to_string()),
+                )
+                .await;
             assert_eq!(r.status, 200, "{ctx}: {}", r.text);
             check(&ctx, &r.json, expect, &leases);
         }
         if let Some(e) = &step.end {
             let body = json!({"call_id": e.id, "event": "end", "duration_secs": e.duration_secs});
-            let r = app.call("POST", "/v1/calls", Some(TELEPHONY), Some(&body.to_string())).await;
+            let r = app
+                .call(
+                    "POST",
+                    "/v1/calls",
+                    Some(TELEPHONY),
+                    Some(&body.to_string()),
+                )
+                .await;
             assert_eq!(r.status, 200, "{ctx}: {}", r.text);
             if let Some(counted) = expect.and_then(|x| x.counted) {
                 assert_eq!(r.json["counted"], counted, "{ctx}: {}", r.text);
@@ -195,7 +215,9 @@ async fn play(path: &Path) {
         }
         if let Some(l) = &step.lease {
             let id = leases[&l.name]["lease_id"].as_str().unwrap();
-            let r = app.call("GET", &format!("/v1/leases/{id}"), None, None).await;
+            let r = app
+                .call("GET", &format!("/v1/leases/{id}"), None, None)
+                .await;
             if let Some(calls) = l.calls {
                 assert_eq!(r.json["calls"], calls, "{ctx}: {}", r.text);
             }

@@ -301,15 +301,17 @@ impl Allocator {
         call.end = Some(end);
         if let Some(lease) = call.attribution.lease.and_then(|l| self.leases.get(&l)) {
             let lease_id = lease.id;
-            if !call.counted && end.duration_secs >= lease.min_call_secs {
-                self.count(lease_id, &mut call);
-            }
+            let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;
+            // The page hears the call end before the lease becomes paid.
             self.notices.push(Notice::CallEnded {
                 lease: lease_id,
                 call: call.id.clone(),
                 duration_secs: end.duration_secs,
-                counted: call.counted,
+                counted: call.counted || counts_now,
             });
+            if counts_now {
+                self.count(lease_id, &mut call);
+            }
         }
         self.effects.push(Effect::PutCall(call.clone()));
         self.calls.insert(key, call.clone());

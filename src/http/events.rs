@@ -91,17 +91,25 @@ pub async fn stream(
         .collect();
     let service = Arc::clone(&s.service);
     let open = Open::new(Arc::clone(&s.metrics));
+    let closing = s.service.closing();
     let live = stream::unfold(
-        (rx, service, open),
-        move |(mut rx, service, open)| async move {
+        (rx, service, open, closing),
+        move |(mut rx, service, open, mut closing)| async move {
             loop {
-                match rx.recv().await {
-                    Ok(e) if e.lease == id => return Some((event(&e), (rx, service, open))),
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    // Shutdown: end the stream so the server can drain and exit.
+                    _ = closing.wait_for(|c| *c) => return None,
+                };
+                match next {
+                    Ok(e) if e.lease == id => {
+                        return Some((event(&e), (rx, service, open, closing)))
+                    }
                     Ok(_) => continue,
                     // Fell behind: resynchronise the page with the lease as it now is.
                     Err(RecvError::Lagged(_)) => {
                         let snap = service.get(&id).ok().map(|v| snapshot(&v))?;
-                        return Some((snap, (rx, service, open)));
+                        return Some((snap, (rx, service, open, closing)));
                     }
                     Err(RecvError::Closed) => return None,
                 }

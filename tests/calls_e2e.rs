@@ -1,0 +1,271 @@
+//! The call modes end to end through the real binary: shared number + code, caller
+//! recognition, multi-call to paid to redeem (and 409 after a restart), live events with
+//! reconnection, the journal and its CSV export.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+log_format = "json"
+
+[[pool]]
+name = "p"
+numbers = ["+33899100000"]
+on_exhausted = "shared"
+shared_number = "+33899199999"
+code_ttl = "10m"
+
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{site}"
+
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{tel}"
+
+[[key]]
+name = "admin"
+role = "admin"
+sha256 = "{admin}"
+"#,
+        data = dir.join("data").display(),
+        site = sha(SITE),
+        tel = sha(TELEPHONY),
+        admin = sha(ADMIN),
+    );
+    let path = dir.join("pool.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn allocate(s: &Server, body: Value) -> Value {
+    let (status, v) = http(
+        &agent(),
+        "POST",
+        &s.url("/v1/leases"),
+        Some(SITE),
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+fn call(s: &Server, body: Value) -> Value {
+    let (status, v) = http(
+        &agent(),
+        "POST",
+        &s.url("/v1/calls"),
+        Some(TELEPHONY),
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Reads Server-Sent Events as (id, event, data) until `n` have arrived.
+fn read_events(url: &str, last_id: Option<&str>, n: usize) -> Vec<(Option<String>, String, Value)> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_read(Duration::from_secs(10))
+        .build();
+    let mut req = agent.get(url);
+    if let Some(id) = last_id {
+        req = req.set("last-event-id", id);
+    }
+    let res = req.call().unwrap();
+    assert_eq!(res.header("content-type"), Some("text/event-stream"));
+    let mut out = Vec::new();
+    let (mut id, mut event, mut data) = (None, String::new(), String::new());
+    for line in BufReader::new(res.into_reader()).lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("id:") {
+            id = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_owned();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim());
+        } else if line.is_empty() && !event.is_empty() {
+            out.push((
+                id.take(),
+                std::mem::take(&mut event),
+                serde_json::from_str(&data).unwrap(),
+            ));
+            data.clear();
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_call_modes_work_end_to_end_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let server = Server::start(&config);
+
+    // The only number goes to A; B gets the shared number and a code.
+    let a = allocate(
+        &server,
+        json!({"pool": "p", "session": "a", "listing": "car-1", "target": "+33600000001"}),
+    );
+    assert_eq!(a["number"], "+33899100000");
+    let b = allocate(
+        &server,
+        json!({"pool": "p", "session": "b", "listing": "car-2", "target": "+33600000002"}),
+    );
+    assert_eq!(b["number"], "+33899199999");
+    assert_eq!(b["display"], "08 99 19 99 99");
+    let code = b["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 4);
+
+    let r = call(
+        &server,
+        json!({"call_id": "k1", "event": "start", "called": "+33899199999", "caller": "+33611111111", "code": code}),
+    );
+    assert_eq!(
+        (r["reason"].as_str(), r["target"].as_str()),
+        (Some("code"), Some("+33600000002"))
+    );
+
+    // Caller recognition: C typed their number on the page, then calls A's number.
+    let c = allocate(
+        &server,
+        json!({"pool": "p", "session": "c", "listing": "car-3", "target": "+33600000003", "caller": "+33622222222"}),
+    );
+    let r = call(
+        &server,
+        json!({"call_id": "k2", "event": "start", "called": "+33899100000", "caller": "+33622222222"}),
+    );
+    assert_eq!(r["reason"], "caller");
+    assert_eq!(r["lease_id"], c["lease_id"]);
+
+    // Multi-call: D needs two calls of at least 10 s; a page follows it live.
+    let d = allocate(
+        &server,
+        json!({"pool": "p", "session": "d", "listing": "video", "calls_required": 2, "min_call_secs": 10}),
+    );
+    let d_id = d["lease_id"].as_str().unwrap().to_owned();
+    let d_code = d["code"].as_str().unwrap().to_owned();
+    let events_url = server.url(&format!("/v1/leases/{d_id}/events"));
+    let watcher = {
+        let url = events_url.clone();
+        std::thread::spawn(move || read_events(&url, None, 6))
+    };
+    std::thread::sleep(Duration::from_millis(300)); // let the page connect before the calls
+    for (i, secs) in [(1, 15), (2, 12)] {
+        let id = format!("d{i}");
+        call(
+            &server,
+            json!({"call_id": id, "event": "start", "called": "+33899199999", "caller": format!("+3363333333{i}"), "code": d_code}),
+        );
+        let end = call(
+            &server,
+            json!({"call_id": id, "event": "end", "duration_secs": secs}),
+        );
+        assert_eq!(end["counted"], true);
+    }
+    let events = watcher.join().unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "lease",
+            "call_started",
+            "call_ended",
+            "call_started",
+            "call_ended",
+            "paid"
+        ]
+    );
+    assert_eq!(events[0].2["calls_missing"], 2);
+    assert_eq!(events[2].2["calls_missing"], 1);
+    assert_eq!(events[5].2["paid"], true);
+
+    // A page that reconnects after the first call_ended gets what it missed.
+    let missed = read_events(&events_url, events[2].0.as_deref(), 4);
+    let kinds: Vec<_> = missed.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(kinds, ["lease", "call_started", "call_ended", "paid"]);
+
+    let redeem = server.url(&format!("/v1/leases/{d_id}/redeem"));
+    let (status, v) = http(&agent(), "POST", &redeem, Some(SITE), None).unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    // SIGTERM: ends open event streams, drains, flushes, exits 0.
+    let open_page = {
+        let url = events_url.clone();
+        std::thread::spawn(move || read_events(&url, None, 100).len())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = server;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        server.child.wait().unwrap().success(),
+        "graceful shutdown exits 0"
+    );
+    assert_eq!(
+        open_page.join().unwrap(),
+        1,
+        "the open stream got its snapshot, then ended"
+    );
+    drop(server);
+
+    let server = Server::start(&config);
+    let redeem = server.url(&format!("/v1/leases/{d_id}/redeem"));
+    let (status, v) = http(&agent(), "POST", &redeem, Some(SITE), None).unwrap();
+    assert_eq!(status, 409, "redeem is refused after a restart too: {v}");
+
+    // The journal holds every call; the export writes it as CSV.
+    let (_, j) = http(&agent(), "GET", &server.url("/v1/calls"), Some(ADMIN), None).unwrap();
+    let ids: Vec<_> = j["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["d2", "d1", "k2", "k1"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_leaseline"))
+        .args([
+            "export",
+            "calls",
+            "--url",
+            &format!("http://{}", server.addr),
+            "--format",
+            "csv",
+        ])
+        .env("LEASELINE_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<_> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(
+        lines[1].starts_with("d2,p,+33899199999,+33633333332,"),
+        "{csv}"
+    );
+    assert!(lines[1].ends_with(",12,true"), "{csv}");
+}
