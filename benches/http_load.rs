@@ -93,7 +93,11 @@ struct Cell {
 }
 
 /// Runs `clients` closed loops of `request(client, i)` for `secs`; each must return 2xx.
-fn drive(clients: usize, secs: u64, request: impl Fn(&ureq::Agent, usize, u64) -> u16 + Send + Sync + 'static) -> Cell {
+fn drive(
+    clients: usize,
+    secs: u64,
+    request: impl Fn(&ureq::Agent, usize, u64) -> u16 + Send + Sync + 'static,
+) -> Cell {
     let request = Arc::new(request);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -101,7 +105,9 @@ fn drive(clients: usize, secs: u64, request: impl Fn(&ureq::Agent, usize, u64) -
         .map(|c| {
             let (stop, request) = (Arc::clone(&stop), Arc::clone(&request));
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
                 let mut lat = Vec::new();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -117,10 +123,14 @@ fn drive(clients: usize, secs: u64, request: impl Fn(&ureq::Agent, usize, u64) -
         .collect();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
-    let mut lat: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut lat: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort();
-    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    let q =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     Cell {
         per_sec: lat.len() as f64 / elapsed,
         p50_ms: q(0.50),
@@ -130,7 +140,11 @@ fn drive(clients: usize, secs: u64, request: impl Fn(&ureq::Agent, usize, u64) -
 }
 
 fn post(agent: &ureq::Agent, url: &str, key: &str, body: Value) -> u16 {
-    match agent.post(url).set("authorization", &format!("Bearer {key}")).send_json(body) {
+    match agent
+        .post(url)
+        .set("authorization", &format!("Bearer {key}"))
+        .send_json(body)
+    {
         Ok(r) => r.status(),
         Err(ureq::Error::Status(s, _)) => s,
         Err(_) => 0,
@@ -141,7 +155,12 @@ fn allocations(commit: &str, clients: usize, secs: u64) -> Cell {
     let server = start(commit);
     let url = format!("{}/v1/leases", server.base);
     drive(clients, secs, move |agent, c, i| {
-        post(agent, &url, SITE, json!({"pool": "p", "session": format!("c{c}-{i}")}))
+        post(
+            agent,
+            &url,
+            SITE,
+            json!({"pool": "p", "session": format!("c{c}-{i}")}),
+        )
     })
 }
 
@@ -164,7 +183,12 @@ fn call_starts(clients: usize, secs: u64) -> Cell {
     let numbers = Arc::new(numbers);
     drive(clients, secs, move |agent, c, i| {
         let n = &numbers[(c * 7919 + i as usize) % numbers.len()];
-        post(agent, &url, TEL, json!({"call_id": format!("c{c}-{i}"), "event": "start", "called": n, "caller": "+33612345678"}))
+        post(
+            agent,
+            &url,
+            TEL,
+            json!({"call_id": format!("c{c}-{i}"), "event": "start", "called": n, "caller": "+33612345678"}),
+        )
     })
 }
 
@@ -194,5 +218,9 @@ fn main() {
             group.per_sec / single.per_sec
         );
     }
-    row("call start (attribution, durable)", 50, &call_starts(50, secs));
+    row(
+        "call start (attribution, durable)",
+        50,
+        &call_starts(50, secs),
+    );
 }

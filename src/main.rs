@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use leaseline::clock::SystemClock;
 use leaseline::config::{fmt_duration, Config, LogFormat, TariffUnit};
+use leaseline::core::OnExhausted;
 use leaseline::startup::{shutdown_signal, Application};
 
 #[derive(Parser)]
@@ -192,14 +193,27 @@ fn check(path: &std::path::Path) -> ExitCode {
             };
             format!(", {} {} per {unit}", t.amount, t.currency)
         });
+        let exhausted = match &p.spec.on_exhausted {
+            OnExhausted::Reject => "when exhausted: reject (503)".to_string(),
+            OnExhausted::Shared { number, code_ttl } => format!(
+                "when exhausted: shared number {number} with codes valid {}",
+                fmt_duration(*code_ttl)
+            ),
+        };
+        let fallback = p
+            .spec
+            .fallback
+            .as_ref()
+            .map_or(String::new(), |t| format!(", fallback {t}"));
         println!(
-            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}{tariff}",
+            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}",
             p.spec.name,
             p.spec.numbers.len(),
             fmt_duration(s.ttl),
             fmt_duration(s.max_ttl),
             fmt_duration(s.grace),
             fmt_duration(s.quarantine),
+            fmt_duration(p.spec.return_window),
         );
     }
     for k in &c.keys {

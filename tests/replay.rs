@@ -45,11 +45,29 @@ fn spec() -> PoolSpec {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Allocate { session: u8, listing: Option<u8>, caller: Option<u8>, calls: u32, min: u32 },
-    Release { lease: u8 },
-    Advance { secs: u16 },
-    Start { line: u8, caller: Option<u8>, code_of: Option<u8>, back_secs: u16 },
-    End { call: u8, duration: u16 },
+    Allocate {
+        session: u8,
+        listing: Option<u8>,
+        caller: Option<u8>,
+        calls: u32,
+        min: u32,
+    },
+    Release {
+        lease: u8,
+    },
+    Advance {
+        secs: u16,
+    },
+    Start {
+        line: u8,
+        caller: Option<u8>,
+        code_of: Option<u8>,
+        back_secs: u16,
+    },
+    End {
+        call: u8,
+        duration: u16,
+    },
     Restart,
 }
 
@@ -84,7 +102,10 @@ impl Twin {
             let store = Store::open(dir.path(), 8 << 20, &[spec()]).unwrap();
             (dir, store)
         });
-        Twin { core: Allocator::new(vec![spec()]).unwrap(), store }
+        Twin {
+            core: Allocator::new(vec![spec()]).unwrap(),
+            store,
+        }
     }
 
     fn persist(&mut self) {
@@ -97,7 +118,9 @@ impl Twin {
     }
 
     fn restart(&mut self) {
-        let Some((dir, store)) = self.store.take() else { return };
+        let Some((dir, store)) = self.store.take() else {
+            return;
+        };
         drop(store);
         let mut tries = 0;
         let store = loop {
@@ -115,30 +138,64 @@ impl Twin {
     }
 
     /// Applies one step; returns a printable answer to compare.
-    fn apply(&mut self, op: &Op, now: u64, leases: &[(LeaseId, Option<Code>)], calls: usize) -> String {
+    fn apply(
+        &mut self,
+        op: &Op,
+        now: u64,
+        leases: &[(LeaseId, Option<Code>)],
+        calls: usize,
+    ) -> String {
         let t = Timestamp::from_millis(now);
         self.core.tick(t);
         let answer = match *op {
-            Op::Allocate { session, listing, caller: c, calls, min } => {
+            Op::Allocate {
+                session,
+                listing,
+                caller: c,
+                calls,
+                min,
+            } => {
                 let req = AllocateRequest {
                     tenant: TenantId::parse("t").unwrap(),
                     pool: PoolId(0),
                     session: SessionId::parse(&format!("s{session}")).unwrap(),
                     listing: listing.map(|l| ListingId::parse(&format!("l{l}")).unwrap()),
-                    target: Some(Target::parse(&format!("+3360000000{}", listing.unwrap_or(9))).unwrap()),
+                    target: Some(
+                        Target::parse(&format!("+3360000000{}", listing.unwrap_or(9))).unwrap(),
+                    ),
                     caller: c.map(caller),
                     ttl: None,
                     calls_required: calls,
                     min_call_secs: min,
                 };
-                format!("{:?}", self.core.allocate(req, t, id(leases.len() as u64)).map(|a| (a.lease, a.fresh)))
+                format!(
+                    "{:?}",
+                    self.core
+                        .allocate(req, t, id(leases.len() as u64))
+                        .map(|a| (a.lease, a.fresh))
+                )
             }
             Op::Release { lease } if !leases.is_empty() => {
-                format!("{:?}", self.core.release(&leases[lease as usize % leases.len()].0, t))
+                format!(
+                    "{:?}",
+                    self.core
+                        .release(&leases[lease as usize % leases.len()].0, t)
+                )
             }
-            Op::Start { line, caller: c, code_of, back_secs } => {
-                let called = if line == 3 { PhoneNumber::from_digits(SHARED).unwrap() } else { number(line as u64) };
-                let code = code_of.and_then(|k| leases.get(k as usize % leases.len().max(1))).and_then(|l| l.1);
+            Op::Start {
+                line,
+                caller: c,
+                code_of,
+                back_secs,
+            } => {
+                let called = if line == 3 {
+                    PhoneNumber::from_digits(SHARED).unwrap()
+                } else {
+                    number(line as u64)
+                };
+                let code = code_of
+                    .and_then(|k| leases.get(k as usize % leases.len().max(1)))
+                    .and_then(|l| l.1);
                 let start = CallStart {
                     id: CallId::parse(&format!("call-{calls}")).unwrap(),
                     called,
@@ -150,7 +207,17 @@ impl Twin {
             }
             Op::End { call, duration } if calls > 0 => {
                 let cid = CallId::parse(&format!("call-{}", call as usize % calls)).unwrap();
-                format!("{:?}", self.core.call_end(&cid, CallEnd { at: t, duration_secs: duration as u32 }, t))
+                format!(
+                    "{:?}",
+                    self.core.call_end(
+                        &cid,
+                        CallEnd {
+                            at: t,
+                            duration_secs: duration as u32
+                        },
+                        t
+                    )
+                )
             }
             Op::Restart => {
                 self.persist();
@@ -168,12 +235,19 @@ impl Twin {
     fn probe(&self, now: u64, leases: &[(LeaseId, Option<Code>)]) -> Vec<String> {
         let mut out = Vec::new();
         for line in 0..4u64 {
-            let called = if line == 3 { PhoneNumber::from_digits(SHARED).unwrap() } else { number(line) };
+            let called = if line == 3 {
+                PhoneNumber::from_digits(SHARED).unwrap()
+            } else {
+                number(line)
+            };
             for c in [None, Some(0u8), Some(2)] {
                 for back in [0u64, 90, 400] {
                     let code = leases.last().and_then(|l| l.1);
                     let at = Timestamp::from_millis(now.saturating_sub(back * 1000));
-                    out.push(format!("{:?}", self.core.attribute(called, c.map(caller), code, at)));
+                    out.push(format!(
+                        "{:?}",
+                        self.core.attribute(called, c.map(caller), code, at)
+                    ));
                 }
             }
         }
