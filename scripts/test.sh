@@ -20,6 +20,12 @@ need_apt() {
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 command -v curl >/dev/null || need_apt curl ca-certificates
+# A real Prometheus (and promtool) for the observability tests; run as a plain binary on
+# 127.0.0.1 by the tests, never as a system service.
+need_apt prometheus
+
+# Tests that need an external program fail (rather than skip) when it is missing.
+export LEASELINE_REQUIRE_EXTERNAL=1
 
 cargo build --all-targets --locked
 cargo test --all-targets --locked

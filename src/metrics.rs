@@ -272,6 +272,13 @@ impl Metrics {
             .unwrap(),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for op in ["write", "flush"] {
+            m.store_failures.with_label_values(&[op]);
+        }
+        // Calls to numbers of no pool are counted under pool="".
+        for reason in crate::core::Reason::ALL {
+            m.calls.with_label_values(&["", reason.as_str()]);
+        }
         #[cfg(target_os = "linux")]
         m.registry
             .register(Box::new(
@@ -279,6 +286,34 @@ impl Metrics {
             ))
             .expect("process metrics register once");
         m
+    }
+
+    /// Creates every labelled series of a pool at zero, so dashboards and alerts see a
+    /// series (and `rate()` a starting point) before the first event of each kind.
+    pub fn register_pool(&self, pool: &str) {
+        for state in ["free", "leased", "cooling"] {
+            self.pool_numbers.with_label_values(&[pool, state]);
+        }
+        for outcome in ["new", "sticky", "shared_code", "rejected", "error"] {
+            self.allocations.with_label_values(&[pool, outcome]);
+        }
+        for reason in crate::core::Reason::ALL {
+            self.calls.with_label_values(&[pool, reason.as_str()]);
+        }
+        for counted in ["true", "false"] {
+            self.call_ends.with_label_values(&[pool, counted]);
+        }
+        for outcome in ["ok", "not_paid", "already"] {
+            self.redeemed.with_label_values(&[pool, outcome]);
+        }
+        self.renewals.with_label_values(&[pool]);
+        self.releases.with_label_values(&[pool]);
+        self.expiries.with_label_values(&[pool]);
+        self.paid.with_label_values(&[pool]);
+        self.lease_lifetime.with_label_values(&[pool]);
+        self.first_call.with_label_values(&[pool]);
+        self.pool_size.with_label_values(&[pool]);
+        self.pool_saturation.with_label_values(&[pool]);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -108,6 +108,9 @@ impl Service {
         metrics: Arc<Metrics>,
     ) -> Service {
         let first_event = clock.now().as_millis() * 1000;
+        for p in core.pool_ids() {
+            metrics.register_pool(&core.pool_spec(p).name);
+        }
         Service {
             core: Mutex::new(core),
             store,
@@ -344,6 +347,11 @@ impl Service {
         }
         if let Ok(core) = self.lock() {
             self.metrics.live_leases.set(core.lease_count() as i64);
+            // Measured at scrape time: a stalled tick task shows as growing lag.
+            let (pending, done) = core.wheel_status();
+            let lag = self.clock.now().tick_floor().saturating_sub(done);
+            self.metrics.wheel_pending.set(pending as i64);
+            self.metrics.wheel_lag.set((lag * TICK_MS) as f64 / 1000.0);
         }
         self.metrics
             .store_size
