@@ -27,6 +27,19 @@ pub struct Config {
     pub server: ServerConfig,
     pub pools: Vec<PoolConfig>,
     pub keys: Vec<KeyConfig>,
+    pub twilio: Option<TwilioConfig>,
+}
+
+/// Twilio's voice webhook: requests are authenticated by their signature, made with the
+/// account's auth token (a shared secret, so it is stored as is, not hashed).
+#[derive(Clone, Debug)]
+pub struct TwilioConfig {
+    pub auth_token: String,
+    /// The base URL Twilio calls (`https://calls.example.com`), when a proxy stands in front:
+    /// signatures cover the URL Twilio used. Without it, `http://` + the Host header.
+    pub public_url: Option<String>,
+    /// Language of the voice prompts (`<Say language=…>`).
+    pub language: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +150,15 @@ struct RawConfig {
     pools: Vec<RawPool>,
     #[serde(default, rename = "key")]
     keys: Vec<RawKey>,
+    twilio: Option<RawTwilio>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwilio {
+    auth_token: String,
+    public_url: Option<String>,
+    language: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -231,10 +253,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         }
         keys.push(key);
     }
+    let twilio = raw.twilio.map(validate_twilio).transpose()?;
     Ok(Config {
         server,
         pools,
         keys,
+        twilio,
     })
 }
 
@@ -517,6 +541,24 @@ fn validate_key(k: RawKey, pools: &HashSet<String>) -> Result<KeyConfig, String>
         role,
         sha256,
         pools: k.pools,
+    })
+}
+
+fn validate_twilio(t: RawTwilio) -> Result<TwilioConfig, String> {
+    if t.auth_token.len() < 16 {
+        return Err("[twilio] auth_token looks too short: copy the account's auth token".into());
+    }
+    if let Some(u) = &t.public_url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) || u.ends_with('/') {
+            return Err(format!(
+                "[twilio] public_url = {u:?}: expected a base URL such as \"https://calls.example.com\" (no trailing /)"
+            ));
+        }
+    }
+    Ok(TwilioConfig {
+        auth_token: t.auth_token,
+        public_url: t.public_url,
+        language: t.language.unwrap_or_else(|| "fr-FR".into()),
     })
 }
 

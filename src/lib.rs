@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod service;
 pub mod startup;
 pub mod store;
+pub mod telephony;

@@ -133,6 +133,23 @@ impl Service {
         self.lock().ok()?.pool_id(name)
     }
 
+    /// Whether `n` is a pool's shared number (callers type a code there).
+    pub fn is_shared_number(&self, n: PhoneNumber) -> bool {
+        self.lock()
+            .map(|c| {
+                c.pool_of_number(n)
+                    .is_some_and(|p| c.pool_spec(p).shared_number() == Some(n))
+            })
+            .unwrap_or(false)
+    }
+
+    /// The fallback target of the pool `n` belongs to.
+    pub fn fallback_of(&self, n: PhoneNumber) -> Option<crate::core::Target> {
+        let c = self.lock().ok()?;
+        c.pool_of_number(n)
+            .and_then(|p| c.pool_spec(p).fallback.clone())
+    }
+
     /// The name of the pool a called number (pool or shared number) belongs to.
     pub fn pool_of_number(&self, n: PhoneNumber) -> Option<String> {
         let core = self.lock().ok()?;

@@ -71,6 +71,7 @@ pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
         service,
         keys: Arc::new(Keys::new(&config.keys)),
         metrics,
+        twilio: config.twilio.clone().map(Arc::new),
     })
 }
 

@@ -8,6 +8,7 @@ mod events;
 mod json;
 mod leases;
 mod ops;
+mod twilio;
 mod wire;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
+    pub twilio: Option<Arc<crate::config::TwilioConfig>>,
 }
 
 /// The whole HTTP API.
@@ -45,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/redeem", post(leases::redeem))
         .route("/v1/leases/{id}/events", get(events::stream))
         .route("/v1/calls", post(calls::event).get(calls::journal))
+        .route("/v1/telephony/twilio/voice", post(twilio::voice))
+        .route("/v1/telephony/twilio/status", post(twilio::status))
         .route("/v1/pools", get(ops::pools))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
