@@ -1,0 +1,254 @@
+//! The shipped Kamailio route, end to end with real SIP software on 127.0.0.1 (Debian's
+//! kamailio and sipp, installed by scripts/test.sh): a sipp caller dials through Kamailio,
+//! which asks the real Leaseline binary and relays to a sipp gateway standing in for the
+//! advertiser's carrier; the dialog's end reports the real duration.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn external(bin: &str) -> Option<PathBuf> {
+    let found = ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(),
+            "{bin} is not installed; scripts/test.sh installs it"
+        );
+        eprintln!("SKIPPED: {bin} is not installed (run scripts/test.sh to install it)");
+    }
+    found
+}
+
+fn udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    kamailio_port: u16,
+    sipp: PathBuf,
+}
+
+impl Rig {
+    /// Runs a sipp caller scenario to completion (bounded); returns its exit status and the
+    /// messages it saw.
+    fn call(&self, scenario: &str, number: &str, caller: &str, extra: &[&str]) -> (bool, String, Duration) {
+        let msgs = self.dir.path().join(format!("caller-{}.msg", udp_port()));
+        let started = Instant::now();
+        let mut child = Command::new(&self.sipp)
+            .arg(format!("127.0.0.1:{}", self.kamailio_port))
+            .arg("-sf")
+            .arg(repo(&format!("telephony/kamailio/sipp/{scenario}")))
+            .args(["-s", number, "-key", "caller", caller, "-i", "127.0.0.1", "-p"])
+            .arg(udp_port().to_string())
+            .args(["-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-trace_screen", "-trace_msg", "-message_file"])
+            .arg(&msgs)
+            .args(extra)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let status = child.wait().unwrap();
+        let elapsed = started.elapsed();
+        if !status.success() {
+            let stem = scenario.trim_end_matches(".xml");
+            for kind in ["errors", "screen"] {
+                let path = self.dir.path().join(format!("{stem}_{pid}_{kind}.log"));
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail = &log[log.len().saturating_sub(4000)..];
+                eprintln!("sipp {kind} log ({}):\n{tail}", path.display());
+            }
+        }
+        (status.success(), std::fs::read_to_string(&msgs).unwrap_or_default(), elapsed)
+    }
+}
+
+fn journal(server: &Server) -> Vec<Value> {
+    let (_, v) = http(&agent(), "GET", &server.url("/v1/calls?limit=1000"), Some(ADMIN), None).unwrap();
+    v["calls"].as_array().unwrap().clone()
+}
+
+fn lease(server: &Server, body: Value) -> Value {
+    let (status, v) = http(&agent(), "POST", &server.url("/v1/leases"), Some(SITE), Some(&body)).unwrap();
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// Waits until the journal shows `call_id` ended (the dialog's end is reported asynchronously).
+fn ended(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(c) = journal(server).into_iter().find(|c| pred(c) && !c["duration_secs"].is_null()) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no ended call matched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
+    let (Some(kamailio), Some(sipp)) = (external("kamailio"), external("sipp")) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+log_format = "json"
+[[pool]]
+name = "p"
+numbers = ["+33899100000..=+33899100009"]
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{site}"
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{tel}"
+[[key]]
+name = "admin"
+role = "admin"
+sha256 = "{admin}"
+"#,
+            data = dir.path().join("data").display(),
+            site = sha(SITE),
+            tel = sha(TELEPHONY),
+            admin = sha(ADMIN)
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    let gateway_port = udp_port();
+    let kamailio_port = udp_port();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let kam_log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
+    let _kamailio = Killed(
+        Command::new(kamailio)
+            .arg("-f")
+            .arg(repo("telephony/kamailio/kamailio.cfg"))
+            .args(["-DD", "-E", "-m", "128", "-Y"])
+            .arg(&run)
+            .arg("-A")
+            .arg(format!("LISTEN=udp:127.0.0.1:{kamailio_port}"))
+            .arg("-A")
+            .arg(format!("LEASELINE_URL=\"http://{}\"", server.addr))
+            .arg("-A")
+            .arg(format!("LEASELINE_KEY=\"{TELEPHONY}\""))
+            .arg("-A")
+            .arg(format!("GATEWAY=\"127.0.0.1:{gateway_port}\""))
+            .stdout(Stdio::null())
+            .stderr(kam_log)
+            .spawn()
+            .unwrap(),
+    );
+    let gateway_msgs = dir.path().join("gateway.msg");
+    let _gateway = Killed(
+        Command::new(&sipp)
+            .arg("-sf")
+            .arg(repo("telephony/kamailio/sipp/gateway.xml"))
+            .args(["-i", "127.0.0.1", "-p", &gateway_port.to_string(), "-nostdin", "-timeout", "300s", "-trace_msg", "-message_file"])
+            .arg(&gateway_msgs)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rig = Rig { dir, kamailio_port, sipp };
+    // Kamailio is up once it answers; the unleased number (404) is the probe.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, msgs, _) = rig.call("refused.xml", "33899100009", "+33600000009", &["-m", "1"]);
+        if ok && msgs.contains("SIP/2.0 404") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kamailio never answered: {msgs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 1. A leased number: the call reaches the gateway with the lease's target, is attributed
+    //    to the lease, and its end carries the real duration (2 s of talk).
+    let a = lease(&server, json!({"pool": "p", "session": "a", "listing": "car-1", "target": "+33600000001"}));
+    let (ok, _, _) = rig.call("caller.xml", a["number"].as_str().unwrap().trim_start_matches('+'), "+33612345678", &["-m", "1", "-d", "2000"]);
+    assert!(ok, "the call through Kamailio failed");
+    let gw = std::fs::read_to_string(&gateway_msgs).unwrap();
+    assert!(gw.contains("INVITE sip:+33600000001@127.0.0.1"), "the gateway got no INVITE for the target");
+    let c = ended(&server, |c| c["lease_id"] == a["lease_id"]);
+    assert_eq!(c["reason"], "active");
+    assert_eq!(c["caller"], "+33612345678");
+    let d = c["duration_secs"].as_u64().unwrap();
+    assert!((1..=3).contains(&d), "duration {d} s for a 2 s call");
+
+    // 2. A number nobody holds, with no fallback: refused with 404.
+    let (ok, msgs, _) = rig.call("refused.xml", "33899100008", "+33612345678", &["-m", "1"]);
+    assert!(ok && msgs.contains("SIP/2.0 404 Not Found"), "{msgs}");
+
+    // 3. Multi-call over real SIP: two calls of at least 1 s make the lease paid.
+    let b = lease(&server, json!({"pool": "p", "session": "b", "listing": "video", "target": "sip:adv@127.0.0.1:{}".replace("{}", &gateway_port.to_string()), "calls_required": 2, "min_call_secs": 1}));
+    let b_number = b["number"].as_str().unwrap().trim_start_matches('+').to_owned();
+    let b_id = b["lease_id"].as_str().unwrap().to_owned();
+    for caller in ["+33611111111", "+33622222222"] {
+        let (ok, _, _) = rig.call("caller.xml", &b_number, caller, &["-m", "1", "-d", "1500"]);
+        assert!(ok);
+        ended(&server, |c| c["lease_id"] == b["lease_id"] && c["caller"] == caller);
+    }
+    let (_, shown) = http(&agent(), "GET", &server.url(&format!("/v1/leases/{b_id}")), None, None).unwrap();
+    assert_eq!((shown["calls"].as_u64(), shown["paid"].as_bool()), (Some(2), Some(true)), "{shown}");
+    assert!(std::fs::read_to_string(&gateway_msgs).unwrap().contains("INVITE sip:adv@127.0.0.1"), "SIP targets are relayed directly");
+
+    // 4. A bounded load run: every call of a burst succeeds.
+    let calls: u64 = std::env::var("LEASELINE_SIP_LOAD_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let rate: u64 = std::env::var("LEASELINE_SIP_LOAD_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let before = journal(&server).len();
+    let (ok, _, took) = rig.call(
+        "caller.xml",
+        a["number"].as_str().unwrap().trim_start_matches('+'),
+        "+33633333333",
+        &["-m", &calls.to_string(), "-r", &rate.to_string(), "-l", "200", "-d", "0"],
+    );
+    assert!(ok, "some calls of the load run failed");
+    println!(
+        "load: {calls} calls offered at {rate}/s through Kamailio -> Leaseline, 0 failed, {:.0} calls/s completed",
+        calls as f64 / took.as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal(&server).len() < before + calls as usize {
+        assert!(Instant::now() < deadline, "not every load call reached the journal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 5. Leaseline stopped: Kamailio answers 503, quickly.
+    server.kill9();
+    let (ok, msgs, took) = rig.call("refused.xml", "33899100000", "+33612345678", &["-m", "1"]);
+    assert!(ok && msgs.contains("SIP/2.0 503"), "{msgs}");
+    assert!(took < Duration::from_secs(3), "503 took {took:?}");
+}
