@@ -23,6 +23,8 @@ command -v curl >/dev/null || need_apt curl ca-certificates
 # A real Prometheus (and promtool) for the observability tests; run as a plain binary on
 # 127.0.0.1 by the tests, never as a system service.
 need_apt prometheus
+# Real SIP peers for the telephony tests: Kamailio (with http_client and json) and sipp.
+need_apt kamailio kamailio-utils-modules kamailio-json-modules sip-tester
 
 # Tests that need an external program fail (rather than skip) when it is missing.
 export LEASELINE_REQUIRE_EXTERNAL=1
