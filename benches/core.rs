@@ -25,6 +25,8 @@ fn allocator(size: u64) -> Allocator {
         on_exhausted: OnExhausted::Reject,
         return_window: Duration::from_secs(30 * 86_400),
         fallback: None,
+        mode: leaseline::core::PoolMode::Dynamic,
+        access_ttl: Duration::ZERO,
     }])
     .unwrap()
 }

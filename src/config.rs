@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::limits::FailureLimit;
 use thiserror::Error;
 
-use crate::core::{LeaseSettings, OnExhausted, PhoneNumber, PoolSpec, Target, TenantId};
+use crate::core::{
+    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolMode, PoolSpec, Target, TenantId,
+};
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
 pub const MAX_POOL_SIZE: u64 = 10_000_000;
@@ -28,6 +32,15 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub keys: Vec<KeyConfig>,
     pub twilio: Option<TwilioConfig>,
+    pub limits: LimitsConfig,
+}
+
+/// Abuse limits (`[limits]`).
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    /// Failed access-code redeems allowed per client (the site's visitor), then per key.
+    pub redeem_per_client: FailureLimit,
+    pub redeem_per_key: FailureLimit,
 }
 
 /// Twilio's voice webhook: requests are authenticated by their signature, made with the
@@ -151,6 +164,17 @@ struct RawConfig {
     #[serde(default, rename = "key")]
     keys: Vec<RawKey>,
     twilio: Option<RawTwilio>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    redeem_failures_per_client: Option<u32>,
+    redeem_failures_per_key: Option<u32>,
+    redeem_window: Option<String>,
+    redeem_lockout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -192,11 +216,24 @@ struct RawPool {
     code_ttl: Option<String>,
     return_window: Option<String>,
     fallback_target: Option<String>,
+    mode: Option<String>,
+    calls_required: Option<u32>,
+    min_call_secs: Option<u32>,
+    window: Option<String>,
+    access_ttl: Option<String>,
+    price: Option<RawPrice>,
     ttl: Option<String>,
     max_ttl: Option<String>,
     grace: Option<String>,
     quarantine: Option<String>,
     retention: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    amount: String,
+    currency: String,
 }
 
 #[derive(Deserialize)]
@@ -254,11 +291,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         keys.push(key);
     }
     let twilio = raw.twilio.map(validate_twilio).transpose()?;
+    let limits = validate_limits(raw.limits)?;
     Ok(Config {
         server,
         pools,
         keys,
         twilio,
+        limits,
     })
 }
 
@@ -419,11 +458,92 @@ fn validate_pool(
             )))
         }
     };
-    if p.code_ttl.is_some() && on_exhausted == OnExhausted::Reject {
+    let ticketing = match p.mode.as_deref().unwrap_or("dynamic") {
+        "dynamic" => false,
+        "ticketing" => true,
+        other => {
+            return Err(ctx(format!(
+                "mode = {other:?}: expected \"dynamic\" or \"ticketing\""
+            )))
+        }
+    };
+    if p.code_ttl.is_some() && on_exhausted == OnExhausted::Reject && !ticketing {
         return Err(ctx(
-            "code_ttl is only used with on_exhausted = \"shared\"".into()
+            "code_ttl is only used with on_exhausted = \"shared\" or mode = \"ticketing\"".into(),
         ));
     }
+    let mode = if ticketing {
+        if on_exhausted != OnExhausted::Reject {
+            return Err(ctx(
+                "a ticketing pool leases no numbers, so on_exhausted and shared_number do not apply"
+                    .into(),
+            ));
+        }
+        let calls_required = p.calls_required.unwrap_or(1);
+        if !(1..=20).contains(&calls_required) {
+            return Err(ctx(format!(
+                "calls_required = {calls_required}: expected 1 to 20"
+            )));
+        }
+        let min_call_secs = p.min_call_secs.unwrap_or(0);
+        if min_call_secs > 3600 {
+            return Err(ctx(format!(
+                "min_call_secs = {min_call_secs}: expected at most 3600"
+            )));
+        }
+        let dur = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, String> {
+            match v {
+                Some(s) => parse_duration(s).map_err(|e| ctx(format!("{key} = {s:?}: {e}"))),
+                None => Ok(Duration::from_secs(default)),
+            }
+        };
+        let window = dur("window", &p.window, 3600)?;
+        let code_ttl = dur("code_ttl", &p.code_ttl, 86_400)?;
+        if window.is_zero() || code_ttl.is_zero() {
+            return Err(ctx("window and code_ttl must be longer than 0s".into()));
+        }
+        let price = match p.price {
+            Some(pr) => {
+                let t = validate_tariff(RawTariff {
+                    per_call: Some(pr.amount),
+                    per_minute: None,
+                    currency: pr.currency,
+                })
+                .map_err(|e| ctx(e.replace("tariff", "price")))?;
+                Some((t.amount, t.currency))
+            }
+            None => None,
+        };
+        PoolMode::Ticketing(Formula {
+            calls_required,
+            min_call_secs,
+            window,
+            code_ttl,
+            price,
+        })
+    } else {
+        let formula_keys = [
+            ("calls_required", p.calls_required.is_some()),
+            ("min_call_secs", p.min_call_secs.is_some()),
+            ("window", p.window.is_some()),
+            ("price", p.price.is_some()),
+        ];
+        if let Some((key, _)) = formula_keys.iter().find(|(_, set)| *set) {
+            return Err(ctx(format!("{key} is only used with mode = \"ticketing\"")));
+        }
+        PoolMode::Dynamic
+    };
+    let access_ttl = match &p.access_ttl {
+        Some(s) => parse_duration(s).map_err(|e| ctx(format!("access_ttl = {s:?}: {e}")))?,
+        None => Duration::ZERO,
+    };
+    if access_ttl > Duration::from_secs(31 * 86_400) {
+        return Err(ctx(format!(
+            "access_ttl = {}: at most 31d",
+            fmt_duration(access_ttl)
+        )));
+    }
+
     let return_window = match &p.return_window {
         Some(s) => parse_duration(s).map_err(|e| ctx(format!("return_window = {s:?}: {e}")))?,
         None => Duration::from_secs(30 * 86_400),
@@ -446,6 +566,8 @@ fn validate_pool(
             on_exhausted,
             return_window,
             fallback,
+            mode,
+            access_ttl,
         },
         tariff,
     })
@@ -541,6 +663,38 @@ fn validate_key(k: RawKey, pools: &HashSet<String>) -> Result<KeyConfig, String>
         role,
         sha256,
         pools: k.pools,
+    })
+}
+
+fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
+    let dur = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, String> {
+        match v {
+            Some(s) => parse_duration(s).map_err(|e| format!("[limits] {key} = {s:?}: {e}")),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    let window = dur("redeem_window", &l.redeem_window, 600)?;
+    let lockout = dur("redeem_lockout", &l.redeem_lockout, 900)?;
+    let count = |key: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(format!("[limits] {key} must be at least 1")),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let limit = |max| FailureLimit {
+        max_failures: max,
+        window,
+        lockout,
+    };
+    Ok(LimitsConfig {
+        redeem_per_client: limit(count(
+            "redeem_failures_per_client",
+            l.redeem_failures_per_client,
+            5,
+        )?),
+        redeem_per_key: limit(count(
+            "redeem_failures_per_key",
+            l.redeem_failures_per_key,
+            50,
+        )?),
     })
 }
 
@@ -764,6 +918,25 @@ mod tests {
             c.pools[0].spec.return_window,
             Duration::from_secs(30 * 86_400)
         );
+    }
+
+    #[test]
+    fn ticketing_pools_take_a_formula_and_dynamic_ones_refuse_it() {
+        let c = parse(&pool("mode = \"ticketing\"\ncalls_required = 3\nmin_call_secs = 60\nwindow = \"2h\"\naccess_ttl = \"30d\"\nprice = { amount = \"8.97\", currency = \"EUR\" }")).unwrap();
+        let PoolMode::Ticketing(f) = &c.pools[0].spec.mode else {
+            panic!("not ticketing")
+        };
+        assert_eq!((f.calls_required, f.min_call_secs), (3, 60));
+        assert_eq!(f.window, Duration::from_secs(7200));
+        assert_eq!(f.code_ttl, Duration::from_secs(86_400));
+        assert_eq!(f.price, Some(("8.97".into(), "EUR".into())));
+        assert!(
+            error_of(&pool("calls_required = 3")).contains("only used with mode = \"ticketing\"")
+        );
+        assert!(
+            error_of(&pool("mode = \"ticketing\"\naccess_ttl = \"40d\"")).contains("at most 31d")
+        );
+        assert!(error_of(&pool("mode = \"ticketing\"\ncalls_required = 0")).contains("1 to 20"));
     }
 
     #[test]

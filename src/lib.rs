@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod startup;

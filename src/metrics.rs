@@ -30,6 +30,9 @@ pub struct Metrics {
     pub paid: IntCounterVec,
     pub redeemed: IntCounterVec,
     pub sse_clients: IntGauge,
+    pub tickets_issued: IntCounterVec,
+    pub ticket_redeems: IntCounterVec,
+    pub limited: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -258,6 +261,36 @@ impl Metrics {
                 r,
                 IntGauge::new("leaseline_event_streams", "Open lease event streams (Server-Sent Events).").unwrap(),
             ),
+            tickets_issued: reg(
+                r,
+                IntCounterVec::new(
+                    opts("leaseline_tickets_issued_total", "Access codes issued on ticketing numbers."),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            ticket_redeems: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_ticket_redeems_total",
+                        "Access code redeem attempts by outcome (ok, unknown, expired, already); failed ones have pool=\"\".",
+                    ),
+                    &["pool", "outcome"],
+                )
+                .unwrap(),
+            ),
+            limited: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_rejected_by_limits_total",
+                        "Requests refused by an abuse limit (429), by limit.",
+                    ),
+                    &["limit"],
+                )
+                .unwrap(),
+            ),
             registry,
         };
         let build = reg(
@@ -274,6 +307,12 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for op in ["write", "flush"] {
             m.store_failures.with_label_values(&[op]);
+        }
+        for outcome in ["unknown", "expired", "already"] {
+            m.ticket_redeems.with_label_values(&["", outcome]);
+        }
+        for limit in ["redeem_client", "redeem_key"] {
+            m.limited.with_label_values(&[limit]);
         }
         // Calls to numbers of no pool are counted under pool="".
         for reason in crate::core::Reason::ALL {
@@ -310,6 +349,8 @@ impl Metrics {
         self.releases.with_label_values(&[pool]);
         self.expiries.with_label_values(&[pool]);
         self.paid.with_label_values(&[pool]);
+        self.tickets_issued.with_label_values(&[pool]);
+        self.ticket_redeems.with_label_values(&[pool, "ok"]);
         self.lease_lifetime.with_label_values(&[pool]);
         self.first_call.with_label_values(&[pool]);
         self.pool_size.with_label_values(&[pool]);

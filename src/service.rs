@@ -13,8 +13,9 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::core::{
-    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Lease,
-    LeaseId, LeaseState, Notice, PhoneNumber, PoolId, PoolStats, TenantId, Timestamp, TICK_MS,
+    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Entropy,
+    Formula, Lease, LeaseId, LeaseState, Notice, Pass, PassId, PhoneNumber, PoolId, PoolStats,
+    TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Store, StoreError};
@@ -37,6 +38,8 @@ pub struct LeaseView {
     pub lease: Lease,
     pub pool: String,
     pub state: LeaseState,
+    /// The access pass its redeem granted, if any.
+    pub pass: Option<PassView>,
 }
 
 /// One pool's counts, for `/v1/pools` and the gauges.
@@ -143,6 +146,17 @@ impl Service {
             .unwrap_or(false)
     }
 
+    /// The ticketing formula of the pool `n` belongs to.
+    pub fn formula_of(&self, n: PhoneNumber) -> Option<Formula> {
+        let c = self.lock().ok()?;
+        c.pool_of_number(n).and_then(|p| c.formula(p).cloned())
+    }
+
+    /// The call `id`, while memory keeps it.
+    pub fn call(&self, id: &CallId) -> Option<Call> {
+        self.lock().ok()?.call(id).cloned()
+    }
+
     /// The fallback target of the pool `n` belongs to.
     pub fn fallback_of(&self, n: PhoneNumber) -> Option<crate::core::Target> {
         let c = self.lock().ok()?;
@@ -216,10 +230,11 @@ impl Service {
     /// Redeems a paid lease of `owner`'s, once.
     pub async fn redeem(&self, id: LeaseId, owner: &TenantId) -> Result<LeaseView, ServiceError> {
         let pool = self.get(&id)?.pool;
+        let pass_id = PassId(rand::thread_rng().gen());
         let res = self
             .write(|core, now| {
                 owned(core, &id, owner)?;
-                let lease = core.redeem(&id, now)?.clone();
+                let (lease, _) = core.redeem(&id, now, pass_id)?;
                 Ok(view(core, lease, now))
             })
             .await;
@@ -236,12 +251,77 @@ impl Service {
         res
     }
 
+    /// Redeems a ticketing access code for a site whose key may use `pools` (all if `None`).
+    pub async fn redeem_ticket(
+        &self,
+        code: TicketCode,
+        tenant: &TenantId,
+        pools: Option<&[String]>,
+    ) -> Result<TicketView, ServiceError> {
+        let pass_id = PassId(rand::thread_rng().gen());
+        let res = self
+            .write(|core, now| {
+                let allowed = |p: PoolId| {
+                    pools.is_none_or(|list| list.iter().any(|n| n == &core.pool_spec(p).name))
+                };
+                let allowed: Vec<bool> = core.pool_ids().map(allowed).collect();
+                let (ticket, pass) =
+                    core.redeem_ticket(code, tenant, |p| allowed[p.0 as usize], now, pass_id)?;
+                Ok(TicketView {
+                    pool: core.pool_spec(ticket.pool).name.clone(),
+                    formula: core.formula(ticket.pool).cloned(),
+                    pass: pass.map(|p| pass_view(core, p, now)),
+                    ticket,
+                })
+            })
+            .await;
+        let (pool, outcome) = match &res {
+            Ok(v) => (v.pool.clone(), "ok"),
+            Err(ServiceError::Core(e)) => (
+                String::new(),
+                match e {
+                    CoreError::UnknownTicket => "unknown",
+                    CoreError::TicketExpired => "expired",
+                    CoreError::AlreadyRedeemed => "already",
+                    _ => "error",
+                },
+            ),
+            Err(_) => (String::new(), "error"),
+        };
+        self.metrics
+            .ticket_redeems
+            .with_label_values(&[&pool, outcome])
+            .inc();
+        res
+    }
+
+    /// The pass `id` as it stands now.
+    pub fn pass(&self, id: &PassId) -> Result<PassView, ServiceError> {
+        let core = self.lock()?;
+        let p = core.pass(id).ok_or(CoreError::UnknownPass)?.clone();
+        Ok(pass_view(&core, p, self.clock.now()))
+    }
+
+    /// Revokes `owner`'s pass `id` now (refund, abuse).
+    pub async fn revoke_pass(
+        &self,
+        id: PassId,
+        owner: &TenantId,
+    ) -> Result<PassView, ServiceError> {
+        self.write(|core, now| {
+            let p = core.revoke_pass(&id, owner, now)?;
+            Ok(pass_view(core, p, now))
+        })
+        .await
+    }
+
     /// Records a call's start and says where it goes; `at` defaults to now.
     pub async fn call_start(
         &self,
         mut start: CallStart,
         at_given: bool,
     ) -> Result<(Call, Option<String>), ServiceError> {
+        start.entropy = entropy();
         self.write(|core, now| {
             if !at_given {
                 start.at = now;
@@ -270,6 +350,7 @@ impl Service {
                     duration_secs,
                 },
                 now,
+                entropy(),
             )
         })
         .await
@@ -467,6 +548,11 @@ impl Service {
                         pool: pool.map(name),
                         notice: n,
                     },
+                    Notice::TicketIssued { pool } => Described {
+                        counters: None,
+                        pool: Some(name(*pool)),
+                        notice: n,
+                    },
                     Notice::Purged { .. } => Described {
                         counters: None,
                         pool: None,
@@ -566,6 +652,13 @@ impl Service {
                     self.metrics.paid.with_label_values(&[&pool]).inc();
                     event(lease, EventKind::Paid, None, None, None)
                 }
+                Notice::TicketIssued { .. } => {
+                    let pool = d.pool.unwrap_or_default();
+                    self.metrics
+                        .tickets_issued
+                        .with_label_values(&[&pool])
+                        .inc();
+                }
                 Notice::Purged { lease } => {
                     if let Ok(mut b) = self.backlog.lock() {
                         b.remove(&lease);
@@ -584,6 +677,40 @@ struct Described {
     pool: Option<String>,
 }
 
+/// A pass as seen at one instant.
+#[derive(Clone, Debug)]
+pub struct PassView {
+    pub pass: Pass,
+    pub pool: String,
+    pub valid: bool,
+}
+
+/// A redeemed ticket, with what the site needs to show.
+#[derive(Clone, Debug)]
+pub struct TicketView {
+    pub ticket: Ticket,
+    pub pool: String,
+    pub formula: Option<Formula>,
+    pub pass: Option<PassView>,
+}
+
+fn pass_view(core: &Allocator, pass: Pass, now: Timestamp) -> PassView {
+    PassView {
+        pool: core.pool_spec(pass.pool).name.clone(),
+        valid: pass.valid(now),
+        pass,
+    }
+}
+
+/// Fresh randomness for tickets, from the thread's CSPRNG.
+fn entropy() -> Entropy {
+    let mut rng = rand::thread_rng();
+    Entropy {
+        id: rng.gen(),
+        code: rng.gen(),
+    }
+}
+
 /// Refuses (as "unknown") a lease that is not `owner`'s.
 fn owned(core: &Allocator, id: &LeaseId, owner: &TenantId) -> Result<(), CoreError> {
     match core.lease(id) {
@@ -596,6 +723,10 @@ fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
     LeaseView {
         pool: core.pool_spec(lease.pool).name.clone(),
         state: lease.state(now),
+        pass: lease
+            .pass
+            .and_then(|id| core.pass(&id))
+            .map(|p| pass_view(core, p.clone(), now)),
         lease,
     }
 }

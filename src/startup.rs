@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::{Allocator, PoolSpec, TICK_MS};
-use crate::http::{router, AppState, Keys};
+use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::store::{Committer, Store};
@@ -67,12 +67,7 @@ pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
         .await
         .context("cannot settle overdue deadlines")?;
     tracing::info!(leases, "store recovered");
-    Ok(AppState {
-        service,
-        keys: Arc::new(Keys::new(&config.keys)),
-        metrics,
-        twilio: config.twilio.clone().map(Arc::new),
-    })
+    Ok(AppState::new(service, metrics, config))
 }
 
 pub struct Application {

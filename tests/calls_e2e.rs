@@ -267,5 +267,5 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
         lines[1].starts_with("d2,p,+33899199999,+33633333332,"),
         "{csv}"
     );
-    assert!(lines[1].ends_with(",12,true"), "{csv}");
+    assert!(lines[1].ends_with(",12,true,call,,,"), "{csv}");
 }

@@ -32,7 +32,11 @@ fn external(bin: &str) -> Option<PathBuf> {
 }
 
 fn udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Killed(Child);
@@ -53,16 +57,40 @@ struct Rig {
 impl Rig {
     /// Runs a sipp caller scenario to completion (bounded); returns its exit status and the
     /// messages it saw.
-    fn call(&self, scenario: &str, number: &str, caller: &str, extra: &[&str]) -> (bool, String, Duration) {
+    fn call(
+        &self,
+        scenario: &str,
+        number: &str,
+        caller: &str,
+        extra: &[&str],
+    ) -> (bool, String, Duration) {
         let msgs = self.dir.path().join(format!("caller-{}.msg", udp_port()));
         let started = Instant::now();
         let mut child = Command::new(&self.sipp)
             .arg(format!("127.0.0.1:{}", self.kamailio_port))
             .arg("-sf")
             .arg(repo(&format!("telephony/kamailio/sipp/{scenario}")))
-            .args(["-s", number, "-key", "caller", caller, "-i", "127.0.0.1", "-p"])
+            .args([
+                "-s",
+                number,
+                "-key",
+                "caller",
+                caller,
+                "-i",
+                "127.0.0.1",
+                "-p",
+            ])
             .arg(udp_port().to_string())
-            .args(["-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-trace_screen", "-trace_msg", "-message_file"])
+            .args([
+                "-nostdin",
+                "-timeout",
+                "60s",
+                "-timeout_error",
+                "-trace_err",
+                "-trace_screen",
+                "-trace_msg",
+                "-message_file",
+            ])
             .arg(&msgs)
             .args(extra)
             .current_dir(self.dir.path())
@@ -82,17 +110,35 @@ impl Rig {
                 eprintln!("sipp {kind} log ({}):\n{tail}", path.display());
             }
         }
-        (status.success(), std::fs::read_to_string(&msgs).unwrap_or_default(), elapsed)
+        (
+            status.success(),
+            std::fs::read_to_string(&msgs).unwrap_or_default(),
+            elapsed,
+        )
     }
 }
 
 fn journal(server: &Server) -> Vec<Value> {
-    let (_, v) = http(&agent(), "GET", &server.url("/v1/calls?limit=1000"), Some(ADMIN), None).unwrap();
+    let (_, v) = http(
+        &agent(),
+        "GET",
+        &server.url("/v1/calls?limit=1000"),
+        Some(ADMIN),
+        None,
+    )
+    .unwrap();
     v["calls"].as_array().unwrap().clone()
 }
 
 fn lease(server: &Server, body: Value) -> Value {
-    let (status, v) = http(&agent(), "POST", &server.url("/v1/leases"), Some(SITE), Some(&body)).unwrap();
+    let (status, v) = http(
+        &agent(),
+        "POST",
+        &server.url("/v1/leases"),
+        Some(SITE),
+        Some(&body),
+    )
+    .unwrap();
     assert_eq!(status, 201, "{v}");
     v
 }
@@ -101,7 +147,10 @@ fn lease(server: &Server, body: Value) -> Value {
 fn ended(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(c) = journal(server).into_iter().find(|c| pred(c) && !c["duration_secs"].is_null()) {
+        if let Some(c) = journal(server)
+            .into_iter()
+            .find(|c| pred(c) && !c["duration_secs"].is_null())
+        {
             return c;
         }
         assert!(Instant::now() < deadline, "no ended call matched");
@@ -111,7 +160,9 @@ fn ended(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
 
 #[test]
 fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
-    let (Some(kamailio), Some(sipp)) = (external("kamailio"), external("sipp")) else { return };
+    let (Some(kamailio), Some(sipp)) = (external("kamailio"), external("sipp")) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pool.toml");
     std::fs::write(
@@ -175,7 +226,17 @@ sha256 = "{admin}"
         Command::new(&sipp)
             .arg("-sf")
             .arg(repo("telephony/kamailio/sipp/gateway.xml"))
-            .args(["-i", "127.0.0.1", "-p", &gateway_port.to_string(), "-nostdin", "-timeout", "300s", "-trace_msg", "-message_file"])
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &gateway_port.to_string(),
+                "-nostdin",
+                "-timeout",
+                "300s",
+                "-trace_msg",
+                "-message_file",
+            ])
             .arg(&gateway_msgs)
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -183,7 +244,11 @@ sha256 = "{admin}"
             .spawn()
             .unwrap(),
     );
-    let rig = Rig { dir, kamailio_port, sipp };
+    let rig = Rig {
+        dir,
+        kamailio_port,
+        sipp,
+    };
     // Kamailio is up once it answers; the unleased number (404) is the probe.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -197,11 +262,22 @@ sha256 = "{admin}"
 
     // 1. A leased number: the call reaches the gateway with the lease's target, is attributed
     //    to the lease, and its end carries the real duration (2 s of talk).
-    let a = lease(&server, json!({"pool": "p", "session": "a", "listing": "car-1", "target": "+33600000001"}));
-    let (ok, _, _) = rig.call("caller.xml", a["number"].as_str().unwrap().trim_start_matches('+'), "+33612345678", &["-m", "1", "-d", "2000"]);
+    let a = lease(
+        &server,
+        json!({"pool": "p", "session": "a", "listing": "car-1", "target": "+33600000001"}),
+    );
+    let (ok, _, _) = rig.call(
+        "caller.xml",
+        a["number"].as_str().unwrap().trim_start_matches('+'),
+        "+33612345678",
+        &["-m", "1", "-d", "2000"],
+    );
     assert!(ok, "the call through Kamailio failed");
     let gw = std::fs::read_to_string(&gateway_msgs).unwrap();
-    assert!(gw.contains("INVITE sip:+33600000001@127.0.0.1"), "the gateway got no INVITE for the target");
+    assert!(
+        gw.contains("INVITE sip:+33600000001@127.0.0.1"),
+        "the gateway got no INVITE for the target"
+    );
     let c = ended(&server, |c| c["lease_id"] == a["lease_id"]);
     assert_eq!(c["reason"], "active");
     assert_eq!(c["caller"], "+33612345678");
@@ -213,26 +289,66 @@ sha256 = "{admin}"
     assert!(ok && msgs.contains("SIP/2.0 404 Not Found"), "{msgs}");
 
     // 3. Multi-call over real SIP: two calls of at least 1 s make the lease paid.
-    let b = lease(&server, json!({"pool": "p", "session": "b", "listing": "video", "target": "sip:adv@127.0.0.1:{}".replace("{}", &gateway_port.to_string()), "calls_required": 2, "min_call_secs": 1}));
-    let b_number = b["number"].as_str().unwrap().trim_start_matches('+').to_owned();
+    let b = lease(
+        &server,
+        json!({"pool": "p", "session": "b", "listing": "video", "target": "sip:adv@127.0.0.1:{}".replace("{}", &gateway_port.to_string()), "calls_required": 2, "min_call_secs": 1}),
+    );
+    let b_number = b["number"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('+')
+        .to_owned();
     let b_id = b["lease_id"].as_str().unwrap().to_owned();
     for caller in ["+33611111111", "+33622222222"] {
         let (ok, _, _) = rig.call("caller.xml", &b_number, caller, &["-m", "1", "-d", "1500"]);
         assert!(ok);
-        ended(&server, |c| c["lease_id"] == b["lease_id"] && c["caller"] == caller);
+        ended(&server, |c| {
+            c["lease_id"] == b["lease_id"] && c["caller"] == caller
+        });
     }
-    let (_, shown) = http(&agent(), "GET", &server.url(&format!("/v1/leases/{b_id}")), None, None).unwrap();
-    assert_eq!((shown["calls"].as_u64(), shown["paid"].as_bool()), (Some(2), Some(true)), "{shown}");
-    assert!(std::fs::read_to_string(&gateway_msgs).unwrap().contains("INVITE sip:adv@127.0.0.1"), "SIP targets are relayed directly");
+    let (_, shown) = http(
+        &agent(),
+        "GET",
+        &server.url(&format!("/v1/leases/{b_id}")),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (shown["calls"].as_u64(), shown["paid"].as_bool()),
+        (Some(2), Some(true)),
+        "{shown}"
+    );
+    assert!(
+        std::fs::read_to_string(&gateway_msgs)
+            .unwrap()
+            .contains("INVITE sip:adv@127.0.0.1"),
+        "SIP targets are relayed directly"
+    );
 
     // 4. A bounded load run: every call of a burst succeeds.
-    let calls: u64 = std::env::var("LEASELINE_SIP_LOAD_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let rate: u64 = std::env::var("LEASELINE_SIP_LOAD_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let calls: u64 = std::env::var("LEASELINE_SIP_LOAD_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let rate: u64 = std::env::var("LEASELINE_SIP_LOAD_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let (ok, _, took) = rig.call(
         "caller.xml",
         a["number"].as_str().unwrap().trim_start_matches('+'),
         "+33633333333",
-        &["-m", &calls.to_string(), "-r", &rate.to_string(), "-l", "200", "-d", "0"],
+        &[
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-l",
+            "200",
+            "-d",
+            "0",
+        ],
     );
     assert!(ok, "some calls of the load run failed");
     println!(
@@ -241,7 +357,14 @@ sha256 = "{admin}"
     );
     // Every call of the burst was attributed to A (a call counts at its start here).
     let a_id = a["lease_id"].as_str().unwrap();
-    let (_, shown) = http(&agent(), "GET", &server.url(&format!("/v1/leases/{a_id}")), None, None).unwrap();
+    let (_, shown) = http(
+        &agent(),
+        "GET",
+        &server.url(&format!("/v1/leases/{a_id}")),
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(shown["calls"].as_u64(), Some(1 + calls), "{shown}");
 
     // 5. Leaseline stopped: Kamailio answers 503, quickly.

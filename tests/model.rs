@@ -35,6 +35,8 @@ fn spec() -> PoolSpec {
         on_exhausted: OnExhausted::Reject,
         return_window: Duration::from_secs(30 * 86_400),
         fallback: None,
+        mode: leaseline::core::PoolMode::Dynamic,
+        access_ttl: Duration::ZERO,
     }
 }
 

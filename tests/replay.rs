@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use leaseline::core::{
-    AllocateRequest, Allocator, CallEnd, CallId, CallStart, Code, LeaseId, LeaseSettings,
+    AllocateRequest, Allocator, CallEnd, CallId, CallStart, Code, Entropy, LeaseId, LeaseSettings,
     ListingId, OnExhausted, PhoneNumber, PoolId, PoolSpec, SessionId, Target, TenantId, Timestamp,
 };
 use leaseline::store::Store;
@@ -40,6 +40,8 @@ fn spec() -> PoolSpec {
         },
         return_window: Duration::from_secs(600),
         fallback: None,
+        mode: leaseline::core::PoolMode::Dynamic,
+        access_ttl: Duration::ZERO,
     }
 }
 
@@ -202,6 +204,7 @@ impl Twin {
                     caller: c.map(caller),
                     code,
                     at: Timestamp::from_millis(now.saturating_sub(back_secs as u64 * 1000)),
+                    entropy: Entropy::default(),
                 };
                 format!("{:?}", self.core.call_start(start, t))
             }
@@ -215,7 +218,8 @@ impl Twin {
                             at: t,
                             duration_secs: duration as u32
                         },
-                        t
+                        t,
+                        Entropy::default(),
                     )
                 )
             }

@@ -11,10 +11,11 @@ use std::time::Duration;
 use priority_queue::PriorityQueue;
 
 use super::calls::{Call, Reason, ReturnRoute};
+use super::tickets::{Pass, PassSource, PoolMode, Progress, Ticket};
 use super::time::{retry_after_secs, Timestamp};
 use super::types::{
-    CallId, CallKey, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, SessionId,
-    Target, TenantId,
+    CallId, CallKey, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey,
+    ReturnKey, SessionId, Target, TenantId, TicketCode, TicketId,
 };
 use super::wheel::Wheel;
 use super::{CoreError, Effect};
@@ -57,6 +58,10 @@ pub struct PoolSpec {
     pub return_window: Duration,
     /// Where unattributed calls to this pool go, so no caller hits a dead end.
     pub fallback: Option<Target>,
+    /// Leased to visitors (dynamic), or selling access codes (ticketing).
+    pub mode: PoolMode,
+    /// How long a redeemed purchase (paid lease or ticket) grants access; zero: no pass.
+    pub access_ttl: Duration,
 }
 
 impl PoolSpec {
@@ -138,6 +143,8 @@ pub struct Lease {
     /// On a shared number: the code the caller types.
     pub code: Option<Code>,
     pub first_call_at: Option<Timestamp>,
+    /// The access pass granted when it was redeemed, if the pool grants one.
+    pub pass: Option<PassId>,
 }
 
 impl Lease {
@@ -220,6 +227,9 @@ pub enum Notice {
     Paid {
         lease: LeaseId,
     },
+    TicketIssued {
+        pool: PoolId,
+    },
     /// The record is gone (retention over): nothing more will happen to it.
     Purged {
         lease: LeaseId,
@@ -292,6 +302,9 @@ pub struct Snapshot {
     pub leases: Vec<Lease>,
     pub calls: Vec<Call>,
     pub returns: Vec<ReturnRoute>,
+    pub tickets: Vec<Ticket>,
+    pub passes: Vec<Pass>,
+    pub progress: Vec<Progress>,
     pub wheel: Vec<(u64, Due)>,
 }
 
@@ -314,6 +327,12 @@ pub struct Allocator {
     pub(super) returns: HashMap<ReturnKey, ReturnRoute>,
     /// Calls still remembered (for idempotency and their `end`), by key.
     pub(super) calls: HashMap<CallKey, Call>,
+    pub(super) tickets: HashMap<TicketId, Ticket>,
+    /// Codes of tickets not yet purged: a code is never reissued while it could be redeemed
+    /// or answered "expired".
+    pub(super) ticket_codes: HashMap<TicketCode, TicketId>,
+    pub(super) passes: HashMap<PassId, Pass>,
+    pub(super) progress: HashMap<ProgressKey, Progress>,
     wheel: Wheel<Due>,
     pub(super) effects: Vec<Effect>,
     pub(super) notices: Vec<Notice>,
@@ -375,6 +394,10 @@ impl Allocator {
             by_caller: HashMap::new(),
             returns: HashMap::new(),
             calls: HashMap::new(),
+            tickets: HashMap::new(),
+            ticket_codes: HashMap::new(),
+            passes: HashMap::new(),
+            progress: HashMap::new(),
             wheel: Wheel::new(0),
             effects: Vec::new(),
             notices: Vec::new(),
@@ -449,6 +472,16 @@ impl Allocator {
         for r in snapshot.returns {
             a.returns.insert(r.key, r);
         }
+        for t in snapshot.tickets {
+            a.ticket_codes.insert(t.code, t.id);
+            a.tickets.insert(t.id, t);
+        }
+        for p in snapshot.passes {
+            a.passes.insert(p.id, p);
+        }
+        for p in snapshot.progress {
+            a.progress.insert(p.key, p);
+        }
         for (tick, due) in snapshot.wheel {
             a.wheel.insert(tick, due);
         }
@@ -512,6 +545,9 @@ impl Allocator {
             .pools
             .get(req.pool.0 as usize)
             .ok_or(CoreError::UnknownPool)?;
+        if matches!(pool.spec.mode, PoolMode::Ticketing(_)) {
+            return Err(CoreError::TicketingPool);
+        }
         let settings = pool.spec.settings.clone();
 
         let key: StickyKey = (
@@ -593,6 +629,7 @@ impl Allocator {
             redeemed_at: None,
             code,
             first_call_at: None,
+            pass: None,
         };
         self.sticky.insert(key, new_id);
         self.index(&lease);
@@ -642,8 +679,14 @@ impl Allocator {
     }
 
     /// Marks a paid lease redeemed, once: the merchant's proof of payment cannot be replayed.
-    pub fn redeem(&mut self, id: &LeaseId, now: Timestamp) -> Result<&Lease, CoreError> {
-        let lease = self.leases.get_mut(id).ok_or(CoreError::UnknownLease)?;
+    /// Grants an access pass (id `pass_id`) when the pool has an `access_ttl`.
+    pub fn redeem(
+        &mut self,
+        id: &LeaseId,
+        now: Timestamp,
+        pass_id: PassId,
+    ) -> Result<(Lease, Option<Pass>), CoreError> {
+        let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
         if lease.redeemed_at.is_some() {
             return Err(CoreError::AlreadyRedeemed);
         }
@@ -653,9 +696,14 @@ impl Allocator {
                 calls_required: lease.calls_required,
             });
         }
+        let (pool, tenant) = (lease.pool, lease.tenant.clone());
+        let pass = self.grant(pool, &tenant, PassSource::Lease(*id), now, pass_id);
+        let lease = self.leases.get_mut(id).expect("just seen");
         lease.redeemed_at = Some(now);
+        lease.pass = pass.as_ref().map(|p| p.id);
+        let lease = lease.clone();
         self.effects.push(Effect::PutLease(lease.clone()));
-        Ok(&self.leases[id])
+        Ok((lease, pass))
     }
 
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
@@ -819,6 +867,9 @@ impl Allocator {
             Due::Lease(id) => self.advance_lease(id, now),
             Due::Call(key) => self.forget_call(key, now),
             Due::Return(key) => self.expire_return(key, now),
+            Due::Ticket(id) => self.advance_ticket(id, now),
+            Due::Pass(id) => self.advance_pass(id, now),
+            Due::Progress(key) => self.advance_progress(key, now),
         }
     }
 

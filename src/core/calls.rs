@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::allocator::{Allocator, Lease, Line, Notice};
+use super::tickets::{Entropy, TicketingAnswer};
 use super::time::Timestamp;
 use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
 use super::{CoreError, Effect};
@@ -26,10 +27,12 @@ pub enum Reason {
     NotLeased,
     /// Not a number Leaseline manages.
     UnknownNumber,
+    /// A ticketing number: the call counts toward the caller's formula (no lease involved).
+    Ticketing,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Code,
         Reason::Caller,
         Reason::Return,
@@ -37,6 +40,7 @@ impl Reason {
         Reason::Grace,
         Reason::NotLeased,
         Reason::UnknownNumber,
+        Reason::Ticketing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Reason {
             Reason::Grace => "grace",
             Reason::NotLeased => "not_leased",
             Reason::UnknownNumber => "unknown_number",
+            Reason::Ticketing => "ticketing",
         }
     }
 
@@ -90,6 +95,8 @@ pub struct CallStart {
     pub caller: Option<PhoneNumber>,
     pub code: Option<Code>,
     pub at: Timestamp,
+    /// Randomness for a ticket this call may complete.
+    pub entropy: Entropy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,8 +115,10 @@ pub struct Call {
     pub started_at: Timestamp,
     pub attribution: Attribution,
     pub end: Option<CallEnd>,
-    /// It counted toward its lease's `calls`.
+    /// It counted toward its lease's `calls` (or its caller's ticketing formula).
     pub counted: bool,
+    /// On a ticketing number: the formula's progress after this call, and any code issued.
+    pub ticketing: Option<TicketingAnswer>,
 }
 
 /// How long a call stays in memory (for retried events and its `end`) when its pool is unknown.
@@ -136,6 +145,15 @@ impl Allocator {
                 listing: None,
             };
         };
+        if self.formula(pool).is_some() {
+            return Attribution {
+                reason: Reason::Ticketing,
+                pool: Some(pool),
+                lease: None,
+                target: None,
+                listing: None,
+            };
+        }
         let from_lease = |reason, l: &Lease| Attribution {
             reason,
             pool: Some(pool),
@@ -222,7 +240,17 @@ impl Allocator {
             attribution,
             end: None,
             counted: false,
+            ticketing: None,
         };
+        if let Some(pool) = call.attribution.pool.filter(|&p| self.formula(p).is_some()) {
+            let counts_now = self.formula(pool).is_some_and(|f| f.min_call_secs == 0);
+            call.ticketing = Some(if counts_now {
+                call.counted = true;
+                self.count_ticketing(pool, call.caller, call.started_at, now, start.entropy)
+            } else {
+                self.ticketing_progress(pool, call.caller, call.started_at)
+            });
+        }
         let reason = call.attribution.reason;
         let mut first_call_after = None;
         if let Some(lease) = call
@@ -268,14 +296,15 @@ impl Allocator {
         Ok(call)
     }
 
-    /// Records a call's end. A call whose lease needs `min_call_secs` counts now if it lasted
-    /// that long. A retried end with the same duration is answered again; another duration is
+    /// Records a call's end. A call whose lease (or ticketing formula) needs `min_call_secs`
+    /// counts now if it lasted that long; `entropy` serves a ticket this may complete. A retried end with the same duration is answered again; another duration is
     /// a conflict.
     pub fn call_end(
         &mut self,
         id: &CallId,
         end: CallEnd,
-        _now: Timestamp,
+        now: Timestamp,
+        entropy: Entropy,
     ) -> Result<Call, CoreError> {
         let key = id.key();
         let call = self
@@ -284,6 +313,7 @@ impl Allocator {
             .filter(|c| &c.id == id)
             .ok_or(CoreError::UnknownCall)?;
         if let Some(prev) = call.end {
+            // A retried end is answered again; its entropy is not used.
             return if prev.duration_secs == end.duration_secs {
                 Ok(call.clone())
             } else {
@@ -299,6 +329,17 @@ impl Allocator {
         }
         let mut call = call.clone();
         call.end = Some(end);
+        let formula = call
+            .attribution
+            .pool
+            .and_then(|p| self.formula(p).map(|f| (p, f.min_call_secs)));
+        if let Some((pool, min)) = formula {
+            if !call.counted && end.duration_secs >= min {
+                call.counted = true;
+                call.ticketing =
+                    Some(self.count_ticketing(pool, call.caller, call.started_at, now, entropy));
+            }
+        }
         if let Some(lease) = call.attribution.lease.and_then(|l| self.leases.get(&l)) {
             let lease_id = lease.id;
             let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;

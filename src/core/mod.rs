@@ -4,6 +4,7 @@
 
 mod allocator;
 mod calls;
+mod tickets;
 mod time;
 mod types;
 mod wheel;
@@ -13,10 +14,14 @@ pub use allocator::{
     Notice, OnExhausted, PoolSpec, PoolStats, Snapshot,
 };
 pub use calls::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+pub use tickets::{
+    Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,
+    TicketingAnswer,
+};
 pub use time::{retry_after_secs, Timestamp, TICK_MS};
 pub use types::{
-    CallId, CallKey, Code, Due, LeaseId, ListingId, ParseError, PhoneNumber, PoolId, ReturnKey,
-    SessionId, Target, TenantId,
+    CallId, CallKey, Code, Due, LeaseId, ListingId, ParseError, PassId, PhoneNumber, PoolId,
+    ProgressKey, ReturnKey, SessionId, Target, TenantId, TicketCode, TicketId,
 };
 pub use wheel::Wheel;
 
@@ -32,6 +37,14 @@ pub enum Effect {
     PutCall(Call),
     PutReturn(ReturnRoute),
     DelReturn(ReturnKey),
+    PutTicket(Ticket),
+    DelTicket(TicketId),
+    PutPass(Pass),
+    DelPass(PassId),
+    PutProgress(Progress),
+    DelProgress(ProgressKey),
+    /// A line of the journal about a ticket (issued, redeemed, expired).
+    TicketEvent(TicketEvent),
     /// A wheel entry: at this tick, look at this record again.
     PutWheel(u64, Due),
     DelWheel(u64, Due),
@@ -57,6 +70,14 @@ pub enum CoreError {
     CallConflict(String),
     #[error("the call's end is before its start")]
     EndBeforeStart,
+    #[error("this pool sells access codes by phone: its numbers are not leased")]
+    TicketingPool,
+    #[error("no such access code")]
+    UnknownTicket,
+    #[error("the access code has expired")]
+    TicketExpired,
+    #[error("no such pass")]
+    UnknownPass,
     #[error("lease id already in use")]
     DuplicateId,
     #[error("inconsistent state: {0}")]

@@ -30,6 +30,8 @@ fn allocator(size: u64) -> Allocator {
         on_exhausted: OnExhausted::Reject,
         return_window: Duration::from_secs(30 * 86_400),
         fallback: None,
+        mode: PoolMode::Dynamic,
+        access_ttl: Duration::ZERO,
     }])
     .unwrap()
 }
@@ -311,7 +313,7 @@ fn replay(
             Effect::DelWheel(t, id) => {
                 wheel.remove(&(t, id));
             }
-            Effect::PutCall(_) | Effect::PutReturn(_) | Effect::DelReturn(_) => {}
+            _ => {}
         }
     }
 }

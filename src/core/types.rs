@@ -336,12 +336,97 @@ pub struct ReturnKey {
     pub number: PhoneNumber,
 }
 
+/// A 128-bit random id shown as 32 hex digits (tickets, passes): unguessable.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 16]);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, ParseError> {
+                let mut b = [0u8; 16];
+                if s.len() != 32 || hex::decode_to_slice(s, &mut b).is_err() {
+                    return Err(err(concat!("a ", stringify!($name), " is 32 hexadecimal digits")));
+                }
+                Ok($name(b))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+    };
+}
+
+random_id!(
+    /// A ticket issued on a ticketing number.
+    TicketId
+);
+random_id!(
+    /// An access pass, given at redeem: "let this buyer in until `access_until`".
+    PassId
+);
+
+/// An access code read out to the caller: eight digits, leading zeros kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TicketCode(u32);
+
+impl TicketCode {
+    pub const SPACE: u32 = 100_000_000;
+
+    pub fn new(n: u32) -> Option<TicketCode> {
+        (n < Self::SPACE).then_some(TicketCode(n))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("an access code is eight digits"));
+        }
+        Ok(TicketCode(s.parse().expect("eight digits")))
+    }
+
+    pub fn value(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for TicketCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08}", self.0)
+    }
+}
+
+impl fmt::Debug for TicketCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TicketCode(********)")
+    }
+}
+
+/// A caller's progress through a ticketing pool's formula is keyed by pool and caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProgressKey {
+    pub pool: PoolId,
+    pub caller: PhoneNumber,
+}
+
 /// What a timing wheel entry points at: each kind of record with a deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Due {
     Lease(LeaseId),
     Call(CallKey),
     Return(ReturnKey),
+    Ticket(TicketId),
+    Pass(PassId),
+    Progress(ProgressKey),
 }
 
 /// A pool's index in the allocator, fixed for the life of the process (names are for the edges).

@@ -15,7 +15,7 @@ use super::wire::{
     JournalRow,
 };
 use super::AppState;
-use crate::core::{CallId, CallStart, Code, PhoneNumber, Timestamp};
+use crate::core::{CallId, CallStart, Code, Entropy, PhoneNumber, Timestamp};
 use crate::store::JournalQuery;
 
 /// How far in the future an event's `at` may be (clock skew between platforms).
@@ -78,6 +78,7 @@ pub async fn event(
                 caller,
                 code,
                 at: at.unwrap_or(Timestamp::ZERO),
+                entropy: Entropy::default(),
             };
             let (call, pool) = s.service.call_start(start, at.is_some()).await?;
             tracing::info!(
@@ -102,6 +103,7 @@ pub async fn event(
                 duration_secs: duration,
                 counted: call.counted,
                 lease_id: call.attribution.lease.map(|l| l.to_string()),
+                ticketing: call.ticketing.map(Into::into),
             })
             .into_response())
         }

@@ -107,9 +107,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Core(e @ CoreError::NotPaid { .. }) => {
                 Self::new(StatusCode::PAYMENT_REQUIRED, "not-paid", e.to_string())
             }
-            ServiceError::Core(e @ CoreError::AlreadyRedeemed) => {
-                Self::new(StatusCode::CONFLICT, "already-redeemed", e.to_string())
-            }
+            ServiceError::Core(CoreError::AlreadyRedeemed) => Self::new(
+                StatusCode::CONFLICT,
+                "already-redeemed",
+                "this was already redeemed: it can be redeemed only once",
+            ),
             ServiceError::Core(CoreError::UnknownCall) => Self::new(
                 StatusCode::NOT_FOUND,
                 "unknown-call",
@@ -126,6 +128,20 @@ impl From<ServiceError> for ApiError {
                 "bad-cursor",
                 "cursor is not one this journal gave; start again without it",
             ),
+            ServiceError::Core(e @ CoreError::TicketingPool) => Self::invalid(format!("pool: {e}")),
+            ServiceError::Core(CoreError::UnknownTicket) => Self::new(
+                StatusCode::NOT_FOUND,
+                "unknown-code",
+                "no access code like this one (check the eight digits)",
+            ),
+            ServiceError::Core(e @ CoreError::TicketExpired) => Self::new(
+                StatusCode::GONE,
+                "code-expired",
+                format!("{e}: call again to get a new one"),
+            ),
+            ServiceError::Core(CoreError::UnknownPass) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown-pass", "no pass with this id")
+            }
             ServiceError::Core(e @ (CoreError::DuplicateId | CoreError::Corrupt(_))) => {
                 tracing::error!(error = %e, "internal error");
                 Self::internal()

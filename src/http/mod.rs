@@ -8,6 +8,7 @@ mod events;
 mod json;
 mod leases;
 mod ops;
+mod tickets;
 mod twilio;
 mod wire;
 
@@ -36,6 +37,24 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
     pub twilio: Option<Arc<crate::config::TwilioConfig>>,
+    pub limits: Arc<tickets::RedeemLimits>,
+}
+
+impl AppState {
+    /// The HTTP edge's state around a built service.
+    pub fn new(
+        service: Arc<Service>,
+        metrics: Arc<Metrics>,
+        config: &crate::config::Config,
+    ) -> Self {
+        AppState {
+            service,
+            keys: Arc::new(Keys::new(&config.keys)),
+            metrics,
+            twilio: config.twilio.clone().map(Arc::new),
+            limits: Arc::new(tickets::RedeemLimits::new(&config.limits)),
+        }
+    }
 }
 
 /// The whole HTTP API.
@@ -49,6 +68,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls", post(calls::event).get(calls::journal))
         .route("/v1/telephony/twilio/voice", post(twilio::voice))
         .route("/v1/telephony/twilio/status", post(twilio::status))
+        .route("/v1/tickets/redeem", post(tickets::redeem))
+        .route(
+            "/v1/passes/{id}",
+            get(tickets::show_pass).delete(tickets::revoke_pass),
+        )
         .route("/v1/pools", get(ops::pools))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

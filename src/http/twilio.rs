@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 use crate::config::TwilioConfig;
-use crate::core::{CallId, CallStart, Code, PhoneNumber, Timestamp};
+use crate::core::{CallId, CallStart, Code, Entropy, PhoneNumber, Timestamp};
 use crate::service::ServiceError;
 use crate::telephony::twilio as twiml;
 
@@ -95,6 +95,12 @@ pub async fn voice(
     let caller = v.get("From").and_then(|f| PhoneNumber::parse(f).ok());
     let digits = v.get("Digits").filter(|d| !d.is_empty());
 
+    if uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "step=done"))
+    {
+        return ticketing_done(&s, language, call_id).await;
+    }
     if digits.is_none() && s.service.is_shared_number(to) {
         // Ask for the code first; the call is recorded once it is typed.
         return Ok(twiml_response(twiml::gather_code(language, uri.path())));
@@ -106,6 +112,7 @@ pub async fn voice(
         caller,
         code,
         at: Timestamp::ZERO,
+        entropy: Entropy::default(),
     };
     let (call, _) = match s.service.call_start(start, false).await {
         Ok(c) => c,
@@ -115,6 +122,22 @@ pub async fn voice(
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(t) = call.ticketing {
+        let min = s.service.formula_of(to).map_or(0, |f| f.min_call_secs);
+        return Ok(twiml_response(
+            if t.code.is_some() || call.counted || min == 0 {
+                ticketing_words(language, t)
+            } else {
+                // Keep the caller on the line for the formula's minimum, then come back for the code.
+                twiml::hold_then_redirect(
+                    language,
+                    "Merci de rester en ligne.",
+                    min,
+                    &format!("{}?step=done", uri.path()),
+                )
+            },
+        ));
+    }
     let target = call
         .attribution
         .target
@@ -124,6 +147,46 @@ pub async fn voice(
         Some(t) => twiml::dial(&t),
         None => twiml::refuse(language, digits.is_some()),
     }))
+}
+
+/// What the voice server says after a call on a ticketing number: the code (digit by digit,
+/// twice), or how many calls are still missing.
+fn ticketing_words(language: &str, t: crate::core::TicketingAnswer) -> String {
+    match t.code {
+        Some(code) => {
+            let digits = twiml::spell_digits(&code.to_string());
+            twiml::speak(language, &format!("Votre code d'accès est : {digits}."), 2)
+        }
+        None => {
+            let n = t.calls_missing;
+            let calls = if n == 1 { "appel" } else { "appels" };
+            twiml::speak(
+                language,
+                &format!("Merci. Il vous reste {n} {calls} à passer pour obtenir votre code."),
+                1,
+            )
+        }
+    }
+}
+
+/// Back from the hold on a ticketing number: the call has lasted the minimum, so it ends
+/// (for the formula) now, and the caller hears the outcome.
+async fn ticketing_done(
+    s: &AppState,
+    language: &str,
+    call_id: CallId,
+) -> Result<Response, ApiError> {
+    let started = s
+        .service
+        .call(&call_id)
+        .ok_or_else(|| ApiError::invalid("CallSid: this call has not started"))?
+        .started_at;
+    let held = s.service.now().since(started).as_secs() as u32;
+    let call = s.service.call_end(call_id, held, None).await?;
+    let t = call
+        .ticketing
+        .ok_or_else(|| ApiError::invalid("To: not a ticketing number"))?;
+    Ok(twiml_response(ticketing_words(language, t)))
 }
 
 pub async fn status(
@@ -146,9 +209,12 @@ pub async fn status(
         .map_err(|_| ApiError::invalid("CallDuration: expected whole seconds"))?;
     match s.service.call_end(call_id, duration, None).await {
         // A call that never started here (hung up at the code prompt) has nothing to end.
-        Ok(_) | Err(ServiceError::Core(crate::core::CoreError::UnknownCall)) => {
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+        // An end already recorded (a ticketing call ended for its formula while on hold) keeps
+        // its first duration.
+        Ok(_)
+        | Err(ServiceError::Core(
+            crate::core::CoreError::UnknownCall | crate::core::CoreError::CallConflict(_),
+        )) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(e) => Err(e.into()),
     }
 }

@@ -4,8 +4,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Call, Timestamp};
+use crate::core::{Call, TicketingAnswer, Timestamp};
 use crate::service::{LeaseView, PoolView};
+use crate::service::{PassView, TicketView};
+use crate::store::JournalRow as StoredRow;
 
 /// RFC 3339, UTC, millisecond precision: `2026-11-22T11:00:00.000Z`.
 pub fn rfc3339(t: Timestamp) -> String {
@@ -58,6 +60,9 @@ pub struct LeaseBody {
     pub min_call_secs: u32,
     pub paid: bool,
     pub redeemed_at: Option<String>,
+    /// Set once redeemed, when the pool grants access for a period (`access_ttl`).
+    pub pass_id: Option<String>,
+    pub access_until: Option<String>,
 }
 
 impl LeaseBody {
@@ -83,6 +88,8 @@ impl LeaseBody {
             min_call_secs: l.min_call_secs,
             paid: l.paid(),
             redeemed_at: l.redeemed_at.map(rfc3339),
+            pass_id: v.pass.as_ref().map(|p| p.pass.id.to_string()),
+            access_until: v.pass.as_ref().map(|p| rfc3339(p.pass.access_until)),
         }
     }
 }
@@ -141,6 +148,28 @@ pub struct CallStartAnswer {
     pub lease_id: Option<String>,
     pub target: Option<String>,
     pub listing: Option<String>,
+    /// On a ticketing number: what the voice server should say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticketing: Option<TicketingBody>,
+}
+
+/// The formula's progress after a call on a ticketing number, and the code once issued.
+#[derive(Serialize)]
+pub struct TicketingBody {
+    pub calls_done: u32,
+    pub calls_missing: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl From<TicketingAnswer> for TicketingBody {
+    fn from(t: TicketingAnswer) -> Self {
+        TicketingBody {
+            calls_done: t.calls_done,
+            calls_missing: t.calls_missing,
+            code: t.code.map(|c| c.to_string()),
+        }
+    }
 }
 
 impl CallStartAnswer {
@@ -154,6 +183,7 @@ impl CallStartAnswer {
             lease_id: a.lease.map(|l| l.to_string()),
             target: a.target.as_ref().map(ToString::to_string),
             listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
+            ticketing: c.ticketing.map(TicketingBody::from),
         }
     }
 }
@@ -162,21 +192,25 @@ impl CallStartAnswer {
 pub struct CallEndAnswer {
     pub call_id: String,
     pub duration_secs: u32,
-    /// The call counted toward its lease's `calls`.
+    /// The call counted toward its lease's `calls` (or its caller's ticketing formula).
     pub counted: bool,
     pub lease_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticketing: Option<TicketingBody>,
 }
 
-/// One row of the call journal.
-#[derive(Serialize)]
+/// One row of the journal: a call (`kind` = call) or a ticket event (`ticket_issued`,
+/// `ticket_redeemed`, `ticket_expired`, with the formula's price).
+#[derive(Serialize, Default)]
 pub struct JournalRow {
-    pub call_id: String,
+    pub kind: &'static str,
+    pub call_id: Option<String>,
     pub pool: Option<String>,
-    pub called: String,
+    pub called: Option<String>,
     pub caller: Option<String>,
     pub code: Option<String>,
     pub started_at: String,
-    pub reason: &'static str,
+    pub reason: Option<&'static str>,
     pub attributed: bool,
     pub lease_id: Option<String>,
     pub listing: Option<String>,
@@ -184,33 +218,57 @@ pub struct JournalRow {
     pub ended_at: Option<String>,
     pub duration_secs: Option<u32>,
     pub counted: bool,
+    pub ticket_id: Option<String>,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
 }
 
 impl JournalRow {
-    pub fn new(row: &crate::store::CallRow) -> Self {
-        let c = &row.call;
-        let a = &c.attribution;
-        JournalRow {
-            call_id: c.id.as_str().to_owned(),
-            pool: row.pool.clone(),
-            called: c.called.to_string(),
-            caller: c.caller.map(|n| n.to_string()),
-            code: c.code.map(|x| x.to_string()),
-            started_at: rfc3339(c.started_at),
-            reason: a.reason.as_str(),
-            attributed: a.reason.attributed(),
-            lease_id: a.lease.map(|l| l.to_string()),
-            listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
-            target: a.target.as_ref().map(ToString::to_string),
-            ended_at: c.end.map(|e| rfc3339(e.at)),
-            duration_secs: c.end.map(|e| e.duration_secs),
-            counted: c.counted,
+    pub fn new(row: &StoredRow) -> Self {
+        match row {
+            StoredRow::Call(row) => {
+                let c = &row.call;
+                let a = &c.attribution;
+                JournalRow {
+                    kind: "call",
+                    call_id: Some(c.id.as_str().to_owned()),
+                    pool: row.pool.clone(),
+                    called: Some(c.called.to_string()),
+                    caller: c.caller.map(|n| n.to_string()),
+                    code: c.code.map(|x| x.to_string()),
+                    started_at: rfc3339(c.started_at),
+                    reason: Some(a.reason.as_str()),
+                    attributed: a.reason.attributed(),
+                    lease_id: a.lease.map(|l| l.to_string()),
+                    listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
+                    target: a.target.as_ref().map(ToString::to_string),
+                    ended_at: c.end.map(|e| rfc3339(e.at)),
+                    duration_secs: c.end.map(|e| e.duration_secs),
+                    counted: c.counted,
+                    ticket_id: c.ticketing.and_then(|t| t.ticket).map(|t| t.to_string()),
+                    ..JournalRow::default()
+                }
+            }
+            StoredRow::Ticket(t) => {
+                let e = &t.event;
+                let (amount, currency) = e.ticket.price.clone().unzip();
+                JournalRow {
+                    kind: e.kind.as_str(),
+                    pool: Some(t.pool.clone()),
+                    caller: e.ticket.caller.map(|n| n.to_string()),
+                    started_at: rfc3339(e.at),
+                    ticket_id: Some(e.ticket.id.to_string()),
+                    amount,
+                    currency,
+                    ..JournalRow::default()
+                }
+            }
         }
     }
 
-    pub const CSV_HEADER: &'static str = "call_id,pool,called,caller,code,started_at,reason,attributed,lease_id,listing,target,ended_at,duration_secs,counted";
+    pub const CSV_HEADER: &'static str = "call_id,pool,called,caller,code,started_at,reason,attributed,lease_id,listing,target,ended_at,duration_secs,counted,kind,ticket_id,amount,currency";
 
-    /// One CSV line (RFC 4180 quoting where a field needs it).
+    /// One CSV line (RFC 4180 quoting where a field needs it). New columns go at the end.
     pub fn csv(&self) -> String {
         fn q(s: &str) -> String {
             if s.contains([',', '"', '\n', '\r']) {
@@ -221,13 +279,13 @@ impl JournalRow {
         }
         let o = |v: &Option<String>| v.as_deref().map(q).unwrap_or_default();
         [
-            q(&self.call_id),
+            o(&self.call_id),
             o(&self.pool),
-            q(&self.called),
+            o(&self.called),
             o(&self.caller),
             o(&self.code),
             q(&self.started_at),
-            self.reason.to_owned(),
+            self.reason.unwrap_or_default().to_owned(),
             self.attributed.to_string(),
             o(&self.lease_id),
             o(&self.listing),
@@ -237,6 +295,10 @@ impl JournalRow {
                 .map(|d| d.to_string())
                 .unwrap_or_default(),
             self.counted.to_string(),
+            self.kind.to_owned(),
+            o(&self.ticket_id),
+            o(&self.amount),
+            o(&self.currency),
         ]
         .join(",")
     }
@@ -268,4 +330,81 @@ pub fn parse_time(field: &str, s: &str) -> Result<Timestamp, String> {
         .ok_or_else(|| {
             format!("{field}: {s:?} is not an RFC 3339 time such as \"2026-11-22T11:00:00Z\"")
         })
+}
+
+#[derive(Serialize)]
+pub struct PassBody {
+    pub pass_id: String,
+    pub pool: String,
+    /// Whether access is granted now.
+    pub valid: bool,
+    pub created_at: String,
+    pub access_until: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&PassView> for PassBody {
+    fn from(v: &PassView) -> Self {
+        PassBody {
+            pass_id: v.pass.id.to_string(),
+            pool: v.pool.clone(),
+            valid: v.valid,
+            created_at: rfc3339(v.pass.created_at),
+            access_until: rfc3339(v.pass.access_until),
+            revoked_at: v.pass.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRedeemBody {
+    pub code: String,
+    /// Who is typing the code (the visitor's session or address, as the site knows it): failed
+    /// attempts are limited per client as well as per key.
+    pub client: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct FormulaBody {
+    pub calls_required: u32,
+    pub min_call_secs: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Serialize)]
+pub struct TicketBody {
+    pub ticket_id: String,
+    pub pool: String,
+    pub formula: Option<FormulaBody>,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub calls: u32,
+    pub issued_at: String,
+    pub redeemed_at: Option<String>,
+    pub pass_id: Option<String>,
+    pub access_until: Option<String>,
+}
+
+impl From<&TicketView> for TicketBody {
+    fn from(v: &TicketView) -> Self {
+        let t = &v.ticket;
+        let (amount, currency) = t.price.clone().unzip();
+        TicketBody {
+            ticket_id: t.id.to_string(),
+            pool: v.pool.clone(),
+            formula: v.formula.as_ref().map(|f| FormulaBody {
+                calls_required: f.calls_required,
+                min_call_secs: f.min_call_secs,
+                window_secs: f.window.as_secs(),
+            }),
+            amount,
+            currency,
+            calls: t.calls,
+            issued_at: rfc3339(t.issued_at),
+            redeemed_at: t.redeemed_at.map(rfc3339),
+            pass_id: v.pass.as_ref().map(|p| p.pass.id.to_string()),
+            access_until: v.pass.as_ref().map(|p| rfc3339(p.pass.access_until)),
+        }
+    }
 }

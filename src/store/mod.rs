@@ -5,9 +5,14 @@
 //! - `L` + lease id (16 bytes) → versioned lease record ([`record`]).
 //! - `C` + call key (16 bytes) → versioned call record. Kept after memory forgets the call:
 //!   this is the call journal.
-//! - `J` + start time (ms, 8 bytes big-endian) + call key → empty: the journal's time index.
+//! - `J` + time (ms, 8 bytes big-endian) + record id (16 bytes) → the record's kind byte (`C`
+//!   or `E`): the journal's time index.
 //! - `R` + caller digits (8 bytes) + called digits (8 bytes) → return route.
-//! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R) + id (16 bytes) → empty.
+//! - `T` + ticket id → ticket; `P` + pass id → access pass; `G` + pool (4 bytes) + caller
+//!   digits (8 bytes) → a caller's progress through a ticketing formula.
+//! - `E` + ticket id (15 bytes) + event kind → a ticket event (issued, redeemed, expired),
+//!   indexed in the journal like calls.
+//! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R, T, P, G) + id (16 bytes) → empty.
 //!   Big-endian ticks make byte order time order: a range scan from `W` yields entries
 //!   earliest first.
 //! - `M` + name → metadata (`Mformat` = the store format, checked on open).
@@ -16,7 +21,7 @@ mod commit;
 mod record;
 
 pub use commit::Committer;
-pub use record::CallRow;
+pub use record::{CallRow, TicketRow};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,13 +29,18 @@ use std::path::Path;
 use thiserror::Error;
 
 use crate::core::{
-    CallKey, Due, Effect, LeaseId, PhoneNumber, PoolId, PoolSpec, ReturnKey, Snapshot, Timestamp,
+    CallKey, Due, Effect, LeaseId, PassId, PhoneNumber, PoolId, PoolSpec, ProgressKey, ReturnKey,
+    Snapshot, TicketEvent, TicketEventKind, TicketId, Timestamp,
 };
 
 const LEASE: u8 = b'L';
 const CALL: u8 = b'C';
 const JOURNAL: u8 = b'J';
 const RETURN: u8 = b'R';
+const TICKET: u8 = b'T';
+const PASS: u8 = b'P';
+const PROGRESS: u8 = b'G';
+const EVENT: u8 = b'E';
 const WHEEL: u8 = b'W';
 const FORMAT_KEY: &[u8] = b"Mformat";
 const FORMAT: &[u8] = b"leaseline-store-1";
@@ -55,10 +65,28 @@ pub struct Recovered {
     pub orphans: usize,
 }
 
+/// One line of the journal: a call, or something that happened to a ticket.
+#[derive(Debug, Clone)]
+pub enum JournalRow {
+    Call(CallRow),
+    Ticket(TicketRow),
+}
+
+impl JournalRow {
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            JournalRow::Call(c) => c.pool.as_deref(),
+            JournalRow::Ticket(t) => Some(&t.pool),
+        }
+    }
+}
+
 /// A page of the call journal, newest first.
 #[derive(Debug, Default)]
 pub struct JournalPage {
-    pub rows: Vec<CallRow>,
+    pub rows: Vec<JournalRow>,
+    /// The journal key of each row, for the cursor.
+    keys: Vec<[u8; 25]>,
     /// Pass back to get the next (older) page; `None` on the last page.
     pub next: Option<String>,
 }
@@ -145,6 +173,29 @@ impl Store {
             let route = record::decode_return(key, &v).map_err(corrupt)?;
             out.snapshot.returns.push(route);
         }
+        for item in self.db.scan_prefix([TICKET]) {
+            let (k, v) = item?;
+            match record::decode_ticket(TicketId(fixed(&k[1..])?), &v, pool_id) {
+                Ok(t) => out.snapshot.tickets.push(t),
+                Err(record::DecodeError::UnknownPool) => out.orphans += 1,
+                Err(e) => return Err(corrupt(e)),
+            }
+        }
+        for item in self.db.scan_prefix([PASS]) {
+            let (k, v) = item?;
+            match record::decode_pass(PassId(fixed(&k[1..])?), &v, pool_id) {
+                Ok(p) => out.snapshot.passes.push(p),
+                Err(record::DecodeError::UnknownPool) => out.orphans += 1,
+                Err(e) => return Err(corrupt(e)),
+            }
+        }
+        for item in self.db.scan_prefix([PROGRESS]) {
+            let (k, v) = item?;
+            let key = progress_key_from(&k[1..])?;
+            out.snapshot
+                .progress
+                .push(record::decode_progress(key, &v).map_err(corrupt)?);
+        }
         for item in self.db.scan_prefix([WHEEL]) {
             let (k, _) = item?;
             if k.len() != 26 {
@@ -162,6 +213,9 @@ impl Store {
                     Due::Call(CallKey(id))
                 }
                 RETURN => Due::Return(return_key_from(&id)?),
+                TICKET => Due::Ticket(TicketId(id)),
+                PASS => Due::Pass(PassId(id)),
+                PROGRESS => Due::Progress(progress_key_from(&id[..12])?),
                 other => {
                     return Err(StoreError::Corrupt(format!(
                         "wheel entry of unknown kind {other}"
@@ -188,7 +242,30 @@ impl Store {
                     let key = c.id.key();
                     let pool = c.attribution.pool.map(name);
                     batch.insert(&call_key(&key)[..], record::encode_call(c, pool));
-                    batch.insert(&journal_key(c.started_at, &key)[..], &[][..]);
+                    batch.insert(&journal_key(c.started_at, &key.0)[..], &[CALL][..]);
+                }
+                Effect::PutTicket(t) => batch.insert(
+                    &prefixed(TICKET, &t.id.0)[..],
+                    record::encode_ticket(t, name(t.pool)),
+                ),
+                Effect::DelTicket(id) => batch.remove(&prefixed(TICKET, &id.0)[..]),
+                Effect::PutPass(p) => batch.insert(
+                    &prefixed(PASS, &p.id.0)[..],
+                    record::encode_pass(p, name(p.pool)),
+                ),
+                Effect::DelPass(id) => batch.remove(&prefixed(PASS, &id.0)[..]),
+                Effect::PutProgress(p) => batch.insert(
+                    &prefixed(PROGRESS, &progress_id(&p.key))[..],
+                    record::encode_progress(p),
+                ),
+                Effect::DelProgress(k) => batch.remove(&prefixed(PROGRESS, &progress_id(k))[..]),
+                Effect::TicketEvent(e) => {
+                    let id = event_id(e);
+                    batch.insert(
+                        &prefixed(EVENT, &id)[..],
+                        record::encode_ticket_event(e, name(e.ticket.pool)),
+                    );
+                    batch.insert(&journal_key(e.at, &id)[..], &[EVENT][..]);
                 }
                 Effect::PutReturn(r) => {
                     batch.insert(&return_key(&r.key)[..], record::encode_return(r))
@@ -222,20 +299,33 @@ impl Store {
         let pool_id = |name: &str| self.pool_ids.get(name).copied();
         let mut page = JournalPage::default();
         for item in self.db.range(lo.to_vec()..hi).rev() {
-            let (k, _) = item?;
-            let Some(v) = self.db.get(call_key(&CallKey(fixed(&k[9..])?)))? else {
-                continue;
+            let (k, kind) = item?;
+            let id: [u8; 16] = fixed(&k[9..])?;
+            let row = match kind.first() {
+                Some(&EVENT) => {
+                    let Some(v) = self.db.get(prefixed(EVENT, &id))? else {
+                        continue;
+                    };
+                    JournalRow::Ticket(record::decode_ticket_event(&v, pool_id).map_err(corrupt)?)
+                }
+                _ => {
+                    let Some(v) = self.db.get(call_key(&CallKey(id)))? else {
+                        continue;
+                    };
+                    JournalRow::Call(record::decode_call(&v, pool_id).map_err(corrupt)?)
+                }
             };
-            let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
-            if q.pool.is_some() && row.pool != q.pool {
+            if q.pool.is_some() && row.pool() != q.pool.as_deref() {
                 continue;
             }
             if page.rows.len() == q.limit {
                 // There is at least one more: the cursor is the last key returned.
-                page.next = Some(hex::encode(&last_key(&page)[1..]));
+                let last = page.keys.last().expect("a full page has rows");
+                page.next = Some(hex::encode(&last[1..]));
                 break;
             }
             page.rows.push(row);
+            page.keys.push(fixed(&k)?);
         }
         Ok(page)
     }
@@ -262,10 +352,10 @@ fn call_key(key: &CallKey) -> [u8; 17] {
     k
 }
 
-fn journal_key(at: Timestamp, key: &CallKey) -> [u8; 25] {
+fn journal_key(at: Timestamp, id: &[u8; 16]) -> [u8; 25] {
     let mut k = [JOURNAL; 25];
     k[1..9].copy_from_slice(&at.as_millis().to_be_bytes());
-    k[9..].copy_from_slice(&key.0);
+    k[9..].copy_from_slice(id);
     k
 }
 
@@ -277,9 +367,40 @@ fn journal_bound(at: Timestamp) -> [u8; 25] {
     k
 }
 
-fn last_key(page: &JournalPage) -> [u8; 25] {
-    let c = &page.rows.last().expect("a full page has rows").call;
-    journal_key(c.started_at, &c.id.key())
+fn prefixed(kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(kind);
+    k.extend_from_slice(id);
+    k
+}
+
+/// A ticket event's id: the ticket's first 15 bytes and the kind, so each event is kept once.
+fn event_id(e: &TicketEvent) -> [u8; 16] {
+    let mut id = e.ticket.id.0;
+    id[15] = match e.kind {
+        TicketEventKind::Issued => 0,
+        TicketEventKind::Redeemed => 1,
+        TicketEventKind::Expired => 2,
+    };
+    id
+}
+
+fn progress_id(k: &ProgressKey) -> [u8; 12] {
+    let mut id = [0u8; 12];
+    id[..4].copy_from_slice(&k.pool.0.to_be_bytes());
+    id[4..].copy_from_slice(&k.caller.digits().to_be_bytes());
+    id
+}
+
+fn progress_key_from(b: &[u8]) -> Result<ProgressKey, StoreError> {
+    if b.len() != 12 {
+        return Err(StoreError::Corrupt("malformed progress key".into()));
+    }
+    Ok(ProgressKey {
+        pool: PoolId(u32::from_be_bytes(fixed(&b[..4])?)),
+        caller: PhoneNumber::from_digits(u64::from_be_bytes(fixed(&b[4..])?))
+            .ok_or_else(|| StoreError::Corrupt("malformed progress key".into()))?,
+    })
 }
 
 fn return_key(r: &ReturnKey) -> [u8; 17] {
@@ -314,6 +435,13 @@ fn wheel_key(tick: u64, due: &Due) -> [u8; 26] {
         Due::Lease(id) => (LEASE, *id.as_bytes()),
         Due::Call(key) => (CALL, key.0),
         Due::Return(r) => (RETURN, return_id(r)),
+        Due::Ticket(t) => (TICKET, t.0),
+        Due::Pass(p) => (PASS, p.0),
+        Due::Progress(k) => {
+            let mut id = [0u8; 16];
+            id[..12].copy_from_slice(&progress_id(k));
+            (PROGRESS, id)
+        }
     };
     let mut k = [WHEEL; 26];
     k[1..9].copy_from_slice(&tick.to_be_bytes());

@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    Attribution, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId, ListingId,
-    PhoneNumber, PoolId, Reason, ReturnKey, ReturnRoute, SessionId, Target, TenantId, Timestamp,
+    Attribution, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId, ListingId, Pass,
+    PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason, ReturnKey, ReturnRoute,
+    SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent, TicketEventKind, TicketId,
+    TicketingAnswer, Timestamp,
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
@@ -83,6 +85,7 @@ struct LeaseRecordV1 {
     redeemed_at: Option<u64>,
     code: Option<u16>,
     first_call_at: Option<u64>,
+    pass: Option<[u8; 16]>,
 }
 
 pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
@@ -110,6 +113,7 @@ pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
         redeemed_at: lease.redeemed_at.map(Timestamp::as_millis),
         code: lease.code.map(Code::value),
         first_call_at: lease.first_call_at.map(Timestamp::as_millis),
+        pass: lease.pass.map(|p| p.0),
     })
 }
 
@@ -158,6 +162,7 @@ pub fn decode_lease(
             .map(|c| Code::new(c).ok_or_else(|| invalid(what, "bad code")))
             .transpose()?,
         first_call_at: r.first_call_at.map(Timestamp::from_millis),
+        pass: r.pass.map(PassId),
     })
 }
 
@@ -178,7 +183,11 @@ struct CallRecordV1 {
     /// (at, duration_secs)
     end: Option<(u64, u32)>,
     counted: bool,
+    ticketing: Option<TicketingRecordV1>,
 }
+
+/// (calls_done, calls_missing, code, ticket id)
+type TicketingRecordV1 = (u32, u32, Option<u32>, Option<[u8; 16]>);
 
 /// A journal row: a call as stored, with its pool by name (it may no longer be configured).
 #[derive(Clone, Debug)]
@@ -202,6 +211,14 @@ pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
         listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
         end: call.end.map(|e| (e.at.as_millis(), e.duration_secs)),
         counted: call.counted,
+        ticketing: call.ticketing.map(|t| {
+            (
+                t.calls_done,
+                t.calls_missing,
+                t.code.map(TicketCode::value),
+                t.ticket.map(|x| x.0),
+            )
+        }),
     })
 }
 
@@ -235,6 +252,19 @@ pub fn decode_call(
                 duration_secs: d,
             }),
             counted: r.counted,
+            ticketing: r
+                .ticketing
+                .map(|(done, missing, code, ticket)| {
+                    Ok::<_, DecodeError>(TicketingAnswer {
+                        calls_done: done,
+                        calls_missing: missing,
+                        code: code
+                            .map(|c| TicketCode::new(c).ok_or_else(|| invalid(what, "bad code")))
+                            .transpose()?,
+                        ticket: ticket.map(TicketId),
+                    })
+                })
+                .transpose()?,
         },
         pool: r.pool,
     })
@@ -271,5 +301,193 @@ pub fn decode_return(key: ReturnKey, bytes: &[u8]) -> Result<ReturnRoute, Decode
         target: target(what, r.target)?,
         first_at: Timestamp::from_millis(r.first_at),
         until: Timestamp::from_millis(r.until),
+    })
+}
+
+// ---- tickets, passes, progress ---------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct TicketRecordV1 {
+    code: u32,
+    pool: String,
+    caller: Option<u64>,
+    issued_at: u64,
+    expires_at: u64,
+    calls: u32,
+    redeemed_at: Option<u64>,
+    pass: Option<[u8; 16]>,
+    expiry_noted: bool,
+    price: Option<(String, String)>,
+}
+
+fn ticket_record(t: &Ticket, pool: &str) -> TicketRecordV1 {
+    TicketRecordV1 {
+        code: t.code.value(),
+        pool: pool.to_owned(),
+        caller: t.caller.map(PhoneNumber::digits),
+        issued_at: t.issued_at.as_millis(),
+        expires_at: t.expires_at.as_millis(),
+        calls: t.calls,
+        redeemed_at: t.redeemed_at.map(Timestamp::as_millis),
+        pass: t.pass.map(|p| p.0),
+        expiry_noted: t.expiry_noted,
+        price: t.price.clone(),
+    }
+}
+
+fn ticket_from(
+    id: TicketId,
+    r: TicketRecordV1,
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<Ticket, DecodeError> {
+    let what = "ticket";
+    Ok(Ticket {
+        id,
+        code: TicketCode::new(r.code).ok_or_else(|| invalid(what, "bad code"))?,
+        pool: pool_id(&r.pool).ok_or(DecodeError::UnknownPool)?,
+        caller: r.caller.map(|c| number(what, c)).transpose()?,
+        issued_at: Timestamp::from_millis(r.issued_at),
+        expires_at: Timestamp::from_millis(r.expires_at),
+        calls: r.calls,
+        redeemed_at: r.redeemed_at.map(Timestamp::from_millis),
+        pass: r.pass.map(PassId),
+        expiry_noted: r.expiry_noted,
+        price: r.price,
+    })
+}
+
+pub fn encode_ticket(t: &Ticket, pool: &str) -> Vec<u8> {
+    wrap(&ticket_record(t, pool))
+}
+
+pub fn decode_ticket(
+    id: TicketId,
+    bytes: &[u8],
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<Ticket, DecodeError> {
+    ticket_from(id, unwrap("ticket", bytes)?, pool_id)
+}
+
+#[derive(Serialize, Deserialize)]
+struct PassRecordV1 {
+    pool: String,
+    tenant: String,
+    /// (0 = ticket / 1 = lease, id)
+    source: (u8, [u8; 16]),
+    created_at: u64,
+    access_until: u64,
+    revoked_at: Option<u64>,
+}
+
+pub fn encode_pass(p: &Pass, pool: &str) -> Vec<u8> {
+    wrap(&PassRecordV1 {
+        pool: pool.to_owned(),
+        tenant: p.tenant.as_str().to_owned(),
+        source: match p.source {
+            PassSource::Ticket(t) => (0, t.0),
+            PassSource::Lease(l) => (1, *l.as_bytes()),
+        },
+        created_at: p.created_at.as_millis(),
+        access_until: p.access_until.as_millis(),
+        revoked_at: p.revoked_at.map(Timestamp::as_millis),
+    })
+}
+
+pub fn decode_pass(
+    id: PassId,
+    bytes: &[u8],
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<Pass, DecodeError> {
+    let what = "pass";
+    let r: PassRecordV1 = unwrap(what, bytes)?;
+    Ok(Pass {
+        id,
+        pool: pool_id(&r.pool).ok_or(DecodeError::UnknownPool)?,
+        tenant: TenantId::parse(&r.tenant).map_err(|e| invalid(what, e))?,
+        source: match r.source {
+            (0, t) => PassSource::Ticket(TicketId(t)),
+            (1, l) => PassSource::Lease(LeaseId::from_bytes(l)),
+            _ => return Err(invalid(what, "bad source")),
+        },
+        created_at: Timestamp::from_millis(r.created_at),
+        access_until: Timestamp::from_millis(r.access_until),
+        revoked_at: r.revoked_at.map(Timestamp::from_millis),
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProgressRecordV1 {
+    calls_done: u32,
+    window_start: u64,
+}
+
+pub fn encode_progress(p: &Progress) -> Vec<u8> {
+    wrap(&ProgressRecordV1 {
+        calls_done: p.calls_done,
+        window_start: p.window_start.as_millis(),
+    })
+}
+
+pub fn decode_progress(key: ProgressKey, bytes: &[u8]) -> Result<Progress, DecodeError> {
+    let r: ProgressRecordV1 = unwrap("progress", bytes)?;
+    Ok(Progress {
+        key,
+        calls_done: r.calls_done,
+        window_start: Timestamp::from_millis(r.window_start),
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct TicketEventRecordV1 {
+    kind: u8,
+    at: u64,
+    ticket_id: [u8; 16],
+    ticket: TicketRecordV1,
+}
+
+/// A journal row about a ticket, with its pool by name.
+#[derive(Clone, Debug)]
+pub struct TicketRow {
+    pub pool: String,
+    pub event: TicketEvent,
+}
+
+pub fn encode_ticket_event(e: &TicketEvent, pool: &str) -> Vec<u8> {
+    wrap(&TicketEventRecordV1 {
+        kind: match e.kind {
+            TicketEventKind::Issued => 0,
+            TicketEventKind::Redeemed => 1,
+            TicketEventKind::Expired => 2,
+        },
+        at: e.at.as_millis(),
+        ticket_id: e.ticket.id.0,
+        ticket: ticket_record(&e.ticket, pool),
+    })
+}
+
+/// Decodes a ticket event; its pool may no longer be configured (it is kept by name, and
+/// the ticket's pool id is then meaningless: `PoolId(u32::MAX)`).
+pub fn decode_ticket_event(
+    bytes: &[u8],
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<TicketRow, DecodeError> {
+    let r: TicketEventRecordV1 = unwrap("ticket event", bytes)?;
+    let pool = r.ticket.pool.clone();
+    let kind = match r.kind {
+        0 => TicketEventKind::Issued,
+        1 => TicketEventKind::Redeemed,
+        2 => TicketEventKind::Expired,
+        _ => return Err(invalid("ticket event", "bad kind")),
+    };
+    let ticket = ticket_from(TicketId(r.ticket_id), r.ticket, |n| {
+        Some(pool_id(n).unwrap_or(PoolId(u32::MAX)))
+    })?;
+    Ok(TicketRow {
+        pool,
+        event: TicketEvent {
+            kind,
+            at: Timestamp::from_millis(r.at),
+            ticket,
+        },
     })
 }

@@ -83,6 +83,15 @@ pub fn spell_digits(digits: &str) -> String {
     spaced.join(" ")
 }
 
+/// Speaks `text`, holds for `secs` seconds, then fetches new instructions from `url`.
+pub fn hold_then_redirect(language: &str, text: &str, secs: u32, url: &str) -> String {
+    response(&format!(
+        "{}<Pause length=\"{secs}\"/><Redirect method=\"POST\">{}</Redirect>",
+        say(language, text),
+        escape(url)
+    ))
+}
+
 /// Speaks `text` (repeated `times`), then hangs up.
 pub fn speak(language: &str, text: &str, times: usize) -> String {
     let said: String = (0..times).map(|_| say(language, text)).collect();

@@ -1,0 +1,410 @@
+//! Ticketing: the Audiotel access code the other way round. Callers dial a ticketing number;
+//! once they have made the pool's formula of calls, an eight-digit code is issued for the
+//! voice server to read out; the site redeems it once, which may grant an access pass.
+//! Pure, like the rest of the core.
+
+use std::time::Duration;
+
+use super::allocator::{Allocator, Notice};
+use super::time::Timestamp;
+use super::types::{
+    Due, LeaseId, PassId, PhoneNumber, PoolId, ProgressKey, TenantId, TicketCode, TicketId,
+};
+use super::{CoreError, Effect};
+
+/// What a ticketing pool sells: `calls_required` calls, each at least `min_call_secs`, from
+/// the same caller within `window`; the code lives `code_ttl` until redeemed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Formula {
+    pub calls_required: u32,
+    pub min_call_secs: u32,
+    pub window: Duration,
+    pub code_ttl: Duration,
+    /// What the formula costs the caller, for reconciliation: (amount, currency).
+    pub price: Option<(String, String)>,
+}
+
+/// How a pool's numbers are used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Numbers are leased to visitors' sessions.
+    Dynamic,
+    /// Numbers are never leased: calls earn access codes.
+    Ticketing(Formula),
+}
+
+/// A caller's calls so far toward a formula.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub key: ProgressKey,
+    pub calls_done: u32,
+    pub window_start: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: TicketId,
+    pub code: TicketCode,
+    pub pool: PoolId,
+    pub caller: Option<PhoneNumber>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub calls: u32,
+    pub redeemed_at: Option<Timestamp>,
+    pub pass: Option<PassId>,
+    /// Its expiry has been written to the journal.
+    pub expiry_noted: bool,
+    /// The formula's price when the ticket was issued: (amount, currency).
+    pub price: Option<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassSource {
+    Ticket(TicketId),
+    Lease(LeaseId),
+}
+
+/// Proof that a buyer paid, valid until `access_until` unless revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pass {
+    pub id: PassId,
+    pub pool: PoolId,
+    pub tenant: TenantId,
+    pub source: PassSource,
+    pub created_at: Timestamp,
+    pub access_until: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl Pass {
+    pub fn valid(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && now < self.access_until
+    }
+}
+
+/// Fresh randomness from the caller (the service draws it from a CSPRNG), so the core stays
+/// deterministic: a new ticket's id, and where the search for a free code starts. Independent,
+/// so knowing a ticket's id says nothing of its code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Entropy {
+    pub id: [u8; 16],
+    pub code: u64,
+}
+
+/// What the voice server is told about a call on a ticketing number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TicketingAnswer {
+    pub calls_done: u32,
+    pub calls_missing: u32,
+    /// The code to read out, when this call completed the formula.
+    pub code: Option<TicketCode>,
+    pub ticket: Option<TicketId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketEventKind {
+    Issued,
+    Redeemed,
+    Expired,
+}
+
+impl TicketEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketEventKind::Issued => "ticket_issued",
+            TicketEventKind::Redeemed => "ticket_redeemed",
+            TicketEventKind::Expired => "ticket_expired",
+        }
+    }
+}
+
+/// A line of the journal about a ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketEvent {
+    pub kind: TicketEventKind,
+    pub at: Timestamp,
+    pub ticket: Ticket,
+}
+
+impl Allocator {
+    /// The formula of a ticketing pool.
+    pub fn formula(&self, pool: PoolId) -> Option<&Formula> {
+        match &self.pools[pool.0 as usize].spec.mode {
+            PoolMode::Ticketing(f) => Some(f),
+            PoolMode::Dynamic => None,
+        }
+    }
+
+    pub fn ticket(&self, id: &TicketId) -> Option<&Ticket> {
+        self.tickets.get(id)
+    }
+
+    pub fn pass(&self, id: &PassId) -> Option<&Pass> {
+        self.passes.get(id)
+    }
+
+    /// Where `caller` stands in `pool`'s formula at `at`, without counting anything.
+    pub(super) fn ticketing_progress(
+        &self,
+        pool: PoolId,
+        caller: Option<PhoneNumber>,
+        at: Timestamp,
+    ) -> TicketingAnswer {
+        let f = self.formula(pool).expect("a ticketing pool");
+        let done = caller
+            .and_then(|c| self.progress.get(&ProgressKey { pool, caller: c }))
+            .filter(|p| at.since(p.window_start) < f.window)
+            .map_or(0, |p| p.calls_done);
+        TicketingAnswer {
+            calls_done: done,
+            calls_missing: f.calls_required.saturating_sub(done),
+            code: None,
+            ticket: None,
+        }
+    }
+
+    /// Counts one call placed at `at` toward `caller`'s formula; issues the ticket when it is
+    /// complete. `entropy` is fresh randomness for the ticket's id and code.
+    pub(super) fn count_ticketing(
+        &mut self,
+        pool: PoolId,
+        caller: Option<PhoneNumber>,
+        at: Timestamp,
+        now: Timestamp,
+        entropy: Entropy,
+    ) -> TicketingAnswer {
+        let f = self.formula(pool).expect("a ticketing pool").clone();
+        let (done, start, fresh_window) = match caller
+            .and_then(|c| self.progress.get(&ProgressKey { pool, caller: c }))
+            .filter(|p| at.since(p.window_start) < f.window)
+        {
+            Some(p) => (p.calls_done + 1, p.window_start, false),
+            None => (1, at, true),
+        };
+        if done >= f.calls_required {
+            if let Some(c) = caller {
+                let key = ProgressKey { pool, caller: c };
+                if self.progress.remove(&key).is_some() {
+                    self.effects.push(Effect::DelProgress(key));
+                }
+            }
+            let ticket = self.issue(pool, caller, done, now, entropy);
+            return TicketingAnswer {
+                calls_done: done,
+                calls_missing: 0,
+                code: Some(ticket.code),
+                ticket: Some(ticket.id),
+            };
+        }
+        // A withheld caller cannot accumulate calls: each call stands alone.
+        if let Some(c) = caller {
+            let key = ProgressKey { pool, caller: c };
+            let p = Progress {
+                key,
+                calls_done: done,
+                window_start: start,
+            };
+            self.effects.push(Effect::PutProgress(p.clone()));
+            self.progress.insert(key, p);
+            if fresh_window {
+                self.schedule(start.saturating_add(f.window), Due::Progress(key));
+            }
+        }
+        TicketingAnswer {
+            calls_done: done,
+            calls_missing: f.calls_required - done,
+            code: None,
+            ticket: None,
+        }
+    }
+
+    fn issue(
+        &mut self,
+        pool: PoolId,
+        caller: Option<PhoneNumber>,
+        calls: u32,
+        now: Timestamp,
+        entropy: Entropy,
+    ) -> Ticket {
+        let f = self.formula(pool).expect("a ticketing pool");
+        let start = (entropy.code % TicketCode::SPACE as u64) as u32;
+        let code = (0..TicketCode::SPACE)
+            .filter_map(|i| TicketCode::new((start + i) % TicketCode::SPACE))
+            .find(|c| !self.ticket_codes.contains_key(c))
+            .expect("fewer live tickets than codes");
+        let ticket = Ticket {
+            id: TicketId(entropy.id),
+            code,
+            pool,
+            caller,
+            issued_at: now,
+            expires_at: now.saturating_add(f.code_ttl),
+            calls,
+            redeemed_at: None,
+            pass: None,
+            expiry_noted: false,
+            price: f.price.clone(),
+        };
+        self.ticket_codes.insert(code, ticket.id);
+        self.tickets.insert(ticket.id, ticket.clone());
+        self.effects.push(Effect::PutTicket(ticket.clone()));
+        self.effects.push(Effect::TicketEvent(TicketEvent {
+            kind: TicketEventKind::Issued,
+            at: now,
+            ticket: ticket.clone(),
+        }));
+        self.notices.push(Notice::TicketIssued { pool });
+        self.schedule(ticket.expires_at, Due::Ticket(ticket.id));
+        ticket
+    }
+
+    /// Redeems an access code once, for a site allowed on the ticket's pool. Grants a pass
+    /// when the pool has an `access_ttl`.
+    pub fn redeem_ticket(
+        &mut self,
+        code: TicketCode,
+        tenant: &TenantId,
+        allowed: impl Fn(PoolId) -> bool,
+        now: Timestamp,
+        pass_id: PassId,
+    ) -> Result<(Ticket, Option<Pass>), CoreError> {
+        let id = *self
+            .ticket_codes
+            .get(&code)
+            .ok_or(CoreError::UnknownTicket)?;
+        let t = &self.tickets[&id];
+        if !allowed(t.pool) {
+            return Err(CoreError::UnknownTicket);
+        }
+        if t.redeemed_at.is_some() {
+            return Err(CoreError::AlreadyRedeemed);
+        }
+        if now >= t.expires_at {
+            return Err(CoreError::TicketExpired);
+        }
+        let pool = t.pool;
+        let pass = self.grant(pool, tenant, PassSource::Ticket(id), now, pass_id);
+        let t = self.tickets.get_mut(&id).expect("just seen");
+        t.redeemed_at = Some(now);
+        t.pass = pass.as_ref().map(|p| p.id);
+        let t = t.clone();
+        self.effects.push(Effect::PutTicket(t.clone()));
+        self.effects.push(Effect::TicketEvent(TicketEvent {
+            kind: TicketEventKind::Redeemed,
+            at: now,
+            ticket: t.clone(),
+        }));
+        let retention = self.pools[pool.0 as usize].spec.settings.retention;
+        self.schedule(now.saturating_add(retention), Due::Ticket(id));
+        Ok((t, pass))
+    }
+
+    /// Creates a pass for a paid purchase if the pool grants access for a period.
+    pub(super) fn grant(
+        &mut self,
+        pool: PoolId,
+        tenant: &TenantId,
+        source: PassSource,
+        now: Timestamp,
+        id: PassId,
+    ) -> Option<Pass> {
+        let access = self.pools[pool.0 as usize].spec.access_ttl;
+        if access.is_zero() {
+            return None;
+        }
+        let pass = Pass {
+            id,
+            pool,
+            tenant: tenant.clone(),
+            source,
+            created_at: now,
+            access_until: now.saturating_add(access),
+            revoked_at: None,
+        };
+        self.passes.insert(id, pass.clone());
+        self.effects.push(Effect::PutPass(pass.clone()));
+        self.schedule(self.pass_purge_at(&pass), Due::Pass(id));
+        Some(pass)
+    }
+
+    /// Ends a pass now (refund, abuse); only its tenant may.
+    pub fn revoke_pass(
+        &mut self,
+        id: &PassId,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<Pass, CoreError> {
+        let pass = self
+            .passes
+            .get_mut(id)
+            .filter(|p| &p.tenant == tenant)
+            .ok_or(CoreError::UnknownPass)?;
+        if pass.revoked_at.is_none() {
+            pass.revoked_at = Some(now);
+            let pass = pass.clone();
+            self.effects.push(Effect::PutPass(pass.clone()));
+            self.schedule(self.pass_purge_at(&pass), Due::Pass(*id));
+        }
+        Ok(self.passes[id].clone())
+    }
+
+    fn pass_purge_at(&self, p: &Pass) -> Timestamp {
+        let retention = self.pools[p.pool.0 as usize].spec.settings.retention;
+        p.revoked_at
+            .map_or(p.access_until, |r| r.min(p.access_until))
+            .saturating_add(retention)
+    }
+
+    pub(super) fn advance_ticket(&mut self, id: TicketId, now: Timestamp) {
+        let Some(t) = self.tickets.get(&id) else {
+            return;
+        };
+        let retention = self.pools[t.pool.0 as usize].spec.settings.retention;
+        let purge_at = t
+            .redeemed_at
+            .unwrap_or(t.expires_at)
+            .saturating_add(retention);
+        if now >= purge_at {
+            let t = self.tickets.remove(&id).expect("just seen");
+            self.ticket_codes.remove(&t.code);
+            self.effects.push(Effect::DelTicket(id));
+            return;
+        }
+        if t.redeemed_at.is_none() && now >= t.expires_at && !t.expiry_noted {
+            let t = self.tickets.get_mut(&id).expect("just seen");
+            t.expiry_noted = true;
+            let t = t.clone();
+            self.effects.push(Effect::PutTicket(t.clone()));
+            self.effects.push(Effect::TicketEvent(TicketEvent {
+                kind: TicketEventKind::Expired,
+                at: t.expires_at,
+                ticket: t,
+            }));
+            self.schedule(purge_at, Due::Ticket(id));
+        }
+    }
+
+    pub(super) fn advance_pass(&mut self, id: PassId, now: Timestamp) {
+        if let Some(p) = self.passes.get(&id) {
+            if now >= self.pass_purge_at(p) {
+                self.passes.remove(&id);
+                self.effects.push(Effect::DelPass(id));
+            }
+        }
+    }
+
+    pub(super) fn advance_progress(&mut self, key: ProgressKey, now: Timestamp) {
+        let Some(f) = self.formula(key.pool) else {
+            return;
+        };
+        let window = f.window;
+        if self
+            .progress
+            .get(&key)
+            .is_some_and(|p| now >= p.window_start.saturating_add(window))
+        {
+            self.progress.remove(&key);
+            self.effects.push(Effect::DelProgress(key));
+        }
+    }
+}
