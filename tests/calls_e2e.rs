@@ -269,3 +269,139 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
     );
     assert!(lines[1].ends_with(",12,true,call,,,"), "{csv}");
 }
+
+#[test]
+fn ticketing_codes_are_earned_by_phone_redeemed_once_and_let_the_buyer_back_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+log_format = "json"
+
+[[pool]]
+name = "videos"
+numbers = ["+33899300000"]
+mode = "ticketing"
+calls_required = 2
+access_ttl = "30d"
+price = {{ amount = "5.98", currency = "EUR" }}
+
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{site}"
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{tel}"
+[[key]]
+name = "admin"
+role = "admin"
+sha256 = "{admin}"
+"#,
+            data = dir.path().join("data").display(),
+            site = sha(SITE),
+            tel = sha(TELEPHONY),
+            admin = sha(ADMIN),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    let first = call(
+        &server,
+        json!({"call_id": "t1", "event": "start", "called": "+33899300000", "caller": "+33612345678"}),
+    );
+    assert_eq!(first["reason"], "ticketing");
+    assert_eq!(
+        first["ticketing"],
+        json!({"calls_done": 1, "calls_missing": 1})
+    );
+    let second = call(
+        &server,
+        json!({"call_id": "t2", "event": "start", "called": "+33899300000", "caller": "+33612345678"}),
+    );
+    let code = second["ticketing"]["code"].as_str().unwrap().to_owned();
+
+    let (status, ticket) = http(
+        &agent(),
+        "POST",
+        &server.url("/v1/tickets/redeem"),
+        Some(SITE),
+        Some(&json!({"code": code})),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{ticket}");
+    assert_eq!(
+        (ticket["amount"].as_str(), ticket["currency"].as_str()),
+        (Some("5.98"), Some("EUR"))
+    );
+    assert_eq!(ticket["formula"]["calls_required"], 2);
+    let pass = ticket["pass_id"].as_str().unwrap().to_owned();
+    let (_, p) = http(
+        &agent(),
+        "GET",
+        &server.url(&format!("/v1/passes/{pass}")),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(p["valid"], true);
+    assert_eq!(p["access_until"], ticket["access_until"]);
+
+    server.kill9();
+    let server = Server::start(&config);
+    let (status, _) = http(
+        &agent(),
+        "POST",
+        &server.url("/v1/tickets/redeem"),
+        Some(SITE),
+        Some(&json!({"code": code})),
+    )
+    .unwrap();
+    assert_eq!(status, 409, "a code redeems once, restart or not");
+    let (_, p) = http(
+        &agent(),
+        "GET",
+        &server.url(&format!("/v1/passes/{pass}")),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(p["valid"], true, "the pass survives the restart");
+
+    let (_, j) = http(
+        &agent(),
+        "GET",
+        &server.url("/v1/calls?pool=videos"),
+        Some(ADMIN),
+        None,
+    )
+    .unwrap();
+    let rows = j["calls"].as_array().unwrap();
+    let mut kinds: Vec<_> = rows
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds[0], "ticket_redeemed", "newest first: {j}");
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["call", "call", "ticket_issued", "ticket_redeemed"],
+        "{j}"
+    );
+    let issued = rows.iter().find(|r| r["kind"] == "ticket_issued").unwrap();
+    assert_eq!(
+        (issued["amount"].as_str(), issued["currency"].as_str()),
+        (Some("5.98"), Some("EUR"))
+    );
+    let completing = rows.iter().find(|r| r["call_id"] == "t2").unwrap();
+    assert_eq!(
+        completing["ticket_id"], issued["ticket_id"],
+        "the journal ties the code to its call"
+    );
+}

@@ -3,7 +3,7 @@
 //! fsync per batch, not per request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
@@ -28,7 +28,8 @@ pub struct Committer {
     /// numbers follow the store's own order).
     written: AtomicU64,
     durable: watch::Sender<Durable>,
-    kick: Notify,
+    /// Wakes the flusher; shared with it so that dropping the committer can wake it to exit.
+    kick: Arc<Notify>,
 }
 
 impl Committer {
@@ -40,10 +41,12 @@ impl Committer {
             metrics,
             written: AtomicU64::new(0),
             durable: watch::channel(Durable::default()).0,
-            kick: Notify::new(),
+            kick: Arc::new(Notify::new()),
         });
         if mode == CommitMode::Group {
-            tokio::spawn(Arc::clone(&c).flusher());
+            // The flusher holds the committer weakly: once the service lets go of it, the store
+            // closes and the task ends.
+            tokio::spawn(Self::flusher(Arc::downgrade(&c), Arc::clone(&c.kick)));
         }
         c
     }
@@ -86,28 +89,36 @@ impl Committer {
         Ok(())
     }
 
-    async fn flusher(self: Arc<Self>) {
+    async fn flusher(this: Weak<Committer>, kick: Arc<Notify>) {
         loop {
-            self.kick.notified().await;
-            loop {
-                let target = self.written.load(Ordering::Acquire);
-                let done = *self.durable.borrow();
-                if target <= done.upto || done.failed {
-                    break;
-                }
-                let started = Instant::now();
-                let store = Arc::clone(&self.store);
-                let res = match tokio::task::spawn_blocking(move || store.flush()).await {
-                    Ok(r) => r,
-                    Err(e) => Err(StoreError::Failed(e.to_string())),
-                };
-                self.observe(started, target - done.upto, &res);
-                match res {
-                    Ok(_) => self.durable.send_modify(|d| d.upto = d.upto.max(target)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "flush failed; acknowledging no more writes");
-                        self.durable.send_modify(|d| d.failed = true);
-                    }
+            kick.notified().await;
+            let Some(this) = this.upgrade() else {
+                return;
+            };
+            this.flush_pending().await;
+        }
+    }
+
+    /// Flushes until everything written so far is durable (or a flush fails).
+    async fn flush_pending(&self) {
+        loop {
+            let target = self.written.load(Ordering::Acquire);
+            let done = *self.durable.borrow();
+            if target <= done.upto || done.failed {
+                return;
+            }
+            let started = Instant::now();
+            let store = Arc::clone(&self.store);
+            let res = match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(r) => r,
+                Err(e) => Err(StoreError::Failed(e.to_string())),
+            };
+            self.observe(started, target - done.upto, &res);
+            match res {
+                Ok(_) => self.durable.send_modify(|d| d.upto = d.upto.max(target)),
+                Err(e) => {
+                    tracing::error!(error = %e, "flush failed; acknowledging no more writes");
+                    self.durable.send_modify(|d| d.failed = true);
                 }
             }
         }
@@ -124,5 +135,12 @@ impl Committer {
                 .with_label_values(&["flush"])
                 .inc();
         }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Let the flusher notice it has nothing left to serve.
+        self.kick.notify_one();
     }
 }

@@ -97,6 +97,7 @@ pub struct TestApp {
     pub state: AppState,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
+    config: Config,
 }
 
 impl TestApp {
@@ -115,6 +116,42 @@ impl TestApp {
             state,
             clock,
             dir,
+            config,
+        }
+    }
+
+    /// Stops this app (its store closes) and builds a new one on the same data and clock, as a
+    /// restart would.
+    pub async fn restart(self) -> TestApp {
+        let TestApp {
+            router: r,
+            state,
+            clock,
+            dir,
+            config,
+        } = self;
+        drop(r);
+        drop(state);
+        // The flusher task and sled's threads let go of the store a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            match build_state(&config, clock.clone()).await {
+                Ok(s) => break s,
+                Err(e)
+                    if format!("{e:#}").contains("lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("restart failed: {e:#}"),
+            }
+        };
+        TestApp {
+            router: router(state.clone()),
+            state,
+            clock,
+            dir,
+            config,
         }
     }
 

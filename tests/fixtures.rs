@@ -1,6 +1,7 @@
-//! Attribution rules, driven by fixture files in `tests/fixtures/attribution/`: each is a
-//! timeline of leases, releases and calls with the answer expected for each call, played
-//! through the HTTP API on a manual clock. See `README.md` in that folder for the format.
+//! Fixture-driven tests: each file in `tests/fixtures/attribution/` and
+//! `tests/fixtures/ticketing/` is a timeline of leases, calls, redeems and restarts with the
+//! answer expected at each step, played through the HTTP API on a manual clock. See
+//! `README.md` in those folders for the format.
 
 mod common;
 
@@ -50,6 +51,56 @@ sha256 = "{}"
     )
 }
 
+/// Ticketing pools: "tk" sells 3 calls of at least 60 s within an hour (8.97 EUR, codes live
+/// a day, access for 30 days); "tk1" sells one call (codes live 10 minutes, access 7 days).
+fn ticketing_config(data: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{}"
+
+[[pool]]
+name = "tk"
+numbers = ["+33899300000", "+33899300001"]
+mode = "ticketing"
+calls_required = 3
+min_call_secs = 60
+window = "1h"
+code_ttl = "1d"
+access_ttl = "30d"
+price = {{ amount = "8.97", currency = "EUR" }}
+
+[[pool]]
+name = "tk1"
+numbers = ["+33899310000"]
+mode = "ticketing"
+calls_required = 1
+code_ttl = "10m"
+access_ttl = "7d"
+
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{}"
+
+[[key]]
+name = "other"
+role = "site"
+sha256 = "{}"
+
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{}"
+"#,
+        data.display(),
+        sha(SITE),
+        sha(OTHER_SITE),
+        sha(TELEPHONY)
+    )
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Fixture {
@@ -69,7 +120,37 @@ struct Step {
     call: Option<CallStep>,
     end: Option<EndStep>,
     lease: Option<LeaseCheck>,
+    redeem: Option<RedeemStep>,
+    pass: Option<PassCheck>,
+    revoke: Option<String>,
+    restart: Option<bool>,
     expect: Option<Expect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemStep {
+    /// The code issued to this call id, or eight literal digits.
+    code_of: Option<String>,
+    code: Option<String>,
+    /// "site" (default) or "other" (another tenant).
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PassCheck {
+    /// The redeem step's name.
+    name: String,
+    valid: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketingExpect {
+    calls_done: u64,
+    calls_missing: u64,
+    code: bool,
 }
 
 #[derive(Deserialize)]
@@ -124,18 +205,22 @@ struct Expect {
     /// For allocations: "shared" when a code on the shared number is expected.
     number: Option<String>,
     status: Option<u16>,
+    ticketing: Option<TicketingExpect>,
+    amount: Option<String>,
 }
 
 fn offset(s: &str) -> Duration {
     parse_duration(s).unwrap_or_else(|e| panic!("bad duration {s:?}: {e}"))
 }
 
-async fn play(path: &Path) {
+async fn play(path: &Path, config: fn(&Path) -> String) {
     let file = path.file_name().unwrap().to_string_lossy().into_owned();
     let fx: Fixture = toml::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{file}: {e}"));
-    let app = TestApp::with_config(fixture_config).await;
+    let mut app = TestApp::with_config(config).await;
     let mut leases: HashMap<String, Value> = HashMap::new();
+    let mut codes: HashMap<String, String> = HashMap::new();
+    let mut redeemed: HashMap<String, Value> = HashMap::new();
     let mut elapsed = Duration::ZERO;
     for (i, step) in fx.step.iter().enumerate() {
         let ctx = format!("{file} step {} (at {})", i + 1, step.at);
@@ -197,6 +282,7 @@ async fn play(path: &Path) {
                 .await;
             assert_eq!(r.status, 200, "{ctx}: {}", r.text);
             check(&ctx, &r.json, expect, &leases);
+            remember_code(&mut codes, &c.id, &r.json);
         }
         if let Some(e) = &step.end {
             let body = json!({"call_id": e.id, "event": "end", "duration_secs": e.duration_secs});
@@ -212,6 +298,61 @@ async fn play(path: &Path) {
             if let Some(counted) = expect.and_then(|x| x.counted) {
                 assert_eq!(r.json["counted"], counted, "{ctx}: {}", r.text);
             }
+            check(&ctx, &r.json, expect, &leases);
+            remember_code(&mut codes, &e.id, &r.json);
+        }
+        if let Some(rd) = &step.redeem {
+            let code = match (&rd.code_of, &rd.code) {
+                (Some(call), _) => codes
+                    .get(call)
+                    .unwrap_or_else(|| panic!("{ctx}: no code for {call}"))
+                    .clone(),
+                (None, Some(c)) => c.clone(),
+                _ => panic!("{ctx}: redeem needs code_of or code"),
+            };
+            let key = if rd.key.as_deref() == Some("other") {
+                OTHER_SITE
+            } else {
+                SITE
+            };
+            let body = json!({"code": code, "client": "visitor-1"});
+            let r = app
+                .call(
+                    "POST",
+                    "/v1/tickets/redeem",
+                    Some(key),
+                    Some(&body.to_string()),
+                )
+                .await;
+            let want = expect.and_then(|e| e.status).unwrap_or(200);
+            assert_eq!(r.status.as_u16(), want, "{ctx}: {}", r.text);
+            if let Some(amount) = expect.and_then(|e| e.amount.as_deref()) {
+                assert_eq!(r.json["amount"], amount, "{ctx}: {}", r.text);
+            }
+            if let Some(name) = &step.name {
+                redeemed.insert(name.clone(), r.json.clone());
+            }
+        }
+        if let Some(p) = &step.pass {
+            let id = redeemed[&p.name]["pass_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ctx}: no pass"));
+            let r = app
+                .call("GET", &format!("/v1/passes/{id}"), None, None)
+                .await;
+            assert_eq!(r.status, 200, "{ctx}: {}", r.text);
+            assert_eq!(r.json["valid"], p.valid, "{ctx}: {}", r.text);
+        }
+        if let Some(name) = &step.revoke {
+            let id = redeemed[name]["pass_id"].as_str().unwrap();
+            let r = app
+                .call("DELETE", &format!("/v1/passes/{id}"), Some(SITE), None)
+                .await;
+            assert_eq!(r.status, 200, "{ctx}: {}", r.text);
+            assert_eq!(r.json["valid"], false, "{ctx}: {}", r.text);
+        }
+        if step.restart == Some(true) {
+            app = app.restart().await;
         }
         if let Some(l) = &step.lease {
             let id = leases[&l.name]["lease_id"].as_str().unwrap();
@@ -231,8 +372,21 @@ async fn play(path: &Path) {
     }
 }
 
+fn remember_code(codes: &mut HashMap<String, String>, call: &str, answer: &Value) {
+    if let Some(code) = answer["ticketing"]["code"].as_str() {
+        assert_eq!(code.len(), 8, "codes are eight digits: {answer}");
+        codes.insert(call.to_owned(), code.to_owned());
+    }
+}
+
 fn check(ctx: &str, got: &Value, expect: Option<&Expect>, leases: &HashMap<String, Value>) {
     let Some(e) = expect else { return };
+    if let Some(t) = &e.ticketing {
+        let g = &got["ticketing"];
+        assert_eq!(g["calls_done"], t.calls_done, "{ctx}: {got}");
+        assert_eq!(g["calls_missing"], t.calls_missing, "{ctx}: {got}");
+        assert_eq!(g["code"].is_string(), t.code, "{ctx}: {got}");
+    }
     if let Some(reason) = &e.reason {
         assert_eq!(got["reason"], reason.as_str(), "{ctx}: {got}");
         let attributed = !matches!(reason.as_str(), "not_leased" | "unknown_number");
@@ -254,17 +408,32 @@ fn check(ctx: &str, got: &Value, expect: Option<&Expect>, leases: &HashMap<Strin
     }
 }
 
-#[tokio::test]
-async fn every_attribution_fixture_gives_the_expected_answers() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attribution");
+async fn play_all(folder: &str, at_least: usize, config: fn(&Path) -> String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(folder);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 8, "fixtures missing from {}", dir.display());
+    assert!(
+        files.len() >= at_least,
+        "fixtures missing from {}",
+        dir.display()
+    );
     for f in files {
-        play(&f).await;
+        play(&f, config).await;
     }
+}
+
+#[tokio::test]
+async fn every_attribution_fixture_gives_the_expected_answers() {
+    play_all("attribution", 8, fixture_config).await;
+}
+
+#[tokio::test]
+async fn every_ticketing_fixture_gives_the_expected_answers() {
+    play_all("ticketing", 6, ticketing_config).await;
 }
