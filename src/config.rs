@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::limits::FailureLimit;
 use thiserror::Error;
@@ -33,6 +34,7 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     pub twilio: Option<TwilioConfig>,
     pub limits: LimitsConfig,
+    pub demo: Option<DemoConfig>,
 }
 
 /// Abuse limits (`[limits]`).
@@ -41,6 +43,17 @@ pub struct LimitsConfig {
     /// Failed access-code redeems allowed per client (the site's visitor), then per key.
     pub redeem_per_client: FailureLimit,
     pub redeem_per_key: FailureLimit,
+    /// Allocations per minute with publishable keys, per client IP and per session.
+    pub publishable_per_ip: u32,
+    pub publishable_per_session: u32,
+}
+
+/// The demo page (`[demo]`): a tiny classifieds page using the drop-in script.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// The publishable key's token the page uses (it is public by nature).
+    pub key: String,
+    pub pool: String,
 }
 
 /// Twilio's voice webhook: requests are authenticated by their signature, made with the
@@ -109,6 +122,8 @@ pub enum Role {
     Telephony,
     /// An operator: reads pools and journals.
     Admin,
+    /// A key that may sit in a web page: allocates and renews only, from its `origins`.
+    Publishable,
 }
 
 impl Role {
@@ -117,6 +132,7 @@ impl Role {
             Role::Site => "site",
             Role::Telephony => "telephony",
             Role::Admin => "admin",
+            Role::Publishable => "publishable",
         }
     }
 }
@@ -130,6 +146,8 @@ pub struct KeyConfig {
     pub sha256: [u8; 32],
     /// Pools this key may use; `None` means all.
     pub pools: Option<Vec<String>>,
+    /// For publishable keys: the page origins (`https://www.example.com`) it may be used from.
+    pub origins: Vec<String>,
 }
 
 impl Config {
@@ -166,6 +184,7 @@ struct RawConfig {
     twilio: Option<RawTwilio>,
     #[serde(default)]
     limits: RawLimits,
+    demo: Option<RawDemo>,
 }
 
 #[derive(Deserialize, Default)]
@@ -175,6 +194,16 @@ struct RawLimits {
     redeem_failures_per_key: Option<u32>,
     redeem_window: Option<String>,
     redeem_lockout: Option<String>,
+    publishable_per_ip: Option<u32>,
+    publishable_per_session: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemo {
+    enabled: bool,
+    key: Option<String>,
+    pool: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +281,7 @@ struct RawKey {
     sha256: String,
     tenant: Option<String>,
     pools: Option<Vec<String>>,
+    origins: Option<Vec<String>>,
 }
 
 fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
@@ -292,12 +322,37 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     }
     let twilio = raw.twilio.map(validate_twilio).transpose()?;
     let limits = validate_limits(raw.limits)?;
+    let demo = match raw.demo {
+        Some(RawDemo {
+            enabled: true,
+            key,
+            pool,
+        }) => {
+            let key = key.ok_or("[demo] needs key, the token of a publishable key")?;
+            let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+            if !keys
+                .iter()
+                .any(|k| k.role == Role::Publishable && k.sha256 == digest)
+            {
+                return Err(
+                    "[demo] key is not the token of any publishable [[key]]: the page could not allocate".into(),
+                );
+            }
+            let pool = pool.ok_or("[demo] needs pool, the pool its listings use")?;
+            if !names.contains(&pool) {
+                return Err(format!("[demo] pool {pool:?} is not a [[pool]]"));
+            }
+            Some(DemoConfig { key, pool })
+        }
+        _ => None,
+    };
     Ok(Config {
         server,
         pools,
         keys,
         twilio,
         limits,
+        demo,
     })
 }
 
@@ -636,9 +691,10 @@ fn validate_key(k: RawKey, pools: &HashSet<String>) -> Result<KeyConfig, String>
         "site" => Role::Site,
         "telephony" => Role::Telephony,
         "admin" => Role::Admin,
+        "publishable" => Role::Publishable,
         other => {
             return Err(ctx(format!(
-                "role {other:?}: expected \"site\", \"telephony\" or \"admin\""
+                "role {other:?}: expected \"site\", \"telephony\", \"admin\" or \"publishable\""
             )))
         }
     };
@@ -657,12 +713,33 @@ fn validate_key(k: RawKey, pools: &HashSet<String>) -> Result<KeyConfig, String>
     }
     let tenant =
         TenantId::parse(k.tenant.as_deref().unwrap_or(&k.name)).map_err(|e| ctx(e.to_string()))?;
+    let origins = k.origins.clone().unwrap_or_default();
+    match (role, origins.is_empty()) {
+        (Role::Publishable, true) => {
+            return Err(ctx(
+                "a publishable key needs origins = [\"https://www.example.com\"]: the pages allowed to use it".into(),
+            ))
+        }
+        (Role::Publishable, false) => {}
+        (_, false) => return Err(ctx("origins only apply to publishable keys".into())),
+        (_, true) => {}
+    }
+    for o in &origins {
+        let scheme_ok = o.starts_with("https://") || o.starts_with("http://");
+        let rest = o.split_once("://").map_or("", |(_, r)| r);
+        if !scheme_ok || rest.is_empty() || rest.contains('/') || o.contains(char::is_whitespace) {
+            return Err(ctx(format!(
+                "origin {o:?}: expected scheme://host[:port], such as \"https://www.example.com\" (no path)"
+            )));
+        }
+    }
     Ok(KeyConfig {
         name: k.name.clone(),
         tenant,
         role,
         sha256,
         pools: k.pools,
+        origins,
     })
 }
 
@@ -695,6 +772,8 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
             l.redeem_failures_per_key,
             50,
         )?),
+        publishable_per_ip: count("publishable_per_ip", l.publishable_per_ip, 60)?,
+        publishable_per_session: count("publishable_per_session", l.publishable_per_session, 20)?,
     })
 }
 

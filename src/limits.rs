@@ -79,6 +79,43 @@ impl FailureLimiter {
     }
 }
 
+/// At most `limit` requests per subject in each fixed `window`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: u32,
+    window: Duration,
+    counts: HashMap<String, (Timestamp, u32)>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        RateLimiter {
+            limit,
+            window,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Counts one request of `who`; `Err(seconds)` if it is over the limit.
+    pub fn hit(&mut self, who: &str, now: Timestamp) -> Result<(), u64> {
+        let window = self.window;
+        if self.counts.len() >= MAX_SUBJECTS {
+            self.counts
+                .retain(|_, (start, _)| now < start.saturating_add(window));
+        }
+        let (start, n) = self.counts.entry(who.to_owned()).or_insert((now, 0));
+        if now >= start.saturating_add(window) {
+            *start = now;
+            *n = 0;
+        }
+        if *n >= self.limit {
+            return Err(retry_after_secs(now, start.saturating_add(window)));
+        }
+        *n += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +141,16 @@ mod tests {
         assert_eq!(l.check("a", t(3)), Err(899));
         assert!(l.check("b", t(3)).is_ok(), "others are not affected");
         assert!(l.check("a", t(902)).is_ok());
+    }
+
+    #[test]
+    fn rates_are_limited_per_subject_and_window() {
+        let mut r = RateLimiter::new(2, Duration::from_secs(60));
+        assert!(r.hit("ip", t(0)).is_ok());
+        assert!(r.hit("ip", t(1)).is_ok());
+        assert_eq!(r.hit("ip", t(2)), Err(58));
+        assert!(r.hit("other", t(2)).is_ok());
+        assert!(r.hit("ip", t(60)).is_ok());
     }
 
     #[test]

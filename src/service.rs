@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Entropy,
-    Formula, Lease, LeaseId, LeaseState, Notice, Pass, PassId, PhoneNumber, PoolId, PoolStats,
-    TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
+    Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Pass, PassId, PhoneNumber, PoolId,
+    PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Store, StoreError};
@@ -249,6 +249,20 @@ impl Service {
             .with_label_values(&[&pool, outcome])
             .inc();
         res
+    }
+
+    /// Registers (or forgets, with `None`) where `tenant`'s listing sends its calls.
+    pub async fn set_listing(
+        &self,
+        tenant: TenantId,
+        listing: ListingId,
+        target: Option<Target>,
+    ) -> Result<(), ServiceError> {
+        self.write(|core, _| {
+            core.set_listing(tenant, listing, target);
+            Ok(())
+        })
+        .await
     }
 
     /// Redeems a ticketing access code for a site whose key may use `pools` (all if `None`).

@@ -121,8 +121,11 @@ impl Application {
             shutdown.await;
             service.begin_shutdown();
         };
-        axum::serve(self.listener, router(self.state.clone()))
-            .with_graceful_shutdown(shutdown)
+        axum::serve(
+            self.listener,
+            router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
             .await
             .context("server error")?;
         let _ = stop_tx.send(true);

@@ -305,6 +305,7 @@ pub struct Snapshot {
     pub tickets: Vec<Ticket>,
     pub passes: Vec<Pass>,
     pub progress: Vec<Progress>,
+    pub listings: Vec<(TenantId, ListingId, Target)>,
     pub wheel: Vec<(u64, Due)>,
 }
 
@@ -333,6 +334,9 @@ pub struct Allocator {
     pub(super) ticket_codes: HashMap<TicketCode, TicketId>,
     pub(super) passes: HashMap<PassId, Pass>,
     pub(super) progress: HashMap<ProgressKey, Progress>,
+    /// Where each tenant's listings send their calls, for allocations that name no target
+    /// (pages with publishable keys never may).
+    listings: HashMap<(TenantId, ListingId), Target>,
     wheel: Wheel<Due>,
     pub(super) effects: Vec<Effect>,
     pub(super) notices: Vec<Notice>,
@@ -398,6 +402,7 @@ impl Allocator {
             ticket_codes: HashMap::new(),
             passes: HashMap::new(),
             progress: HashMap::new(),
+            listings: HashMap::new(),
             wheel: Wheel::new(0),
             effects: Vec::new(),
             notices: Vec::new(),
@@ -481,6 +486,9 @@ impl Allocator {
         }
         for p in snapshot.progress {
             a.progress.insert(p.key, p);
+        }
+        for (tenant, listing, target) in snapshot.listings {
+            a.listings.insert((tenant, listing), target);
         }
         for (tick, due) in snapshot.wheel {
             a.wheel.insert(tick, due);
@@ -610,6 +618,10 @@ impl Allocator {
             }
         };
         let expires_at = now.saturating_add(ttl);
+        let target = req.target.or_else(|| {
+            let listing = req.listing.clone()?;
+            self.listings.get(&(req.tenant.clone(), listing)).cloned()
+        });
         let lease = Lease {
             id: new_id,
             tenant: req.tenant,
@@ -617,7 +629,7 @@ impl Allocator {
             number,
             session: req.session,
             listing: req.listing,
-            target: req.target,
+            target,
             caller: req.caller,
             created_at: now,
             expires_at,
@@ -637,6 +649,28 @@ impl Allocator {
         self.effects.push(Effect::PutLease(lease.clone()));
         self.schedule(expires_at, Due::Lease(new_id));
         Ok(Allocated { lease, fresh: true })
+    }
+
+    /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
+    /// copy the target when created, so a change applies to the next visitors.
+    pub fn set_listing(&mut self, tenant: TenantId, listing: ListingId, target: Option<Target>) {
+        let key = (tenant, listing);
+        match target {
+            Some(t) => {
+                self.effects
+                    .push(Effect::PutListing(key.0.clone(), key.1.clone(), t.clone()));
+                self.listings.insert(key, t);
+            }
+            None => {
+                if self.listings.remove(&key).is_some() {
+                    self.effects.push(Effect::DelListing(key.0, key.1));
+                }
+            }
+        }
+    }
+
+    pub fn listing_target(&self, tenant: &TenantId, listing: &ListingId) -> Option<&Target> {
+        self.listings.get(&(tenant.clone(), listing.clone()))
     }
 
     /// Extends an active lease by `ttl` from now (the pool's `ttl` if `None`; a code's

@@ -45,6 +45,9 @@ pub enum Effect {
     DelProgress(ProgressKey),
     /// A line of the journal about a ticket (issued, redeemed, expired).
     TicketEvent(TicketEvent),
+    /// Where a tenant's listing sends calls.
+    PutListing(TenantId, ListingId, Target),
+    DelListing(TenantId, ListingId),
     /// A wheel entry: at this tick, look at this record again.
     PutWheel(u64, Due),
     DelWheel(u64, Due),

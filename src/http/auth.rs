@@ -58,17 +58,46 @@ impl FromRequestParts<AppState> for Auth {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be \"Bearer <key>\"")
             })?;
-        state
+        let key = state
             .keys
             .find(token)
-            .map(|k| Auth(Some(k)))
-            .ok_or_else(|| ApiError::unauthorized("this key is not known"))
+            .ok_or_else(|| ApiError::unauthorized("this key is not known"))?;
+        if key.role == Role::Publishable {
+            // A key that sits in web pages works only from the pages it was made for.
+            let origin = parts
+                .headers
+                .get(header::ORIGIN)
+                .and_then(|o| o.to_str().ok());
+            if !origin.is_some_and(|o| key.origins.iter().any(|a| a == o)) {
+                return Err(ApiError::forbidden(format!(
+                    "publishable key {:?} may not be used from origin {:?}",
+                    key.name,
+                    origin.unwrap_or("(none)")
+                )));
+            }
+        }
+        Ok(Auth(Some(key)))
     }
 }
 
 /// A role a route requires, as a type: `Need<Site>` in a handler's arguments.
 pub trait RoleSpec {
+    /// The role named in refusals.
     const ROLE: Role;
+
+    fn allows(role: Role) -> bool {
+        role == Self::ROLE
+    }
+}
+
+/// A site's server, or a page of the site with a publishable key (allocate only).
+pub struct SiteOrPage;
+impl RoleSpec for SiteOrPage {
+    const ROLE: Role = Role::Site;
+
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Site | Role::Publishable)
+    }
 }
 
 pub struct Site;
@@ -100,7 +129,7 @@ impl<R: RoleSpec> FromRequestParts<AppState> for Need<R> {
                 R::ROLE.as_str()
             ))
         })?;
-        if key.role != R::ROLE {
+        if !R::allows(key.role) {
             return Err(ApiError::forbidden(format!(
                 "key {:?} has role {:?}; this needs role {:?}",
                 key.name,

@@ -6,11 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::auth::{check_pool, Auth, Need, Site};
+use super::auth::{check_pool, Auth, Need, Site, SiteOrPage};
+use super::site::ClientIp;
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
-use super::wire::{AllocateBody, LeaseBody, RenewBody};
+use super::wire::{AllocateBody, LeaseBody, ListingBody, RenewBody};
 use super::AppState;
+use crate::config::Role;
 use crate::core::{AllocateRequest, LeaseId, ListingId, PhoneNumber, SessionId, Target};
 
 /// Bounds on what a site may ask for; beyond them the request is refused, not clamped.
@@ -34,7 +36,8 @@ fn lease_id(s: &str) -> Result<LeaseId, ApiError> {
 
 pub async fn create(
     State(s): State<AppState>,
-    Need(key, _): Need<Site>,
+    Need(key, _): Need<SiteOrPage>,
+    ip: ClientIp,
     ApiJson(b): ApiJson<AllocateBody>,
 ) -> Result<(StatusCode, Json<LeaseBody>), ApiError> {
     let pool = s
@@ -42,6 +45,11 @@ pub async fn create(
         .pool_id(&b.pool)
         .ok_or_else(|| ApiError::unknown_pool(&b.pool))?;
     check_pool(&key, &b.pool)?;
+    if key.role == Role::Publishable && b.target.is_some() {
+        return Err(ApiError::invalid(
+            "target: a page may not choose where calls go; register the listing's target with PUT /v1/listings/{listing}",
+        ));
+    }
     let calls_required = b.calls_required.unwrap_or(1);
     if !(1..=MAX_CALLS_REQUIRED).contains(&calls_required) {
         return Err(ApiError::invalid(format!(
@@ -71,13 +79,19 @@ pub async fn create(
         calls_required,
         min_call_secs,
     };
+    // A page's key is public: bound how many numbers one address or session can take.
+    let page = key.role == Role::Publishable;
+    if page {
+        s.pages.check(&s, &ip.0, req.session.as_str())?;
+    }
     let (view, fresh) = s.service.allocate(req).await?;
     let status = if fresh {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(LeaseBody::new(&view, true))))
+    // A page never learns the advertiser's real number.
+    Ok((status, Json(LeaseBody::new(&view, !page))))
 }
 
 /// Readable by anyone holding the id; the advertiser's target only by the owning tenant.
@@ -87,7 +101,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseBody>, ApiError> {
     let view = s.service.get(&lease_id(&id)?)?;
-    let owner = key.is_some_and(|k| k.tenant == view.lease.tenant);
+    let owner = key.is_some_and(|k| k.tenant == view.lease.tenant && k.role != Role::Publishable);
     Ok(Json(LeaseBody::new(&view, owner)))
 }
 
@@ -98,7 +112,7 @@ pub async fn renew(
     OptionalJson(b): OptionalJson<RenewBody>,
 ) -> Result<Json<LeaseBody>, ApiError> {
     let view = s.service.renew(lease_id(&id)?, ttl(b.ttl_secs)?).await?;
-    let owner = key.is_some_and(|k| k.tenant == view.lease.tenant);
+    let owner = key.is_some_and(|k| k.tenant == view.lease.tenant && k.role != Role::Publishable);
     Ok(Json(LeaseBody::new(&view, owner)))
 }
 
@@ -131,4 +145,32 @@ pub async fn redeem(
     check_pool(&key, &view.pool)?;
     let view = s.service.redeem(id, &key.tenant).await?;
     Ok(Json(LeaseBody::new(&view, true)))
+}
+
+/// Registers where a listing's calls go, for allocations that name no target (those from
+/// pages): `PUT /v1/listings/{listing}` with `{"target": "+33612345678"}`.
+pub async fn put_listing(
+    State(s): State<AppState>,
+    Need(key, _): Need<Site>,
+    Path(listing): Path<String>,
+    ApiJson(b): ApiJson<ListingBody>,
+) -> Result<Json<ListingBody>, ApiError> {
+    let id = field("listing", ListingId::parse(&listing))?;
+    let target = field("target", Target::parse(&b.target))?;
+    s.service
+        .set_listing(key.tenant.clone(), id, Some(target.clone()))
+        .await?;
+    Ok(Json(ListingBody {
+        target: target.to_string(),
+    }))
+}
+
+pub async fn delete_listing(
+    State(s): State<AppState>,
+    Need(key, _): Need<Site>,
+    Path(listing): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = field("listing", ListingId::parse(&listing))?;
+    s.service.set_listing(key.tenant.clone(), id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

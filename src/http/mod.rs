@@ -8,10 +8,12 @@ mod events;
 mod json;
 mod leases;
 mod ops;
+mod site;
 mod tickets;
 mod twilio;
 mod wire;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,6 +40,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub twilio: Option<Arc<crate::config::TwilioConfig>>,
     pub limits: Arc<tickets::RedeemLimits>,
+    pub pages: Arc<site::PageLimits>,
+    /// Page origins allowed by publishable keys: these get CORS headers.
+    pub origins: Arc<HashSet<String>>,
+    pub demo: Option<Arc<crate::config::DemoConfig>>,
 }
 
 impl AppState {
@@ -53,6 +59,15 @@ impl AppState {
             metrics,
             twilio: config.twilio.clone().map(Arc::new),
             limits: Arc::new(tickets::RedeemLimits::new(&config.limits)),
+            pages: Arc::new(site::PageLimits::new(&config.limits)),
+            origins: Arc::new(
+                config
+                    .keys
+                    .iter()
+                    .flat_map(|k| k.origins.iter().cloned())
+                    .collect(),
+            ),
+            demo: config.demo.clone().map(Arc::new),
         }
     }
 }
@@ -66,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/redeem", post(leases::redeem))
         .route("/v1/leases/{id}/events", get(events::stream))
         .route("/v1/calls", post(calls::event).get(calls::journal))
+        .route(
+            "/v1/listings/{listing}",
+            axum::routing::put(leases::put_listing).delete(leases::delete_listing),
+        )
         .route("/v1/telephony/twilio/voice", post(twilio::voice))
         .route("/v1/telephony/twilio/status", post(twilio::status))
         .route("/v1/tickets/redeem", post(tickets::redeem))
@@ -74,11 +93,14 @@ pub fn router(state: AppState) -> Router {
             get(tickets::show_pass).delete(tickets::revoke_pass),
         )
         .route("/v1/pools", get(ops::pools))
+        .route("/embed.js", get(site::embed_js))
+        .route("/demo", get(site::demo))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), site::cors))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(CatchPanicLayer::custom(|_| {

@@ -408,3 +408,10 @@ impl From<&TicketView> for TicketBody {
         }
     }
 }
+
+/// Where a listing's calls go.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListingBody {
+    pub target: String,
+}

@@ -15,6 +15,7 @@
 //! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R, T, P, G) + id (16 bytes) → empty.
 //!   Big-endian ticks make byte order time order: a range scan from `W` yields entries
 //!   earliest first.
+//! - `Q` + tenant + 0 + listing → where that listing's calls go (a target).
 //! - `M` + name → metadata (`Mformat` = the store format, checked on open).
 
 mod commit;
@@ -29,8 +30,8 @@ use std::path::Path;
 use thiserror::Error;
 
 use crate::core::{
-    CallKey, Due, Effect, LeaseId, PassId, PhoneNumber, PoolId, PoolSpec, ProgressKey, ReturnKey,
-    Snapshot, TicketEvent, TicketEventKind, TicketId, Timestamp,
+    CallKey, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, PoolSpec, ProgressKey, ReturnKey,
+    Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
 };
 
 const LEASE: u8 = b'L';
@@ -41,6 +42,7 @@ const TICKET: u8 = b'T';
 const PASS: u8 = b'P';
 const PROGRESS: u8 = b'G';
 const EVENT: u8 = b'E';
+const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
 const FORMAT_KEY: &[u8] = b"Mformat";
 const FORMAT: &[u8] = b"leaseline-store-1";
@@ -189,6 +191,18 @@ impl Store {
                 Err(e) => return Err(corrupt(e)),
             }
         }
+        for item in self.db.scan_prefix([LISTING]) {
+            let (k, v) = item?;
+            let bad = || StoreError::Corrupt("malformed listing key".into());
+            let (tenant, listing) = std::str::from_utf8(&k[1..])
+                .ok()
+                .and_then(|s| s.split_once('\0'))
+                .ok_or_else(bad)?;
+            let tenant = TenantId::parse(tenant).map_err(|_| bad())?;
+            let listing = ListingId::parse(listing).map_err(|_| bad())?;
+            let target = record::decode_target(&v).map_err(corrupt)?;
+            out.snapshot.listings.push((tenant, listing, target));
+        }
         for item in self.db.scan_prefix([PROGRESS]) {
             let (k, v) = item?;
             let key = progress_key_from(&k[1..])?;
@@ -259,6 +273,11 @@ impl Store {
                     record::encode_progress(p),
                 ),
                 Effect::DelProgress(k) => batch.remove(&prefixed(PROGRESS, &progress_id(k))[..]),
+                Effect::PutListing(t, l, target) => batch.insert(
+                    listing_key(t, l),
+                    record::encode_target(target),
+                ),
+                Effect::DelListing(t, l) => batch.remove(listing_key(t, l)),
                 Effect::TicketEvent(e) => {
                     let id = event_id(e);
                     batch.insert(
@@ -364,6 +383,14 @@ fn journal_bound(at: Timestamp) -> [u8; 25] {
     let mut k = [0u8; 25];
     k[0] = JOURNAL;
     k[1..9].copy_from_slice(&at.as_millis().to_be_bytes());
+    k
+}
+
+fn listing_key(t: &TenantId, l: &ListingId) -> Vec<u8> {
+    let mut k = vec![LISTING];
+    k.extend_from_slice(t.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(l.as_str().as_bytes());
     k
 }
 

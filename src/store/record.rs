@@ -491,3 +491,14 @@ pub fn decode_ticket_event(
         },
     })
 }
+
+// ---- listing targets -------------------------------------------------------------------
+
+pub fn encode_target(t: &Target) -> Vec<u8> {
+    wrap(&t.to_string())
+}
+
+pub fn decode_target(bytes: &[u8]) -> Result<Target, DecodeError> {
+    let s: String = unwrap("listing target", bytes)?;
+    Target::parse(&s).map_err(|e| invalid("listing target", e))
+}
