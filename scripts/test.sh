@@ -26,6 +26,14 @@ need_apt prometheus
 # Real SIP peers for the telephony tests: Kamailio (with http_client and json) and sipp.
 need_apt kamailio kamailio-utils-modules kamailio-json-modules sip-tester
 
+# A real browser for the drop-in script: Debian's Chromium, driven by playwright-core from npm
+# (no browser download: it uses /usr/bin/chromium).
+need_apt chromium
+command -v node >/dev/null && command -v npm >/dev/null || need_apt nodejs npm
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund
+fi
+
 # Tests that need an external program fail (rather than skip) when it is missing.
 export LEASELINE_REQUIRE_EXTERNAL=1
 

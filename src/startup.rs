@@ -126,8 +126,8 @@ impl Application {
             router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-            .await
-            .context("server error")?;
+        .await
+        .context("server error")?;
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         self.state

@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{check_pool, Auth, Need, Site, SiteOrPage};
-use super::site::ClientIp;
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
+use super::site::ClientIp;
 use super::wire::{AllocateBody, LeaseBody, ListingBody, RenewBody};
 use super::AppState;
 use crate::config::Role;

@@ -44,7 +44,14 @@ impl PageLimits {
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate-limited",
-                    format!("too many numbers asked for from this {}: try again in {retry} s", if limit == "page_ip" { "address" } else { "session" }),
+                    format!(
+                        "too many numbers asked for from this {}: try again in {retry} s",
+                        if limit == "page_ip" {
+                            "address"
+                        } else {
+                            "session"
+                        }
+                    ),
                 )
             }
         };
@@ -91,17 +98,24 @@ pub async fn cors(State(s): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|o| HeaderValue::from_str(o).ok());
     if req.method() == Method::OPTIONS {
         let Some(origin) = allowed else {
-            return ApiError::forbidden("this origin may not call Leaseline from a page").into_response();
+            return ApiError::forbidden("this origin may not call Leaseline from a page")
+                .into_response();
         };
         let mut res = StatusCode::NO_CONTENT.into_response();
         let h = res.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("authorization, content-type, last-event-id"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
         return res;
     }
@@ -121,7 +135,10 @@ pub async fn cors(State(s): State<AppState>, req: Request, next: Next) -> Respon
 pub async fn embed_js() -> Response {
     (
         [
-            (header::CONTENT_TYPE, "application/javascript; charset=utf-8"),
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
         EMBED_JS,

@@ -30,8 +30,8 @@ use std::path::Path;
 use thiserror::Error;
 
 use crate::core::{
-    CallKey, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, PoolSpec, ProgressKey, ReturnKey,
-    Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
+    CallKey, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, PoolSpec, ProgressKey,
+    ReturnKey, Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
 };
 
 const LEASE: u8 = b'L';
@@ -273,10 +273,9 @@ impl Store {
                     record::encode_progress(p),
                 ),
                 Effect::DelProgress(k) => batch.remove(&prefixed(PROGRESS, &progress_id(k))[..]),
-                Effect::PutListing(t, l, target) => batch.insert(
-                    listing_key(t, l),
-                    record::encode_target(target),
-                ),
+                Effect::PutListing(t, l, target) => {
+                    batch.insert(listing_key(t, l), record::encode_target(target))
+                }
                 Effect::DelListing(t, l) => batch.remove(listing_key(t, l)),
                 Effect::TicketEvent(e) => {
                     let id = event_id(e);
