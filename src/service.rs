@@ -164,6 +164,20 @@ impl Service {
             .and_then(|p| c.pool_spec(p).fallback.clone())
     }
 
+    /// Who a call would reach, decided as a `start` would, recording nothing.
+    pub fn attribute(
+        &self,
+        called: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        code: Option<crate::core::Code>,
+        at: Option<Timestamp>,
+    ) -> Result<(crate::core::Attribution, Option<String>), ServiceError> {
+        let core = self.lock()?;
+        let a = core.attribute(called, caller, code, at.unwrap_or_else(|| self.clock.now()));
+        let pool = a.pool.map(|p| core.pool_spec(p).name.clone());
+        Ok((a, pool))
+    }
+
     /// The name of the pool a called number (pool or shared number) belongs to.
     pub fn pool_of_number(&self, n: PhoneNumber) -> Option<String> {
         let core = self.lock().ok()?;

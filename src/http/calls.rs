@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::wire::{
     parse_time, CallEndAnswer, CallEventBody, CallStartAnswer, JournalBody, JournalParams,
-    JournalRow,
+    JournalRow, LookupParams,
 };
 use super::AppState;
 use crate::core::{CallId, CallStart, Code, Entropy, PhoneNumber, Timestamp};
@@ -171,4 +171,47 @@ pub async fn journal(
             "format: {other:?}; expected \"json\" or \"csv\""
         ))),
     }
+}
+
+/// Who a call placed now (or at `at`) would reach, without recording anything: for platforms
+/// that route first and report later, and for monitoring. Same answer as a `start`.
+pub async fn lookup(
+    State(s): State<AppState>,
+    Need(key, _): Need<Telephony>,
+    params: Result<Query<LookupParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CallStartAnswer>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text()))?;
+    let called = PhoneNumber::parse(&p.called).map_err(|e| invalid(format!("called: {e}")))?;
+    let caller = p
+        .caller
+        .as_deref()
+        .map(PhoneNumber::parse)
+        .transpose()
+        .map_err(|e| invalid(format!("caller: {e}")))?;
+    let code = p
+        .code
+        .as_deref()
+        .map(Code::parse)
+        .transpose()
+        .map_err(|e| invalid(format!("code: {e}")))?;
+    let at = p
+        .at
+        .as_deref()
+        .map(|t| parse_time("at", t))
+        .transpose()
+        .map_err(invalid)?;
+    if let Some(pool) = s.service.pool_of_number(called) {
+        check_pool(&key, &pool)?;
+    }
+    let (a, pool) = s.service.attribute(called, caller, code, at)?;
+    Ok(Json(CallStartAnswer {
+        call_id: String::new(),
+        attributed: a.reason.attributed(),
+        reason: a.reason.as_str(),
+        pool,
+        lease_id: a.lease.map(|l| l.to_string()),
+        target: a.target.as_ref().map(ToString::to_string),
+        listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
+        ticketing: None,
+    }))
 }

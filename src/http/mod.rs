@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/redeem", post(leases::redeem))
         .route("/v1/leases/{id}/events", get(events::stream))
         .route("/v1/calls", post(calls::event).get(calls::journal))
+        .route("/v1/attribution", get(calls::lookup))
         .route(
             "/v1/listings/{listing}",
             axum::routing::put(leases::put_listing).delete(leases::delete_listing),

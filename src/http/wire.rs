@@ -415,3 +415,12 @@ impl From<&TicketView> for TicketBody {
 pub struct ListingBody {
     pub target: String,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupParams {
+    pub called: String,
+    pub caller: Option<String>,
+    pub code: Option<String>,
+    pub at: Option<String>,
+}
