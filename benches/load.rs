@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use leaseline::config::Config;
-use leaseline::core::{AllocateRequest, Allocator, LeaseId, PoolId, SessionId, TenantId, Timestamp};
+use leaseline::core::{
+    AllocateRequest, Allocator, LeaseId, PoolId, SessionId, TenantId, Timestamp,
+};
 use leaseline::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,7 +35,11 @@ fn sha(token: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process killed when dropped.
@@ -125,13 +131,18 @@ fn start_leaseline(config: &Path) -> (Proc, String, Duration) {
             if sent {
                 continue;
             }
-            if let Some(a) = serde_json::from_str::<serde_json::Value>(&l).ok().and_then(|v| v["fields"]["addr"].as_str().map(str::to_owned)) {
+            if let Some(a) = serde_json::from_str::<serde_json::Value>(&l)
+                .ok()
+                .and_then(|v| v["fields"]["addr"].as_str().map(str::to_owned))
+            {
                 let _ = tx.send(a);
                 sent = true;
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(300)).expect("leaseline reports its address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(300))
+        .expect("leaseline reports its address");
     let proc = Proc(child);
     loop {
         if ureq::get(&format!("http://{addr}/readyz")).call().is_ok() {
@@ -152,7 +163,10 @@ impl Http {
     async fn connect(addr: &str) -> Http {
         let s = TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();
-        Http { s, buf: Vec::with_capacity(4096) }
+        Http {
+            s,
+            buf: Vec::with_capacity(4096),
+        }
     }
 
     async fn send(&mut self, req: &[u8]) -> u16 {
@@ -164,7 +178,11 @@ impl Http {
                 let status: u16 = head[9..12].parse().unwrap();
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap_or(0);
                 while self.buf.len() < end + 4 + len {
                     self.read().await;
@@ -226,7 +244,11 @@ impl Redis {
     async fn connect(port: u16) -> Redis {
         let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         s.set_nodelay(true).unwrap();
-        Redis { s, buf: Vec::new(), pos: 0 }
+        Redis {
+            s,
+            buf: Vec::new(),
+            pos: 0,
+        }
     }
 
     fn encode(args: &[&[u8]]) -> Vec<u8> {
@@ -314,11 +336,32 @@ impl Redis {
 
 fn start_redis(dir: &Path, port: u16, fsync: &str, aof: bool) -> Proc {
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
-        .args(["--appendonly", if aof { "yes" } else { "no" }, "--appendfsync", fsync])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ])
+        .args([
+            "--appendonly",
+            if aof { "yes" } else { "no" },
+            "--appendfsync",
+            fsync,
+        ])
         .arg("--dir")
         .arg(dir)
-        .args(["--dbfilename", "dump.rdb", "--protected-mode", "yes", "--logfile", ""])
+        .args([
+            "--dbfilename",
+            "dump.rdb",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            "",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -331,7 +374,11 @@ async fn redis_ready(port: u16) -> Redis {
     loop {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
             s.set_nodelay(true).unwrap();
-            let mut r = Redis { s, buf: Vec::new(), pos: 0 };
+            let mut r = Redis {
+                s,
+                buf: Vec::new(),
+                pos: 0,
+            };
             loop {
                 match r.cmd(&[b"PING"]).await {
                     Reply::Ok => return r,
@@ -374,7 +421,11 @@ async fn drive<C, F>(clients: usize, secs: f64, connect: impl Fn(usize) -> C, op
 where
     C: std::future::Future,
     C::Output: Send + 'static,
-    F: Fn(&mut C::Output, usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+    F: Fn(
+            &mut C::Output,
+            usize,
+            u64,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
         + Send
         + Sync
         + Copy
@@ -444,7 +495,9 @@ async fn leaseline_lookup(addr: &str, clients: usize, secs: f64, leased: u64) ->
         move |h: &mut Http, c, i| {
             Box::pin(async move {
                 let n = FIRST + (c as u64 * 7919 + i * 104_729) % leased;
-                let st = h.send(&get(&format!("/v1/attribution?called=%2B{n}"), TEL)).await;
+                let st = h
+                    .send(&get(&format!("/v1/attribution?called=%2B{n}"), TEL))
+                    .await;
                 assert_eq!(st, 200);
             })
         },
@@ -463,7 +516,16 @@ async fn redis_alloc(port: u16, sha: Vec<u8>, clients: usize, secs: f64) -> Cell
                 let session = format!("s-{c}-{i}");
                 let expires = (1_800_000_000_000u64 + i).to_string();
                 let rep = r
-                    .cmd(&[b"EVALSHA", sha, b"3", b"free", b"leases", b"expiry", session.as_bytes(), expires.as_bytes()])
+                    .cmd(&[
+                        b"EVALSHA",
+                        sha,
+                        b"3",
+                        b"free",
+                        b"leases",
+                        b"expiry",
+                        session.as_bytes(),
+                        expires.as_bytes(),
+                    ])
                     .await;
                 assert!(matches!(rep, Reply::Bulk(Some(_))), "{rep:?}");
             })
@@ -504,6 +566,30 @@ fn ratio(what: &str, clients: usize, ours: Cell, peer: Cell) {
     );
 }
 
+/// (flushes, mean ms per flush, mean writes per flush) from the server's own metrics.
+fn flush_stats(addr: &str) -> (f64, f64, f64) {
+    let text = ureq::get(&format!("http://{addr}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let val = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let n = val("leaseline_store_flush_duration_seconds_count");
+    (
+        n,
+        val("leaseline_store_flush_duration_seconds_sum") / n.max(1.0) * 1000.0,
+        val("leaseline_store_flush_batch_size_sum")
+            / val("leaseline_store_flush_batch_size_count").max(1.0),
+    )
+}
+
 // ---- recovery and memory -------------------------------------------------------------
 
 /// Writes `n` live leases straight into a store, as a running Leaseline would have (in
@@ -512,11 +598,19 @@ fn fill_store(config_path: &Path, n: u64) {
     let config = Config::load(config_path).unwrap();
     let specs: Vec<_> = config.pools.iter().map(|p| p.spec.clone()).collect();
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
-    let store = Store::open(&config.server.data_dir, config.server.cache_capacity, &specs).unwrap();
+    let store = Store::open(
+        &config.server.data_dir,
+        config.server.cache_capacity,
+        &specs,
+    )
+    .unwrap();
     let mut core = Allocator::new(specs).unwrap();
     let tenant = TenantId::parse("site").unwrap();
     let now = Timestamp::from_millis(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
     );
     for i in 0..n {
         let mut id = [0u8; 16];
@@ -551,15 +645,28 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if benching { 1_000_000 } else { 10_000 });
-    if Command::new("redis-server").arg("--version").output().is_err() {
-        assert!(!benching && std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(), "redis-server is not installed");
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !benching && std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(),
+            "redis-server is not installed"
+        );
         eprintln!("SKIPPED: redis-server is not installed (scripts/test.sh installs it)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned)))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        })
         .unwrap_or_default();
     println!(
         "Leaseline vs Redis {}, {} cores ({machine}), {secs} s per cell, closed-loop clients on 127.0.0.1",
@@ -577,12 +684,21 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     // Leaseline, group commit.
     let lcfg = dir.path().join("leaseline.toml");
-    std::fs::write(&lcfg, leaseline_config(&dir.path().join("ll"), POOL, "group")).unwrap();
+    std::fs::write(
+        &lcfg,
+        leaseline_config(&dir.path().join("ll"), POOL, "group"),
+    )
+    .unwrap();
     let (ll, addr, _) = start_leaseline(&lcfg);
     // Redis, both fsync settings, each fresh with the same free set.
     let mut results = Vec::new();
     for clients in [1usize, 50] {
-        let ours_alloc = rt.block_on(leaseline_alloc(&addr, clients, secs, if clients == 1 { "a" } else { "b" }));
+        let ours_alloc = rt.block_on(leaseline_alloc(
+            &addr,
+            clients,
+            secs,
+            if clients == 1 { "a" } else { "b" },
+        ));
         let mut peers = Vec::new();
         for fsync in ["always", "everysec"] {
             let rdir = dir.path().join(format!("redis-{fsync}-{clients}"));
@@ -607,24 +723,52 @@ fn main() {
     for clients in [1usize, 50] {
         lookups.push(rt.block_on(leaseline_lookup(&addr, clients, secs, 10_000)));
     }
+    let flushes = flush_stats(&addr);
     drop(ll);
     for ((clients, ours, peers), ours_lookup) in results.iter().zip(&lookups) {
         let clients = *clients;
-        row("Leaseline durable allocation (group commit)", clients, *ours);
+        row(
+            "Leaseline durable allocation (group commit)",
+            clients,
+            *ours,
+        );
         for (fsync, (alloc, _)) in peers {
-            row(&format!("Redis allocation, appendfsync {fsync}"), clients, *alloc);
+            row(
+                &format!("Redis allocation, appendfsync {fsync}"),
+                clients,
+                *alloc,
+            );
         }
         for (fsync, (alloc, _)) in peers {
             ratio(&format!("Redis {fsync}"), clients, *ours, *alloc);
         }
-        row("Leaseline attribution lookup (GET /v1/attribution)", clients, *ours_lookup);
+        row(
+            "Leaseline attribution lookup (GET /v1/attribution)",
+            clients,
+            *ours_lookup,
+        );
         for (fsync, (_, lookup)) in peers {
-            row(&format!("Redis HGET, appendfsync {fsync}"), clients, *lookup);
+            row(
+                &format!("Redis HGET, appendfsync {fsync}"),
+                clients,
+                *lookup,
+            );
         }
         for (fsync, (_, lookup)) in peers {
-            ratio(&format!("Redis HGET {fsync}"), clients, *ours_lookup, *lookup);
+            ratio(
+                &format!("Redis HGET {fsync}"),
+                clients,
+                *ours_lookup,
+                *lookup,
+            );
         }
     }
+
+    println!();
+    println!(
+        "Leaseline's flushes over the allocation cells: {:.0} flushes, {:.2} ms each on average, {:.1} writes per flush.",
+        flushes.0, flushes.1, flushes.2
+    );
 
     // Group commit against a flush per request, 50 clients.
     println!();
@@ -633,13 +777,20 @@ fn main() {
     let mut modes = Vec::new();
     for commit in ["group", "per_request"] {
         let cfg = dir.path().join(format!("{commit}.toml"));
-        std::fs::write(&cfg, leaseline_config(&dir.path().join(commit), POOL, commit)).unwrap();
+        std::fs::write(
+            &cfg,
+            leaseline_config(&dir.path().join(commit), POOL, commit),
+        )
+        .unwrap();
         let (_p, addr, _) = start_leaseline(&cfg);
         let cell = rt.block_on(leaseline_alloc(&addr, 50, secs, "m"));
         row(commit, 50, cell);
         modes.push(cell);
     }
-    println!("| **ratio group / per_request** | 50 | **{:.2}x** | | | |", modes[0].per_sec / modes[1].per_sec);
+    println!(
+        "| **ratio group / per_request** | 50 | **{:.2}x** | | | |",
+        modes[0].per_sec / modes[1].per_sec
+    );
 
     // Restart, memory and disk with `fill` live leases.
     println!();
@@ -658,7 +809,11 @@ fn main() {
         .unwrap()
         .into_json()
         .unwrap();
-    assert_eq!(pools["pools"][0]["leased"].as_u64(), Some(fill), "every lease is served");
+    assert_eq!(
+        pools["pools"][0]["leased"].as_u64(),
+        Some(fill),
+        "every lease is served"
+    );
     let (ll_rss, ll_disk) = (p.rss_kib(), dir_size(&data));
     drop(p);
     // Redis: the same leases as hash + sorted set, saved to RDB, then a restart from it.
@@ -673,8 +828,18 @@ fn main() {
             for i in 0..fill {
                 let n = format!("+{}", FIRST + i);
                 let v = format!("visitor-{i}|site|1800000000000");
-                cmds.push(Redis::encode(&[b"HSET", b"leases", n.as_bytes(), v.as_bytes()]));
-                cmds.push(Redis::encode(&[b"ZADD", b"expiry", b"1800000000000", n.as_bytes()]));
+                cmds.push(Redis::encode(&[
+                    b"HSET",
+                    b"leases",
+                    n.as_bytes(),
+                    v.as_bytes(),
+                ]));
+                cmds.push(Redis::encode(&[
+                    b"ZADD",
+                    b"expiry",
+                    b"1800000000000",
+                    n.as_bytes(),
+                ]));
                 if cmds.len() >= 2000 {
                     r.pipeline(&cmds).await;
                     cmds.clear();
@@ -691,8 +856,18 @@ fn main() {
         (ready, redis.rss_kib(), dir_size(&rdir))
     };
     let mib = |k: u64| k as f64 / 1024.0;
-    println!("| Leaseline (sled) | {:.2} | {:.0} | {:.0} |", ready.as_secs_f64(), mib(ll_rss), ll_disk as f64 / 1048576.0);
-    println!("| Redis (RDB) | {:.2} | {:.0} | {:.0} |", r_ready.as_secs_f64(), mib(r_rss), r_disk as f64 / 1048576.0);
+    println!(
+        "| Leaseline (sled) | {:.2} | {:.0} | {:.0} |",
+        ready.as_secs_f64(),
+        mib(ll_rss),
+        ll_disk as f64 / 1048576.0
+    );
+    println!(
+        "| Redis (RDB) | {:.2} | {:.0} | {:.0} |",
+        r_ready.as_secs_f64(),
+        mib(r_rss),
+        r_disk as f64 / 1048576.0
+    );
     println!(
         "| **ratio Leaseline / Redis** | **{:.2}x** | **{:.2}x** | {:.2}x |",
         ready.as_secs_f64() / r_ready.as_secs_f64(),

@@ -528,16 +528,18 @@ impl Service {
             let seq = if effects.is_empty() {
                 None
             } else {
-                if let Err(e) = self.store.apply(&effects) {
-                    self.failed.store(true, Ordering::Release);
-                    self.metrics
-                        .store_failures
-                        .with_label_values(&["write"])
-                        .inc();
-                    tracing::error!(error = %e, "store write failed; serving nothing until restart");
-                    return Err(e.into());
+                match self.commit.submit(effects) {
+                    Ok(seq) => Some(seq),
+                    Err(e) => {
+                        self.failed.store(true, Ordering::Release);
+                        self.metrics
+                            .store_failures
+                            .with_label_values(&["write"])
+                            .inc();
+                        tracing::error!(error = %e, "store write failed; serving nothing until restart");
+                        return Err(e.into());
+                    }
                 }
-                Some(self.commit.record_write())
             };
             let notices = self.describe(&core, notices);
             (res, seq, notices)

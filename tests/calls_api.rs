@@ -249,7 +249,10 @@ async fn a_lookup_answers_like_a_start_but_records_nothing() {
     let app = TestApp::new().await;
     let l = lease(&app, json!({})).await;
     let number = l["number"].as_str().unwrap();
-    let q = format!("/v1/attribution?called={}&caller=%2B41791111111", number.replace('+', "%2B"));
+    let q = format!(
+        "/v1/attribution?called={}&caller=%2B41791111111",
+        number.replace('+', "%2B")
+    );
     let r = app.call("GET", &q, Some(TELEPHONY), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["reason"], "active");
@@ -257,7 +260,14 @@ async fn a_lookup_answers_like_a_start_but_records_nothing() {
     assert_eq!(r.json["target"], "+41790000000");
     let journal = app.call("GET", "/v1/calls", Some(ADMIN), None).await;
     assert_eq!(journal.json["calls"].as_array().unwrap().len(), 0);
-    let shown = app.call("GET", &format!("/v1/leases/{}", l["lease_id"].as_str().unwrap()), None, None).await;
+    let shown = app
+        .call(
+            "GET",
+            &format!("/v1/leases/{}", l["lease_id"].as_str().unwrap()),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(shown.json["calls"], 0);
     app.call("GET", "/v1/attribution?called=12", Some(TELEPHONY), None)
         .await

@@ -180,7 +180,8 @@ pub async fn lookup(
     Need(key, _): Need<Telephony>,
     params: Result<Query<LookupParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CallStartAnswer>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text()))?;
+    let Query(p) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text()))?;
     let called = PhoneNumber::parse(&p.called).map_err(|e| invalid(format!("called: {e}")))?;
     let caller = p
         .caller
@@ -194,12 +195,11 @@ pub async fn lookup(
         .map(Code::parse)
         .transpose()
         .map_err(|e| invalid(format!("code: {e}")))?;
-    let at = p
-        .at
-        .as_deref()
-        .map(|t| parse_time("at", t))
-        .transpose()
-        .map_err(invalid)?;
+    let at =
+        p.at.as_deref()
+            .map(|t| parse_time("at", t))
+            .transpose()
+            .map_err(invalid)?;
     if let Some(pool) = s.service.pool_of_number(called) {
         check_pool(&key, &pool)?;
     }

@@ -1,31 +1,42 @@
-//! Group commit: a write is acknowledged only once a flush that started after it has finished.
-//! Writers that arrive while a flush is running share the next one, so durability costs one
-//! fsync per batch, not per request.
+//! Group commit: a write is acknowledged only once it is on disk. Writers queue their effects
+//! (under the core's lock, so in the core's order); one flusher takes everything queued,
+//! writes it to sled as a single batch, flushes, and releases every writer it covered. Writers
+//! arriving during a flush share the next one: durability costs one batch and one fsync per
+//! group, not per request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
 use super::{Store, StoreError};
 use crate::config::CommitMode;
+use crate::core::Effect;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Durable {
     /// Every write numbered up to this one is on disk.
     upto: u64,
-    /// A flush failed: nothing after `upto` can be promised until the process restarts.
+    /// A write or flush failed: nothing after `upto` can be promised until the process restarts.
     failed: bool,
+}
+
+/// Effects submitted but not yet written (one group per operation), and the number of the
+/// last submission.
+#[derive(Default)]
+struct Queue {
+    groups: Vec<Vec<Effect>>,
+    last: u64,
 }
 
 pub struct Committer {
     store: Arc<Store>,
     mode: CommitMode,
     metrics: Arc<Metrics>,
-    /// Number of the last write applied to the store (assigned under the core's lock, so
-    /// numbers follow the store's own order).
+    queue: Mutex<Queue>,
+    /// Per-request mode numbers writes here (they are applied at once, not queued).
     written: AtomicU64,
     durable: watch::Sender<Durable>,
     /// Wakes the flusher; shared with it so that dropping the committer can wake it to exit.
@@ -39,6 +50,7 @@ impl Committer {
             store,
             mode,
             metrics,
+            queue: Mutex::new(Queue::default()),
             written: AtomicU64::new(0),
             durable: watch::channel(Durable::default()).0,
             kick: Arc::new(Notify::new()),
@@ -51,22 +63,36 @@ impl Committer {
         c
     }
 
-    /// Numbers a write just applied to the store; call it right after `Store::apply`, under
-    /// the same lock.
-    pub fn record_write(&self) -> u64 {
-        self.written.fetch_add(1, Ordering::AcqRel) + 1
+    /// Hands over one operation's effects; call it under the core's lock, so submissions keep
+    /// the core's order. Returns the number to wait for with [`Committer::durable`].
+    pub fn submit(&self, effects: Vec<Effect>) -> Result<u64, StoreError> {
+        if self.durable.borrow().failed {
+            return Err(StoreError::Failed("an earlier write failed".into()));
+        }
+        match self.mode {
+            CommitMode::PerRequest => {
+                self.store.apply(&effects)?;
+                Ok(self.written.fetch_add(1, Ordering::AcqRel) + 1)
+            }
+            CommitMode::Group => {
+                let mut q = self.queue.lock().expect("queue lock");
+                q.groups.push(effects);
+                q.last += 1;
+                Ok(q.last)
+            }
+        }
     }
 
-    /// Waits until write `seq` is on disk.
+    /// Waits until submission `seq` is on disk.
     pub async fn durable(&self, seq: u64) -> Result<(), StoreError> {
         if self.mode == CommitMode::PerRequest {
             let started = Instant::now();
             let store = Arc::clone(&self.store);
-            let res = tokio::task::spawn_blocking(move || store.flush())
+            let res = tokio::task::spawn_blocking(move || store.flush().map(drop))
                 .await
                 .map_err(|e| StoreError::Failed(e.to_string()))?;
             self.observe(started, 1, &res);
-            return res.map(drop);
+            return res;
         }
         let mut rx = self.durable.subscribe();
         self.kick.notify_one();
@@ -77,16 +103,22 @@ impl Committer {
         if d.upto >= seq {
             Ok(())
         } else {
-            Err(StoreError::Failed("a flush to disk failed".into()))
+            Err(StoreError::Failed("a write to disk failed".into()))
         }
     }
 
-    /// Makes everything written so far durable, now (used at shutdown).
+    /// Writes and flushes everything submitted so far, now (used at shutdown).
     pub fn flush_now(&self) -> Result<(), StoreError> {
-        let target = self.written.load(Ordering::Acquire);
+        let (groups, last) = self.take();
+        self.store.apply_groups(&groups)?;
         self.store.flush()?;
-        self.durable.send_modify(|d| d.upto = d.upto.max(target));
+        self.durable.send_modify(|d| d.upto = d.upto.max(last));
         Ok(())
+    }
+
+    fn take(&self) -> (Vec<Vec<Effect>>, u64) {
+        let mut q = self.queue.lock().expect("queue lock");
+        (std::mem::take(&mut q.groups), q.last)
     }
 
     async fn flusher(this: Weak<Committer>, kick: Arc<Notify>) {
@@ -95,36 +127,44 @@ impl Committer {
             let Some(this) = this.upgrade() else {
                 return;
             };
-            this.flush_pending().await;
+            this.commit_pending().await;
         }
     }
 
-    /// Flushes until everything written so far is durable (or a flush fails).
-    async fn flush_pending(&self) {
+    /// Writes and flushes until everything submitted so far is durable (or a write fails).
+    async fn commit_pending(&self) {
         loop {
-            let target = self.written.load(Ordering::Acquire);
             let done = *self.durable.borrow();
-            if target <= done.upto || done.failed {
+            if done.failed {
+                return;
+            }
+            let (groups, last) = self.take();
+            if last <= done.upto {
                 return;
             }
             let started = Instant::now();
             let store = Arc::clone(&self.store);
-            let res = match tokio::task::spawn_blocking(move || store.flush()).await {
+            let res = match tokio::task::spawn_blocking(move || {
+                store.apply_groups(&groups)?;
+                store.flush().map(drop)
+            })
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => Err(StoreError::Failed(e.to_string())),
             };
-            self.observe(started, target - done.upto, &res);
+            self.observe(started, last - done.upto, &res);
             match res {
-                Ok(_) => self.durable.send_modify(|d| d.upto = d.upto.max(target)),
+                Ok(()) => self.durable.send_modify(|d| d.upto = d.upto.max(last)),
                 Err(e) => {
-                    tracing::error!(error = %e, "flush failed; acknowledging no more writes");
+                    tracing::error!(error = %e, "write to disk failed; acknowledging no more writes");
                     self.durable.send_modify(|d| d.failed = true);
                 }
             }
         }
     }
 
-    fn observe(&self, started: Instant, batch: u64, res: &Result<usize, StoreError>) {
+    fn observe(&self, started: Instant, batch: u64, res: &Result<(), StoreError>) {
         self.metrics
             .flush_duration
             .observe(started.elapsed().as_secs_f64());

@@ -245,6 +245,33 @@ impl Store {
     /// [`Committer`]).
     pub fn apply(&self, effects: &[Effect]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        self.add_to(&mut batch, effects);
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Writes the effects of many operations, in order, in as few batches as sled handles well.
+    /// A batch only ever ends between two operations, so each operation stays atomic.
+    pub fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
+        /// Past this many effects a batch is written and a new one started.
+        const BATCH: usize = 4096;
+        let mut batch = sled::Batch::default();
+        let mut size = 0;
+        for g in groups {
+            self.add_to(&mut batch, g);
+            size += g.len();
+            if size >= BATCH {
+                self.db.apply_batch(std::mem::take(&mut batch))?;
+                size = 0;
+            }
+        }
+        if size > 0 {
+            self.db.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn add_to(&self, batch: &mut sled::Batch, effects: &[Effect]) {
         let name = |p: PoolId| self.pool_names[p.0 as usize].as_str();
         for e in effects {
             match e {
@@ -293,8 +320,6 @@ impl Store {
                 Effect::DelWheel(t, due) => batch.remove(&wheel_key(*t, due)[..]),
             }
         }
-        self.db.apply_batch(batch)?;
-        Ok(())
     }
 
     /// One page of the call journal, newest first.
