@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use leaseline::clock::SystemClock;
+use leaseline::clock::SteadyClock;
 use leaseline::config::{fmt_duration, Config, LogFormat, TariffUnit};
 use leaseline::core::OnExhausted;
 use leaseline::startup::{shutdown_signal, Application};
@@ -247,7 +247,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let app = Application::build(&config, Arc::new(SystemClock)).await?;
+        let app = Application::build(&config, Arc::new(SteadyClock::start())).await?;
         app.run_until_stopped(shutdown_signal()).await
     });
     match result {

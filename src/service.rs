@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Entropy,
     Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Pass, PassId, PhoneNumber, PoolId,
-    PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
+    PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Store, StoreError};
@@ -90,6 +90,8 @@ const EVENT_BACKLOG: usize = 64;
 
 pub struct Service {
     core: Mutex<Allocator>,
+    /// The pools, to rebuild the core from disk after a storage failure.
+    specs: Vec<PoolSpec>,
     store: Arc<Store>,
     commit: Arc<Committer>,
     clock: Arc<dyn Clock>,
@@ -105,6 +107,7 @@ pub struct Service {
 impl Service {
     pub fn new(
         core: Allocator,
+        specs: Vec<PoolSpec>,
         store: Arc<Store>,
         commit: Arc<Committer>,
         clock: Arc<dyn Clock>,
@@ -116,6 +119,7 @@ impl Service {
         }
         Service {
             core: Mutex::new(core),
+            specs,
             store,
             commit,
             clock,
@@ -418,6 +422,9 @@ impl Service {
     /// Fires what the wheel holds due now. The tick task calls this about once a second;
     /// tests call it after moving their clock.
     pub async fn tick(&self) -> Result<(), ServiceError> {
+        if self.failed.load(Ordering::Acquire) && !self.heal().await? {
+            return Err(ServiceError::Unavailable);
+        }
         let (pending, lag) = self
             .write(|core, now| {
                 core.tick(now);
@@ -427,7 +434,31 @@ impl Service {
             .await?;
         self.metrics.wheel_pending.set(pending as i64);
         self.metrics.wheel_lag.set((lag * TICK_MS) as f64 / 1000.0);
+        self.store.set_watermark(self.clock.now());
         Ok(())
+    }
+
+    /// After a failed write: once the disk takes writes again, rebuilds the state from what
+    /// is on disk (only unacknowledged changes can be lost) and serves again. True if healed.
+    pub async fn heal(&self) -> Result<bool, ServiceError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let commit = Arc::clone(&self.commit);
+        let probe = tokio::task::spawn_blocking(move || commit.probe()).await;
+        if !matches!(probe, Ok(Ok(()))) {
+            return Ok(false);
+        }
+        let snapshot = self.store.load()?.snapshot;
+        let core = Allocator::restore(self.specs.clone(), snapshot)?;
+        let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = core;
+        self.core.clear_poison();
+        self.commit.reset();
+        self.failed.store(false, Ordering::Release);
+        drop(guard);
+        tracing::warn!("storage works again: state reloaded from disk, serving again");
+        Ok(true)
     }
 
     pub fn pools(&self) -> Result<Vec<PoolView>, ServiceError> {
@@ -443,6 +474,9 @@ impl Service {
 
     /// Ready when the store works and the wheel is at most two ticks behind the clock.
     pub fn ready(&self) -> Result<(), String> {
+        if let Some(d) = self.commit.writing_for().filter(|d| d.as_secs() >= 2) {
+            return Err(format!("a write to disk has been stuck for {} s", d.as_secs()));
+        }
         let core = self.lock().map_err(|e| e.to_string())?;
         let (_, done) = core.wheel_status();
         let lag = self.clock.now().tick_floor().saturating_sub(done);

@@ -16,28 +16,26 @@ use crate::core::{Allocator, PoolSpec, TICK_MS};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::service::Service;
-use crate::store::{Committer, Store};
+use crate::store::{Backend, Committer, Store};
 
 /// Opens the store, rebuilds the core from it and fires whatever fell due while stopped.
 pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
+    build_state_with(config, clock, |store| store).await
+}
+
+/// As [`build_state`], writing through the backend `wrap` makes of the store (tests inject
+/// faults this way).
+pub async fn build_state_with(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    wrap: impl FnOnce(Arc<Store>) -> Arc<dyn Backend>,
+) -> anyhow::Result<AppState> {
     let specs: Vec<PoolSpec> = config.pools.iter().map(|p| p.spec.clone()).collect();
-    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-        format!(
-            "cannot create data_dir {}",
-            config.server.data_dir.display()
-        )
-    })?;
-    let store = Store::open(
-        &config.server.data_dir,
-        config.server.cache_capacity,
-        &specs,
-    )
-    .with_context(|| {
-        format!(
-            "cannot open the store in {}",
-            config.server.data_dir.display()
-        )
-    })?;
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+    let store = Store::open(dir, config.server.cache_capacity, &specs)
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
     let recovered = store.load().context("cannot read the store")?;
     if recovered.orphans > 0 {
         tracing::warn!(
@@ -45,18 +43,30 @@ pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
             "lease records of pools no longer configured are kept on disk but not served"
         );
     }
+    // Time never runs backwards across a restart: a wall clock stepped back while stopped
+    // would otherwise bring expired leases back to life.
+    if let Some(mark) = store.watermark() {
+        if clock.now() < mark {
+            tracing::warn!(
+                behind_ms = mark.since(clock.now()).as_millis() as u64,
+                "the wall clock is behind the last time Leaseline ran; counting from that time"
+            );
+            clock.raise_to(mark);
+        }
+    }
     let leases = recovered.snapshot.leases.len();
-    let core = Allocator::restore(specs, recovered.snapshot)
+    let core = Allocator::restore(specs.clone(), recovered.snapshot)
         .context("the store's contents are inconsistent")?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(store);
     let commit = Committer::start(
-        Arc::clone(&store),
+        wrap(Arc::clone(&store)),
         config.server.commit,
         Arc::clone(&metrics),
     );
     let service = Arc::new(Service::new(
         core,
+        specs,
         store,
         commit,
         clock,

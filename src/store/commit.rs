@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
-use super::{Store, StoreError};
+use super::{Backend, StoreError};
 use crate::config::CommitMode;
 use crate::core::Effect;
 use crate::metrics::Metrics;
@@ -32,7 +32,7 @@ struct Queue {
 }
 
 pub struct Committer {
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     mode: CommitMode,
     metrics: Arc<Metrics>,
     queue: Mutex<Queue>,
@@ -41,11 +41,14 @@ pub struct Committer {
     durable: watch::Sender<Durable>,
     /// Wakes the flusher; shared with it so that dropping the committer can wake it to exit.
     kick: Arc<Notify>,
+    /// When the write in progress started (ms since the Unix epoch, by the system clock), or 0:
+    /// a write stuck for long makes the service unready.
+    writing_since: AtomicU64,
 }
 
 impl Committer {
     /// Starts the flusher task on the current tokio runtime.
-    pub fn start(store: Arc<Store>, mode: CommitMode, metrics: Arc<Metrics>) -> Arc<Committer> {
+    pub fn start(store: Arc<dyn Backend>, mode: CommitMode, metrics: Arc<Metrics>) -> Arc<Committer> {
         let c = Arc::new(Committer {
             store,
             mode,
@@ -54,6 +57,7 @@ impl Committer {
             written: AtomicU64::new(0),
             durable: watch::channel(Durable::default()).0,
             kick: Arc::new(Notify::new()),
+            writing_since: AtomicU64::new(0),
         });
         if mode == CommitMode::Group {
             // The flusher holds the committer weakly: once the service lets go of it, the store
@@ -71,7 +75,7 @@ impl Committer {
         }
         match self.mode {
             CommitMode::PerRequest => {
-                self.store.apply(&effects)?;
+                self.store.apply_groups(std::slice::from_ref(&effects))?;
                 Ok(self.written.fetch_add(1, Ordering::AcqRel) + 1)
             }
             CommitMode::Group => {
@@ -88,7 +92,7 @@ impl Committer {
         if self.mode == CommitMode::PerRequest {
             let started = Instant::now();
             let store = Arc::clone(&self.store);
-            let res = tokio::task::spawn_blocking(move || store.flush().map(drop))
+            let res = tokio::task::spawn_blocking(move || store.flush())
                 .await
                 .map_err(|e| StoreError::Failed(e.to_string()))?;
             self.observe(started, 1, &res);
@@ -114,6 +118,37 @@ impl Committer {
         self.store.flush()?;
         self.durable.send_modify(|d| d.upto = d.upto.max(last));
         Ok(())
+    }
+
+    /// How long the write in progress has been running, if one is.
+    pub fn writing_for(&self) -> Option<std::time::Duration> {
+        match self.writing_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(std::time::Duration::from_millis(wall_ms().saturating_sub(since))),
+        }
+    }
+
+    /// Whether a write failed (and nothing more is acknowledged).
+    pub fn failed(&self) -> bool {
+        self.durable.borrow().failed
+    }
+
+    /// After a failure, once the service has reloaded its state from disk: forget what was
+    /// queued (none of it was acknowledged) and accept writes again.
+    pub fn reset(&self) {
+        let mut q = self.queue.lock().expect("queue lock");
+        q.groups.clear();
+        let last = q.last.max(self.written.load(Ordering::Acquire));
+        self.durable.send_modify(|d| {
+            d.upto = last;
+            d.failed = false;
+        });
+    }
+
+    /// Checks that the backend takes a write and a flush again.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.store.apply_groups(&[])?;
+        self.store.flush()
     }
 
     fn take(&self) -> (Vec<Vec<Effect>>, u64) {
@@ -143,16 +178,18 @@ impl Committer {
                 return;
             }
             let started = Instant::now();
+            self.writing_since.store(wall_ms(), Ordering::Release);
             let store = Arc::clone(&self.store);
             let res = match tokio::task::spawn_blocking(move || {
                 store.apply_groups(&groups)?;
-                store.flush().map(drop)
+                store.flush()
             })
             .await
             {
                 Ok(r) => r,
                 Err(e) => Err(StoreError::Failed(e.to_string())),
             };
+            self.writing_since.store(0, Ordering::Release);
             self.observe(started, last - done.upto, &res);
             match res {
                 Ok(()) => self.durable.send_modify(|d| d.upto = d.upto.max(last)),
@@ -183,4 +220,10 @@ impl Drop for Committer {
         // Let the flusher notice it has nothing left to serve.
         self.kick.notify_one();
     }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -19,9 +19,11 @@
 //! - `M` + name → metadata (`Mformat` = the store format, checked on open).
 
 mod commit;
+mod faults;
 mod record;
 
 pub use commit::Committer;
+pub use faults::{Fault, Faulty};
 pub use record::{CallRow, TicketRow};
 
 use std::collections::HashMap;
@@ -45,6 +47,7 @@ const EVENT: u8 = b'E';
 const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
 const FORMAT_KEY: &[u8] = b"Mformat";
+const WATERMARK_KEY: &[u8] = b"Mnow";
 const FORMAT: &[u8] = b"leaseline-store-1";
 
 #[derive(Debug, Error)]
@@ -104,6 +107,24 @@ pub struct JournalQuery {
     /// Continue after this cursor (from a previous page).
     pub cursor: Option<String>,
     pub limit: usize,
+}
+
+/// What the committer writes through: the store itself, or a wrapper that injects faults.
+pub trait Backend: Send + Sync + 'static {
+    /// Writes many operations' effects, each operation atomically, in order.
+    fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+impl Backend for Store {
+    fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
+        Store::apply_groups(self, groups)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Store::flush(self).map(drop)
+    }
 }
 
 pub struct Store {
@@ -376,6 +397,18 @@ impl Store {
     /// Makes every write applied so far durable; returns the bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
         Ok(self.db.flush()?)
+    }
+
+    /// The last instant a running Leaseline recorded (see `set_watermark`).
+    pub fn watermark(&self) -> Option<Timestamp> {
+        let v = self.db.get(WATERMARK_KEY).ok()??;
+        Some(Timestamp::from_millis(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
+    }
+
+    /// Records how far time has got; made durable by the next flush. At start-up, a wall
+    /// clock behind it is not trusted.
+    pub fn set_watermark(&self, now: Timestamp) {
+        let _ = self.db.insert(WATERMARK_KEY, &now.as_millis().to_be_bytes());
     }
 
     pub fn size_on_disk(&self) -> u64 {

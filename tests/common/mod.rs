@@ -107,10 +107,34 @@ impl TestApp {
 
     /// An app on a config made for its data folder.
     pub async fn with_config(text: impl FnOnce(&Path) -> String) -> TestApp {
+        Self::with_backend(text, |s| s).await
+    }
+
+    /// An app whose writes go through a fault-injecting backend.
+    pub async fn with_faults() -> (TestApp, Arc<leaseline::store::Faulty>) {
+        let mut faulty = None;
+        let app = Self::with_backend(
+            |data| config_text(data, ""),
+            |store| {
+                let f = Arc::new(leaseline::store::Faulty::new(store));
+                faulty = Some(Arc::clone(&f));
+                f
+            },
+        )
+        .await;
+        (app, faulty.unwrap())
+    }
+
+    pub async fn with_backend(
+        text: impl FnOnce(&Path) -> String,
+        wrap: impl FnOnce(Arc<leaseline::store::Store>) -> Arc<dyn leaseline::store::Backend>,
+    ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::parse(&text(&dir.path().join("data")), dir.path()).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let state = build_state(&config, clock.clone()).await.unwrap();
+        let state = leaseline::startup::build_state_with(&config, clock.clone(), wrap)
+            .await
+            .unwrap();
         TestApp {
             router: router(state.clone()),
             state,
