@@ -27,6 +27,7 @@ fn allocator(size: u64) -> Allocator {
         fallback: None,
         mode: leaseline::core::PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
+        limits: Default::default(),
     }])
     .unwrap()
 }

@@ -40,7 +40,9 @@ impl SteadyClock {
 
 impl Clock for SteadyClock {
     fn now(&self) -> Timestamp {
-        Timestamp::from_millis(self.base_ms.load(Ordering::Acquire) + self.base.elapsed().as_millis() as u64)
+        Timestamp::from_millis(
+            self.base_ms.load(Ordering::Acquire) + self.base.elapsed().as_millis() as u64,
+        )
     }
 
     fn raise_to(&self, floor: Timestamp) {
@@ -107,6 +109,9 @@ mod tests {
         c.raise_to(Timestamp::from_millis(5_000_000));
         assert!(c.now() >= Timestamp::from_millis(5_000_000));
         c.raise_to(Timestamp::from_millis(10));
-        assert!(c.now() >= Timestamp::from_millis(5_000_000), "raising never lowers");
+        assert!(
+            c.now() >= Timestamp::from_millis(5_000_000),
+            "raising never lowers"
+        );
     }
 }

@@ -14,7 +14,8 @@ use crate::limits::FailureLimit;
 use thiserror::Error;
 
 use crate::core::{
-    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolMode, PoolSpec, Target, TenantId,
+    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec, Target,
+    TenantId,
 };
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
@@ -97,6 +98,8 @@ pub struct ServerConfig {
 pub struct PoolConfig {
     pub spec: PoolSpec,
     pub tariff: Option<Tariff>,
+    /// Allocations one key may make per minute in this pool (0: no limit).
+    pub allocations_per_minute_per_key: u32,
 }
 
 /// What a call costs the caller; informational (billing is the operator's), shown by `check`
@@ -251,6 +254,9 @@ struct RawPool {
     window: Option<String>,
     access_ttl: Option<String>,
     price: Option<RawPrice>,
+    max_live_per_session: Option<u32>,
+    max_live_per_tenant: Option<u32>,
+    allocations_per_minute_per_key: Option<u32>,
     ttl: Option<String>,
     max_ttl: Option<String>,
     grace: Option<String>,
@@ -319,6 +325,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
             ));
         }
         keys.push(key);
+    }
+    if !server.listen.ip().is_loopback() && keys.is_empty() {
+        return Err(format!(
+            "refusing to listen on {} with no [[key]]: beyond loopback, define keys first",
+            server.listen
+        ));
     }
     let twilio = raw.twilio.map(validate_twilio).transpose()?;
     let limits = validate_limits(raw.limits)?;
@@ -623,8 +635,13 @@ fn validate_pool(
             fallback,
             mode,
             access_ttl,
+            limits: PoolLimits {
+                max_live_per_session: p.max_live_per_session.unwrap_or(10),
+                max_live_per_tenant: p.max_live_per_tenant.unwrap_or(0),
+            },
         },
         tariff,
+        allocations_per_minute_per_key: p.allocations_per_minute_per_key.unwrap_or(0),
     })
 }
 
@@ -1016,6 +1033,19 @@ mod tests {
             error_of(&pool("mode = \"ticketing\"\naccess_ttl = \"40d\"")).contains("at most 31d")
         );
         assert!(error_of(&pool("mode = \"ticketing\"\ncalls_required = 0")).contains("1 to 20"));
+    }
+
+    #[test]
+    fn no_keys_means_loopback_only() {
+        let e = error_of(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("refusing to listen on 0.0.0.0:8080 with no [[key]]"),
+            "{e}"
+        );
+        assert!(parse(&pool("")).is_ok(), "loopback without keys is fine");
     }
 
     #[test]

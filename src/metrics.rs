@@ -91,7 +91,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "leaseline_allocations_total",
-                        "Allocation requests by outcome (new, sticky, rejected).",
+                        "Allocation requests by outcome (new, sticky, shared_code, rejected, limited, error).",
                     ),
                     &["pool", "outcome"],
                 )
@@ -311,7 +311,13 @@ impl Metrics {
         for outcome in ["unknown", "expired", "already"] {
             m.ticket_redeems.with_label_values(&["", outcome]);
         }
-        for limit in ["redeem_client", "redeem_key"] {
+        for limit in [
+            "redeem_client",
+            "redeem_key",
+            "page_ip",
+            "page_session",
+            "key_rate",
+        ] {
             m.limited.with_label_values(&[limit]);
         }
         // Calls to numbers of no pool are counted under pool="".
@@ -333,7 +339,14 @@ impl Metrics {
         for state in ["free", "leased", "cooling"] {
             self.pool_numbers.with_label_values(&[pool, state]);
         }
-        for outcome in ["new", "sticky", "shared_code", "rejected", "error"] {
+        for outcome in [
+            "new",
+            "sticky",
+            "shared_code",
+            "rejected",
+            "limited",
+            "error",
+        ] {
             self.allocations.with_label_values(&[pool, outcome]);
         }
         for reason in crate::core::Reason::ALL {

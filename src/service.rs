@@ -204,6 +204,7 @@ impl Service {
             Ok((true, _)) => "new",
             Ok((false, _)) => "sticky",
             Err(ServiceError::Core(CoreError::Exhausted { .. })) => "rejected",
+            Err(ServiceError::Core(CoreError::TooManyLeases { .. })) => "limited",
             Err(_) => "error",
         };
         self.metrics
@@ -475,7 +476,10 @@ impl Service {
     /// Ready when the store works and the wheel is at most two ticks behind the clock.
     pub fn ready(&self) -> Result<(), String> {
         if let Some(d) = self.commit.writing_for().filter(|d| d.as_secs() >= 2) {
-            return Err(format!("a write to disk has been stuck for {} s", d.as_secs()));
+            return Err(format!(
+                "a write to disk has been stuck for {} s",
+                d.as_secs()
+            ));
         }
         let core = self.lock().map_err(|e| e.to_string())?;
         let (_, done) = core.wheel_status();

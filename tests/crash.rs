@@ -66,11 +66,16 @@ sha256 = "{admin}"
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn ms(rfc3339: &Value) -> u64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap()).unwrap().timestamp_millis() as u64
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as u64
 }
 
 /// What clients were told, across all cycles.
@@ -96,20 +101,34 @@ fn client(url: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, tag: Str
         }
         let roll: u8 = rng.gen_range(0..10);
         let res = match (roll, mine.last().cloned()) {
-            (0..=3, _) | (_, None) => http(&agent, "POST", &format!("{url}/v1/leases"), Some(SITE), Some(&json!({"pool": "p", "session": format!("{tag}-{i}")})))
-                .map(|(s, v)| {
-                    if s == 201 {
-                        let id = v["lease_id"].as_str().unwrap().to_owned();
-                        let number = v["number"].as_str().unwrap().to_owned();
-                        let mut a = acked.lock().unwrap();
-                        a.leases.insert(id.clone(), (number.clone(), ms(&v["expires_at"])));
-                        a.ops += 1;
-                        mine.push((id, number));
-                    } else {
-                        assert!(s == 503, "allocate: {s} {v}");
-                    }
-                }),
-            (4, Some((id, _))) => http(&agent, "POST", &format!("{url}/v1/leases/{id}/renew"), None, None).map(|(s, v)| {
+            (0..=3, _) | (_, None) => http(
+                &agent,
+                "POST",
+                &format!("{url}/v1/leases"),
+                Some(SITE),
+                Some(&json!({"pool": "p", "session": format!("{tag}-{i}")})),
+            )
+            .map(|(s, v)| {
+                if s == 201 {
+                    let id = v["lease_id"].as_str().unwrap().to_owned();
+                    let number = v["number"].as_str().unwrap().to_owned();
+                    let mut a = acked.lock().unwrap();
+                    a.leases
+                        .insert(id.clone(), (number.clone(), ms(&v["expires_at"])));
+                    a.ops += 1;
+                    mine.push((id, number));
+                } else {
+                    assert!(s == 503, "allocate: {s} {v}");
+                }
+            }),
+            (4, Some((id, _))) => http(
+                &agent,
+                "POST",
+                &format!("{url}/v1/leases/{id}/renew"),
+                None,
+                None,
+            )
+            .map(|(s, v)| {
                 if s == 200 {
                     let mut a = acked.lock().unwrap();
                     let e = a.leases.get_mut(&id).unwrap();
@@ -119,7 +138,14 @@ fn client(url: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, tag: Str
                     assert_eq!(s, 410, "renew: {v}");
                 }
             }),
-            (5, Some((id, _))) => http(&agent, "DELETE", &format!("{url}/v1/leases/{id}"), Some(SITE), None).map(|(s, _)| {
+            (5, Some((id, _))) => http(
+                &agent,
+                "DELETE",
+                &format!("{url}/v1/leases/{id}"),
+                Some(SITE),
+                None,
+            )
+            .map(|(s, _)| {
                 assert_eq!(s, 204);
                 let mut a = acked.lock().unwrap();
                 a.released.insert(id.clone());
@@ -137,15 +163,21 @@ fn client(url: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, tag: Str
                     })
             }
             (_, Some(_)) => match calls.pop() {
-                Some(call) => http(&agent, "POST", &format!("{url}/v1/calls"), Some(TELEPHONY), Some(&json!({"call_id": call, "event": "end", "duration_secs": 7})))
-                    .map(|(s, v)| {
-                        assert!(s == 200 || s == 404, "call end: {s} {v}");
-                        if s == 200 {
-                            let mut a = acked.lock().unwrap();
-                            a.ended.insert(call.clone());
-                            a.ops += 1;
-                        }
-                    }),
+                Some(call) => http(
+                    &agent,
+                    "POST",
+                    &format!("{url}/v1/calls"),
+                    Some(TELEPHONY),
+                    Some(&json!({"call_id": call, "event": "end", "duration_secs": 7})),
+                )
+                .map(|(s, v)| {
+                    assert!(s == 200 || s == 404, "call end: {s} {v}");
+                    if s == 200 {
+                        let mut a = acked.lock().unwrap();
+                        a.ended.insert(call.clone());
+                        a.ops += 1;
+                    }
+                }),
                 None => Ok(()),
             },
         };
@@ -165,26 +197,44 @@ fn verify(server: &Server, acked: &Acked) {
         *calls_per_lease.entry(lease.clone()).or_default() += 1;
     }
     for (id, (number, expires)) in &acked.leases {
-        let (status, v) = http(&agent, "GET", &server.url(&format!("/v1/leases/{id}")), None, None).unwrap();
+        let (status, v) = http(
+            &agent,
+            "GET",
+            &server.url(&format!("/v1/leases/{id}")),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(status, 200, "acknowledged lease {id} lost: {v}");
         assert_eq!(v["number"].as_str().unwrap(), number);
-        assert!(ms(&v["expires_at"]) >= *expires, "acknowledged renewal of {id} lost");
+        assert!(
+            ms(&v["expires_at"]) >= *expires,
+            "acknowledged renewal of {id} lost"
+        );
         let state = v["state"].as_str().unwrap();
         if acked.released.contains(id) {
             assert_eq!(state, "released", "acknowledged release of {id} lost");
         }
         if state == "active" {
             assert!(ms(&v["expires_at"]) > now.saturating_sub(1000));
-            assert!(active.insert(number.clone()), "number {number} held by two live leases");
+            assert!(
+                active.insert(number.clone()),
+                "number {number} held by two live leases"
+            );
         }
         // No call counted twice: calls were counted at their start (min_call_secs 0).
         let counted = v["calls"].as_u64().unwrap();
         let acked_calls = calls_per_lease.get(id).copied().unwrap_or(0);
-        assert!(counted >= acked_calls, "lease {id}: {counted} calls counted, {acked_calls} acknowledged");
+        assert!(
+            counted >= acked_calls,
+            "lease {id}: {counted} calls counted, {acked_calls} acknowledged"
+        );
     }
     let (_, pools) = http(&agent, "GET", &server.url("/v1/pools"), Some(ADMIN), None).unwrap();
     let p = &pools["pools"][0];
-    let sum = p["free"].as_u64().unwrap() + p["leased"].as_u64().unwrap() + p["cooling"].as_u64().unwrap();
+    let sum = p["free"].as_u64().unwrap()
+        + p["leased"].as_u64().unwrap()
+        + p["cooling"].as_u64().unwrap();
     assert_eq!(sum, POOL_SIZE, "counts do not add up: {p}");
     // The journal holds each acknowledged call exactly once.
     let mut seen: HashMap<String, u32> = HashMap::new();
@@ -199,7 +249,10 @@ fn verify(server: &Server, acked: &Acked) {
             let id = c["call_id"].as_str().unwrap().to_owned();
             let lease = c["lease_id"].as_str().unwrap_or("");
             if let Some(acked_lease) = acked.calls.get(&id) {
-                assert_eq!(lease, acked_lease, "call {id} attributed differently after restart");
+                assert_eq!(
+                    lease, acked_lease,
+                    "call {id} attributed differently after restart"
+                );
             }
             if acked.ended.contains(&id) {
                 assert!(c["duration_secs"].is_u64(), "acknowledged end of {id} lost");
@@ -212,13 +265,21 @@ fn verify(server: &Server, acked: &Acked) {
         }
     }
     for id in acked.calls.keys() {
-        assert_eq!(seen.get(id), Some(&1), "acknowledged call {id} is in the journal {:?} times", seen.get(id));
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "acknowledged call {id} is in the journal {:?} times",
+            seen.get(id)
+        );
     }
 }
 
 #[test]
 fn acknowledged_writes_survive_repeated_kill_9() {
-    let cycles: usize = std::env::var("LEASELINE_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let cycles: usize = std::env::var("LEASELINE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let acked = Arc::new(Mutex::new(Acked::default()));
@@ -257,10 +318,16 @@ fn acknowledged_writes_survive_repeated_kill_9() {
             // Unacknowledged allocations may have survived too (crash after the flush, before
             // the answer), so the bound is on the last deadline of any lease: 30 s max_ttl.
             let late = now_ms().saturating_sub(last + 2_000);
-            assert!(late < 35_000, "numbers freed {late} ms after the last acknowledged quarantine");
+            assert!(
+                late < 35_000,
+                "numbers freed {late} ms after the last acknowledged quarantine"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "leases outlived their deadlines: {p}");
+        assert!(
+            Instant::now() < deadline,
+            "leases outlived their deadlines: {p}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
@@ -271,7 +338,10 @@ fn acknowledged_writes_survive_repeated_kill_9() {
         acked.calls.len(),
         acked.ended.len()
     );
-    assert!(acked.ops as usize > cycles * 5, "too few operations to mean anything");
+    assert!(
+        acked.ops as usize > cycles * 5,
+        "too few operations to mean anything"
+    );
 }
 
 #[test]
@@ -283,12 +353,24 @@ fn sigterm_drains_in_flight_requests_flushes_and_exits_0() {
     let workers: Vec<_> = (0..20)
         .map(|i| {
             let url = url.clone();
-            std::thread::spawn(move || http(&agent(), "POST", &url, Some(SITE), Some(&json!({"pool": "p", "session": format!("t{i}")}))))
+            std::thread::spawn(move || {
+                http(
+                    &agent(),
+                    "POST",
+                    &url,
+                    Some(SITE),
+                    Some(&json!({"pool": "p", "session": format!("t{i}")})),
+                )
+            })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(5));
     let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let mut ids = Vec::new();
     for w in workers {
         // A request either was answered in full, or never got in (connection refused).
@@ -302,7 +384,14 @@ fn sigterm_drains_in_flight_requests_flushes_and_exits_0() {
     drop(server);
     let server = Server::start(&config);
     for id in &ids {
-        let (status, _) = http(&agent(), "GET", &server.url(&format!("/v1/leases/{id}")), None, None).unwrap();
+        let (status, _) = http(
+            &agent(),
+            "GET",
+            &server.url(&format!("/v1/leases/{id}")),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(status, 200, "lease {id} answered before SIGTERM was lost");
     }
 }

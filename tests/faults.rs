@@ -14,7 +14,9 @@ async fn free(app: &TestApp) -> u64 {
     let r = app.call("GET", "/v1/pools", Some(ADMIN), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let p = &r.json["pools"][1];
-    let sum = p["free"].as_u64().unwrap() + p["leased"].as_u64().unwrap() + p["cooling"].as_u64().unwrap();
+    let sum = p["free"].as_u64().unwrap()
+        + p["leased"].as_u64().unwrap()
+        + p["cooling"].as_u64().unwrap();
     assert_eq!(sum, 50, "counts add up: {p}");
     p["free"].as_u64().unwrap()
 }
@@ -26,18 +28,33 @@ async fn failed_writes_answer_503_serve_nothing_and_heal_when_the_disk_is_back()
         let kept = app.allocate("ch", "before").await;
         assert_eq!(kept.status, 201);
         faults.set(fault);
-        app.allocate("ch", "during").await.assert_problem(503, "cannot make this change durable");
+        app.allocate("ch", "during")
+            .await
+            .assert_problem(503, "cannot make this change durable");
         // Nothing is served while memory may be ahead of the disk.
-        app.call("GET", "/readyz", None, None).await.assert_problem(503, "storage");
+        app.call("GET", "/readyz", None, None)
+            .await
+            .assert_problem(503, "storage");
         let id = kept.json["lease_id"].as_str().unwrap();
-        app.call("GET", &format!("/v1/leases/{id}"), None, None).await.assert_problem(503, "durable");
+        app.call("GET", &format!("/v1/leases/{id}"), None, None)
+            .await
+            .assert_problem(503, "durable");
         // Still failing: the tick cannot heal yet.
         assert!(app.state.service.tick().await.is_err());
         faults.set(Fault::None);
         app.state.service.tick().await.unwrap();
-        assert_eq!(app.call("GET", "/readyz", None, None).await.status, 200, "{fault:?}");
-        let shown = app.call("GET", &format!("/v1/leases/{id}"), None, None).await;
-        assert_eq!(shown.json["state"], "active", "the acknowledged lease is intact");
+        assert_eq!(
+            app.call("GET", "/readyz", None, None).await.status,
+            200,
+            "{fault:?}"
+        );
+        let shown = app
+            .call("GET", &format!("/v1/leases/{id}"), None, None)
+            .await;
+        assert_eq!(
+            shown.json["state"], "active",
+            "the acknowledged lease is intact"
+        );
         let left = free(&app).await;
         // A failed write is gone; a write whose flush failed may or may not be (it was never
         // acknowledged): either way the counts add up and allocation works again.
@@ -48,7 +65,10 @@ async fn failed_writes_answer_503_serve_nothing_and_heal_when_the_disk_is_back()
         assert_eq!(app.allocate("ch", "after").await.status, 201);
         assert!(faults.injected() > 0);
         let m = app.call("GET", "/metrics", None, None).await.text;
-        assert!(!m.contains("leaseline_store_failures_total{op=\"flush\"} 0"), "failures are counted");
+        assert!(
+            !m.contains("leaseline_store_failures_total{op=\"flush\"} 0"),
+            "failures are counted"
+        );
     }
 }
 
@@ -67,7 +87,10 @@ async fn a_stalled_disk_makes_the_service_unready_until_it_moves() {
             .header("content-type", "application/json")
             .body(axum::body::Body::from(r#"{"pool":"ch","session":"slow"}"#))
             .unwrap();
-        tower::ServiceExt::oneshot(router, req).await.unwrap().status()
+        tower::ServiceExt::oneshot(router, req)
+            .await
+            .unwrap()
+            .status()
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -86,7 +109,11 @@ async fn a_stalled_disk_makes_the_service_unready_until_it_moves() {
 
 fn start_failure(dir: &std::path::Path) -> String {
     let config = dir.join("pool.toml");
-    std::fs::write(&config, config_text(&dir.join("data"), "log_format = \"json\"")).unwrap();
+    std::fs::write(
+        &config,
+        config_text(&dir.join("data"), "log_format = \"json\""),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_leaseline"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -106,14 +133,21 @@ fn a_foreign_or_corrupted_data_directory_stops_start_up_with_a_clear_error() {
         db.flush().unwrap();
     }
     let err = start_failure(dir.path());
-    assert!(err.contains("holds data that Leaseline did not write"), "{err}");
+    assert!(
+        err.contains("holds data that Leaseline did not write"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     // Garbage where the store should be.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("conf"), b"\x00\x01garbage that is not a sled config").unwrap();
+    std::fs::write(
+        data.join("conf"),
+        b"\x00\x01garbage that is not a sled config",
+    )
+    .unwrap();
     std::fs::write(data.join("db"), vec![0xA5u8; 4096]).unwrap();
     let err = start_failure(dir.path());
     assert!(err.contains("cannot open the store"), "{err}");

@@ -37,6 +37,7 @@ fn spec() -> PoolSpec {
         fallback: None,
         mode: leaseline::core::PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
+        limits: Default::default(),
     }
 }
 

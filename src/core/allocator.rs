@@ -62,6 +62,17 @@ pub struct PoolSpec {
     pub mode: PoolMode,
     /// How long a redeemed purchase (paid lease or ticket) grants access; zero: no pass.
     pub access_ttl: Duration,
+    /// Caps on live leases, so one visitor or one site cannot drain the pool.
+    pub limits: PoolLimits,
+}
+
+/// Caps on live leases of a pool; 0 means no cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Live leases one session may hold (one per listing it looks at).
+    pub max_live_per_session: u32,
+    /// Live leases one tenant (all its keys) may hold.
+    pub max_live_per_tenant: u32,
 }
 
 impl PoolSpec {
@@ -337,6 +348,9 @@ pub struct Allocator {
     /// Where each tenant's listings send their calls, for allocations that name no target
     /// (pages with publishable keys never may).
     listings: HashMap<(TenantId, ListingId), Target>,
+    /// Live leases per (pool, tenant, session) and per (pool, tenant), for the pools' caps.
+    live_per_session: HashMap<(PoolId, TenantId, SessionId), u32>,
+    live_per_tenant: HashMap<(PoolId, TenantId), u32>,
     wheel: Wheel<Due>,
     pub(super) effects: Vec<Effect>,
     pub(super) notices: Vec<Notice>,
@@ -403,6 +417,8 @@ impl Allocator {
             passes: HashMap::new(),
             progress: HashMap::new(),
             listings: HashMap::new(),
+            live_per_session: HashMap::new(),
+            live_per_tenant: HashMap::new(),
             wheel: Wheel::new(0),
             effects: Vec::new(),
             notices: Vec::new(),
@@ -461,6 +477,7 @@ impl Allocator {
             }
             if lease.end.is_none() {
                 a.sticky.insert(sticky_key(&lease), lease.id);
+                a.count_live(&lease, true);
             }
             a.index(&lease);
             a.leases.insert(lease.id, lease);
@@ -578,6 +595,29 @@ impl Allocator {
         if self.leases.contains_key(&new_id) {
             return Err(CoreError::DuplicateId);
         }
+        let limits = self.pools[req.pool.0 as usize].spec.limits;
+        let per_session = self
+            .live_per_session
+            .get(&(req.pool, req.tenant.clone(), req.session.clone()))
+            .copied()
+            .unwrap_or(0);
+        if limits.max_live_per_session > 0 && per_session >= limits.max_live_per_session {
+            return Err(CoreError::TooManyLeases {
+                per: "session",
+                limit: limits.max_live_per_session,
+            });
+        }
+        let per_tenant = self
+            .live_per_tenant
+            .get(&(req.pool, req.tenant.clone()))
+            .copied()
+            .unwrap_or(0);
+        if limits.max_live_per_tenant > 0 && per_tenant >= limits.max_live_per_tenant {
+            return Err(CoreError::TooManyLeases {
+                per: "tenant",
+                limit: limits.max_live_per_tenant,
+            });
+        }
         let pool = &mut self.pools[req.pool.0 as usize];
         let (number, code, ttl) = match pool.free.pop() {
             Some((idx, _)) => {
@@ -645,6 +685,7 @@ impl Allocator {
         };
         self.sticky.insert(key, new_id);
         self.index(&lease);
+        self.count_live(&lease, true);
         self.leases.insert(new_id, lease.clone());
         self.effects.push(Effect::PutLease(lease.clone()));
         self.schedule(expires_at, Due::Lease(new_id));
@@ -870,6 +911,30 @@ impl Allocator {
         }
     }
 
+    /// Counts a lease in (or out of) the live counts its pool's caps look at.
+    fn count_live(&mut self, lease: &Lease, live: bool) {
+        fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K, up: bool) {
+            if up {
+                *map.entry(key).or_default() += 1;
+            } else if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        bump(
+            &mut self.live_per_session,
+            (lease.pool, lease.tenant.clone(), lease.session.clone()),
+            live,
+        );
+        bump(
+            &mut self.live_per_tenant,
+            (lease.pool, lease.tenant.clone()),
+            live,
+        );
+    }
+
     fn unindex(&mut self, lease: &Lease) {
         remove_from(&mut self.history, lease.line(), lease.id);
         if let Some(c) = lease.caller {
@@ -962,6 +1027,8 @@ impl Allocator {
         if self.sticky.get(&key) == Some(&id) {
             self.sticky.remove(&key);
         }
+        let lease = self.leases[&id].clone();
+        self.count_live(&lease, false);
         let lease = &self.leases[&id];
         let cool_until = self.cool_until(lease);
         if lease.code.is_none() {

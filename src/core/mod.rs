@@ -11,7 +11,7 @@ mod wheel;
 
 pub use allocator::{
     AllocateRequest, Allocated, Allocator, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState,
-    Notice, OnExhausted, PoolSpec, PoolStats, Snapshot,
+    Notice, OnExhausted, PoolLimits, PoolSpec, PoolStats, Snapshot,
 };
 pub use calls::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use tickets::{
@@ -73,6 +73,8 @@ pub enum CoreError {
     CallConflict(String),
     #[error("the call's end is before its start")]
     EndBeforeStart,
+    #[error("this {per} already holds {limit} live numbers in this pool, the most allowed")]
+    TooManyLeases { per: &'static str, limit: u32 },
     #[error("this pool sells access codes by phone: its numbers are not leased")]
     TicketingPool,
     #[error("no such access code")]

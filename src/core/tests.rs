@@ -32,6 +32,7 @@ fn allocator(size: u64) -> Allocator {
         fallback: None,
         mode: PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
+        limits: Default::default(),
     }])
     .unwrap()
 }

@@ -138,8 +138,13 @@ pub async fn journal(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(invalid(format!("limit: must be 1 to {MAX_PAGE}")));
     }
+    // An admin key scoped to some pools sees only their calls.
+    let pools = match (&p.pool, &key.pools) {
+        (Some(one), _) => Some(vec![one.clone()]),
+        (None, scoped) => scoped.clone(),
+    };
     let q = JournalQuery {
-        pool: p.pool.clone(),
+        pools,
         since: time("since", &p.since)?,
         until: time("until", &p.until)?,
         cursor: p.cursor.clone(),

@@ -128,6 +128,10 @@ impl From<ServiceError> for ApiError {
                 "bad-cursor",
                 "cursor is not one this journal gave; start again without it",
             ),
+            ServiceError::Core(e @ CoreError::TooManyLeases { .. }) => ApiError {
+                retry_after: Some(60),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too-many-leases", format!("{e}: release one, or retry when one expires"))
+            },
             ServiceError::Core(e @ CoreError::TicketingPool) => Self::invalid(format!("pool: {e}")),
             ServiceError::Core(CoreError::UnknownTicket) => Self::new(
                 StatusCode::NOT_FOUND,

@@ -84,6 +84,7 @@ pub async fn create(
     if page {
         s.pages.check(&s, &ip.0, req.session.as_str())?;
     }
+    s.pages.check_key(&s, &b.pool, &key.name)?;
     let (view, fresh) = s.service.allocate(req).await?;
     let status = if fresh {
         StatusCode::CREATED

@@ -59,7 +59,7 @@ impl AppState {
             metrics,
             twilio: config.twilio.clone().map(Arc::new),
             limits: Arc::new(tickets::RedeemLimits::new(&config.limits)),
-            pages: Arc::new(site::PageLimits::new(&config.limits)),
+            pages: Arc::new(site::PageLimits::new(&config.limits, &config.pools)),
             origins: Arc::new(
                 config
                     .keys
@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), site::cors))
+        .layer(middleware::from_fn(guard))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(CatchPanicLayer::custom(|_| {
@@ -130,6 +131,45 @@ async fn method_not_allowed() -> ApiError {
         "method-not-allowed",
         "this endpoint does not take that method",
     )
+}
+
+/// Most headers, and header bytes, a request may carry.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A request (but an event stream) that takes longer is answered 503: a slow client or a
+/// stuck disk cannot hold a connection forever.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn guard(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if h.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!(
+                "at most {MAX_HEADERS} headers and {} KiB of them",
+                MAX_HEADER_BYTES / 1024
+            ),
+        )
+        .into_response();
+    }
+    let streaming = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str().ends_with("/events"));
+    if streaming {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; it may or may not have been done: retrying is safe (allocations are sticky per session, calls idempotent by call_id)",
+        )
+        .into_response(),
+    }
 }
 
 /// One log line and one histogram sample per request, by matched route (never the raw path,

@@ -1,6 +1,7 @@
 //! What web pages use: CORS for the origins of publishable keys, per-IP and per-session limits
 //! on their allocations, the drop-in script (`/embed.js`) and the demo page (`/demo`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,26 +13,60 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, PoolConfig};
 use crate::limits::RateLimiter;
 
 /// The drop-in script, embedded in the binary.
 const EMBED_JS: &str = include_str!("../../web/embed.js");
 const DEMO_HTML: &str = include_str!("../../web/demo.html");
 
-/// Allocation limits for publishable keys: a bot in a page cannot drain a pool.
+/// Allocation rate limits: for publishable keys per client address and session (a bot in a
+/// page cannot drain a pool), and per key in pools that set `allocations_per_minute_per_key`.
 pub struct PageLimits {
     per_ip: Mutex<RateLimiter>,
     per_session: Mutex<RateLimiter>,
+    /// Pool name -> per-key limiter.
+    per_key: HashMap<String, Mutex<RateLimiter>>,
 }
 
 impl PageLimits {
-    pub fn new(c: &LimitsConfig) -> Self {
+    pub fn new(c: &LimitsConfig, pools: &[PoolConfig]) -> Self {
         let minute = Duration::from_secs(60);
         PageLimits {
             per_ip: Mutex::new(RateLimiter::new(c.publishable_per_ip, minute)),
             per_session: Mutex::new(RateLimiter::new(c.publishable_per_session, minute)),
+            per_key: pools
+                .iter()
+                .filter(|p| p.allocations_per_minute_per_key > 0)
+                .map(|p| {
+                    let l = RateLimiter::new(p.allocations_per_minute_per_key, minute);
+                    (p.spec.name.clone(), Mutex::new(l))
+                })
+                .collect(),
         }
+    }
+
+    /// Counts an allocation by `key` in `pool`; 429 over the pool's per-key rate.
+    pub fn check_key(&self, s: &AppState, pool: &str, key: &str) -> Result<(), ApiError> {
+        let Some(l) = self.per_key.get(pool) else {
+            return Ok(());
+        };
+        l.lock()
+            .expect("limiter lock")
+            .hit(key, s.service.now())
+            .map_err(|retry| {
+                s.metrics.limited.with_label_values(&["key_rate"]).inc();
+                ApiError {
+                    retry_after: Some(retry),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate-limited",
+                        format!(
+                            "this key allocates too fast in pool {pool:?}: try again in {retry} s"
+                        ),
+                    )
+                }
+            })
     }
 
     /// Counts an allocation from a page; 429 with `Retry-After` over either limit.

@@ -48,7 +48,11 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the flusher task on the current tokio runtime.
-    pub fn start(store: Arc<dyn Backend>, mode: CommitMode, metrics: Arc<Metrics>) -> Arc<Committer> {
+    pub fn start(
+        store: Arc<dyn Backend>,
+        mode: CommitMode,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Committer> {
         let c = Arc::new(Committer {
             store,
             mode,
@@ -124,7 +128,9 @@ impl Committer {
     pub fn writing_for(&self) -> Option<std::time::Duration> {
         match self.writing_since.load(Ordering::Acquire) {
             0 => None,
-            since => Some(std::time::Duration::from_millis(wall_ms().saturating_sub(since))),
+            since => Some(std::time::Duration::from_millis(
+                wall_ms().saturating_sub(since),
+            )),
         }
     }
 

@@ -99,7 +99,8 @@ pub struct JournalPage {
 /// Which calls a journal page holds.
 #[derive(Debug, Default, Clone)]
 pub struct JournalQuery {
-    pub pool: Option<String>,
+    /// Only these pools' rows (`None`: every pool, and calls to numbers of no pool).
+    pub pools: Option<Vec<String>>,
     /// Calls started at or after this instant.
     pub since: Option<Timestamp>,
     /// Calls started before this instant.
@@ -379,8 +380,10 @@ impl Store {
                     JournalRow::Call(record::decode_call(&v, pool_id).map_err(corrupt)?)
                 }
             };
-            if q.pool.is_some() && row.pool() != q.pool.as_deref() {
-                continue;
+            if let Some(pools) = &q.pools {
+                if !row.pool().is_some_and(|p| pools.iter().any(|x| x == p)) {
+                    continue;
+                }
             }
             if page.rows.len() == q.limit {
                 // There is at least one more: the cursor is the last key returned.
@@ -402,13 +405,17 @@ impl Store {
     /// The last instant a running Leaseline recorded (see `set_watermark`).
     pub fn watermark(&self) -> Option<Timestamp> {
         let v = self.db.get(WATERMARK_KEY).ok()??;
-        Some(Timestamp::from_millis(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
+        Some(Timestamp::from_millis(u64::from_be_bytes(
+            v.as_ref().try_into().ok()?,
+        )))
     }
 
     /// Records how far time has got; made durable by the next flush. At start-up, a wall
     /// clock behind it is not trusted.
     pub fn set_watermark(&self, now: Timestamp) {
-        let _ = self.db.insert(WATERMARK_KEY, &now.as_millis().to_be_bytes());
+        let _ = self
+            .db
+            .insert(WATERMARK_KEY, &now.as_millis().to_be_bytes());
     }
 
     pub fn size_on_disk(&self) -> u64 {

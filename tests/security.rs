@@ -1,0 +1,216 @@
+//! Abuse limits and isolation: caps on live leases per session and per tenant, per-key
+//! allocation rates, admin keys scoped to pools, header limits, and tenants who cannot reach
+//! each other's leases.
+
+mod common;
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use serde_json::json;
+
+const SCOPED_ADMIN: &str = "scoped-admin-key";
+
+fn config(data: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{}"
+
+[[pool]]
+name = "capped"
+numbers = ["+33899100000..=+33899100099"]
+max_live_per_session = 2
+max_live_per_tenant = 5
+
+[[pool]]
+name = "slow"
+numbers = ["+33899200000..=+33899200099"]
+allocations_per_minute_per_key = 3
+
+[[key]]
+name = "site"
+role = "site"
+sha256 = "{}"
+
+[[key]]
+name = "other"
+role = "site"
+sha256 = "{}"
+
+[[key]]
+name = "tel"
+role = "telephony"
+sha256 = "{}"
+
+[[key]]
+name = "scoped"
+role = "admin"
+sha256 = "{}"
+pools = ["slow"]
+"#,
+        data.display(),
+        sha(SITE),
+        sha(OTHER_SITE),
+        sha(TELEPHONY),
+        sha(SCOPED_ADMIN)
+    )
+}
+
+async fn alloc(app: &TestApp, key: &str, pool: &str, session: &str, listing: &str) -> Reply {
+    let body = json!({"pool": pool, "session": session, "listing": listing}).to_string();
+    app.call("POST", "/v1/leases", Some(key), Some(&body)).await
+}
+
+#[tokio::test]
+async fn one_session_or_one_tenant_cannot_hold_more_than_its_cap() {
+    let app = TestApp::with_config(config).await;
+    assert_eq!(alloc(&app, SITE, "capped", "s1", "a").await.status, 201);
+    assert_eq!(alloc(&app, SITE, "capped", "s1", "b").await.status, 201);
+    assert_eq!(
+        alloc(&app, SITE, "capped", "s1", "a").await.status,
+        200,
+        "its own lease back is not a new one"
+    );
+    let r = alloc(&app, SITE, "capped", "s1", "c").await;
+    r.assert_problem(429, "this session already holds 2 live numbers");
+    assert_eq!(r.headers["retry-after"], "60");
+    for s in ["s2", "s3", "s4", "s5"] {
+        let r = alloc(&app, SITE, "capped", s, "a").await;
+        if s == "s5" {
+            r.assert_problem(429, "this tenant already holds 5");
+        } else {
+            assert_eq!(r.status, 201);
+        }
+    }
+    // Another tenant is not affected; releasing makes room.
+    assert_eq!(
+        alloc(&app, OTHER_SITE, "capped", "x", "a").await.status,
+        201
+    );
+    let first = alloc(&app, SITE, "capped", "s1", "a").await.json["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.call("DELETE", &format!("/v1/leases/{first}"), Some(SITE), None)
+        .await;
+    assert_eq!(alloc(&app, SITE, "capped", "s1", "c").await.status, 201);
+    let m = app.call("GET", "/metrics", None, None).await.text;
+    assert!(
+        m.contains("leaseline_allocations_total{outcome=\"limited\",pool=\"capped\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_allocating_too_fast_is_slowed_down() {
+    let app = TestApp::with_config(config).await;
+    for i in 0..3 {
+        assert_eq!(
+            alloc(&app, SITE, "slow", &format!("s{i}"), "a")
+                .await
+                .status,
+            201
+        );
+    }
+    let r = alloc(&app, SITE, "slow", "s9", "a").await;
+    r.assert_problem(429, "allocates too fast");
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        alloc(&app, OTHER_SITE, "slow", "s9", "a").await.status,
+        201,
+        "per key"
+    );
+    app.advance(std::time::Duration::from_secs(60)).await;
+    assert_eq!(alloc(&app, SITE, "slow", "s9", "a").await.status, 201);
+}
+
+#[tokio::test]
+async fn an_admin_key_scoped_to_pools_sees_only_their_calls() {
+    let app = TestApp::with_config(config).await;
+    for (id, called) in [
+        ("c1", "+33899100000"),
+        ("c2", "+33899200000"),
+        ("c3", "+33100000000"),
+    ] {
+        let body = json!({"call_id": id, "event": "start", "called": called}).to_string();
+        app.call("POST", "/v1/calls", Some(TELEPHONY), Some(&body))
+            .await;
+    }
+    let r = app.call("GET", "/v1/calls", Some(SCOPED_ADMIN), None).await;
+    let ids: Vec<_> = r.json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["c2"]);
+    app.call("GET", "/v1/calls?pool=capped", Some(SCOPED_ADMIN), None)
+        .await
+        .assert_problem(403, "may not use pool \"capped\"");
+}
+
+#[tokio::test]
+async fn tenants_cannot_release_redeem_or_see_the_targets_of_each_other() {
+    let app = TestApp::with_config(config).await;
+    let body = json!({"pool": "capped", "session": "s", "target": "+33612345678"}).to_string();
+    let lease = app
+        .call("POST", "/v1/leases", Some(SITE), Some(&body))
+        .await
+        .json;
+    let id = lease["lease_id"].as_str().unwrap();
+    app.call(
+        "DELETE",
+        &format!("/v1/leases/{id}"),
+        Some(OTHER_SITE),
+        None,
+    )
+    .await
+    .assert_problem(404, "no lease");
+    app.call(
+        "POST",
+        &format!("/v1/leases/{id}/redeem"),
+        Some(OTHER_SITE),
+        None,
+    )
+    .await
+    .assert_problem(404, "no lease");
+    let seen = app
+        .call("GET", &format!("/v1/leases/{id}"), Some(OTHER_SITE), None)
+        .await;
+    assert_eq!(seen.json["target"], serde_json::Value::Null);
+    // Lease ids are 128 random bits: two leases never share a prefix worth guessing.
+    let other = app
+        .call(
+            "POST",
+            "/v1/leases",
+            Some(SITE),
+            Some(&json!({"pool": "capped", "session": "t"}).to_string()),
+        )
+        .await
+        .json;
+    assert_ne!(&id[..16], &other["lease_id"].as_str().unwrap()[..16]);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_with_431() {
+    let app = TestApp::with_config(config).await;
+    let mut req = Request::builder().method("GET").uri("/healthz");
+    for i in 0..80 {
+        req = req.header(format!("x-filler-{i}"), "x");
+    }
+    app.send(req.body(Body::empty()).unwrap())
+        .await
+        .assert_problem(431, "at most 64 headers");
+    let big = "y".repeat(20 * 1024);
+    let req = Request::builder()
+        .method("GET")
+        .uri("/healthz")
+        .header("x-big", big)
+        .body(Body::empty())
+        .unwrap();
+    app.send(req).await.assert_problem(431, "KiB");
+}
