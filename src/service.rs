@@ -522,6 +522,11 @@ impl Service {
             .set(self.store.size_on_disk() as i64);
     }
 
+    /// Checks the core's invariants (for tests and drills); `Err` names the broken one.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.lock().map_err(|e| e.to_string())?.check_invariants()
+    }
+
     /// Tells long-lived streams to end: shutdown has begun.
     pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);
