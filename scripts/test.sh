@@ -26,6 +26,9 @@ need_apt prometheus
 # Real SIP peers for the telephony tests: Kamailio (with http_client and json) and sipp.
 need_apt kamailio kamailio-utils-modules kamailio-json-modules sip-tester
 
+# The peer of the load benchmark (benches/load.rs, run briefly by the test suite).
+need_apt redis-server
+
 # A real browser for the drop-in script: Debian's Chromium, driven by playwright-core from npm
 # (no browser download: it uses /usr/bin/chromium).
 need_apt chromium
