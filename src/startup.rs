@@ -36,7 +36,9 @@ pub async fn build_state_with(
         .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
     let store = Store::open(dir, config.server.cache_capacity, &specs)
         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let started = std::time::Instant::now();
     let recovered = store.load().context("cannot read the store")?;
+    let read_ms = started.elapsed().as_millis() as u64;
     if recovered.orphans > 0 {
         tracing::warn!(
             records = recovered.orphans,
@@ -55,8 +57,10 @@ pub async fn build_state_with(
         }
     }
     let leases = recovered.snapshot.leases.len();
+    let started = std::time::Instant::now();
     let core = Allocator::restore(specs.clone(), recovered.snapshot)
         .context("the store's contents are inconsistent")?;
+    let rebuild_ms = started.elapsed().as_millis() as u64;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(store);
     let commit = Committer::start(
@@ -76,7 +80,7 @@ pub async fn build_state_with(
         .tick()
         .await
         .context("cannot settle overdue deadlines")?;
-    tracing::info!(leases, "store recovered");
+    tracing::info!(leases, read_ms, rebuild_ms, "store recovered");
     Ok(AppState::new(service, metrics, config))
 }
 

@@ -15,11 +15,18 @@ use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use serde_json::{json, Value};
 
 fn cases(default: u32) -> u32 {
-    std::env::var("LEASELINE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("LEASELINE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn runner(n: u32) -> TestRunner {
-    TestRunner::new(RunnerConfig { cases: n, failure_persistence: None, ..RunnerConfig::default() })
+    TestRunner::new(RunnerConfig {
+        cases: n,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    })
 }
 
 /// JSON values biased toward the fields the API reads, with wrong types and odd strings.
@@ -30,15 +37,42 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|n| json!(n)),
         any::<f64>().prop_map(|f| json!(f)),
         prop::sample::select(vec![
-            "fr", "ch", "small", "", "+33899100000", "+41900100000", "+0", "sip:a@b", "0000", "12345678",
-            "start", "end", "x\u{0}y", "2026-01-01T00:00:00Z", "🙂",
+            "fr",
+            "ch",
+            "small",
+            "",
+            "+33899100000",
+            "+41900100000",
+            "+0",
+            "sip:a@b",
+            "0000",
+            "12345678",
+            "start",
+            "end",
+            "x\u{0}y",
+            "2026-01-01T00:00:00Z",
+            "🙂",
         ])
         .prop_map(|s| json!(s)),
         ".{0,40}".prop_map(Value::String),
     ];
     let keys = prop::sample::select(vec![
-        "pool", "session", "listing", "target", "caller", "ttl_secs", "calls_required", "min_call_secs",
-        "call_id", "event", "called", "at", "code", "duration_secs", "client", "other",
+        "pool",
+        "session",
+        "listing",
+        "target",
+        "caller",
+        "ttl_secs",
+        "calls_required",
+        "min_call_secs",
+        "call_id",
+        "event",
+        "called",
+        "at",
+        "code",
+        "duration_secs",
+        "client",
+        "other",
     ]);
     leaf.prop_recursive(3, 24, 6, move |inner| {
         prop_oneof![
@@ -98,7 +132,10 @@ fn number_and_target_parsing_never_panics_and_round_trips() {
 fn every_json_body_gets_an_answer_never_a_crash() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(TestApp::new());
-    let lease = rt.block_on(app.allocate("ch", "fuzz-owner")).json["lease_id"].as_str().unwrap().to_owned();
+    let lease = rt.block_on(app.allocate("ch", "fuzz-owner")).json["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let routes: Vec<(&str, String, &str)> = vec![
         ("POST", "/v1/leases".into(), SITE),
         ("POST", format!("/v1/leases/{lease}/renew"), SITE),
@@ -108,25 +145,35 @@ fn every_json_body_gets_an_answer_never_a_crash() {
     ];
     let tried = AtomicU64::new(0);
     runner(cases(1500))
-        .run(&(0..routes.len(), json_value(), any::<bool>()), |(r, body, garble)| {
-            tried.fetch_add(1, Ordering::Relaxed);
-            let (method, path, key) = &routes[r];
-            let mut text = body.to_string();
-            if garble && !text.is_empty() {
-                let mut cut = text.len() / 2;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
+        .run(
+            &(0..routes.len(), json_value(), any::<bool>()),
+            |(r, body, garble)| {
+                tried.fetch_add(1, Ordering::Relaxed);
+                let (method, path, key) = &routes[r];
+                let mut text = body.to_string();
+                if garble && !text.is_empty() {
+                    let mut cut = text.len() / 2;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
                 }
-                text.truncate(cut);
-            }
-            let reply = rt.block_on(app.call(method, path, Some(key), Some(&text)));
-            let s = reply.status.as_u16();
-            prop_assert!(s < 500 || s == 503, "{method} {path} {text} -> {s} {}", reply.text);
-            if s >= 400 {
-                prop_assert_eq!(reply.headers["content-type"].to_str().unwrap(), "application/problem+json");
-            }
-            Ok(())
-        })
+                let reply = rt.block_on(app.call(method, path, Some(key), Some(&text)));
+                let s = reply.status.as_u16();
+                prop_assert!(
+                    s < 500 || s == 503,
+                    "{method} {path} {text} -> {s} {}",
+                    reply.text
+                );
+                if s >= 400 {
+                    prop_assert_eq!(
+                        reply.headers["content-type"].to_str().unwrap(),
+                        "application/problem+json"
+                    );
+                }
+                Ok(())
+            },
+        )
         .unwrap();
     app.state.service.check_invariants().unwrap();
     eprintln!("fuzz: {} JSON bodies", tried.into_inner());
@@ -135,8 +182,16 @@ fn every_json_body_gets_an_answer_never_a_crash() {
 #[derive(Debug, Clone)]
 enum Event {
     Allocate(u8),
-    Start { call: u8, number: u8, caller: Option<u8>, back_secs: u16 },
-    End { call: u8, duration: u16 },
+    Start {
+        call: u8,
+        number: u8,
+        caller: Option<u8>,
+        back_secs: u16,
+    },
+    End {
+        call: u8,
+        duration: u16,
+    },
     Advance(u16),
 }
 
@@ -146,8 +201,14 @@ fn call_event_streams_keep_every_invariant() {
     let tried = AtomicU64::new(0);
     let event = prop_oneof![
         (0u8..8).prop_map(Event::Allocate),
-        (0u8..20, 0u8..6, prop::option::of(0u8..3), 0u16..2000)
-            .prop_map(|(call, number, caller, back_secs)| Event::Start { call, number, caller, back_secs }),
+        (0u8..20, 0u8..6, prop::option::of(0u8..3), 0u16..2000).prop_map(
+            |(call, number, caller, back_secs)| Event::Start {
+                call,
+                number,
+                caller,
+                back_secs
+            }
+        ),
         (0u8..20, 0u16..500).prop_map(|(call, duration)| Event::End { call, duration }),
         (0u16..1200).prop_map(Event::Advance),
     ];

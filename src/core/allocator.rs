@@ -4,7 +4,7 @@
 //! persists before answering anyone.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::HashMap as StdMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,6 +305,10 @@ fn min_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     }
 }
 
+/// Maps keyed partly by what clients send (sessions, listings): ahash is fast and randomly
+/// seeded, so keys cannot be chosen to collide.
+type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
+
 type StickyKey = (TenantId, PoolId, SessionId, Option<ListingId>);
 
 /// Persisted state to rebuild an allocator from.
@@ -359,9 +363,36 @@ pub struct Allocator {
 impl Allocator {
     /// An allocator with every number free, least-recently-used order being the listed order.
     pub fn new(specs: Vec<PoolSpec>) -> Result<Self, CoreError> {
-        let mut numbers = HashMap::new();
-        let mut shared = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut a = Self::unqueued(specs)?;
+        a.queue_free(&HashMap::default());
+        Ok(a)
+    }
+
+    /// Puts every free slot in its pool's free queue, the one free longest first.
+    fn queue_free(&mut self, freed_at: &HashMap<(PoolId, u32), Timestamp>) {
+        for (p, pool) in self.pools.iter_mut().enumerate() {
+            let free = pool
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state == SlotState::Free)
+                .map(|(i, _)| {
+                    let i = i as u32;
+                    let t = freed_at
+                        .get(&(PoolId(p as u32), i))
+                        .copied()
+                        .unwrap_or(Timestamp::ZERO);
+                    (i, Reverse((t, i)))
+                });
+            pool.free = free.collect();
+        }
+    }
+
+    /// Pools and slots, every slot free but no free queue yet.
+    fn unqueued(specs: Vec<PoolSpec>) -> Result<Self, CoreError> {
+        let mut numbers: HashMap<PhoneNumber, (PoolId, u32)> = HashMap::default();
+        let mut shared: HashMap<PhoneNumber, PoolId> = HashMap::default();
+        let mut by_name: HashMap<Arc<str>, PoolId> = HashMap::default();
         let mut pools = Vec::with_capacity(specs.len());
         for (p, spec) in specs.into_iter().enumerate() {
             let pid = PoolId(p as u32);
@@ -371,7 +402,6 @@ impl Allocator {
                     spec.name
                 )));
             }
-            let mut free = PriorityQueue::with_capacity(spec.numbers.len());
             let mut slots = Vec::with_capacity(spec.numbers.len());
             for (i, &number) in spec.numbers.iter().enumerate() {
                 let i = i as u32;
@@ -383,7 +413,6 @@ impl Allocator {
                     state: SlotState::Free,
                     holder: None,
                 });
-                free.push(i, Reverse((Timestamp::ZERO, i)));
             }
             if let Some(n) = spec.shared_number() {
                 if numbers.contains_key(&n) || shared.insert(n, pid).is_some() {
@@ -395,10 +424,10 @@ impl Allocator {
             pools.push(Pool {
                 spec,
                 slots,
-                free,
+                free: PriorityQueue::new(),
                 leased: PriorityQueue::new(),
                 cooling: PriorityQueue::new(),
-                codes: HashMap::new(),
+                codes: HashMap::default(),
             });
         }
         Ok(Allocator {
@@ -406,19 +435,19 @@ impl Allocator {
             by_name,
             numbers,
             shared,
-            leases: HashMap::new(),
-            sticky: HashMap::new(),
-            history: HashMap::new(),
-            by_caller: HashMap::new(),
-            returns: HashMap::new(),
-            calls: HashMap::new(),
-            tickets: HashMap::new(),
-            ticket_codes: HashMap::new(),
-            passes: HashMap::new(),
-            progress: HashMap::new(),
-            listings: HashMap::new(),
-            live_per_session: HashMap::new(),
-            live_per_tenant: HashMap::new(),
+            leases: HashMap::default(),
+            sticky: HashMap::default(),
+            history: HashMap::default(),
+            by_caller: HashMap::default(),
+            returns: HashMap::default(),
+            calls: HashMap::default(),
+            tickets: HashMap::default(),
+            ticket_codes: HashMap::default(),
+            passes: HashMap::default(),
+            progress: HashMap::default(),
+            listings: HashMap::default(),
+            live_per_session: HashMap::default(),
+            live_per_tenant: HashMap::default(),
             wheel: Wheel::new(0),
             effects: Vec::new(),
             notices: Vec::new(),
@@ -428,11 +457,14 @@ impl Allocator {
     /// Rebuilds the state that a snapshot (as persisted) describes. Numbers no longer
     /// configured keep their lease records readable but never return to a pool.
     pub fn restore(specs: Vec<PoolSpec>, snapshot: Snapshot) -> Result<Self, CoreError> {
-        let mut a = Allocator::new(specs)?;
+        let mut a = Allocator::unqueued(specs)?;
         // Last time each number became free, for least-recently-used order after restart.
-        let mut freed_at: HashMap<(PoolId, u32), Timestamp> = HashMap::new();
+        let mut freed_at: HashMap<(PoolId, u32), Timestamp> = HashMap::default();
         let mut leases = snapshot.leases;
         leases.sort_by_key(|l| (l.created_at, l.id));
+        a.leases.reserve(leases.len());
+        a.sticky.reserve(leases.len());
+        a.history.reserve(leases.len());
         for lease in leases {
             let holds = lease.end.is_none() || !lease.freed;
             let cool_until = a.cool_until(&lease);
@@ -457,7 +489,6 @@ impl Allocator {
                         )));
                     }
                     slot.holder = Some(lease.id);
-                    pool.free.remove(&idx);
                     if lease.end.is_none() {
                         slot.state = SlotState::Leased;
                         pool.leased.push(idx, Reverse(lease.expires_at));
@@ -482,12 +513,7 @@ impl Allocator {
             a.index(&lease);
             a.leases.insert(lease.id, lease);
         }
-        for ((pid, idx), t) in freed_at {
-            let pool = &mut a.pools[pid.0 as usize];
-            if pool.free.get(&idx).is_some() {
-                pool.free.change_priority(&idx, Reverse((t, idx)));
-            }
-        }
+        a.queue_free(&freed_at);
         for call in snapshot.calls {
             a.calls.insert(call.id.key(), call);
         }
@@ -854,7 +880,7 @@ impl Allocator {
                 }
             }
         }
-        let mut holders: HashMap<Line, LeaseId> = HashMap::new();
+        let mut holders: HashMap<Line, LeaseId> = HashMap::default();
         for lease in self.leases.values() {
             if lease.end.is_none() {
                 if let Some(other) = holders.insert(lease.line(), lease.id) {
