@@ -1,19 +1,23 @@
-//! Micro-benchmarks of the pure core on a manual clock: allocate, renew, release, tick.
+//! Micro-benchmarks of the pure core on a manual clock, at pool sizes 1k, 100k and 1M:
+//! allocate, renew, release, tick (expiry), attribution lookup, and a visitor's whole cycle.
 //! `cargo bench --bench core`
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use leaseline::core::{
-    AllocateRequest, Allocator, LeaseId, LeaseSettings, OnExhausted, PhoneNumber, PoolId, PoolSpec,
-    SessionId, TenantId, Timestamp,
+    AllocateRequest, Allocator, LeaseId, LeaseSettings, OnExhausted, PhoneNumber, PoolId, PoolMode,
+    PoolSpec, SessionId, TenantId, Timestamp,
 };
+
+const FIRST: u64 = 33_800_000_000;
+const START: u64 = 1_800_000_000_000;
 
 fn allocator(size: u64) -> Allocator {
     Allocator::new(vec![PoolSpec {
         name: "p".into(),
         numbers: (0..size)
-            .map(|i| PhoneNumber::from_digits(33_800_000_000 + i).unwrap())
+            .map(|i| PhoneNumber::from_digits(FIRST + i).unwrap())
             .collect(),
         settings: LeaseSettings {
             ttl: Duration::from_secs(900),
@@ -25,7 +29,7 @@ fn allocator(size: u64) -> Allocator {
         on_exhausted: OnExhausted::Reject,
         return_window: Duration::from_secs(30 * 86_400),
         fallback: None,
-        mode: leaseline::core::PoolMode::Dynamic,
+        mode: PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
         limits: Default::default(),
     }])
@@ -38,38 +42,163 @@ fn id(i: u64) -> LeaseId {
     LeaseId::from_bytes(b)
 }
 
+struct Fixture {
+    tenant: TenantId,
+    sessions: Vec<SessionId>,
+}
+
+impl Fixture {
+    fn req(&self, i: u64) -> AllocateRequest {
+        AllocateRequest {
+            tenant: self.tenant.clone(),
+            pool: PoolId(0),
+            session: self.sessions[(i % self.sessions.len() as u64) as usize].clone(),
+            listing: None,
+            target: None,
+            caller: None,
+            ttl: None,
+            calls_required: 1,
+            min_call_secs: 0,
+        }
+    }
+
+    /// A pool of `size` numbers with half of them leased.
+    fn half_leased(&self, size: u64) -> Allocator {
+        let mut a = allocator(size);
+        for i in 0..size / 2 {
+            a.allocate(self.req(i), Timestamp::from_millis(START), id(i))
+                .unwrap();
+        }
+        a.take_effects();
+        a.take_notices();
+        a
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    let tenant = TenantId::parse("t").unwrap();
-    let sessions: Vec<SessionId> = (0..4096)
-        .map(|i| SessionId::parse(&format!("session-{i}")).unwrap())
-        .collect();
+    // Under `cargo test --benches` each bench runs once, unoptimised: the small pool is enough.
+    let sizes: &[u64] = if std::env::args().any(|a| a == "--bench") {
+        &[1_000, 100_000, 1_000_000]
+    } else {
+        &[1_000]
+    };
+    // One session per visitor (the same session and listing would get its lease back).
+    let f = Fixture {
+        tenant: TenantId::parse("t").unwrap(),
+        sessions: (0..*sizes.last().unwrap() * 2)
+            .map(|i| SessionId::parse(&format!("session-{i}")).unwrap())
+            .collect(),
+    };
+    let t0 = Timestamp::from_millis(START);
     let mut g = c.benchmark_group("core");
-    for size in [1_000u64, 100_000] {
-        // One visitor's whole life: allocate, renew, release, and the tick that frees it later.
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    for &size in sizes {
+        let half = size / 2;
+        let base = f.half_leased(size);
+
+        g.bench_with_input(BenchmarkId::new("allocate", size), &size, |b, _| {
+            // On a fresh pool each round (built outside the timing).
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let mut a = allocator(size);
+                    let n = (iters - done).min(size);
+                    let t = Instant::now();
+                    for i in done..done + n {
+                        black_box(a.allocate(f.req(i), t0, id(i)).unwrap());
+                        a.take_effects();
+                    }
+                    total += t.elapsed();
+                    done += n;
+                }
+                total
+            })
+        });
+
+        g.bench_with_input(BenchmarkId::new("renew", size), &size, |b, _| {
+            let mut a = f.half_leased(size);
+            let mut i = 0u64;
+            b.iter(|| {
+                let now = t0.saturating_add(Duration::from_millis(i % 600_000));
+                black_box(a.renew(&id(i % half), None, now).unwrap());
+                a.take_effects();
+                i += 1;
+            })
+        });
+
+        g.bench_with_input(BenchmarkId::new("release", size), &size, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let n = (iters - done).min(size.min(50_000));
+                    let mut a = allocator(size);
+                    for i in 0..n {
+                        a.allocate(f.req(i), t0, id(i)).unwrap();
+                    }
+                    a.take_effects();
+                    let t = Instant::now();
+                    for i in 0..n {
+                        black_box(a.release(&id(i), t0).unwrap());
+                    }
+                    a.take_effects();
+                    total += t.elapsed();
+                    done += n;
+                }
+                total
+            })
+        });
+
+        g.bench_with_input(BenchmarkId::new("tick_per_expiry", size), &size, |b, _| {
+            // One tick expiring n leases, timed per expired lease.
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let n = (iters - done).min(size.min(50_000));
+                    let mut a = allocator(size);
+                    for i in 0..n {
+                        a.allocate(f.req(i), t0, id(i)).unwrap();
+                    }
+                    a.take_effects();
+                    a.tick(t0);
+                    let t = Instant::now();
+                    a.tick(t0.saturating_add(Duration::from_secs(901)));
+                    black_box(a.take_effects());
+                    total += t.elapsed();
+                    done += n;
+                }
+                total
+            })
+        });
+
+        g.bench_with_input(BenchmarkId::new("attribute", size), &size, |b, _| {
+            let mut i = 0u64;
+            b.iter(|| {
+                let n = PhoneNumber::from_digits(FIRST + (i * 7919) % size).unwrap();
+                i += 1;
+                black_box(base.attribute(n, None, None, t0.saturating_add(Duration::from_secs(60))))
+            })
+        });
+
+        // One visitor's whole life, in steady state: allocate, renew, a lookup, release, and
+        // the tick that frees the number (a visitor every 2 s; numbers rest 10 min).
         g.bench_with_input(
             BenchmarkId::new("allocate_renew_release_tick", size),
             &size,
-            |b, &size| {
+            |b, _| {
                 let mut a = allocator(size);
-                let mut i = 0u64;
-                let mut now = Timestamp::from_millis(1_800_000_000_000);
+                let mut i = size;
+                let mut now = t0;
                 b.iter(|| {
                     i += 1;
-                    now = now.saturating_add(Duration::from_secs(1));
-                    let req = AllocateRequest {
-                        tenant: tenant.clone(),
-                        pool: PoolId(0),
-                        session: sessions[(i % 4096) as usize].clone(),
-                        listing: None,
-                        target: None,
-                        caller: None,
-                        ttl: None,
-                        calls_required: 1,
-                        min_call_secs: 0,
-                    };
-                    let l = a.allocate(req, now, id(i)).unwrap().lease.id;
-                    a.renew(&l, None, now).unwrap();
-                    a.release(&l, now).unwrap();
+                    // Two seconds a visitor: numbers come back from quarantine as fast as they go.
+                    now = now.saturating_add(Duration::from_secs(2));
+                    let lease = a.allocate(f.req(i), now, id(i)).unwrap().lease;
+                    a.renew(&lease.id, None, now).unwrap();
+                    black_box(a.attribute(lease.number, None, None, now));
+                    a.release(&lease.id, now).unwrap();
                     a.tick(now);
                     black_box(a.take_effects());
                     a.take_notices();

@@ -26,25 +26,9 @@ on_exhausted = "shared"
 shared_number = "+33899199999"
 code_ttl = "10m"
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{site}"
-
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{tel}"
-
-[[key]]
-name = "admin"
-role = "admin"
-sha256 = "{admin}"
-"#,
+{keys}"#,
         data = dir.join("data").display(),
-        site = sha(SITE),
-        tel = sha(TELEPHONY),
-        admin = sha(ADMIN),
+        keys = standard_keys(),
     );
     let path = dir.join("pool.toml");
     std::fs::write(&path, text).unwrap();
@@ -291,23 +275,9 @@ calls_required = 2
 access_ttl = "30d"
 price = {{ amount = "5.98", currency = "EUR" }}
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{site}"
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{tel}"
-[[key]]
-name = "admin"
-role = "admin"
-sha256 = "{admin}"
-"#,
+{keys}"#,
             data = dir.path().join("data").display(),
-            site = sha(SITE),
-            tel = sha(TELEPHONY),
-            admin = sha(ADMIN),
+            keys = standard_keys(),
         ),
     )
     .unwrap();

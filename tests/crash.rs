@@ -40,25 +40,9 @@ retention = "1h"
 name = "p"
 numbers = ["+33899100000..=+33899100299"]
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{site}"
-
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{tel}"
-
-[[key]]
-name = "admin"
-role = "admin"
-sha256 = "{admin}"
-"#,
+{keys}"#,
         data = dir.join("data").display(),
-        site = sha(SITE),
-        tel = sha(TELEPHONY),
-        admin = sha(ADMIN),
+        keys = standard_keys(),
     );
     let path = dir.join("pool.toml");
     std::fs::write(&path, text).unwrap();

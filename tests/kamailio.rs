@@ -5,48 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn external(bin: &str) -> Option<PathBuf> {
-    let found = ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
-        .iter()
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(),
-            "{bin} is not installed; scripts/test.sh installs it"
-        );
-        eprintln!("SKIPPED: {bin} is not installed (run scripts/test.sh to install it)");
-    }
-    found
-}
-
-fn udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Rig {
     dir: tempfile::TempDir,
@@ -176,23 +140,9 @@ log_format = "json"
 [[pool]]
 name = "p"
 numbers = ["+33899100000..=+33899100009"]
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{site}"
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{tel}"
-[[key]]
-name = "admin"
-role = "admin"
-sha256 = "{admin}"
-"#,
+{keys}"#,
             data = dir.path().join("data").display(),
-            site = sha(SITE),
-            tel = sha(TELEPHONY),
-            admin = sha(ADMIN)
+            keys = standard_keys(),
         ),
     )
     .unwrap();

@@ -4,16 +4,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn dashboard() -> Value {
     serde_json::from_str(
@@ -34,24 +29,6 @@ fn exprs(d: &Value) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// An external program the test command installs; missing outside it, the test is skipped
-/// loudly (scripts/test.sh sets LEASELINE_REQUIRE_EXTERNAL=1, so CI never skips).
-fn external(bin: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(),
-            "{bin} is not installed; scripts/test.sh installs it"
-        );
-        eprintln!("SKIPPED: {bin} is not installed (run scripts/test.sh to install it)");
-    }
-    found
 }
 
 #[test]
@@ -157,23 +134,6 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn try_query(prom: &str, expr: &str) -> Result<Value, String> {
     match ureq::get(&format!("{prom}/api/v1/query"))
         .query("query", expr)
@@ -241,18 +201,9 @@ name = "sh"
 numbers = ["+41900100000"]
 on_exhausted = "shared"
 shared_number = "+41900199999"
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{site}"
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{tel}"
-"#,
+{keys}"#,
             data = dir.path().join("data").display(),
-            site = sha(SITE),
-            tel = sha(TELEPHONY)
+            keys = standard_keys(),
         ),
     )
     .unwrap();

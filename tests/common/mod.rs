@@ -364,3 +364,75 @@ pub fn http(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// A path inside the repository.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port free on 127.0.0.1 right now.
+pub fn udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An external program the test command installs. Missing outside it, the test is skipped
+/// loudly; scripts/test.sh sets LEASELINE_REQUIRE_EXTERNAL=1, so CI never skips.
+pub fn external(bin: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = dirs
+        .iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")].iter())
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(),
+            "{bin} is not installed; scripts/test.sh installs it"
+        );
+        eprintln!("SKIPPED: {bin} is not installed (run scripts/test.sh to install it)");
+    }
+    found
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `[[key]]` section of pool.toml for `token`.
+pub fn key(name: &str, role: &str, token: &str) -> String {
+    format!(
+        "\n[[key]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+        sha(token)
+    )
+}
+
+/// The site, telephony and admin keys most tests use.
+pub fn standard_keys() -> String {
+    [
+        key("site", "site", SITE),
+        key("tel", "telephony", TELEPHONY),
+        key("admin", "admin", ADMIN),
+    ]
+    .concat()
+}
