@@ -137,22 +137,19 @@ impl Service {
     }
 
     pub fn pool_id(&self, name: &str) -> Option<PoolId> {
-        self.lock().ok()?.pool_id(name)
+        self.directory().pool_id(name)
     }
 
     /// Whether `n` is a pool's shared number (callers type a code there).
     pub fn is_shared_number(&self, n: PhoneNumber) -> bool {
-        self.lock()
-            .map(|c| {
-                c.pool_of_number(n)
-                    .is_some_and(|p| c.pool_spec(p).shared_number() == Some(n))
-            })
-            .unwrap_or(false)
+        let c = self.directory();
+        c.pool_of_number(n)
+            .is_some_and(|p| c.pool_spec(p).shared_number() == Some(n))
     }
 
     /// The ticketing formula of the pool `n` belongs to.
     pub fn formula_of(&self, n: PhoneNumber) -> Option<Formula> {
-        let c = self.lock().ok()?;
+        let c = self.directory();
         c.pool_of_number(n).and_then(|p| c.formula(p).cloned())
     }
 
@@ -163,7 +160,7 @@ impl Service {
 
     /// The fallback target of the pool `n` belongs to.
     pub fn fallback_of(&self, n: PhoneNumber) -> Option<crate::core::Target> {
-        let c = self.lock().ok()?;
+        let c = self.directory();
         c.pool_of_number(n)
             .and_then(|p| c.pool_spec(p).fallback.clone())
     }
@@ -184,7 +181,7 @@ impl Service {
 
     /// The name of the pool a called number (pool or shared number) belongs to.
     pub fn pool_of_number(&self, n: PhoneNumber) -> Option<String> {
-        let core = self.lock().ok()?;
+        let core = self.directory();
         core.pool_of_number(n)
             .map(|p| core.pool_spec(p).name.clone())
     }
@@ -192,7 +189,7 @@ impl Service {
     /// Allocates, or returns the caller's live lease extended; the flag is true for a new lease.
     pub async fn allocate(&self, req: AllocateRequest) -> Result<(LeaseView, bool), ServiceError> {
         let id = LeaseId::from_bytes(rand::thread_rng().gen());
-        let pool = self.lock()?.pool_spec(req.pool).name.clone();
+        let pool = self.directory().pool_spec(req.pool).name.clone();
         let res = self
             .write(|core, now| {
                 let a = core.allocate(req, now, id)?;
@@ -541,6 +538,13 @@ impl Service {
     pub fn shutdown(&self) -> Result<(), ServiceError> {
         let _core = self.lock()?;
         Ok(self.commit.flush_now()?)
+    }
+
+    /// The core for configuration lookups only (pools by name, numbers' pools): those parts
+    /// never change after start-up, so they are answered even while storage is failing, and
+    /// a request gets the 503 of its write rather than a misleading 404.
+    fn directory(&self) -> MutexGuard<'_, Allocator> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Allocator>, ServiceError> {
