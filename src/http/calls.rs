@@ -15,6 +15,7 @@ use super::wire::{
     JournalRow, LookupParams,
 };
 use super::AppState;
+use crate::config::KeyConfig;
 use crate::core::{CallId, CallStart, Code, Entropy, PhoneNumber, Timestamp};
 use crate::store::JournalQuery;
 
@@ -25,6 +26,34 @@ const MAX_PAGE: usize = 1000;
 
 fn invalid(m: impl Into<String>) -> ApiError {
     ApiError::invalid(m)
+}
+
+/// Parses an optional field, naming it in the 422 if it is wrong.
+fn optional<T, E: std::fmt::Display>(
+    name: &str,
+    v: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Option<T>, ApiError> {
+    v.map(parse)
+        .transpose()
+        .map_err(|e| invalid(format!("{name}: {e}")))
+}
+
+/// The numbers and code of a call, checked against what the key may use.
+fn call_parties(
+    s: &AppState,
+    key: &KeyConfig,
+    called: &str,
+    caller: Option<&str>,
+    code: Option<&str>,
+) -> Result<(PhoneNumber, Option<PhoneNumber>, Option<Code>), ApiError> {
+    let called = PhoneNumber::parse(called).map_err(|e| invalid(format!("called: {e}")))?;
+    let caller = optional("caller", caller, PhoneNumber::parse)?;
+    let code = optional("code", code, Code::parse)?;
+    if let Some(pool) = s.service.pool_of_number(called) {
+        check_pool(key, &pool)?;
+    }
+    Ok((called, caller, code))
 }
 
 pub async fn event(
@@ -56,22 +85,8 @@ pub async fn event(
                 .called
                 .as_deref()
                 .ok_or_else(|| invalid("called: required on a \"start\" event"))?;
-            let called = PhoneNumber::parse(called).map_err(|e| invalid(format!("called: {e}")))?;
-            let caller = b
-                .caller
-                .as_deref()
-                .map(PhoneNumber::parse)
-                .transpose()
-                .map_err(|e| invalid(format!("caller: {e}")))?;
-            let code = b
-                .code
-                .as_deref()
-                .map(Code::parse)
-                .transpose()
-                .map_err(|e| invalid(format!("code: {e}")))?;
-            if let Some(pool) = s.service.pool_of_number(called) {
-                check_pool(&key, &pool)?;
-            }
+            let (called, caller, code) =
+                call_parties(&s, &key, called, b.caller.as_deref(), b.code.as_deref())?;
             let start = CallStart {
                 id,
                 called,
@@ -187,36 +202,17 @@ pub async fn lookup(
 ) -> Result<Json<CallStartAnswer>, ApiError> {
     let Query(p) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text()))?;
-    let called = PhoneNumber::parse(&p.called).map_err(|e| invalid(format!("called: {e}")))?;
-    let caller = p
-        .caller
-        .as_deref()
-        .map(PhoneNumber::parse)
-        .transpose()
-        .map_err(|e| invalid(format!("caller: {e}")))?;
-    let code = p
-        .code
-        .as_deref()
-        .map(Code::parse)
-        .transpose()
-        .map_err(|e| invalid(format!("code: {e}")))?;
+    let (called, caller, code) =
+        call_parties(&s, &key, &p.called, p.caller.as_deref(), p.code.as_deref())?;
     let at =
         p.at.as_deref()
             .map(|t| parse_time("at", t))
             .transpose()
             .map_err(invalid)?;
-    if let Some(pool) = s.service.pool_of_number(called) {
-        check_pool(&key, &pool)?;
-    }
     let (a, pool) = s.service.attribute(called, caller, code, at)?;
-    Ok(Json(CallStartAnswer {
-        call_id: String::new(),
-        attributed: a.reason.attributed(),
-        reason: a.reason.as_str(),
+    Ok(Json(CallStartAnswer::from_attribution(
+        String::new(),
+        &a,
         pool,
-        lease_id: a.lease.map(|l| l.to_string()),
-        target: a.target.as_ref().map(ToString::to_string),
-        listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
-        ticketing: None,
-    }))
+    )))
 }

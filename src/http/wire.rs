@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Call, TicketingAnswer, Timestamp};
+use crate::core::{Attribution, Call, TicketingAnswer, Timestamp};
 use crate::service::{LeaseView, PoolView};
 use crate::service::{PassView, TicketView};
 use crate::store::JournalRow as StoredRow;
@@ -174,16 +174,22 @@ impl From<TicketingAnswer> for TicketingBody {
 
 impl CallStartAnswer {
     pub fn new(c: &Call, pool: Option<String>) -> Self {
-        let a = &c.attribution;
         CallStartAnswer {
-            call_id: c.id.as_str().to_owned(),
+            ticketing: c.ticketing.map(TicketingBody::from),
+            ..Self::from_attribution(c.id.as_str().to_owned(), &c.attribution, pool)
+        }
+    }
+
+    pub fn from_attribution(call_id: String, a: &Attribution, pool: Option<String>) -> Self {
+        CallStartAnswer {
+            call_id,
             attributed: a.reason.attributed(),
             reason: a.reason.as_str(),
             pool,
             lease_id: a.lease.map(|l| l.to_string()),
             target: a.target.as_ref().map(ToString::to_string),
             listing: a.listing.as_ref().map(|l| l.as_str().to_owned()),
-            ticketing: c.ticketing.map(TicketingBody::from),
+            ticketing: None,
         }
     }
 }
