@@ -11,11 +11,15 @@ need_apt() {
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing: ${missing[*]}"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # policy-rc.d exit 101: package scripts may not start system services.
+  # policy-rc.d exit 101: package scripts may not start system services (the tests start
+  # what they need themselves, on 127.0.0.1). Removed again afterwards unless it was there.
+  local had_policy=0
+  [ -e /usr/sbin/policy-rc.d ] && had_policy=1
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
   $sudo chmod +x /usr/sbin/policy-rc.d
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ "$had_policy" = 1 ] || $sudo rm -f /usr/sbin/policy-rc.d
 }
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
