@@ -152,25 +152,23 @@ numbers = ["+33899100000..=+33899100009"]
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let kam_log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
-    let _kamailio = Killed(
-        Command::new(kamailio)
-            .arg("-f")
-            .arg(repo("telephony/kamailio/kamailio.cfg"))
-            .args(["-DD", "-E", "-m", "128", "-Y"])
-            .arg(&run)
-            .arg("-A")
-            .arg(format!("LISTEN=udp:127.0.0.1:{kamailio_port}"))
-            .arg("-A")
-            .arg(format!("LEASELINE_URL=\"http://{}\"", server.addr))
-            .arg("-A")
-            .arg(format!("LEASELINE_KEY=\"{TELEPHONY}\""))
-            .arg("-A")
-            .arg(format!("GATEWAY=\"127.0.0.1:{gateway_port}\""))
-            .stdout(Stdio::null())
-            .stderr(kam_log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(kamailio);
+    cmd.arg("-f")
+        .arg(repo("telephony/kamailio/kamailio.cfg"))
+        .args(["-DD", "-E", "-m", "128", "-Y"])
+        .arg(&run)
+        .arg("-A")
+        .arg(format!("LISTEN=udp:127.0.0.1:{kamailio_port}"))
+        .arg("-A")
+        .arg(format!("LEASELINE_URL=\"http://{}\"", server.addr))
+        .arg("-A")
+        .arg(format!("LEASELINE_KEY=\"{TELEPHONY}\""))
+        .arg("-A")
+        .arg(format!("GATEWAY=\"127.0.0.1:{gateway_port}\""))
+        .stdout(Stdio::null())
+        .stderr(kam_log);
+    // Kamailio forks its workers: they all go when the group is ended.
+    let _kamailio = Group(in_own_group(&mut cmd).spawn().unwrap());
     let gateway_msgs = dir.path().join("gateway.msg");
     let _gateway = Killed(
         Command::new(&sipp)

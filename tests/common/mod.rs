@@ -419,6 +419,35 @@ impl Drop for Killed {
     }
 }
 
+/// A child started in a process group of its own (see [`in_own_group`]), with everything it
+/// forked: dropped, the whole group gets SIGTERM, then SIGKILL for whatever is left.
+pub struct Group(pub Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill").args([sig, "--", &group]).status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal("-KILL");
+        let _ = self.0.wait();
+    }
+}
+
+/// Makes a command start its own process group, so [`Group`] can end all it forks.
+pub fn in_own_group(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+}
+
 /// A `[[key]]` section of pool.toml for `token`.
 pub fn key(name: &str, role: &str, token: &str) -> String {
     format!(
