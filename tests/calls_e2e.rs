@@ -12,27 +12,15 @@ use common::*;
 use serde_json::{json, Value};
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-log_format = "json"
-
-[[pool]]
+    binary_config(
+        dir,
+        r#"[[pool]]
 name = "p"
 numbers = ["+33899100000"]
 on_exhausted = "shared"
 shared_number = "+33899199999"
-code_ttl = "10m"
-
-{keys}"#,
-        data = dir.join("data").display(),
-        keys = standard_keys(),
-    );
-    let path = dir.join("pool.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+code_ttl = "10m""#,
+    )
 }
 
 fn allocate(s: &Server, body: Value) -> Value {
@@ -257,30 +245,16 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
 #[test]
 fn ticketing_codes_are_earned_by_phone_redeemed_once_and_let_the_buyer_back_in() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pool.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-log_format = "json"
-
-[[pool]]
+    let config = binary_config(
+        dir.path(),
+        r#"[[pool]]
 name = "videos"
 numbers = ["+33899300000"]
 mode = "ticketing"
 calls_required = 2
 access_ttl = "30d"
-price = {{ amount = "5.98", currency = "EUR" }}
-
-{keys}"#,
-            data = dir.path().join("data").display(),
-            keys = standard_keys(),
-        ),
-    )
-    .unwrap();
+price = { amount = "5.98", currency = "EUR" }"#,
+    );
     let server = Server::start(&config);
     let first = call(
         &server,

@@ -22,14 +22,10 @@ const CLIENTS: usize = 6;
 const TTL_SECS: u64 = 4;
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-log_format = "json"
-
-[lease]
+    binary_config(
+        dir,
+        &format!(
+            r#"[lease]
 ttl = "{TTL_SECS}s"
 max_ttl = "30s"
 grace = "1s"
@@ -38,15 +34,9 @@ retention = "1h"
 
 [[pool]]
 name = "p"
-numbers = ["+33899100000..=+33899100299"]
-
-{keys}"#,
-        data = dir.join("data").display(),
-        keys = standard_keys(),
-    );
-    let path = dir.join("pool.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+numbers = ["+33899100000..=+33899100299"]"#
+        ),
+    )
 }
 
 fn now_ms() -> u64 {

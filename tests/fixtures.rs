@@ -35,19 +35,11 @@ code_ttl = "3m"
 return_window = "30d"
 fallback_target = "+33100000000"
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{}"
-
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{}"
-"#,
+{}
+{}"#,
         data.display(),
-        sha(SITE),
-        sha(TELEPHONY)
+        key("site", "site", SITE),
+        key("tel", "telephony", TELEPHONY)
     )
 }
 
@@ -79,25 +71,13 @@ calls_required = 1
 code_ttl = "10m"
 access_ttl = "7d"
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{}"
-
-[[key]]
-name = "other"
-role = "site"
-sha256 = "{}"
-
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{}"
-"#,
+{}
+{}
+{}"#,
         data.display(),
-        sha(SITE),
-        sha(OTHER_SITE),
-        sha(TELEPHONY)
+        key("site", "site", SITE),
+        key("other", "site", OTHER_SITE),
+        key("tel", "telephony", TELEPHONY)
     )
 }
 

@@ -128,24 +128,12 @@ fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pool.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-log_format = "json"
-[[pool]]
+    let config = binary_config(
+        dir.path(),
+        r#"[[pool]]
 name = "p"
-numbers = ["+33899100000..=+33899100009"]
-{keys}"#,
-            data = dir.path().join("data").display(),
-            keys = standard_keys(),
-        ),
-    )
-    .unwrap();
+numbers = ["+33899100000..=+33899100009"]"#,
+    );
     let server = Server::start(&config);
     let gateway_port = udp_port();
     let kamailio_port = udp_port();

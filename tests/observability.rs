@@ -182,16 +182,9 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pool.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-log_format = "json"
-[[pool]]
+    let config = binary_config(
+        dir.path(),
+        r#"[[pool]]
 name = "ex"
 numbers = ["+33899100000", "+33899100001"]
 grace = "1s"
@@ -200,13 +193,8 @@ quarantine = "1s"
 name = "sh"
 numbers = ["+41900100000"]
 on_exhausted = "shared"
-shared_number = "+41900199999"
-{keys}"#,
-            data = dir.path().join("data").display(),
-            keys = standard_keys(),
-        ),
-    )
-    .unwrap();
+shared_number = "+41900199999""#,
+    );
     let server = Server::start(&config);
     let port = free_port();
     let prom = format!("http://127.0.0.1:{port}");

@@ -31,21 +31,9 @@ name = "slow"
 numbers = ["+33899200000..=+33899200099"]
 allocations_per_minute_per_key = 3
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{}"
-
-[[key]]
-name = "other"
-role = "site"
-sha256 = "{}"
-
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{}"
-
+{}
+{}
+{}
 [[key]]
 name = "scoped"
 role = "admin"
@@ -53,9 +41,9 @@ sha256 = "{}"
 pools = ["slow"]
 "#,
         data.display(),
-        sha(SITE),
-        sha(OTHER_SITE),
-        sha(TELEPHONY),
+        key("site", "site", SITE),
+        key("other", "site", OTHER_SITE),
+        key("tel", "telephony", TELEPHONY),
         sha(SCOPED_ADMIN)
     )
 }

@@ -28,11 +28,7 @@ publishable_per_session = 3
 name = "fr"
 numbers = ["+33899100000..=+33899100009"]
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{}"
-
+{}
 [[key]]
 name = "page"
 role = "publishable"
@@ -46,7 +42,7 @@ key = "{PAGE}"
 pool = "fr"
 "#,
         data.display(),
-        sha(SITE),
+        key("site", "site", SITE),
         sha(PAGE)
     )
 }

@@ -45,19 +45,11 @@ mode = "ticketing"
 calls_required = 2
 min_call_secs = 60
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{}"
-
-[[key]]
-name = "tel"
-role = "telephony"
-sha256 = "{}"
-"#,
+{}
+{}"#,
         data.display(),
-        sha(SITE),
-        sha(TELEPHONY)
+        key("site", "site", SITE),
+        key("tel", "telephony", TELEPHONY)
     )
 }
 

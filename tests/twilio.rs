@@ -37,13 +37,9 @@ name = "ch"
 numbers = ["+41900100000"]
 fallback_target = "sip:switchboard@pbx.example"
 
-[[key]]
-name = "site"
-role = "site"
-sha256 = "{}"
-"#,
+{}"#,
         data.display(),
-        sha(SITE)
+        key("site", "site", SITE)
     )
 }
 

@@ -456,6 +456,20 @@ pub fn key(name: &str, role: &str, token: &str) -> String {
     )
 }
 
+/// Writes `dir/pool.toml` for the real binary: loopback on a free port, data in `dir/data`,
+/// JSON logs (so [`Server::start`] can read its address), then `body` (pools, leases…) and
+/// the standard keys.
+pub fn binary_config(dir: &Path, body: &str) -> PathBuf {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n{body}\n{}",
+        dir.join("data").display(),
+        standard_keys()
+    );
+    let path = dir.join("pool.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The site, telephony and admin keys most tests use.
 pub fn standard_keys() -> String {
     [
