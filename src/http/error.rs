@@ -48,6 +48,14 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
     }
 
+    /// 429 with `Retry-After`: a limit was reached.
+    pub fn too_many(kind: &'static str, retry_after: u64, detail: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, kind, detail)
+        }
+    }
+
     pub fn unknown_lease() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -128,10 +136,11 @@ impl From<ServiceError> for ApiError {
                 "bad-cursor",
                 "cursor is not one this journal gave; start again without it",
             ),
-            ServiceError::Core(e @ CoreError::TooManyLeases { .. }) => ApiError {
-                retry_after: Some(60),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too-many-leases", format!("{e}: release one, or retry when one expires"))
-            },
+            ServiceError::Core(e @ CoreError::TooManyLeases { .. }) => Self::too_many(
+                "too-many-leases",
+                60,
+                format!("{e}: release one, or retry when one expires"),
+            ),
             ServiceError::Core(e @ CoreError::TicketingPool) => Self::invalid(format!("pool: {e}")),
             ServiceError::Core(CoreError::UnknownTicket) => Self::new(
                 StatusCode::NOT_FOUND,

@@ -72,6 +72,20 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Refuses a request over the abuse limit `limit` (counted in the metrics) with a 429.
+    pub fn limited(
+        &self,
+        limit: &'static str,
+        kind: &'static str,
+        retry_after: u64,
+        detail: String,
+    ) -> ApiError {
+        self.metrics.limited.with_label_values(&[limit]).inc();
+        ApiError::too_many(kind, retry_after, detail)
+    }
+}
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     Router::new()

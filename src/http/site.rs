@@ -55,17 +55,12 @@ impl PageLimits {
             .expect("limiter lock")
             .hit(key, s.service.now())
             .map_err(|retry| {
-                s.metrics.limited.with_label_values(&["key_rate"]).inc();
-                ApiError {
-                    retry_after: Some(retry),
-                    ..ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate-limited",
-                        format!(
-                            "this key allocates too fast in pool {pool:?}: try again in {retry} s"
-                        ),
-                    )
-                }
+                s.limited(
+                    "key_rate",
+                    "rate-limited",
+                    retry,
+                    format!("this key allocates too fast in pool {pool:?}: try again in {retry} s"),
+                )
             })
     }
 
@@ -73,22 +68,17 @@ impl PageLimits {
     pub fn check(&self, s: &AppState, ip: &str, session: &str) -> Result<(), ApiError> {
         let now = s.service.now();
         let over = |limit: &'static str, retry: u64| {
-            s.metrics.limited.with_label_values(&[limit]).inc();
-            ApiError {
-                retry_after: Some(retry),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    format!(
-                        "too many numbers asked for from this {}: try again in {retry} s",
-                        if limit == "page_ip" {
-                            "address"
-                        } else {
-                            "session"
-                        }
-                    ),
-                )
-            }
+            let who = if limit == "page_ip" {
+                "address"
+            } else {
+                "session"
+            };
+            s.limited(
+                limit,
+                "rate-limited",
+                retry,
+                format!("too many numbers asked for from this {who}: try again in {retry} s"),
+            )
         };
         self.per_ip
             .lock()

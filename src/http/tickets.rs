@@ -34,15 +34,12 @@ impl RedeemLimits {
 }
 
 fn limited(s: &AppState, limit: &'static str, retry_after: u64) -> ApiError {
-    s.metrics.limited.with_label_values(&[limit]).inc();
-    ApiError {
-        retry_after: Some(retry_after),
-        ..ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-failures",
-            format!("too many wrong codes: try again in {retry_after} s"),
-        )
-    }
+    s.limited(
+        limit,
+        "too-many-failures",
+        retry_after,
+        format!("too many wrong codes: try again in {retry_after} s"),
+    )
 }
 
 pub async fn redeem(
