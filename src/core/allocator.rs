@@ -736,10 +736,6 @@ impl Allocator {
         }
     }
 
-    pub fn listing_target(&self, tenant: &TenantId, listing: &ListingId) -> Option<&Target> {
-        self.listings.get(&(tenant.clone(), listing.clone()))
-    }
-
     /// Extends an active lease by `ttl` from now (the pool's `ttl` if `None`; a code's
     /// `code_ttl` on a shared number), never past `max_ttl` from its creation and never
     /// shortening it.

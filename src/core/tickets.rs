@@ -135,10 +135,6 @@ impl Allocator {
         }
     }
 
-    pub fn ticket(&self, id: &TicketId) -> Option<&Ticket> {
-        self.tickets.get(id)
-    }
-
     pub fn pass(&self, id: &PassId) -> Option<&Pass> {
         self.passes.get(id)
     }
