@@ -115,17 +115,24 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
         (Some("code"), Some("+33600000002"))
     );
 
-    // Caller recognition: C typed their number on the page, then calls A's number.
+    // Caller recognition: C typed their number on the page, then calls the shared number
+    // without typing the code; the same caller dialling A's number still reaches A.
     let c = allocate(
         &server,
         json!({"pool": "p", "session": "c", "listing": "car-3", "target": "+33600000003", "caller": "+33622222222"}),
     );
     let r = call(
         &server,
-        json!({"call_id": "k2", "event": "start", "called": "+33899100000", "caller": "+33622222222"}),
+        json!({"call_id": "k2", "event": "start", "called": "+33899199999", "caller": "+33622222222"}),
     );
     assert_eq!(r["reason"], "caller");
     assert_eq!(r["lease_id"], c["lease_id"]);
+    let r = call(
+        &server,
+        json!({"call_id": "k2a", "event": "start", "called": "+33899100000", "caller": "+33622222222"}),
+    );
+    assert_eq!(r["reason"], "active");
+    assert_eq!(r["lease_id"], a["lease_id"]);
 
     // Multi-call: D needs two calls of at least 10 s; a page follows it live.
     let d = allocate(
@@ -214,7 +221,7 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
         .iter()
         .map(|c| c["call_id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, ["d2", "d1", "k2", "k1"]);
+    assert_eq!(ids, ["d2", "d1", "k2a", "k2", "k1"]);
     let out = Command::new(env!("CARGO_BIN_EXE_leaseline"))
         .args([
             "export",
@@ -234,7 +241,7 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
     );
     let csv = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<_> = csv.lines().collect();
-    assert_eq!(lines.len(), 5, "{csv}");
+    assert_eq!(lines.len(), 6, "{csv}");
     assert!(
         lines[1].starts_with("d2,p,+33899199999,+33633333332,"),
         "{csv}"

@@ -36,9 +36,11 @@ return_window = "30d"
 fallback_target = "+33100000000"
 
 {}
+{}
 {}"#,
         data.display(),
         key("site", "site", SITE),
+        key("other", "site", OTHER_SITE),
         key("tel", "telephony", TELEPHONY)
     )
 }
@@ -136,6 +138,8 @@ struct TicketingExpect {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Allocate {
+    /// "site" (default) or "other" (another tenant's site key).
+    key: Option<String>,
     session: String,
     listing: Option<String>,
     target: Option<String>,
@@ -215,8 +219,9 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
                 "pool": "fx", "session": a.session, "listing": a.listing, "target": a.target,
                 "caller": a.caller, "calls_required": a.calls_required, "min_call_secs": a.min_call_secs,
             });
+            let key = tenant_key(a.key.as_deref());
             let r = app
-                .call("POST", "/v1/leases", Some(SITE), Some(&body.to_string()))
+                .call("POST", "/v1/leases", Some(key), Some(&body.to_string()))
                 .await;
             let want = expect.and_then(|e| e.status).unwrap_or(201);
             assert_eq!(r.status.as_u16(), want, "{ctx}: {}", r.text);
@@ -225,13 +230,16 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
                 assert_eq!(n == "shared", shared, "{ctx}: {}", r.text);
             }
             if let Some(name) = &step.name {
-                leases.insert(name.clone(), r.json.clone());
+                let mut lease = r.json.clone();
+                lease["_key"] = json!(a.key);
+                leases.insert(name.clone(), lease);
             }
         }
         if let Some(name) = &step.release {
             let id = leases[name]["lease_id"].as_str().unwrap();
+            let key = tenant_key(leases[name]["_key"].as_str());
             let r = app
-                .call("DELETE", &format!("/v1/leases/{id}"), Some(SITE), None)
+                .call("DELETE", &format!("/v1/leases/{id}"), Some(key), None)
                 .await;
             assert_eq!(r.status, 204, "{ctx}");
         }
@@ -290,11 +298,7 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
                 (None, Some(c)) => c.clone(),
                 _ => panic!("{ctx}: redeem needs code_of or code"),
             };
-            let key = if rd.key.as_deref() == Some("other") {
-                OTHER_SITE
-            } else {
-                SITE
-            };
+            let key = tenant_key(rd.key.as_deref());
             let body = json!({"code": code, "client": "visitor-1"});
             let r = app
                 .call(
@@ -349,6 +353,15 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
                 assert_eq!(r.json["state"], state.as_str(), "{ctx}: {}", r.text);
             }
         }
+    }
+}
+
+/// The site key of a tenant named in a fixture: "other", or the site's own.
+fn tenant_key(name: Option<&str>) -> &'static str {
+    match name {
+        Some("other") => OTHER_SITE,
+        None | Some("site") => SITE,
+        Some(n) => panic!("unknown key {n:?} in a fixture"),
     }
 }
 

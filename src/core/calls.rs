@@ -10,12 +10,14 @@ use super::time::Timestamp;
 use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
 use super::{CoreError, Effect};
 
-/// Why a call went where it went, in order of precedence.
+/// Why a call went where it went. Precedence: code, return, active, grace, caller (see
+/// [`Allocator::attribute`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// The caller typed a live code on the pool's shared number.
     Code,
-    /// The caller's number is the one the visitor typed on the page.
+    /// The caller's number is the one the visitor typed on the page, on a line nobody holds
+    /// (the shared number without a code, or a free number of the pool).
     Caller,
     /// The caller already called this number for a listing, within the return window.
     Return,
@@ -121,13 +123,22 @@ pub struct Call {
     pub ticketing: Option<TicketingAnswer>,
 }
 
+/// How a line (a number, or the shared number with a code) stood at an instant.
+enum Hold<'a> {
+    Active(&'a Lease),
+    Grace(&'a Lease),
+    /// Its last lease is over, grace too, but its quarantine is not.
+    Cooling,
+    Free,
+}
+
 /// How long a call stays in memory (for retried events and its `end`) when its pool is unknown.
 const CALL_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 impl Allocator {
     /// Who gets a call placed at `at`, from the state as stored. Rules in order: code,
-    /// caller, return, active, grace; else not_leased or unknown_number (with the pool's
-    /// fallback target, if any).
+    /// return, active, grace, caller (only on a line nobody holds); else not_leased or
+    /// unknown_number (with the pool's fallback target, if any).
     pub fn attribute(
         &self,
         called: PhoneNumber,
@@ -161,23 +172,14 @@ impl Allocator {
             target: l.target.clone(),
             listing: l.listing.clone(),
         };
-        if let (Some(code), true) = (code, self.shared.get(&called) == Some(&pool)) {
-            if let Some((l, _)) = self.on_line((called, Some(code)), at) {
-                return from_lease(Reason::Code, l);
+        let on_shared = self.shared.get(&called) == Some(&pool);
+        if let (Some(code), true) = (code, on_shared) {
+            match self.hold((called, Some(code)), at) {
+                Hold::Active(l) | Hold::Grace(l) => return from_lease(Reason::Code, l),
+                Hold::Cooling | Hold::Free => {}
             }
         }
         if let Some(caller) = caller {
-            let typed = self
-                .by_caller
-                .get(&caller)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| self.leases.get(id))
-                .filter(|l| l.pool == pool && l.created_at <= at && at < l.end_at())
-                .max_by_key(|l| (l.created_at, l.id));
-            if let Some(l) = typed {
-                return from_lease(Reason::Caller, l);
-            }
             if let Some(r) = self.returns.get(&ReturnKey {
                 caller,
                 number: called,
@@ -193,15 +195,21 @@ impl Allocator {
                 }
             }
         }
-        if let Some((l, active)) = self.on_line((called, None), at) {
-            return from_lease(
-                if active {
-                    Reason::Active
-                } else {
-                    Reason::Grace
-                },
-                l,
-            );
+        match self.hold((called, None), at) {
+            Hold::Active(l) => return from_lease(Reason::Active, l),
+            Hold::Grace(l) => return from_lease(Reason::Grace, l),
+            // A line in quarantine is still its last holder's: nobody's claim takes it.
+            Hold::Cooling => {}
+            // A number typed on a page is a claim, not a proof: it may only pick up calls
+            // that no lease can claim by the number dialled (a free pool number, or the
+            // shared number with no code typed), and only when exactly one lease of the
+            // pool, active at `at`, makes that claim.
+            Hold::Free if on_shared && code.is_some() => {}
+            Hold::Free => {
+                if let Some(l) = caller.and_then(|c| self.sole_claim(pool, c, at)) {
+                    return from_lease(Reason::Caller, l);
+                }
+            }
         }
         Attribution {
             reason: Reason::NotLeased,
@@ -210,6 +218,20 @@ impl Allocator {
             target: self.pools[pool.0 as usize].spec.fallback.clone(),
             listing: None,
         }
+    }
+
+    /// The one lease of `pool` active at `at` that names `caller`; none when no lease or
+    /// several (two pages claiming one caller cancel each other out).
+    fn sole_claim(&self, pool: PoolId, caller: PhoneNumber, at: Timestamp) -> Option<&Lease> {
+        let mut claims = self
+            .by_caller
+            .get(&caller)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.leases.get(id))
+            .filter(|l| l.pool == pool && l.created_at <= at && at < l.end_at());
+        let first = claims.next()?;
+        claims.next().is_none().then_some(first)
     }
 
     /// Records a call's start and answers where it goes. A retried start (same id, same
@@ -273,9 +295,10 @@ impl Allocator {
                 self.effects
                     .push(Effect::PutLease(self.leases[&id].clone()));
             }
-            if let (Some(caller), Some(listing), true) =
-                (call.caller, listing, reason != Reason::Return)
-            {
+            // Only a call proven by the line it reached opens a return route: a `caller`
+            // claim typed on a page must not keep a caller's calls for 30 days.
+            let proven = matches!(reason, Reason::Code | Reason::Active | Reason::Grace);
+            if let (Some(caller), Some(listing), true) = (call.caller, listing, proven) {
                 self.open_return(caller, &call, id, listing, target);
             }
         }
@@ -419,25 +442,30 @@ impl Allocator {
         self.returns.insert(key, route);
     }
 
-    /// The lease on `line` that was active at `at` (true), or whose grace covered `at` (false).
-    fn on_line(&self, line: Line, at: Timestamp) -> Option<(&Lease, bool)> {
-        for id in self.history.get(&line)?.iter().rev() {
+    /// How `line` stood at `at`: the lease active on it, or in grace, or cooling, or free.
+    fn hold(&self, line: Line, at: Timestamp) -> Hold<'_> {
+        let Some(history) = self.history.get(&line) else {
+            return Hold::Free;
+        };
+        for id in history.iter().rev() {
             let Some(l) = self.leases.get(id) else {
                 continue;
             };
             if at < l.created_at {
                 continue;
             }
-            if at < l.end_at() {
-                return Some((l, true));
-            }
-            if at < self.grace_until(l) {
-                return Some((l, false));
-            }
-            // Older leases on this line ended even earlier.
-            return None;
+            // Older leases on this line ended even earlier: the latest one decides.
+            return if at < l.end_at() {
+                Hold::Active(l)
+            } else if at < self.grace_until(l) {
+                Hold::Grace(l)
+            } else if at < self.cool_until(l) {
+                Hold::Cooling
+            } else {
+                Hold::Free
+            };
         }
-        None
+        Hold::Free
     }
 
     pub(super) fn forget_call(&mut self, key: super::types::CallKey, now: Timestamp) {
