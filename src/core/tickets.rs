@@ -391,6 +391,10 @@ impl Allocator {
 
     pub(super) fn advance_progress(&mut self, key: ProgressKey, now: Timestamp) {
         let Some(f) = self.formula(key.pool) else {
+            // The pool no longer sells by formula: its progress can never complete.
+            if self.progress.remove(&key).is_some() {
+                self.effects.push(Effect::DelProgress(key));
+            }
             return;
         };
         let window = f.window;

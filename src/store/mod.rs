@@ -8,7 +8,8 @@
 //! - `J` + time (ms, 8 bytes big-endian) + record id (16 bytes) → the record's kind byte (`C`
 //!   or `E`): the journal's time index.
 //! - `R` + caller digits (8 bytes) + called digits (8 bytes) → return route.
-//! - `T` + ticket id → ticket; `P` + pass id → access pass; `G` + pool (4 bytes) + caller
+//! - `T` + ticket id → ticket; `P` + pass id → access pass; `G` + pool tag (8 bytes: the
+//!   first bytes of SHA-256 of the pool's name, so reordering pools moves nothing) + caller
 //!   digits (8 bytes) → a caller's progress through a ticketing formula.
 //! - `E` + ticket id (15 bytes) + event kind → a ticket event (issued, redeemed, expired),
 //!   indexed in the journal like calls.
@@ -16,7 +17,8 @@
 //!   Big-endian ticks make byte order time order: a range scan from `W` yields entries
 //!   earliest first.
 //! - `Q` + tenant + 0 + listing → where that listing's calls go (a target).
-//! - `M` + name → metadata (`Mformat` = the store format, checked on open).
+//! - `M` + name → metadata (`Mformat` = the store format, checked on open; a store of format
+//!   1, which keyed progress by the pool's position in the config, is migrated on open).
 
 mod commit;
 mod faults;
@@ -48,7 +50,9 @@ const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
 const FORMAT_KEY: &[u8] = b"Mformat";
 const WATERMARK_KEY: &[u8] = b"Mnow";
-const FORMAT: &[u8] = b"leaseline-store-1";
+const FORMAT: &[u8] = b"leaseline-store-2";
+/// Format 1 keyed progress by the pool's index in `pool.toml` instead of its name.
+const FORMAT_1: &[u8] = b"leaseline-store-1";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -132,6 +136,16 @@ pub struct Store {
     db: sled::Db,
     pool_names: Vec<String>,
     pool_ids: HashMap<String, PoolId>,
+    /// Pools by the tag progress keys carry; tags by pool index.
+    pool_by_tag: HashMap<[u8; 8], PoolId>,
+    pool_tags: Vec<[u8; 8]>,
+}
+
+/// The stable 8-byte tag of a pool name in fixed-size keys (progress and its wheel entries).
+fn pool_tag(name: &str) -> [u8; 8] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    digest[..8].try_into().expect("8 bytes")
 }
 
 impl Store {
@@ -143,8 +157,10 @@ impl Store {
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         match db.get(FORMAT_KEY)? {
             Some(v) if v == FORMAT => {}
+            Some(v) if v == FORMAT_1 => migrate_from_1(&db, &pool_names)?,
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
                     "{} holds store format {:?}, not {:?}: is it another program's data?",
@@ -164,16 +180,28 @@ impl Store {
                 )))
             }
         }
-        let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         let pool_ids = pool_names
             .iter()
             .enumerate()
             .map(|(i, n)| (n.clone(), PoolId(i as u32)))
             .collect();
+        let pool_tags: Vec<[u8; 8]> = pool_names.iter().map(|n| pool_tag(n)).collect();
+        let pool_by_tag: HashMap<[u8; 8], PoolId> = pool_tags
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, PoolId(i as u32)))
+            .collect();
+        if pool_by_tag.len() != pool_tags.len() {
+            return Err(StoreError::Corrupt(
+                "two pool names share a storage tag; rename one".into(),
+            ));
+        }
         Ok(Store {
             db,
             pool_names,
             pool_ids,
+            pool_by_tag,
+            pool_tags,
         })
     }
 
@@ -227,10 +255,13 @@ impl Store {
         }
         for item in self.db.scan_prefix([PROGRESS]) {
             let (k, v) = item?;
-            let key = progress_key_from(&k[1..])?;
-            out.snapshot
-                .progress
-                .push(record::decode_progress(key, &v).map_err(corrupt)?);
+            match self.progress_key_from(&k[1..])? {
+                Some(key) => out
+                    .snapshot
+                    .progress
+                    .push(record::decode_progress(key, &v).map_err(corrupt)?),
+                None => out.orphans += 1,
+            }
         }
         for item in self.db.scan_prefix([WHEEL]) {
             let (k, _) = item?;
@@ -251,7 +282,11 @@ impl Store {
                 RETURN => Due::Return(return_key_from(&id)?),
                 TICKET => Due::Ticket(TicketId(id)),
                 PASS => Due::Pass(PassId(id)),
-                PROGRESS => Due::Progress(progress_key_from(&id[..12])?),
+                PROGRESS => match self.progress_key_from(&id)? {
+                    Some(key) => Due::Progress(key),
+                    // Progress in a pool no longer configured: left on disk, not served.
+                    None => continue,
+                },
                 other => {
                     return Err(StoreError::Corrupt(format!(
                         "wheel entry of unknown kind {other}"
@@ -318,10 +353,12 @@ impl Store {
                 ),
                 Effect::DelPass(id) => batch.remove(&prefixed(PASS, &id.0)[..]),
                 Effect::PutProgress(p) => batch.insert(
-                    &prefixed(PROGRESS, &progress_id(&p.key))[..],
+                    &prefixed(PROGRESS, &self.progress_id(&p.key))[..],
                     record::encode_progress(p),
                 ),
-                Effect::DelProgress(k) => batch.remove(&prefixed(PROGRESS, &progress_id(k))[..]),
+                Effect::DelProgress(k) => {
+                    batch.remove(&prefixed(PROGRESS, &self.progress_id(k))[..])
+                }
                 Effect::PutListing(t, l, target) => {
                     batch.insert(listing_key(t, l), record::encode_target(target))
                 }
@@ -338,8 +375,8 @@ impl Store {
                     batch.insert(&return_key(&r.key)[..], record::encode_return(r))
                 }
                 Effect::DelReturn(k) => batch.remove(&return_key(k)[..]),
-                Effect::PutWheel(t, due) => batch.insert(&wheel_key(*t, due)[..], &[][..]),
-                Effect::DelWheel(t, due) => batch.remove(&wheel_key(*t, due)[..]),
+                Effect::PutWheel(t, due) => batch.insert(&self.wheel_key(*t, due)[..], &[][..]),
+                Effect::DelWheel(t, due) => batch.remove(&self.wheel_key(*t, due)[..]),
             }
         }
     }
@@ -476,22 +513,92 @@ fn event_id(e: &TicketEvent) -> [u8; 16] {
     id
 }
 
-fn progress_id(k: &ProgressKey) -> [u8; 12] {
-    let mut id = [0u8; 12];
-    id[..4].copy_from_slice(&k.pool.0.to_be_bytes());
-    id[4..].copy_from_slice(&k.caller.digits().to_be_bytes());
-    id
+impl Store {
+    /// A progress record's id: its pool's tag, then the caller's digits.
+    fn progress_id(&self, k: &ProgressKey) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.pool_tags[k.pool.0 as usize]);
+        id[8..].copy_from_slice(&k.caller.digits().to_be_bytes());
+        id
+    }
+
+    /// The key a progress id names; `None` when its pool is no longer configured.
+    fn progress_key_from(&self, b: &[u8]) -> Result<Option<ProgressKey>, StoreError> {
+        let bad = || StoreError::Corrupt("malformed progress key".into());
+        if b.len() != 16 {
+            return Err(bad());
+        }
+        let caller =
+            PhoneNumber::from_digits(u64::from_be_bytes(fixed(&b[8..])?)).ok_or_else(bad)?;
+        Ok(self
+            .pool_by_tag
+            .get(&fixed::<8>(&b[..8])?)
+            .map(|&pool| ProgressKey { pool, caller }))
+    }
+
+    fn wheel_key(&self, tick: u64, due: &Due) -> [u8; 26] {
+        let (kind, id) = match due {
+            Due::Lease(id) => (LEASE, *id.as_bytes()),
+            Due::Call(key) => (CALL, key.0),
+            Due::Return(r) => (RETURN, return_id(r)),
+            Due::Ticket(t) => (TICKET, t.0),
+            Due::Pass(p) => (PASS, p.0),
+            Due::Progress(k) => (PROGRESS, self.progress_id(k)),
+        };
+        wheel_key_of(tick, kind, &id)
+    }
 }
 
-fn progress_key_from(b: &[u8]) -> Result<ProgressKey, StoreError> {
-    if b.len() != 12 {
-        return Err(StoreError::Corrupt("malformed progress key".into()));
+/// Rewrites a format-1 store's progress records and their wheel entries, keyed by the pool's
+/// index in the config, under the pool's tag instead. The index is read against the pools as
+/// configured now (format 1 had no better knowledge); records of an index beyond them are
+/// dropped, as format 1 could not serve them either. One atomic batch, then the new format.
+fn migrate_from_1(db: &sled::Db, pool_names: &[String]) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let (mut moved, mut dropped) = (0usize, 0usize);
+    let retag = |old: &[u8]| -> Option<[u8; 16]> {
+        let index = u32::from_be_bytes(old[..4].try_into().ok()?) as usize;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&pool_tag(pool_names.get(index)?));
+        id[8..].copy_from_slice(&old[4..12]);
+        Some(id)
+    };
+    for item in db.scan_prefix([PROGRESS]) {
+        let (k, v) = item?;
+        if k.len() != 13 {
+            return Err(StoreError::Corrupt(
+                "malformed format-1 progress key".into(),
+            ));
+        }
+        batch.remove(k.clone());
+        match retag(&k[1..]) {
+            Some(id) => {
+                batch.insert(prefixed(PROGRESS, &id), v);
+                moved += 1;
+            }
+            None => dropped += 1,
+        }
     }
-    Ok(ProgressKey {
-        pool: PoolId(u32::from_be_bytes(fixed(&b[..4])?)),
-        caller: PhoneNumber::from_digits(u64::from_be_bytes(fixed(&b[4..])?))
-            .ok_or_else(|| StoreError::Corrupt("malformed progress key".into()))?,
-    })
+    for item in db.scan_prefix([WHEEL]) {
+        let (k, _) = item?;
+        if k.len() != 26 || k[9] != PROGRESS {
+            continue;
+        }
+        batch.remove(k.clone());
+        if let Some(id) = retag(&k[10..]) {
+            let tick = u64::from_be_bytes(fixed(&k[1..9])?);
+            batch.insert(&wheel_key_of(tick, PROGRESS, &id)[..], &[][..]);
+        }
+    }
+    batch.insert(FORMAT_KEY, FORMAT);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    tracing::info!(
+        moved,
+        dropped,
+        "store migrated from format 1: progress keyed by pool name"
+    );
+    Ok(())
 }
 
 fn return_key(r: &ReturnKey) -> [u8; 17] {
@@ -521,23 +628,11 @@ fn return_key_from(b: &[u8]) -> Result<ReturnKey, StoreError> {
     })
 }
 
-fn wheel_key(tick: u64, due: &Due) -> [u8; 26] {
-    let (kind, id) = match due {
-        Due::Lease(id) => (LEASE, *id.as_bytes()),
-        Due::Call(key) => (CALL, key.0),
-        Due::Return(r) => (RETURN, return_id(r)),
-        Due::Ticket(t) => (TICKET, t.0),
-        Due::Pass(p) => (PASS, p.0),
-        Due::Progress(k) => {
-            let mut id = [0u8; 16];
-            id[..12].copy_from_slice(&progress_id(k));
-            (PROGRESS, id)
-        }
-    };
+fn wheel_key_of(tick: u64, kind: u8, id: &[u8; 16]) -> [u8; 26] {
     let mut k = [WHEEL; 26];
     k[1..9].copy_from_slice(&tick.to_be_bytes());
     k[9] = kind;
-    k[10..].copy_from_slice(&id);
+    k[10..].copy_from_slice(id);
     k
 }
 

@@ -129,7 +129,19 @@ impl TestApp {
         text: impl FnOnce(&Path) -> String,
         wrap: impl FnOnce(Arc<leaseline::store::Store>) -> Arc<dyn leaseline::store::Backend>,
     ) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir_with_backend(tempfile::tempdir().unwrap(), text, wrap).await
+    }
+
+    /// An app on data already in `dir` (its `data` folder).
+    pub async fn in_dir(dir: tempfile::TempDir, text: impl FnOnce(&Path) -> String) -> TestApp {
+        Self::in_dir_with_backend(dir, text, |s| s).await
+    }
+
+    async fn in_dir_with_backend(
+        dir: tempfile::TempDir,
+        text: impl FnOnce(&Path) -> String,
+        wrap: impl FnOnce(Arc<leaseline::store::Store>) -> Arc<dyn leaseline::store::Backend>,
+    ) -> TestApp {
         let config = Config::parse(&text(&dir.path().join("data")), dir.path()).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let state = leaseline::startup::build_state_with(&config, clock.clone(), wrap)
@@ -177,6 +189,13 @@ impl TestApp {
             dir,
             config,
         }
+    }
+
+    /// As [`TestApp::restart`], with another configuration on the same data folder (pools
+    /// reordered, added or removed).
+    pub async fn restart_with(mut self, text: impl FnOnce(&Path) -> String) -> TestApp {
+        self.config = Config::parse(&text(&self.dir.path().join("data")), self.dir.path()).unwrap();
+        self.restart().await
     }
 
     /// Moves the clock and fires what fell due, as the tick task would.
