@@ -30,6 +30,9 @@ need_apt prometheus
 # Real SIP peers for the telephony tests: Kamailio (with http_client and json) and sipp.
 need_apt kamailio kamailio-utils-modules kamailio-json-modules sip-tester
 
+# libfaketime: the clock tests run the real binary with its wall clock shifted (LD_PRELOAD).
+need_apt faketime
+
 # The peer of the load benchmark (benches/load.rs, run briefly by the test suite).
 need_apt redis-server
 

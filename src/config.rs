@@ -92,6 +92,13 @@ pub struct ServerConfig {
     pub cache_capacity: u64,
     pub commit: CommitMode,
     pub log_format: LogFormat,
+    /// A wall clock found behind the store's last recorded instant by at most this much at
+    /// start-up is raised to that instant (time never runs backwards); by more, Leaseline
+    /// refuses to start rather than run in the wrong time.
+    pub max_clock_rewind: Duration,
+    /// Start anyway when the wall clock is behind by more than `max_clock_rewind`, trusting
+    /// it (`serve --accept-wall-clock`; never read from the file, so it cannot stay on).
+    pub accept_wall_clock: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -225,6 +232,7 @@ struct RawServer {
     cache_capacity_mb: Option<u64>,
     commit: Option<String>,
     log_format: Option<String>,
+    max_clock_rewind: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -403,12 +411,18 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             ))
         }
     };
+    let max_clock_rewind = match &raw.max_clock_rewind {
+        Some(d) => parse_duration(d).map_err(|e| format!("[server] max_clock_rewind: {e}"))?,
+        None => Duration::from_secs(60),
+    };
     Ok(ServerConfig {
         listen,
         data_dir,
         cache_capacity: cache_mb << 20,
         commit,
         log_format,
+        max_clock_rewind,
+        accept_wall_clock: false,
     })
 }
 

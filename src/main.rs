@@ -27,6 +27,11 @@ enum Command {
     Serve {
         #[arg(long, default_value = "pool.toml")]
         config: PathBuf,
+        /// Start although the wall clock is behind the last time Leaseline ran by more than
+        /// [server] max_clock_rewind, trusting the wall clock: leases over by then, or made
+        /// while the clock was ahead, end at once; nothing is revived.
+        #[arg(long)]
+        accept_wall_clock: bool,
     },
     /// Validate a config and print what it would serve.
     Check {
@@ -70,10 +75,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve {
         config: PathBuf::from("pool.toml"),
+        accept_wall_clock: false,
     });
     match command {
         Command::Check { config } => check(&config),
-        Command::Serve { config } => serve(&config),
+        Command::Serve {
+            config,
+            accept_wall_clock,
+        } => serve(&config, accept_wall_clock),
         Command::Export {
             what:
                 Export::Calls {
@@ -231,10 +240,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
-    let Some(config) = load(path) else {
+fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
+    let Some(mut config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    config.server.accept_wall_clock = accept_wall_clock;
     init_logging(config.server.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

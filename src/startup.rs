@@ -45,21 +45,19 @@ pub async fn build_state_with(
             "lease records of pools no longer configured are kept on disk but not served"
         );
     }
-    // Time never runs backwards across a restart: a wall clock stepped back while stopped
-    // would otherwise bring expired leases back to life.
-    if let Some(mark) = store.watermark() {
-        if clock.now() < mark {
-            tracing::warn!(
-                behind_ms = mark.since(clock.now()).as_millis() as u64,
-                "the wall clock is behind the last time Leaseline ran; counting from that time"
-            );
-            clock.raise_to(mark);
-        }
-    }
+    let rewind = check_clock(&config.server, store.watermark(), clock.as_ref())?;
     let leases = recovered.snapshot.leases.len();
     let started = std::time::Instant::now();
-    let core = Allocator::restore(specs.clone(), recovered.snapshot)
+    let mut core = Allocator::restore(specs.clone(), recovered.snapshot)
         .context("the store's contents are inconsistent")?;
+    if let Some(mark) = rewind {
+        // Persisted by the first tick below, like any effect.
+        let ended = core.rewind_to(mark, clock.now());
+        tracing::warn!(
+            ended,
+            "leases over by the last run's time, or stamped after now, ended now"
+        );
+    }
     let rebuild_ms = started.elapsed().as_millis() as u64;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(store);
@@ -82,6 +80,49 @@ pub async fn build_state_with(
         .context("cannot settle overdue deadlines")?;
     tracing::info!(leases, read_ms, rebuild_ms, "store recovered");
     Ok(AppState::new(service, metrics, config))
+}
+
+/// Where a restart finds the wall clock against the last instant the store recorded (`mark`).
+/// Behind by at most `max_clock_rewind`: raised to the mark (time never runs backwards, so
+/// nothing expired comes back). Behind by more: refused, unless the operator accepts the wall
+/// clock, in which case the mark is returned for [`Allocator::rewind_to`]. Ahead: normal, the
+/// process was stopped that long.
+fn check_clock(
+    server: &crate::config::ServerConfig,
+    mark: Option<crate::core::Timestamp>,
+    clock: &dyn Clock,
+) -> anyhow::Result<Option<crate::core::Timestamp>> {
+    let now = clock.now();
+    let Some(mark) = mark.filter(|&m| now < m) else {
+        return Ok(None);
+    };
+    let behind = mark.since(now);
+    if behind <= server.max_clock_rewind {
+        tracing::warn!(
+            behind_ms = behind.as_millis() as u64,
+            "the wall clock is slightly behind the last time Leaseline ran; counting from that time"
+        );
+        clock.raise_to(mark);
+        return Ok(None);
+    }
+    let (now_s, mark_s) = (crate::http::rfc3339(now), crate::http::rfc3339(mark));
+    if !server.accept_wall_clock {
+        anyhow::bail!(
+            "the wall clock ({now_s}) is {} s behind the last time Leaseline ran ({mark_s}), more \
+             than [server] max_clock_rewind ({} s). If the clock was ahead then and is right now, \
+             start once with `leaseline serve --accept-wall-clock`; otherwise set the clock right \
+             (NTP) and start again",
+            behind.as_secs(),
+            server.max_clock_rewind.as_secs()
+        );
+    }
+    tracing::warn!(
+        behind_s = behind.as_secs(),
+        now = %now_s,
+        last_run = %mark_s,
+        "accepting the wall clock although it is behind the last run: nothing is revived"
+    );
+    Ok(Some(mark))
 }
 
 pub struct Application {

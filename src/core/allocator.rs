@@ -814,6 +814,27 @@ impl Allocator {
         }
     }
 
+    /// Runs on from `now` although the state was last written at `mark`, later than `now` (the
+    /// wall clock was ahead then, or is behind now). Nothing comes back to life: every lease
+    /// that had expired by `mark`, and every lease stamped after `now` (made while the clock
+    /// was ahead), ends at `now`, so its number cools from now on and its late callers keep
+    /// their grace. Leases live at `mark` and made before `now` go on unchanged. Returns how
+    /// many leases were ended.
+    pub fn rewind_to(&mut self, mark: Timestamp, now: Timestamp) -> usize {
+        let untrusted: Vec<LeaseId> = self
+            .leases
+            .values()
+            .filter(|l| l.end.is_none() && (l.expires_at <= mark || l.created_at > now))
+            .map(|l| l.id)
+            .collect();
+        for &id in &untrusted {
+            self.end(id, now, EndReason::Expired);
+            let cool_until = self.cool_until(&self.leases[&id]);
+            self.schedule(cool_until, Due::Lease(id));
+        }
+        untrusted.len()
+    }
+
     /// Checks the invariants of DESIGN.md that a single state can show; `Err` says which broke.
     pub fn check_invariants(&self) -> Result<(), String> {
         let done = self.wheel.done_through();

@@ -361,3 +361,47 @@ fn restore_refuses_two_live_leases_on_one_number() {
     let err = Allocator::restore(specs, snapshot).unwrap_err();
     assert!(matches!(err, CoreError::Corrupt(_)));
 }
+
+#[test]
+fn a_clock_rewind_revives_nothing_and_ends_leases_stamped_in_the_future() {
+    let mut a = allocator(3);
+    // Made while the clock was right: one expired before the last run's mark, one still live.
+    let old = a.allocate(req("old", None), at(0), id(1)).unwrap().lease;
+    a.renew(&id(1), None, at(0)).unwrap();
+    let live = a
+        .allocate(
+            AllocateRequest {
+                ttl: Some(Duration::from_secs(7200)),
+                ..req("live", None)
+            },
+            at(10),
+            id(2),
+        )
+        .unwrap()
+        .lease;
+    // Made while the clock was over an hour ahead; the last run's mark is later still.
+    let future = a
+        .allocate(req("future", None), at(90), id(3))
+        .unwrap()
+        .lease;
+    let mark = at(100);
+    let now = at(20);
+    a.take_effects();
+
+    assert_eq!(a.rewind_to(mark, now), 2);
+    // Not revived: the lease over by the mark reads as ended, although `now` < its expiry.
+    assert_eq!(a.lease(&old.id).unwrap().state(now), LeaseState::Expired);
+    assert_eq!(a.lease(&future.id).unwrap().state(now), LeaseState::Expired);
+    assert_eq!(a.lease(&live.id).unwrap().state(now), LeaseState::Active);
+    assert!(!a.take_effects().is_empty(), "the endings are persisted");
+    let s = a.pool_stats(PoolId(0));
+    assert_eq!((s.free, s.leased, s.cooling), (0, 1, 2));
+    a.check_invariants().unwrap();
+
+    // The ended numbers cool for the quarantine counted from now, then come back.
+    a.tick(at(29));
+    assert_eq!(a.pool_stats(PoolId(0)).free, 0);
+    a.tick(at(31));
+    assert_eq!(a.pool_stats(PoolId(0)).free, 2);
+    a.check_invariants().unwrap();
+}

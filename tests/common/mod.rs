@@ -285,9 +285,16 @@ pub struct Server {
 impl Server {
     /// Starts the binary on `config` and waits until it says where it listens and is ready.
     pub fn start(config: &Path) -> Server {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// As [`Server::start`], with more arguments to `serve` and more environment variables.
+    pub fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_leaseline"))
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
+            .envs(env.iter().copied())
             .env("LEASELINE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
