@@ -153,8 +153,7 @@ impl Committer {
 
     /// Checks that the backend takes a write and a flush again.
     pub fn probe(&self) -> Result<(), StoreError> {
-        self.store.apply_groups(&[])?;
-        self.store.flush()
+        self.store.probe()
     }
 
     fn take(&self) -> (Vec<Vec<Effect>>, u64) {

@@ -76,4 +76,10 @@ impl Backend for Faulty {
         self.gate(true)?;
         Backend::flush(&*self.inner)
     }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        self.gate(false)?;
+        self.gate(true)?;
+        Backend::probe(&*self.inner)
+    }
 }

@@ -50,6 +50,8 @@ const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
 const FORMAT_KEY: &[u8] = b"Mformat";
 const WATERMARK_KEY: &[u8] = b"Mnow";
+/// Written by the probe that checks a failed disk takes writes again.
+const PROBE_KEY: &[u8] = b"Mprobe";
 const FORMAT: &[u8] = b"leaseline-store-2";
 /// Format 1 keyed progress by the pool's index in `pool.toml` instead of its name.
 const FORMAT_1: &[u8] = b"leaseline-store-1";
@@ -120,6 +122,9 @@ pub trait Backend: Send + Sync + 'static {
     fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// After a failure: checks that a write and a flush work again, repairing what can be
+    /// repaired first (sled keeps a failed write as an error for good: the store reopens).
+    fn probe(&self) -> Result<(), StoreError>;
 }
 
 impl Backend for Store {
@@ -130,15 +135,40 @@ impl Backend for Store {
     fn flush(&self) -> Result<(), StoreError> {
         Store::flush(self).map(drop)
     }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let written = |db: &sled::Db| -> Result<(), StoreError> {
+            db.insert(PROBE_KEY, &[1u8][..])?;
+            db.flush()?;
+            Ok(())
+        };
+        if self.db().and_then(|db| written(&db)).is_ok() {
+            return Ok(());
+        }
+        self.reopen()?;
+        written(&self.db()?)
+    }
 }
 
 pub struct Store {
-    db: sled::Db,
+    /// `None` only while reopening (or when a reopen failed: the next heal tries again).
+    db: std::sync::RwLock<Option<sled::Db>>,
+    dir: std::path::PathBuf,
+    cache_capacity: u64,
     pool_names: Vec<String>,
     pool_ids: HashMap<String, PoolId>,
     /// Pools by the tag progress keys carry; tags by pool index.
     pool_by_tag: HashMap<[u8; 8], PoolId>,
     pool_tags: Vec<[u8; 8]>,
+}
+
+fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
+    Ok(sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_capacity)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()?)
 }
 
 /// The stable 8-byte tag of a pool name in fixed-size keys (progress and its wheel entries).
@@ -151,12 +181,7 @@ fn pool_tag(name: &str) -> [u8; 8] {
 impl Store {
     /// Opens (or creates) the store in `dir`. `pools` gives the names records are stored under.
     pub fn open(dir: &Path, cache_capacity: u64, pools: &[PoolSpec]) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_db(dir, cache_capacity)?;
         let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         match db.get(FORMAT_KEY)? {
             Some(v) if v == FORMAT => {}
@@ -197,7 +222,9 @@ impl Store {
             ));
         }
         Ok(Store {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
+            dir: dir.to_owned(),
+            cache_capacity,
             pool_names,
             pool_ids,
             pool_by_tag,
@@ -208,9 +235,10 @@ impl Store {
     /// Reads back what the core needs: every lease, return route and wheel entry, and the
     /// calls the wheel still remembers (older calls live on only in the journal).
     pub fn load(&self) -> Result<Recovered, StoreError> {
+        let db = self.db()?;
         let mut out = Recovered::default();
         let pool_id = |name: &str| self.pool_ids.get(name).copied();
-        for item in self.db.scan_prefix([LEASE]) {
+        for item in db.scan_prefix([LEASE]) {
             let (k, v) = item?;
             let id = LeaseId::from_bytes(fixed(&k[1..])?);
             match record::decode_lease(id, &v, pool_id) {
@@ -219,13 +247,13 @@ impl Store {
                 Err(record::DecodeError::Invalid(m)) => return Err(StoreError::Corrupt(m)),
             }
         }
-        for item in self.db.scan_prefix([RETURN]) {
+        for item in db.scan_prefix([RETURN]) {
             let (k, v) = item?;
             let key = return_key_from(&k[1..])?;
             let route = record::decode_return(key, &v).map_err(corrupt)?;
             out.snapshot.returns.push(route);
         }
-        for item in self.db.scan_prefix([TICKET]) {
+        for item in db.scan_prefix([TICKET]) {
             let (k, v) = item?;
             match record::decode_ticket(TicketId(fixed(&k[1..])?), &v, pool_id) {
                 Ok(t) => out.snapshot.tickets.push(t),
@@ -233,7 +261,7 @@ impl Store {
                 Err(e) => return Err(corrupt(e)),
             }
         }
-        for item in self.db.scan_prefix([PASS]) {
+        for item in db.scan_prefix([PASS]) {
             let (k, v) = item?;
             match record::decode_pass(PassId(fixed(&k[1..])?), &v, pool_id) {
                 Ok(p) => out.snapshot.passes.push(p),
@@ -241,7 +269,7 @@ impl Store {
                 Err(e) => return Err(corrupt(e)),
             }
         }
-        for item in self.db.scan_prefix([LISTING]) {
+        for item in db.scan_prefix([LISTING]) {
             let (k, v) = item?;
             let bad = || StoreError::Corrupt("malformed listing key".into());
             let (tenant, listing) = std::str::from_utf8(&k[1..])
@@ -253,7 +281,7 @@ impl Store {
             let target = record::decode_target(&v).map_err(corrupt)?;
             out.snapshot.listings.push((tenant, listing, target));
         }
-        for item in self.db.scan_prefix([PROGRESS]) {
+        for item in db.scan_prefix([PROGRESS]) {
             let (k, v) = item?;
             match self.progress_key_from(&k[1..])? {
                 Some(key) => out
@@ -263,7 +291,7 @@ impl Store {
                 None => out.orphans += 1,
             }
         }
-        for item in self.db.scan_prefix([WHEEL]) {
+        for item in db.scan_prefix([WHEEL]) {
             let (k, _) = item?;
             if k.len() != 26 {
                 return Err(StoreError::Corrupt("malformed wheel key".into()));
@@ -273,7 +301,7 @@ impl Store {
             let due = match k[9] {
                 LEASE => Due::Lease(LeaseId::from_bytes(id)),
                 CALL => {
-                    if let Some(v) = self.db.get(call_key(&CallKey(id)))? {
+                    if let Some(v) = db.get(call_key(&CallKey(id)))? {
                         let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
                         out.snapshot.calls.push(row.call);
                     }
@@ -303,7 +331,7 @@ impl Store {
     pub fn apply(&self, effects: &[Effect]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         self.add_to(&mut batch, effects);
-        self.db.apply_batch(batch)?;
+        self.db()?.apply_batch(batch)?;
         Ok(())
     }
 
@@ -312,18 +340,19 @@ impl Store {
     pub fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
         /// Past this many effects a batch is written and a new one started.
         const BATCH: usize = 4096;
+        let db = self.db()?;
         let mut batch = sled::Batch::default();
         let mut size = 0;
         for g in groups {
             self.add_to(&mut batch, g);
             size += g.len();
             if size >= BATCH {
-                self.db.apply_batch(std::mem::take(&mut batch))?;
+                db.apply_batch(std::mem::take(&mut batch))?;
                 size = 0;
             }
         }
         if size > 0 {
-            self.db.apply_batch(batch)?;
+            db.apply_batch(batch)?;
         }
         Ok(())
     }
@@ -400,18 +429,19 @@ impl Store {
         }
         let pool_id = |name: &str| self.pool_ids.get(name).copied();
         let mut page = JournalPage::default();
-        for item in self.db.range(lo.to_vec()..hi).rev() {
+        let db = self.db()?;
+        for item in db.range(lo.to_vec()..hi).rev() {
             let (k, kind) = item?;
             let id: [u8; 16] = fixed(&k[9..])?;
             let row = match kind.first() {
                 Some(&EVENT) => {
-                    let Some(v) = self.db.get(prefixed(EVENT, &id))? else {
+                    let Some(v) = db.get(prefixed(EVENT, &id))? else {
                         continue;
                     };
                     JournalRow::Ticket(record::decode_ticket_event(&v, pool_id).map_err(corrupt)?)
                 }
                 _ => {
-                    let Some(v) = self.db.get(call_key(&CallKey(id)))? else {
+                    let Some(v) = db.get(call_key(&CallKey(id)))? else {
                         continue;
                     };
                     JournalRow::Call(record::decode_call(&v, pool_id).map_err(corrupt)?)
@@ -436,12 +466,46 @@ impl Store {
 
     /// Makes every write applied so far durable; returns the bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        Ok(self.db.flush()?)
+        Ok(self.db()?.flush()?)
+    }
+
+    /// The open database (a cheap handle).
+    fn db(&self) -> Result<sled::Db, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Failed("the store is closed after a failure".into()))
+    }
+
+    /// Closes and opens the database again: after a failed write sled answers every later
+    /// write with that error, even once the disk has room again. Recovery on open keeps what
+    /// was flushed and drops a torn tail (never acknowledged).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(slot.take());
+        // sled lets go of its file lock once the last handle (a reader finishing) is gone.
+        let mut tries = 0;
+        loop {
+            match open_db(&self.dir, self.cache_capacity) {
+                Ok(db) => {
+                    *slot = Some(db);
+                    tracing::warn!("store reopened after a failure");
+                    return Ok(());
+                }
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "store not reopened yet");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The last instant a running Leaseline recorded (see `set_watermark`).
     pub fn watermark(&self) -> Option<Timestamp> {
-        let v = self.db.get(WATERMARK_KEY).ok()??;
+        let v = self.db().ok()?.get(WATERMARK_KEY).ok()??;
         Some(Timestamp::from_millis(u64::from_be_bytes(
             v.as_ref().try_into().ok()?,
         )))
@@ -450,13 +514,13 @@ impl Store {
     /// Records how far time has got; made durable by the next flush. At start-up, a wall
     /// clock behind it is not trusted.
     pub fn set_watermark(&self, now: Timestamp) {
-        let _ = self
-            .db
-            .insert(WATERMARK_KEY, &now.as_millis().to_be_bytes());
+        if let Ok(db) = self.db() {
+            let _ = db.insert(WATERMARK_KEY, &now.as_millis().to_be_bytes());
+        }
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db().map_or(0, |db| db.size_on_disk().unwrap_or(0))
     }
 }
 
