@@ -331,13 +331,30 @@ fn requests_the_server_cannot_read_get_problem_json_answers() {
         let mut c = connect(&server);
         ask(&mut c, request)
     };
-    // Over hyper's own 64 KiB bound, and over ours (8 KiB).
-    for len in [70_000, 20_000] {
+    // A URL over 8 KiB: the router's 414. One over 64 KiB never reaches the router: hyper
+    // answers 414 if the head arrived in one read, 431 if it outgrew the 64 KiB buffer first.
+    let long = |len: usize| {
         let url = format!("/v1/leases/{}", "a".repeat(len));
-        let a = once(format!("GET {url} HTTP/1.1\r\nHost: leaseline\r\n\r\n").as_bytes());
-        a.assert_problem(414);
-        assert!(a.json()["detail"].as_str().unwrap().contains("8 KiB"));
-    }
+        once(format!("GET {url} HTTP/1.1\r\nHost: leaseline\r\n\r\n").as_bytes())
+    };
+    let a = long(20_000);
+    a.assert_problem(414);
+    assert!(
+        a.json()["detail"].as_str().unwrap().contains("8 KiB"),
+        "{a:?}"
+    );
+    let a = long(70_000);
+    assert!(matches!(a.status, 414 | 431), "{a:?}");
+    a.assert_problem(a.status);
+    assert!(
+        a.json()["detail"].as_str().unwrap().contains("8 KiB"),
+        "{a:?}"
+    );
+    let huge = a.status.to_string();
+    // More headers than hyper parses at all (100): its 431, as a problem.
+    let many: String = (0..120).map(|i| format!("X-H{i}: x\r\n")).collect();
+    once(format!("GET /healthz HTTP/1.1\r\nHost: leaseline\r\n{many}\r\n").as_bytes())
+        .assert_problem(431);
     // A raw byte that is not ASCII in the request line, and a %-encoded one that is not UTF-8.
     once(b"GET /v1/leases/\xff\xfe HTTP/1.1\r\nHost: leaseline\r\n\r\n").assert_problem(400);
     let a = once(b"GET /v1/leases/%FF HTTP/1.1\r\nHost: leaseline\r\n\r\n");
@@ -348,7 +365,11 @@ fn requests_the_server_cannot_read_get_problem_json_answers() {
 
     let m = once(b"GET /metrics HTTP/1.1\r\nHost: leaseline\r\n\r\n");
     let m = String::from_utf8(m.body).unwrap();
-    for (status, n) in [("400", 2), ("414", 1)] {
+    let (n414, n431) = if huge == "414" { (1, 1) } else { (0, 2) };
+    for (status, n) in [("400", 2), ("414", n414), ("431", n431)] {
+        if n == 0 {
+            continue;
+        }
         let series = format!(
             "leaseline_http_request_duration_seconds_count{{method=\"-\",route=\"unparsed\",status=\"{status}\"}} {n}"
         );
@@ -376,4 +397,53 @@ fn unknown_methods_share_one_metric_label() {
         "{m}"
     );
     assert!(!m.contains("BREW"), "a client's method became a label");
+}
+
+/// A connection to `s` from the loopback address `from` (any of 127.0.0.0/8).
+fn connect_from(s: &Server, from: &str) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let c = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(s.addr.parse().unwrap()).await.unwrap()
+    });
+    let c = c.into_std().unwrap();
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+#[test]
+fn handlers_still_see_the_clients_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = "https://www.example.com";
+    let page_key = "page-key";
+    let config = binary_config(
+        dir.path(),
+        &format!(
+            "[[pool]]\nname = \"p\"\nnumbers = [\"+33899100000..=+33899100009\"]\n\n[limits]\npublishable_per_ip = 1\npublishable_per_session = 100\n{}origins = [\"{origin}\"]\ntenant = \"site\"\n",
+            key("page", "publishable", page_key)
+        ),
+    );
+    let server = Server::start(&config);
+    let allocate = |from: &str, session: &str| {
+        let body = json!({"pool": "p", "session": session}).to_string();
+        let mut c = connect_from(&server, from);
+        ask(
+            &mut c,
+            format!(
+                "POST /v1/leases HTTP/1.1\r\nHost: leaseline\r\nOrigin: {origin}\r\nAuthorization: Bearer {page_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    assert_eq!(allocate("127.0.0.1", "a").status, 201);
+    allocate("127.0.0.1", "b").assert_problem(429);
+    // Another address has its own allowance: the limit saw each client's address.
+    let other = allocate("127.1.2.3", "c");
+    assert_eq!(other.status, 201, "{:?}", other.json());
 }

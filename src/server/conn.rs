@@ -25,6 +25,11 @@ use super::io::Watched;
 use crate::config::ConnectionLimits;
 use crate::metrics::{Dropped, Metrics};
 
+/// Largest request head held while it arrives: well above what the router accepts (an
+/// 8 KiB URL and 16 KiB of headers), so those limits answer first with their own problems;
+/// beyond, hyper answers 431 (made a problem by `io.rs`).
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// What a connection is doing, which says which deadline runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -184,6 +189,9 @@ pub(super) async fn serve(
         // Head and idle deadlines are kept here, by the watchdog (hyper's own header timer
         // needs a timer set and would also run while a connection is idle).
         .header_read_timeout(None)
+        // A head may not grow past this in memory (hyper's default is 400 KiB): with
+        // thousands of connections, that is the difference between megabytes and gigabytes.
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let expired = activity.expired(limits);

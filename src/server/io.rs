@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::conn::Activity;
+use super::conn::{Activity, MAX_HEAD_BYTES};
 use crate::http::{record, ApiError, MAX_URI_BYTES};
 use crate::metrics::Metrics;
 
@@ -65,9 +65,11 @@ impl Watched {
             StatusCode::URI_TOO_LONG => {
                 format!("the URL is longer than {} KiB", MAX_URI_BYTES / 1024)
             }
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                "the request head is too large: at most 64 headers and 16 KiB of them".into()
-            }
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+                "the request head is larger than {} KiB: a URL may have at most {} KiB, the headers 16 KiB",
+                MAX_HEAD_BYTES / 1024,
+                MAX_URI_BYTES / 1024
+            ),
             _ => "the request could not be read: its request line or a header is malformed (a URL may only hold ASCII; encode other bytes as %XX)".into(),
         };
         let answer = ApiError::from_status(status, detail).to_http1(&request_id);
