@@ -981,6 +981,14 @@ mod tests {
     }
 
     #[test]
+    fn durations_with_characters_beyond_ascii_are_refused_not_panicked_on() {
+        // The parser slices at counted ASCII digits and letters, never inside a character.
+        for bad in ["1é", "é1s", "1sé", "１s", "1ｓ", "1s\u{301}", "∞"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn a_minimal_config_gets_the_documented_defaults() {
         let c = parse(&pool("")).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
