@@ -78,6 +78,16 @@ impl Activity {
         Answering(Arc::clone(self))
     }
 
+    /// A request is answered: the last one leaves the connection idle from now.
+    fn end(&self) {
+        self.0.send_modify(|p| {
+            *p = match *p {
+                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+                _ => Phase::Idle(Instant::now()),
+            }
+        });
+    }
+
     /// Resolves when the running deadline passes, with the reason.
     async fn expired(&self, limits: ConnectionLimits) -> Dropped {
         let mut rx = self.0.subscribe();
@@ -106,12 +116,7 @@ struct Answering(Arc<Activity>);
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0 .0.send_modify(|p| {
-            *p = match *p {
-                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-                _ => Phase::Idle(Instant::now()),
-            }
-        });
+        self.0.end();
     }
 }
 
