@@ -99,6 +99,34 @@ pub struct ServerConfig {
     /// Start anyway when the wall clock is behind by more than `max_clock_rewind`, trusting
     /// it (`serve --accept-wall-clock`; never read from the file, so it cannot stay on).
     pub accept_wall_clock: bool,
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold (`[server]`), enforced by `src/server/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request head (request line and headers) must arrive whole within this, counted from
+    /// the connection's opening or the first byte of the request: slow heads are cut.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond, a new one gets an immediate 503 and is closed.
+    /// Lowered at start-up to what the process's open-file limit allows.
+    pub max_connections: usize,
+    /// On SIGTERM, requests in progress get this long to finish; then their connections are
+    /// closed, the store flushed, and the process exits 0.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +261,10 @@ struct RawServer {
     commit: Option<String>,
     log_format: Option<String>,
     max_clock_rewind: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u64>,
+    drain_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -411,10 +443,62 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             ))
         }
     };
-    let max_clock_rewind = match &raw.max_clock_rewind {
-        Some(d) => parse_duration(d).map_err(|e| format!("[server] max_clock_rewind: {e}"))?,
-        None => Duration::from_secs(60),
+    let defaults = ConnectionLimits::default();
+    let bounded =
+        |key: &str, v: &Option<String>, default: Duration, min: Duration, max: Duration| {
+            let Some(text) = v else {
+                return Ok(default);
+            };
+            let d = parse_duration(text).map_err(|e| format!("[server] {key} = {text:?}: {e}"))?;
+            if d < min || d > max {
+                return Err(format!(
+                    "[server] {key} = {text:?}: expected {} to {}",
+                    fmt_duration(min),
+                    fmt_duration(max)
+                ));
+            }
+            Ok(d)
+        };
+    let secs = Duration::from_secs;
+    let max_connections = raw
+        .max_connections
+        .unwrap_or(defaults.max_connections as u64);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(format!(
+            "[server] max_connections = {max_connections}: expected 1 to 1000000"
+        ));
+    }
+    let connections = ConnectionLimits {
+        header_timeout: bounded(
+            "header_timeout",
+            &raw.header_timeout,
+            defaults.header_timeout,
+            secs(1),
+            secs(600),
+        )?,
+        idle_timeout: bounded(
+            "idle_timeout",
+            &raw.idle_timeout,
+            defaults.idle_timeout,
+            secs(1),
+            secs(3600),
+        )?,
+        max_connections: max_connections as usize,
+        drain_timeout: bounded(
+            "drain_timeout",
+            &raw.drain_timeout,
+            defaults.drain_timeout,
+            secs(0),
+            secs(600),
+        )?,
     };
+    let max_clock_rewind = bounded(
+        "max_clock_rewind",
+        &raw.max_clock_rewind,
+        secs(60),
+        secs(0),
+        secs(86_400),
+    )?;
     Ok(ServerConfig {
         listen,
         data_dir,
@@ -423,6 +507,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         log_format,
         max_clock_rewind,
         accept_wall_clock: false,
+        connections,
     })
 }
 
@@ -913,6 +998,14 @@ mod tests {
     }
 
     #[test]
+    fn durations_with_characters_beyond_ascii_are_refused_not_panicked_on() {
+        // The parser slices at counted ASCII digits and letters, never inside a character.
+        for bad in ["1é", "é1s", "1sé", "１s", "1ｓ", "1s\u{301}", "∞"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn a_minimal_config_gets_the_documented_defaults() {
         let c = parse(&pool("")).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
@@ -1060,6 +1153,54 @@ mod tests {
             "{e}"
         );
         assert!(parse(&pool("")).is_ok(), "loopback without keys is fine");
+    }
+
+    #[test]
+    fn connection_limits_default_to_the_contract_and_are_bounded() {
+        let c = parse(&pool("")).unwrap();
+        assert_eq!(c.server.connections, ConnectionLimits::default());
+        assert_eq!(c.server.connections.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.connections.drain_timeout, Duration::from_secs(10));
+        let server = |lines: &str| format!("[server]\n{lines}\n{}", pool(""));
+        let c = parse(&server(
+            "header_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 8\ndrain_timeout = \"0s\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.server.connections,
+            ConnectionLimits {
+                header_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(300),
+                max_connections: 8,
+                drain_timeout: Duration::ZERO,
+            }
+        );
+        for (line, message) in [
+            (
+                "header_timeout = \"0s\"",
+                "[server] header_timeout = \"0s\": expected 1s to 10m",
+            ),
+            (
+                "header_timeout = \"soon\"",
+                "[server] header_timeout = \"soon\": expected a duration",
+            ),
+            (
+                "idle_timeout = \"2h\"",
+                "[server] idle_timeout = \"2h\": expected 1s to 1h",
+            ),
+            (
+                "drain_timeout = \"11m\"",
+                "[server] drain_timeout = \"11m\": expected 0s to 10m",
+            ),
+            (
+                "max_connections = 0",
+                "[server] max_connections = 0: expected 1 to 1000000",
+            ),
+        ] {
+            let e = error_of(&server(line));
+            assert!(e.contains(message), "{line}: {e}");
+        }
     }
 
     #[test]

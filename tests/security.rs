@@ -202,3 +202,46 @@ async fn oversized_headers_are_refused_with_431() {
         .unwrap();
     app.send(req).await.assert_problem(431, "KiB");
 }
+
+#[tokio::test]
+async fn an_admin_key_scoped_to_pools_lists_only_those_pools() {
+    let app =
+        TestApp::with_config(|d| format!("{}{}", config(d), key("admin", "admin", ADMIN))).await;
+    let names = |r: &Reply| -> Vec<String> {
+        r.json["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let scoped = app.call("GET", "/v1/pools", Some(SCOPED_ADMIN), None).await;
+    assert_eq!(scoped.status, 200, "{}", scoped.text);
+    assert_eq!(names(&scoped), ["slow"]);
+    let full = app.call("GET", "/v1/pools", Some(ADMIN), None).await;
+    assert_eq!(names(&full), ["capped", "slow"]);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let app = TestApp::with_config(config).await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/leases")
+            .header("authorization", format!("{scheme} {SITE}"))
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"pool": "capped", "session": scheme, "listing": "a"}).to_string(),
+            ))
+            .unwrap();
+        let r = app.send(req).await;
+        assert_eq!(r.status, 201, "{scheme}: {}", r.text);
+    }
+    let req = Request::builder()
+        .uri("/v1/pools")
+        .header("authorization", format!("Basic {SITE}"))
+        .body(Body::empty())
+        .unwrap();
+    app.send(req).await.assert_problem(401, "Bearer <key>");
+}

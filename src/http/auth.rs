@@ -49,15 +49,9 @@ impl FromRequestParts<AppState> for Auth {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             return Ok(Auth(None));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be \"Bearer <key>\"")
-            })?;
+        let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be \"Bearer <key>\"")
+        })?;
         let key = state
             .keys
             .find(token)
@@ -78,6 +72,14 @@ impl FromRequestParts<AppState> for Auth {
         }
         Ok(Auth(Some(key)))
     }
+}
+
+/// The token of `Bearer <token>`. The scheme is case-insensitive and may be followed by
+/// several spaces (RFC 9110, section 11.1): `bearer x` is as valid as `Bearer x`.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// A role a route requires, as a type: `Need<Site>` in a handler's arguments.
@@ -149,5 +151,20 @@ pub fn check_pool(key: &KeyConfig, pool: &str) -> Result<(), ApiError> {
             key.name
         ))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer k", "bearer k", "BEARER k", "bEaReR   k  "] {
+            assert_eq!(bearer(v), Some("k"), "{v:?}");
+        }
+        for v in ["Bearer", "Bearer ", "Basic k", "Bearerk", "Token k", ""] {
+            assert_eq!(bearer(v), None, "{v:?}");
+        }
     }
 }

@@ -72,7 +72,28 @@ impl ApiError {
         )
     }
 
-    fn internal() -> Self {
+    /// A problem for a status that no handler chose: axum's own rejections, the URL
+    /// limit, and what the connection layer answers itself (a request hyper could not read,
+    /// a connection over the cap).
+    pub fn from_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            400 => "bad-request",
+            404 => "no-route",
+            405 => "method-not-allowed",
+            408 => "request-timeout",
+            413 => "body-too-large",
+            414 => "uri-too-long",
+            415 => "not-json",
+            422 => "invalid-field",
+            431 => "headers-too-large",
+            503 => "unavailable",
+            s if s >= 500 => "internal",
+            _ => "error",
+        };
+        Self::new(status, kind, detail)
+    }
+
+    pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -168,22 +189,45 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("Error");
-        let body = serde_json::to_vec(&Problem {
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl ApiError {
+    fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&Problem {
             kind: format!("urn:leaseline:problem:{}", self.kind),
-            title,
+            title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: &self.detail,
         })
-        .expect("a problem always serialises");
-        let mut res = (self.status, body).into_response();
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+        .expect("a problem always serialises")
+    }
+
+    /// This problem as a whole HTTP/1.1 response that closes the connection, for the
+    /// connection layer, which answers with raw bytes where no router runs.
+    pub fn to_http1(&self, request_id: &str) -> Vec<u8> {
+        let body = self.body();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {}\r\nconnection: close\r\nx-request-id: {request_id}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("Error"),
+            body.len(),
         );
+        if let Some(secs) = self.retry_after {
+            head.push_str(&format!("retry-after: {secs}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, self.body()).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

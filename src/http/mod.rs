@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -88,6 +88,10 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    with_layers(routes(), state)
+}
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/leases", post(leases::create))
         .route("/v1/leases/{id}", get(leases::show).delete(leases::release))
@@ -115,19 +119,26 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The layers every route gets, from the outside in: `track` sees every answer, panics
+/// included (a log line, a metric, an `X-Request-Id`); `problems` turns any error answer not
+/// made by [`ApiError`] (axum's own rejections) into problem+json; `CatchPanicLayer` turns a
+/// panic into a 500 problem *inside* both, so it is logged and counted like any answer; then
+/// the body limit, `guard` (head size, URL length, time) and CORS.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .layer(middleware::from_fn_with_state(state.clone(), site::cors))
         .layer(middleware::from_fn(guard))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(CatchPanicLayer::custom(|_| {
+            // The panic's message and place are already on stderr (the panic hook); the
+            // request's own line follows, from `track`.
             tracing::error!("a handler panicked");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "an internal error occurred; it has been logged",
-            )
-            .into_response()
+            ApiError::internal().into_response()
         }))
+        .layer(middleware::from_fn(problems))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -150,11 +161,21 @@ async fn method_not_allowed() -> ApiError {
 /// Most headers, and header bytes, a request may carry.
 const MAX_HEADERS: usize = 64;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest URL (path and query) accepted; no route needs a tenth of it.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// A request (but an event stream) that takes longer is answered 503: a slow client or a
 /// stuck disk cannot hold a connection forever.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn guard(req: Request, next: Next) -> Response {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::from_status(
+            StatusCode::URI_TOO_LONG,
+            format!("the URL is longer than {} KiB", MAX_URI_BYTES / 1024),
+        )
+        .into_response();
+    }
     let h = req.headers();
     let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     if h.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
@@ -186,6 +207,38 @@ async fn guard(req: Request, next: Next) -> Response {
     }
 }
 
+/// Makes every error answer a problem+json body. Handlers' errors already are ([`ApiError`]);
+/// this catches the rest, such as axum's path rejections (`/v1/leases/%FF` is not UTF-8),
+/// keeping their status and their message as the detail.
+async fn problems(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t == error::PROBLEM_JSON);
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 1024)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty() && status.is_client_error());
+    let problem = match text {
+        Some(detail) => ApiError::from_status(status, detail),
+        None => ApiError::from_status(status, status.canonical_reason().unwrap_or("error")),
+    };
+    let mut out = problem.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
+}
+
 /// One log line and one histogram sample per request, by matched route (never the raw path,
 /// which holds lease ids); echoes or assigns an `X-Request-Id`.
 async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -201,16 +254,46 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(
-            || format!("{:016x}", rand::thread_rng().gen::<u64>()),
-            str::to_owned,
-        );
+        .map_or_else(new_request_id, str::to_owned);
     let mut res = next.run(req).await;
-    let status = res.status();
-    let elapsed = started.elapsed();
-    s.metrics
+    record(
+        &s.metrics,
+        &request_id,
+        method.as_str(),
+        &route,
+        res.status(),
+        started.elapsed(),
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// A fresh request id: 64 random bits in hex.
+pub fn new_request_id() -> String {
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+/// The request log line and its histogram sample. `route` is a matched route or a fixed
+/// word (`unmatched`, `unparsed`, `over_capacity`), never a raw path; `method` is `-` when
+/// the request could not be read.
+pub fn record(
+    metrics: &Metrics,
+    request_id: &str,
+    method: &str,
+    route: &str,
+    status: StatusCode,
+    elapsed: std::time::Duration,
+) {
+    // Methods are any token a client sends: only the standard ones become labels.
+    let method = match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" | "-" => method,
+        _ => "other",
+    };
+    metrics
         .http_duration
-        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .with_label_values(&[route, method, status.as_str()])
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "leaseline::http",
@@ -221,8 +304,118 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert("x-request-id", v);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::core::Timestamp;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    /// Every log line of this test binary, as JSON. One global subscriber: a thread-local
+    /// one misses lines when tests running beside it hit the same call sites first.
+    fn captured_logs() -> &'static Captured {
+        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            let sink = logs.clone();
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_writer(move || sink.clone())
+                    .finish(),
+            )
+            .expect("no other subscriber in unit tests");
+            logs
+        })
     }
-    res
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn state(dir: &std::path::Path) -> AppState {
+        let text = format!(
+            "[server]\ndata_dir = \"{}\"\n[[pool]]\nname = \"p\"\nnumbers = [\"+33899100000\"]\n",
+            dir.display()
+        );
+        let config = Config::parse(&text, dir).unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_767_225_600_000)));
+        crate::startup::build_state(&config, clock).await.unwrap()
+    }
+
+    async fn boom() -> StatusCode {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_problem_that_is_logged_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path()).await;
+        let app = with_layers(routes().route("/boom", get(boom)), state.clone());
+        let logs = captured_logs();
+
+        let res = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], error::PROBLEM_JSON);
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["type"], "urn:leaseline:problem:internal");
+        let count = state
+            .metrics
+            .http_duration
+            .with_label_values(&["/boom", "GET", "500"])
+            .get_sample_count();
+        assert_eq!(count, 1, "the 500 is counted");
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_else(|| panic!("no request line with id {id} in:\n{logs}"));
+        assert!(line.contains("\"status\":500"), "{line}");
+        assert!(line.contains("\"route\":\"/boom\""), "{line}");
+    }
+
+    #[tokio::test]
+    async fn errors_axum_makes_itself_are_problems_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path()).await);
+        let res = app
+            .oneshot(Request::get("/v1/leases/%FF").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], error::PROBLEM_JSON);
+        assert!(res.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["status"], 400);
+        assert!(
+            problem["detail"].as_str().unwrap().contains("UTF-8"),
+            "{problem}"
+        );
+    }
 }

@@ -5,15 +5,23 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::auth::{Admin, Need};
+use super::auth::{check_pool, Admin, Need};
 use super::error::ApiError;
 use super::wire::{PoolBody, PoolsBody};
 use super::AppState;
 
-pub async fn pools(State(s): State<AppState>, _: Need<Admin>) -> Result<Json<PoolsBody>, ApiError> {
+/// Every pool's counts; an admin key scoped with `pools` sees only those.
+pub async fn pools(
+    State(s): State<AppState>,
+    Need(key, _): Need<Admin>,
+) -> Result<Json<PoolsBody>, ApiError> {
     let pools = s.service.pools()?;
     Ok(Json(PoolsBody {
-        pools: pools.iter().map(PoolBody::from).collect(),
+        pools: pools
+            .iter()
+            .filter(|p| check_pool(&key, &p.name).is_ok())
+            .map(PoolBody::from)
+            .collect(),
     }))
 }
 

@@ -275,14 +275,10 @@ impl JournalRow {
     pub const CSV_HEADER: &'static str = "call_id,pool,called,caller,code,started_at,reason,attributed,lease_id,listing,target,ended_at,duration_secs,counted,kind,ticket_id,amount,currency";
 
     /// One CSV line (RFC 4180 quoting where a field needs it). New columns go at the end.
+    /// Every text cell goes through [`csv_cell`], so no cell opens as a formula in a
+    /// spreadsheet.
     pub fn csv(&self) -> String {
-        fn q(s: &str) -> String {
-            if s.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
-            } else {
-                s.to_owned()
-            }
-        }
+        let q = csv_cell;
         let o = |v: &Option<String>| v.as_deref().map(q).unwrap_or_default();
         [
             o(&self.call_id),
@@ -307,6 +303,28 @@ impl JournalRow {
             o(&self.currency),
         ]
         .join(",")
+    }
+}
+
+/// One CSV cell, safe to open in a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`,
+/// a tab or a carriage return would be read as a formula (`=HYPERLINK(…)` in a listing sent
+/// by a page), so it gets a leading `'` (OWASP's advice). A plain E.164 number (`+` and
+/// digits only) is left as it is: it cannot call anything, and billing needs the callers'
+/// numbers as they are. Then RFC 4180 quoting where the cell needs it.
+pub fn csv_cell(s: &str) -> String {
+    let plain_number = s
+        .strip_prefix('+')
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && !plain_number;
+    let s = if formula {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
     }
 }
 
@@ -429,4 +447,32 @@ pub struct LookupParams {
     pub caller: Option<String>,
     pub code: Option<String>,
     pub at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_cell;
+
+    #[test]
+    fn csv_cells_never_open_as_formulas_but_numbers_stay_numbers() {
+        assert_eq!(
+            csv_cell("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        for (cell, safe) in [
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "\"'\rx\""),
+            ("+", "'+"),
+            ("+33 6", "'+33 6"),
+            ("+33612345678", "+33612345678"),
+            ("car-1234", "car-1234"),
+            ("sip:desk@example.com", "sip:desk@example.com"),
+            ("", ""),
+        ] {
+            assert_eq!(csv_cell(cell), safe, "{cell:?}");
+        }
+    }
 }
