@@ -272,3 +272,17 @@ async fn a_formula_with_a_minimum_holds_the_caller_then_tells_the_outcome() {
         assert_eq!(st.status, 204);
     }
 }
+
+#[tokio::test]
+async fn a_client_cut_inside_a_utf8_character_is_refused_not_a_panic() {
+    let app = TestApp::with_config(config).await;
+    let real = issue(&app, "c1").await;
+    // Byte 128 falls inside "é" (two bytes): slicing there used to panic (500).
+    let straddling = format!("{}é", "a".repeat(127));
+    redeem(&app, &real, &straddling)
+        .await
+        .assert_problem(422, "client: at most 128 bytes");
+    // 128 bytes of two-byte characters are fine.
+    let ok = redeem(&app, &real, &"é".repeat(64)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}

@@ -18,6 +18,9 @@ use crate::core::{CoreError, PassId, TicketCode};
 use crate::limits::FailureLimiter;
 use crate::service::ServiceError;
 
+/// Longest `client` accepted, in bytes, like a session.
+const MAX_CLIENT: usize = 128;
+
 /// Failed-redeem counters, per client and per key.
 pub struct RedeemLimits {
     per_client: Mutex<FailureLimiter>,
@@ -48,10 +51,15 @@ pub async fn redeem(
     ApiJson(b): ApiJson<TicketRedeemBody>,
 ) -> Result<Json<TicketBody>, ApiError> {
     let now = s.service.now();
-    let client = b
-        .client
-        .as_deref()
-        .map(|c| format!("{}\u{0}{}", key.name, &c[..c.len().min(128)]));
+    // Refused rather than cut: a cut could fall inside a UTF-8 character (and two clients
+    // sharing a long prefix would count as one).
+    if let Some(c) = b.client.as_deref().filter(|c| c.len() > MAX_CLIENT) {
+        return Err(ApiError::invalid(format!(
+            "client: at most {MAX_CLIENT} bytes, got {}",
+            c.len()
+        )));
+    }
+    let client = b.client.as_deref().map(|c| format!("{}\u{0}{c}", key.name));
     {
         let per_key = s.limits.per_key.lock().expect("limiter lock");
         per_key
