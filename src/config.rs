@@ -14,12 +14,23 @@ use crate::limits::FailureLimit;
 use thiserror::Error;
 
 use crate::core::{
-    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec, Target,
-    TenantId,
+    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec, Share,
+    Target, TenantId,
 };
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
 pub const MAX_POOL_SIZE: u64 = 10_000_000;
+
+/// Pages may hold 80% of a pool's numbers and of its codes: on the shipped pool (1,001
+/// numbers) 200 numbers and 2,000 codes always stay for the sites' servers.
+const DEFAULT_PAGE_SHARE: Share = match Share::from_permille(800) {
+    Some(s) => s,
+    None => unreachable!(),
+};
+
+/// A page's lease lives at most this long (or the pool's `max_ttl` if shorter): renewing from a
+/// page cannot hold a number for the 2 hours a server may.
+const DEFAULT_PAGE_MAX_TTL: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, Error)]
 #[error("{file}: {message}")]
@@ -232,6 +243,7 @@ struct RawServer {
 struct RawLease {
     ttl: Option<String>,
     max_ttl: Option<String>,
+    page_max_ttl: Option<String>,
     grace: Option<String>,
     quarantine: Option<String>,
     retention: Option<String>,
@@ -257,8 +269,10 @@ struct RawPool {
     max_live_per_session: Option<u32>,
     max_live_per_tenant: Option<u32>,
     allocations_per_minute_per_key: Option<u32>,
+    page_share: Option<f64>,
     ttl: Option<String>,
     max_ttl: Option<String>,
+    page_max_ttl: Option<String>,
     grace: Option<String>,
     quarantine: Option<String>,
     retention: Option<String>,
@@ -295,6 +309,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     let defaults = RawLease {
         ttl: raw.lease.ttl.or(Some("15m".into())),
         max_ttl: raw.lease.max_ttl.or(Some("2h".into())),
+        // No default here: unless set, a pool's is 30m or its max_ttl if shorter.
+        page_max_ttl: raw.lease.page_max_ttl,
         grace: raw.lease.grace.or(Some("5m".into())),
         quarantine: raw.lease.quarantine.or(Some("10m".into())),
         retention: raw.lease.retention.or(Some("1d".into())),
@@ -433,9 +449,15 @@ fn validate_pool(
         let s = own.as_ref().or(def.as_ref()).expect("defaults are filled");
         parse_duration(s).map_err(|e| ctx(format!("{key} = {s:?}: {e}")))
     };
+    let max_ttl = dur("max_ttl", &p.max_ttl, &defaults.max_ttl)?;
+    let page_max_ttl = match p.page_max_ttl.as_ref().or(defaults.page_max_ttl.as_ref()) {
+        Some(_) => dur("page_max_ttl", &p.page_max_ttl, &defaults.page_max_ttl)?,
+        None => DEFAULT_PAGE_MAX_TTL.min(max_ttl),
+    };
     let settings = LeaseSettings {
         ttl: dur("ttl", &p.ttl, &defaults.ttl)?,
-        max_ttl: dur("max_ttl", &p.max_ttl, &defaults.max_ttl)?,
+        max_ttl,
+        page_max_ttl,
         grace: dur("grace", &p.grace, &defaults.grace)?,
         quarantine: dur("quarantine", &p.quarantine, &defaults.quarantine)?,
         retention: dur("retention", &p.retention, &defaults.retention)?,
@@ -449,6 +471,16 @@ fn validate_pool(
             "max_ttl ({}) is shorter than ttl ({})",
             fmt_duration(s.max_ttl),
             fmt_duration(s.ttl)
+        )));
+    }
+    if s.page_max_ttl.is_zero() {
+        return Err(ctx("page_max_ttl must be longer than 0s".into()));
+    }
+    if s.page_max_ttl > s.max_ttl {
+        return Err(ctx(format!(
+            "page_max_ttl ({}) is longer than max_ttl ({}): no lease lives past max_ttl",
+            fmt_duration(s.page_max_ttl),
+            fmt_duration(s.max_ttl)
         )));
     }
     if s.grace > s.quarantine {
@@ -625,6 +657,14 @@ fn validate_pool(
         .tariff
         .map(|t| validate_tariff(t).map_err(ctx))
         .transpose()?;
+    let page_share = match p.page_share {
+        None => DEFAULT_PAGE_SHARE,
+        Some(f) => share(f).ok_or_else(|| {
+            ctx(format!(
+                "page_share = {f}: expected a share from 0 to 1 in thousandths, such as 0.8 (pages may hold 80% of the numbers and of the codes)"
+            ))
+        })?,
+    };
     Ok(PoolConfig {
         spec: PoolSpec {
             name,
@@ -638,11 +678,21 @@ fn validate_pool(
             limits: PoolLimits {
                 max_live_per_session: p.max_live_per_session.unwrap_or(10),
                 max_live_per_tenant: p.max_live_per_tenant.unwrap_or(0),
+                page_share,
             },
         },
         tariff,
         allocations_per_minute_per_key: p.allocations_per_minute_per_key.unwrap_or(0),
     })
+}
+
+/// A share written as a fraction (`0.8`), in whole thousandths.
+fn share(f: f64) -> Option<Share> {
+    let permille = f * 1000.0;
+    if !(0.0..=1000.0).contains(&permille) || (permille - permille.round()).abs() > 1e-6 {
+        return None;
+    }
+    Share::from_permille(permille.round() as u16)
 }
 
 /// `"+33899200042"` or an inclusive range `"+33899100000..=+33899100999"`, as digit bounds.
@@ -1033,6 +1083,50 @@ mod tests {
             error_of(&pool("mode = \"ticketing\"\naccess_ttl = \"40d\"")).contains("at most 31d")
         );
         assert!(error_of(&pool("mode = \"ticketing\"\ncalls_required = 0")).contains("1 to 20"));
+    }
+
+    #[test]
+    fn pages_get_a_share_and_a_shorter_life_by_default() {
+        let c = parse(&pool("")).unwrap();
+        let spec = &c.pools[0].spec;
+        assert_eq!(spec.limits.page_share.permille(), 800);
+        assert_eq!(spec.settings.page_max_ttl, Duration::from_secs(1800));
+        let short = parse(&pool("ttl = \"5m\"\nmax_ttl = \"20m\"")).unwrap();
+        assert_eq!(
+            short.pools[0].spec.settings.page_max_ttl,
+            Duration::from_secs(1200),
+            "never past max_ttl"
+        );
+        let set = parse(&format!(
+            "[lease]\npage_max_ttl = \"10m\"\n{}",
+            pool("page_share = 0.25")
+        ))
+        .unwrap();
+        assert_eq!(set.pools[0].spec.limits.page_share.permille(), 250);
+        assert_eq!(
+            set.pools[0].spec.settings.page_max_ttl,
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn a_page_share_or_page_max_ttl_out_of_bounds_is_refused() {
+        for bad in ["1.5", "-0.1", "0.8005"] {
+            let e = error_of(&pool(&format!("page_share = {bad}")));
+            assert!(
+                e.contains(&format!(
+                    "pool \"fr\": page_share = {bad}: expected a share from 0 to 1"
+                )),
+                "{e}"
+            );
+        }
+        let e = error_of(&pool("page_max_ttl = \"3h\""));
+        assert!(
+            e.contains("page_max_ttl (3h) is longer than max_ttl (2h)"),
+            "{e}"
+        );
+        let e = error_of(&pool("page_max_ttl = \"0s\""));
+        assert!(e.contains("page_max_ttl must be longer than 0s"), "{e}");
     }
 
     #[test]

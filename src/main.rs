@@ -205,8 +205,21 @@ fn check(path: &std::path::Path) -> ExitCode {
             .fallback
             .as_ref()
             .map_or(String::new(), |t| format!(", fallback {t}"));
+        let share = p.spec.limits.page_share;
+        let codes = match p.spec.on_exhausted {
+            OnExhausted::Shared { .. } => format!(
+                " and {} codes",
+                share.of(usize::from(leaseline::core::Code::SPACE))
+            ),
+            OnExhausted::Reject => String::new(),
+        };
+        let pages = format!(
+            "pages may hold {} numbers{codes}, each for {} at most",
+            share.of(p.spec.numbers.len()),
+            fmt_duration(s.page_max_ttl)
+        );
         println!(
-            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}",
+            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}; {pages}",
             p.spec.name,
             p.spec.numbers.len(),
             fmt_duration(s.ttl),

@@ -62,6 +62,9 @@ pub async fn create(
             "min_call_secs: must be at most {MAX_MIN_CALL_SECS}"
         )));
     }
+    // A page's key is public: what it may take is bounded by address, session, and the pool's
+    // page share, which the core enforces.
+    let page = key.role == Role::Publishable;
     let req = AllocateRequest {
         tenant: key.tenant.clone(),
         pool,
@@ -78,9 +81,8 @@ pub async fn create(
         ttl: ttl(b.ttl_secs)?,
         calls_required,
         min_call_secs,
+        from_page: page,
     };
-    // A page's key is public: bound how many numbers one address or session can take.
-    let page = key.role == Role::Publishable;
     if page {
         s.pages.check(&s, &ip.0, req.session.as_str())?;
     }
