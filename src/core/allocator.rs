@@ -290,6 +290,9 @@ pub(super) struct Pool {
     cooling: PriorityQueue<u32, Reverse<Timestamp>>,
     /// Codes of the shared number held by a lease (active or cooling).
     codes: HashMap<Code, LeaseId>,
+    /// The same codes by when their lease ends (its expiry while active): when the next code
+    /// frees, without a scan on every refusal (refusals are what an attack is made of).
+    code_ends: PriorityQueue<Code, Reverse<Timestamp>>,
     /// Numbers and codes held (leased or cooling) by pages' leases, for `page_share`.
     page_numbers: usize,
     page_codes: usize,
@@ -458,6 +461,7 @@ impl Allocator {
                 leased: PriorityQueue::new(),
                 cooling: PriorityQueue::new(),
                 codes: HashMap::default(),
+                code_ends: PriorityQueue::new(),
                 page_numbers: 0,
                 page_codes: 0,
             });
@@ -509,6 +513,7 @@ impl Allocator {
                             lease.id
                         )));
                     }
+                    pool.code_ends.push(code, Reverse(lease.end_at()));
                     pool.page_codes += usize::from(lease.from_page);
                 }
             } else if let Some(&(pid, idx)) = a.numbers.get(&lease.number) {
@@ -714,11 +719,9 @@ impl Allocator {
                     .find(|c| !pool.codes.contains_key(c))
                 else {
                     let next_code = pool
-                        .codes
-                        .values()
-                        .filter_map(|id| self.leases.get(id))
-                        .map(|l| l.end_at().saturating_add(settings.quarantine))
-                        .min();
+                        .code_ends
+                        .peek()
+                        .map(|(_, Reverse(end))| end.saturating_add(settings.quarantine));
                     return Err(CoreError::Exhausted {
                         retry_after_secs: retry_after_secs(
                             now,
@@ -727,9 +730,11 @@ impl Allocator {
                         ),
                     });
                 };
+                let ttl = code_ttl.min(life);
                 pool.codes.insert(code, new_id);
+                pool.code_ends.push(code, Reverse(now.saturating_add(ttl)));
                 pool.page_codes += usize::from(req.from_page);
-                (number, Some(code), code_ttl.min(life))
+                (number, Some(code), ttl)
             }
         };
         let expires_at = now.saturating_add(ttl);
@@ -925,7 +930,13 @@ impl Allocator {
                 if lease.code != Some(*code) || lease.freed {
                     return Err(format!("code {code} disagrees with {lease:?}"));
                 }
+                if pool.code_ends.get_priority(code) != Some(&Reverse(lease.end_at())) {
+                    return Err(format!("code {code} filed under the wrong end"));
+                }
                 page_codes += usize::from(lease.from_page);
+            }
+            if pool.code_ends.len() != pool.codes.len() {
+                return Err(format!("pool {}: code ends out of step", pool.spec.name));
             }
             let page_numbers = pool
                 .slots
@@ -1040,7 +1051,11 @@ impl Allocator {
             return;
         }
         lease.expires_at = new_expiry;
-        if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+        if let Some(code) = lease.code {
+            self.pools[lease.pool.0 as usize]
+                .code_ends
+                .change_priority(&code, Reverse(new_expiry));
+        } else if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
             self.pools[pid.0 as usize]
                 .leased
                 .change_priority(&idx, Reverse(new_expiry));
@@ -1120,7 +1135,12 @@ impl Allocator {
         self.count_live(&lease, false);
         let lease = &self.leases[&id];
         let cool_until = self.cool_until(lease);
-        if lease.code.is_none() {
+        if let Some(code) = lease.code {
+            let pool = &mut self.pools[lease.pool.0 as usize];
+            if pool.codes.get(&code) == Some(&id) {
+                pool.code_ends.change_priority(&code, Reverse(at));
+            }
+        } else {
             if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
                 let pool = &mut self.pools[pid.0 as usize];
                 let slot = &mut pool.slots[idx as usize];
@@ -1143,6 +1163,7 @@ impl Allocator {
                 let pool = &mut self.pools[lease.pool.0 as usize];
                 if pool.codes.get(&code) == Some(&id) {
                     pool.codes.remove(&code);
+                    pool.code_ends.remove(&code);
                     pool.page_codes -= page;
                 }
             }

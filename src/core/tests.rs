@@ -554,3 +554,41 @@ fn restore_counts_what_pages_hold_again() {
     let s = c.pool_stats(PoolId(0));
     assert_eq!((s.page_numbers, s.page_codes), (1, 2));
 }
+
+#[test]
+fn a_page_refused_a_code_is_told_when_the_first_code_frees() {
+    let mut a = page_pool(1000, 2, true);
+    for i in 0..22 {
+        a.allocate(page(&format!("p{i}")), at(0), wide_id(i))
+            .unwrap();
+    }
+    // Codes live 3 minutes and cool 10: the first frees at 13, before any number (25).
+    let refused = |a: &mut Allocator, m| a.allocate(page("late"), at(m), wide_id(99));
+    assert_eq!(
+        refused(&mut a, 1).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 12 * 60
+        }
+    );
+    // Renewing codes moves their end; releasing one ends it now.
+    for i in 2..22 {
+        a.renew(&wide_id(i), None, at(2)).unwrap();
+    }
+    assert_eq!(
+        refused(&mut a, 2).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 13 * 60
+        }
+    );
+    a.release(&wide_id(7), at(3)).unwrap();
+    assert_eq!(
+        refused(&mut a, 3).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 10 * 60
+        }
+    );
+    a.check_invariants().unwrap();
+    a.tick(at(13));
+    assert!(refused(&mut a, 13).unwrap().lease.code.is_some());
+    a.check_invariants().unwrap();
+}
