@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::Digest;
 
-use crate::limits::FailureLimit;
+use crate::limits::{Cidr, FailureLimit};
 use thiserror::Error;
 
 use crate::core::{
@@ -55,9 +55,15 @@ pub struct LimitsConfig {
     /// Failed access-code redeems allowed per client (the site's visitor), then per key.
     pub redeem_per_client: FailureLimit,
     pub redeem_per_key: FailureLimit,
-    /// Allocations per minute with publishable keys, per client IP and per session.
+    /// Allocations per minute with publishable keys, per client address, per address prefix
+    /// (/24, /56) and per (tenant, session).
     pub publishable_per_ip: u32,
+    pub publishable_per_prefix: u32,
     pub publishable_per_session: u32,
+    /// Renewals per minute without a site key (pages, anyone holding a lease id), per lease
+    /// and per client address.
+    pub renews_per_lease: u32,
+    pub renews_per_ip: u32,
 }
 
 /// The demo page (`[demo]`): a tiny classifieds page using the drop-in script.
@@ -103,6 +109,9 @@ pub struct ServerConfig {
     pub cache_capacity: u64,
     pub commit: CommitMode,
     pub log_format: LogFormat,
+    /// Proxies whose `X-Forwarded-For` is believed: behind them, the client's address is the
+    /// last one they did not add. Empty: the socket's peer is the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug)]
@@ -209,7 +218,10 @@ struct RawLimits {
     redeem_window: Option<String>,
     redeem_lockout: Option<String>,
     publishable_per_ip: Option<u32>,
+    publishable_per_prefix: Option<u32>,
     publishable_per_session: Option<u32>,
+    renews_per_lease: Option<u32>,
+    renews_per_ip: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +248,7 @@ struct RawServer {
     cache_capacity_mb: Option<u64>,
     commit: Option<String>,
     log_format: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -419,12 +432,22 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             ))
         }
     };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            p.parse::<Cidr>()
+                .map_err(|e| format!("[server] trusted_proxies: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ServerConfig {
         listen,
         data_dir,
         cache_capacity: cache_mb << 20,
         commit,
         log_format,
+        trusted_proxies,
     })
 }
 
@@ -828,6 +851,18 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
         window,
         lockout,
     };
+    let publishable_per_ip = count("publishable_per_ip", l.publishable_per_ip, 60)?;
+    // A prefix holds many addresses: four times one address's allowance by default.
+    let publishable_per_prefix = count(
+        "publishable_per_prefix",
+        l.publishable_per_prefix,
+        (publishable_per_ip.saturating_mul(4)).max(240),
+    )?;
+    if publishable_per_prefix < publishable_per_ip {
+        return Err(format!(
+            "[limits] publishable_per_prefix ({publishable_per_prefix}) is below publishable_per_ip ({publishable_per_ip}): every address of a prefix counts toward it, so one address could never reach its own limit"
+        ));
+    }
     Ok(LimitsConfig {
         redeem_per_client: limit(count(
             "redeem_failures_per_client",
@@ -839,8 +874,11 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
             l.redeem_failures_per_key,
             50,
         )?),
-        publishable_per_ip: count("publishable_per_ip", l.publishable_per_ip, 60)?,
+        publishable_per_ip,
+        publishable_per_prefix,
         publishable_per_session: count("publishable_per_session", l.publishable_per_session, 20)?,
+        renews_per_lease: count("renews_per_lease", l.renews_per_lease, 10)?,
+        renews_per_ip: count("renews_per_ip", l.renews_per_ip, 300)?,
     })
 }
 
@@ -1127,6 +1165,54 @@ mod tests {
         );
         let e = error_of(&pool("page_max_ttl = \"0s\""));
         assert!(e.contains("page_max_ttl must be longer than 0s"), "{e}");
+    }
+
+    #[test]
+    fn page_limits_default_to_safe_rates_and_are_checked() {
+        let l = parse(&pool("")).unwrap().limits;
+        assert_eq!(
+            (
+                l.publishable_per_ip,
+                l.publishable_per_prefix,
+                l.publishable_per_session
+            ),
+            (60, 240, 20)
+        );
+        assert_eq!((l.renews_per_lease, l.renews_per_ip), (10, 300));
+        let e = error_of(&format!(
+            "[limits]\npublishable_per_ip = 100\npublishable_per_prefix = 50\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("publishable_per_prefix (50) is below publishable_per_ip (100)"),
+            "{e}"
+        );
+        let e = error_of(&format!("[limits]\nrenews_per_lease = 0\n{}", pool("")));
+        assert!(e.contains("renews_per_lease must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let c = parse(&format!(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{}",
+            pool("")
+        ))
+        .unwrap();
+        let shown: Vec<_> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        let e = error_of(&format!(
+            "[server]\ntrusted_proxies = [\"proxy.local\"]\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("[server] trusted_proxies: \"proxy.local\" is not an address or block"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -229,6 +229,32 @@ fn check(path: &std::path::Path) -> ExitCode {
             fmt_duration(p.spec.return_window),
         );
     }
+    let l = &c.limits;
+    println!(
+        "page allocations a minute: per address {}, per /24 or /56 {}, per session {}; renewals a minute without a site key: per lease {}, per address {}",
+        l.publishable_per_ip,
+        l.publishable_per_prefix,
+        l.publishable_per_session,
+        l.renews_per_lease,
+        l.renews_per_ip
+    );
+    let proxies: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "client addresses: {}",
+        if proxies.is_empty() {
+            "the socket's peer (no trusted_proxies)".to_string()
+        } else {
+            format!(
+                "from X-Forwarded-For behind {}, else the peer",
+                proxies.join(", ")
+            )
+        }
+    );
     for k in &c.keys {
         let pools = k
             .pools

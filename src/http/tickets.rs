@@ -15,7 +15,7 @@ use super::wire::{PassBody, TicketBody, TicketRedeemBody};
 use super::AppState;
 use crate::config::LimitsConfig;
 use crate::core::{CoreError, PassId, TicketCode};
-use crate::limits::FailureLimiter;
+use crate::limits::{FailureLimiter, Limit};
 use crate::service::ServiceError;
 
 /// Longest `client` accepted, in bytes, like a session.
@@ -36,7 +36,7 @@ impl RedeemLimits {
     }
 }
 
-fn limited(s: &AppState, limit: &'static str, retry_after: u64) -> ApiError {
+fn limited(s: &AppState, limit: Limit, retry_after: u64) -> ApiError {
     s.limited(
         limit,
         "too-many-failures",
@@ -64,12 +64,12 @@ pub async fn redeem(
         let per_key = s.limits.per_key.lock().expect("limiter lock");
         per_key
             .check(&key.name, now)
-            .map_err(|r| limited(&s, "redeem_key", r))?;
+            .map_err(|r| limited(&s, Limit::RedeemKey, r))?;
         let per_client = s.limits.per_client.lock().expect("limiter lock");
         if let Some(c) = &client {
             per_client
                 .check(c, now)
-                .map_err(|r| limited(&s, "redeem_client", r))?;
+                .map_err(|r| limited(&s, Limit::RedeemClient, r))?;
         }
     }
     let fail = |s: &AppState| {
