@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::Digest;
 
-use crate::limits::{Cidr, FailureLimit};
+use crate::limits::{BackoffPolicy, Cidr};
 use thiserror::Error;
 
 use crate::core::{
@@ -52,9 +52,10 @@ pub struct Config {
 /// Abuse limits (`[limits]`).
 #[derive(Clone, Debug)]
 pub struct LimitsConfig {
-    /// Failed access-code redeems allowed per client (the site's visitor), then per key.
-    pub redeem_per_client: FailureLimit,
-    pub redeem_per_key: FailureLimit,
+    /// Wrong access codes slowed per visitor address and per `client` value, and per
+    /// address prefix (which holds many visitors, so it has more free failures).
+    pub redeem_per_client: BackoffPolicy,
+    pub redeem_per_prefix: BackoffPolicy,
     /// Allocations per minute with publishable keys, per client address, per address prefix
     /// (/24, /56) and per (tenant, session).
     pub publishable_per_ip: u32,
@@ -214,9 +215,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     redeem_failures_per_client: Option<u32>,
-    redeem_failures_per_key: Option<u32>,
-    redeem_window: Option<String>,
-    redeem_lockout: Option<String>,
+    redeem_failures_per_prefix: Option<u32>,
+    redeem_backoff: Option<String>,
+    redeem_max_delay: Option<String>,
+    redeem_forget: Option<String>,
+    /// Gone (a key-wide lockout, then a fixed one): read only to say what replaced them.
+    redeem_failures_per_key: Option<toml::Value>,
+    redeem_window: Option<toml::Value>,
+    redeem_lockout: Option<toml::Value>,
     publishable_per_ip: Option<u32>,
     publishable_per_prefix: Option<u32>,
     publishable_per_session: Option<u32>,
@@ -840,16 +846,52 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
             None => Ok(Duration::from_secs(default)),
         }
     };
-    let window = dur("redeem_window", &l.redeem_window, 600)?;
-    let lockout = dur("redeem_lockout", &l.redeem_lockout, 900)?;
+    let gone = [
+        (
+            "redeem_failures_per_key",
+            l.redeem_failures_per_key.is_some(),
+            "a key-wide lockout let one visitor lock every visitor out; wrong codes are now slowed per visitor address, prefix and client",
+        ),
+        (
+            "redeem_window",
+            l.redeem_window.is_some(),
+            "failures are now forgotten redeem_forget after the last one",
+        ),
+        (
+            "redeem_lockout",
+            l.redeem_lockout.is_some(),
+            "failures now wait redeem_backoff, doubled each time, up to redeem_max_delay",
+        ),
+    ];
+    if let Some((key, _, why)) = gone.iter().find(|(_, set, _)| *set) {
+        return Err(format!("[limits] {key} is no longer used: {why}"));
+    }
+    let first_delay = dur("redeem_backoff", &l.redeem_backoff, 1)?;
+    let max_delay = dur("redeem_max_delay", &l.redeem_max_delay, 3600)?;
+    let forget = dur("redeem_forget", &l.redeem_forget, 86_400)?;
+    if first_delay.is_zero() || first_delay > max_delay {
+        return Err(format!(
+            "[limits] redeem_backoff ({}) must be longer than 0s and at most redeem_max_delay ({})",
+            fmt_duration(first_delay),
+            fmt_duration(max_delay)
+        ));
+    }
+    if forget < max_delay {
+        return Err(format!(
+            "[limits] redeem_forget ({}) is shorter than redeem_max_delay ({}): waiting out the delay would wipe the slate",
+            fmt_duration(forget),
+            fmt_duration(max_delay)
+        ));
+    }
     let count = |key: &str, v: Option<u32>, default: u32| match v {
         Some(0) => Err(format!("[limits] {key} must be at least 1")),
         v => Ok(v.unwrap_or(default)),
     };
-    let limit = |max| FailureLimit {
-        max_failures: max,
-        window,
-        lockout,
+    let policy = |free| BackoffPolicy {
+        free,
+        first_delay,
+        max_delay,
+        forget,
     };
     let publishable_per_ip = count("publishable_per_ip", l.publishable_per_ip, 60)?;
     // A prefix holds many addresses: four times one address's allowance by default.
@@ -864,15 +906,15 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
         ));
     }
     Ok(LimitsConfig {
-        redeem_per_client: limit(count(
+        redeem_per_client: policy(count(
             "redeem_failures_per_client",
             l.redeem_failures_per_client,
             5,
         )?),
-        redeem_per_key: limit(count(
-            "redeem_failures_per_key",
-            l.redeem_failures_per_key,
-            50,
+        redeem_per_prefix: policy(count(
+            "redeem_failures_per_prefix",
+            l.redeem_failures_per_prefix,
+            20,
         )?),
         publishable_per_ip,
         publishable_per_prefix,
@@ -1189,6 +1231,39 @@ mod tests {
         );
         let e = error_of(&format!("[limits]\nrenews_per_lease = 0\n{}", pool("")));
         assert!(e.contains("renews_per_lease must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn wrong_codes_are_slowed_by_default_and_the_old_lockout_keys_say_what_replaced_them() {
+        let l = parse(&pool("")).unwrap().limits;
+        let p = l.redeem_per_client;
+        assert_eq!((p.free, l.redeem_per_prefix.free), (5, 20));
+        assert_eq!(
+            (p.first_delay, p.max_delay, p.forget),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+                Duration::from_secs(86_400)
+            )
+        );
+        let e = error_of(&format!(
+            "[limits]\nredeem_failures_per_key = 50\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("[limits] redeem_failures_per_key is no longer used: a key-wide lockout"),
+            "{e}"
+        );
+        let e = error_of(&format!("[limits]\nredeem_lockout = \"15m\"\n{}", pool("")));
+        assert!(e.contains("redeem_max_delay"), "{e}");
+        let e = error_of(&format!(
+            "[limits]\nredeem_max_delay = \"2d\"\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("redeem_forget (1d) is shorter than redeem_max_delay (2d)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,22 +29,25 @@ pub enum Limit {
     RenewLease,
     /// Renewals without a site key, per client address.
     RenewIp,
-    /// Wrong access codes, per `client` value.
+    /// Wrong access codes, per visitor address.
+    RedeemIp,
+    /// Wrong access codes, per visitor address prefix (/24, /56).
+    RedeemPrefix,
+    /// Wrong access codes, per (tenant, `client` value).
     RedeemClient,
-    /// Wrong access codes, per key.
-    RedeemKey,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::PageIp,
         Limit::PagePrefix,
         Limit::PageSession,
         Limit::KeyRate,
         Limit::RenewLease,
         Limit::RenewIp,
+        Limit::RedeemIp,
+        Limit::RedeemPrefix,
         Limit::RedeemClient,
-        Limit::RedeemKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,8 +58,9 @@ impl Limit {
             Limit::KeyRate => "key_rate",
             Limit::RenewLease => "renew_lease",
             Limit::RenewIp => "renew_ip",
+            Limit::RedeemIp => "redeem_ip",
+            Limit::RedeemPrefix => "redeem_prefix",
             Limit::RedeemClient => "redeem_client",
-            Limit::RedeemKey => "redeem_key",
         }
     }
 }
@@ -141,73 +145,93 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// How wrong guesses are slowed down: a subject may fail `free` times; after that each further
+/// failure makes it wait, `first_delay` then twice as long each time, up to `max_delay`. Its
+/// failures are forgotten `forget` after the last one. Nobody is ever locked out for what
+/// someone else did: each subject (an address, a prefix, a client) pays for its own failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FailureLimit {
-    /// Failures allowed within `window` before the subject is locked out.
-    pub max_failures: u32,
-    pub window: Duration,
-    pub lockout: Duration,
+pub struct BackoffPolicy {
+    pub free: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    pub forget: Duration,
+}
+
+impl BackoffPolicy {
+    /// How long a subject with `failures` waits after its last one.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let Some(over) = failures.checked_sub(self.free).filter(|n| *n > 0) else {
+            return Duration::ZERO;
+        };
+        let factor = 1u32.checked_shl(over - 1).unwrap_or(u32::MAX);
+        self.first_delay
+            .checked_mul(factor)
+            .map_or(self.max_delay, |d| d.min(self.max_delay))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    failures: u32,
-    window_start: Timestamp,
-    locked_until: Option<Timestamp>,
+struct Failures {
+    count: u32,
+    last: Timestamp,
 }
 
+/// Failures per subject, slowed by a [`BackoffPolicy`].
 #[derive(Debug)]
-pub struct FailureLimiter {
-    limit: FailureLimit,
-    entries: HashMap<String, Entry>,
+pub struct Backoff {
+    policy: BackoffPolicy,
+    entries: HashMap<String, Failures>,
 }
 
-impl FailureLimiter {
-    pub fn new(limit: FailureLimit) -> Self {
-        FailureLimiter {
-            limit,
+impl Backoff {
+    pub fn new(policy: BackoffPolicy) -> Self {
+        Backoff {
+            policy,
             entries: HashMap::new(),
         }
     }
 
-    /// `Err(seconds)` while `who` is locked out.
-    pub fn check(&self, who: &str, now: Timestamp) -> Result<(), u64> {
-        match self.entries.get(who).and_then(|e| e.locked_until) {
-            Some(until) if now < until => Err(retry_after_secs(now, until)),
-            _ => Ok(()),
-        }
+    fn live(&self, who: &str, now: Timestamp) -> Option<Failures> {
+        self.entries
+            .get(who)
+            .copied()
+            .filter(|f| now < f.last.saturating_add(self.policy.forget))
     }
 
-    /// Counts a failure; returns true if it locked `who` out.
-    pub fn fail(&mut self, who: &str, now: Timestamp) -> bool {
+    /// `Err(seconds)` while `who` must wait before trying again.
+    pub fn check(&self, who: &str, now: Timestamp) -> Result<(), u64> {
+        let Some(f) = self.live(who, now) else {
+            return Ok(());
+        };
+        let until = f.last.saturating_add(self.policy.delay(f.count));
+        if now < until {
+            return Err(retry_after_secs(now, until));
+        }
+        Ok(())
+    }
+
+    /// Counts a failure of `who` at `now`.
+    pub fn fail(&mut self, who: &str, now: Timestamp) {
         if self.entries.len() >= MAX_SUBJECTS {
-            let limit = self.limit;
-            self.entries.retain(|_, e| {
-                e.locked_until.is_some_and(|u| now < u)
-                    || now < e.window_start.saturating_add(limit.window)
-            });
+            let forget = self.policy.forget;
+            self.entries
+                .retain(|_, f| now < f.last.saturating_add(forget));
         }
-        let limit = self.limit;
-        let e = self.entries.entry(who.to_owned()).or_insert(Entry {
-            failures: 0,
-            window_start: now,
-            locked_until: None,
-        });
-        if now >= e.window_start.saturating_add(limit.window) {
-            *e = Entry {
-                failures: 0,
-                window_start: now,
-                locked_until: None,
-            };
+        let count = self.live(who, now).map_or(0, |f| f.count);
+        self.entries.insert(
+            who.to_owned(),
+            Failures {
+                count: count.saturating_add(1),
+                last: now,
+            },
+        );
+    }
+
+    /// Takes back a failure counted before the attempt's outcome was known: it succeeded.
+    pub fn forgive(&mut self, who: &str) {
+        if let Some(f) = self.entries.get_mut(who) {
+            f.count = f.count.saturating_sub(1);
         }
-        e.failures += 1;
-        if e.failures >= limit.max_failures {
-            e.locked_until = Some(now.saturating_add(limit.lockout));
-            e.failures = 0;
-            e.window_start = now.saturating_add(limit.lockout);
-            return true;
-        }
-        false
     }
 }
 
@@ -256,23 +280,59 @@ mod tests {
         Timestamp::from_millis(1_800_000_000_000 + s * 1000)
     }
 
-    fn limiter() -> FailureLimiter {
-        FailureLimiter::new(FailureLimit {
-            max_failures: 3,
-            window: Duration::from_secs(600),
-            lockout: Duration::from_secs(900),
+    fn backoff() -> Backoff {
+        Backoff::new(BackoffPolicy {
+            free: 3,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(3600),
+            forget: Duration::from_secs(86_400),
         })
     }
 
     #[test]
-    fn too_many_failures_lock_out_for_the_lockout() {
-        let mut l = limiter();
-        assert!(!l.fail("a", t(0)));
-        assert!(!l.fail("a", t(1)));
-        assert!(l.fail("a", t(2)));
-        assert_eq!(l.check("a", t(3)), Err(899));
-        assert!(l.check("b", t(3)).is_ok(), "others are not affected");
-        assert!(l.check("a", t(902)).is_ok());
+    fn failures_past_the_free_ones_wait_twice_as_long_each_time() {
+        let mut b = backoff();
+        for i in 0..3 {
+            b.fail("a", t(i));
+            assert!(b.check("a", t(i)).is_ok(), "failure {i} is free");
+        }
+        b.fail("a", t(3));
+        assert_eq!(b.check("a", t(3)), Err(1));
+        assert!(b.check("a", t(4)).is_ok());
+        b.fail("a", t(4));
+        assert_eq!(b.check("a", t(4)), Err(2));
+        b.fail("a", t(6));
+        assert_eq!(b.check("a", t(6)), Err(4));
+        assert!(b.check("b", t(6)).is_ok(), "others are not affected");
+    }
+
+    #[test]
+    fn the_wait_is_capped_and_failures_are_forgotten() {
+        let p = backoff().policy;
+        assert_eq!(p.delay(3), Duration::ZERO);
+        assert_eq!(p.delay(4 + 10), Duration::from_secs(1024));
+        assert_eq!(p.delay(4 + 12), Duration::from_secs(3600));
+        assert_eq!(p.delay(u32::MAX), Duration::from_secs(3600));
+        let mut b = backoff();
+        for i in 0..20 {
+            b.fail("a", t(i * 4000));
+        }
+        assert_eq!(b.check("a", t(76_000)), Err(3600));
+        // A day after the last failure, the subject starts afresh.
+        assert!(b.check("a", t(76_000 + 86_400)).is_ok());
+        b.fail("a", t(76_000 + 86_400));
+        assert!(b.check("a", t(76_000 + 86_400)).is_ok(), "free again");
+    }
+
+    #[test]
+    fn a_failure_counted_in_advance_can_be_taken_back() {
+        let mut b = backoff();
+        for i in 0..4 {
+            b.fail("a", t(i));
+        }
+        assert_eq!(b.check("a", t(3)), Err(1));
+        b.forgive("a");
+        assert!(b.check("a", t(3)).is_ok());
     }
 
     #[test]
@@ -316,14 +376,5 @@ mod tests {
         for bad in ["10.0.0.0/33", "proxy", "10.0.0.0/", "::/129"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
         }
-    }
-
-    #[test]
-    fn failures_spread_beyond_the_window_do_not_add_up() {
-        let mut l = limiter();
-        l.fail("a", t(0));
-        l.fail("a", t(1));
-        assert!(!l.fail("a", t(700)));
-        assert!(l.check("a", t(701)).is_ok());
     }
 }

@@ -238,6 +238,15 @@ fn check(path: &std::path::Path) -> ExitCode {
         l.renews_per_lease,
         l.renews_per_ip
     );
+    let (r, rp) = (&l.redeem_per_client, &l.redeem_per_prefix);
+    println!(
+        "wrong access codes: {} free per address and client, {} per /24 or /56, then a wait from {} doubling up to {}; forgotten {} after the last",
+        r.free,
+        rp.free,
+        fmt_duration(r.first_delay),
+        fmt_duration(r.max_delay),
+        fmt_duration(r.forget)
+    );
     let proxies: Vec<String> = c
         .server
         .trusted_proxies
