@@ -7,6 +7,7 @@
 //! - [`service`]: the core behind a lock, each change durable before it is answered.
 //! - [`http`]: the axum router of the v1 contract, errors as problem+json.
 //! - [`config`]: `pool.toml` into a validated [`config::Config`].
+//! - [`limits`]: abuse limiters (rates, backoff on failures) and client address prefixes.
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`startup`]: wiring, tick task, graceful shutdown.
 //! - [`clock`]: the system clock and a manual one for tests.
