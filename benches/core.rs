@@ -22,6 +22,7 @@ fn allocator(size: u64) -> Allocator {
         settings: LeaseSettings {
             ttl: Duration::from_secs(900),
             max_ttl: Duration::from_secs(7200),
+            page_max_ttl: Duration::from_secs(7200),
             grace: Duration::from_secs(300),
             quarantine: Duration::from_secs(600),
             retention: Duration::from_secs(600),
@@ -59,6 +60,7 @@ impl Fixture {
             ttl: None,
             calls_required: 1,
             min_call_secs: 0,
+            from_page: false,
         }
     }
 

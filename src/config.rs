@@ -10,16 +10,27 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::Digest;
 
-use crate::limits::FailureLimit;
+use crate::limits::{BackoffPolicy, Cidr};
 use thiserror::Error;
 
 use crate::core::{
-    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec, Target,
-    TenantId,
+    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec, Share,
+    Target, TenantId,
 };
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
 pub const MAX_POOL_SIZE: u64 = 10_000_000;
+
+/// Pages may hold 80% of a pool's numbers and of its codes: on the shipped pool (1,001
+/// numbers) 200 numbers and 2,000 codes always stay for the sites' servers.
+const DEFAULT_PAGE_SHARE: Share = match Share::from_permille(800) {
+    Some(s) => s,
+    None => unreachable!(),
+};
+
+/// A page's lease lives at most this long (or the pool's `max_ttl` if shorter): renewing from a
+/// page cannot hold a number for the 2 hours a server may.
+const DEFAULT_PAGE_MAX_TTL: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, Error)]
 #[error("{file}: {message}")]
@@ -41,12 +52,19 @@ pub struct Config {
 /// Abuse limits (`[limits]`).
 #[derive(Clone, Debug)]
 pub struct LimitsConfig {
-    /// Failed access-code redeems allowed per client (the site's visitor), then per key.
-    pub redeem_per_client: FailureLimit,
-    pub redeem_per_key: FailureLimit,
-    /// Allocations per minute with publishable keys, per client IP and per session.
+    /// Wrong access codes slowed per visitor address and per `client` value, and per
+    /// address prefix (which holds many visitors, so it has more free failures).
+    pub redeem_per_client: BackoffPolicy,
+    pub redeem_per_prefix: BackoffPolicy,
+    /// Allocations per minute with publishable keys, per client address, per address prefix
+    /// (/24, /56) and per (tenant, session).
     pub publishable_per_ip: u32,
+    pub publishable_per_prefix: u32,
     pub publishable_per_session: u32,
+    /// Renewals per minute without a site key (pages, anyone holding a lease id), per lease
+    /// and per client address.
+    pub renews_per_lease: u32,
+    pub renews_per_ip: u32,
 }
 
 /// The demo page (`[demo]`): a tiny classifieds page using the drop-in script.
@@ -100,6 +118,9 @@ pub struct ServerConfig {
     /// it (`serve --accept-wall-clock`; never read from the file, so it cannot stay on).
     pub accept_wall_clock: bool,
     pub connections: ConnectionLimits,
+    /// Proxies whose `X-Forwarded-For` is believed: behind them, the client's address is the
+    /// last one they did not add. Empty: the socket's peer is the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// What one client connection may hold (`[server]`), enforced by `src/server/`.
@@ -229,11 +250,19 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     redeem_failures_per_client: Option<u32>,
-    redeem_failures_per_key: Option<u32>,
-    redeem_window: Option<String>,
-    redeem_lockout: Option<String>,
+    redeem_failures_per_prefix: Option<u32>,
+    redeem_backoff: Option<String>,
+    redeem_max_delay: Option<String>,
+    redeem_forget: Option<String>,
+    /// Gone (a key-wide lockout, then a fixed one): read only to say what replaced them.
+    redeem_failures_per_key: Option<toml::Value>,
+    redeem_window: Option<toml::Value>,
+    redeem_lockout: Option<toml::Value>,
     publishable_per_ip: Option<u32>,
+    publishable_per_prefix: Option<u32>,
     publishable_per_session: Option<u32>,
+    renews_per_lease: Option<u32>,
+    renews_per_ip: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +294,7 @@ struct RawServer {
     idle_timeout: Option<String>,
     max_connections: Option<u64>,
     drain_timeout: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -272,6 +302,7 @@ struct RawServer {
 struct RawLease {
     ttl: Option<String>,
     max_ttl: Option<String>,
+    page_max_ttl: Option<String>,
     grace: Option<String>,
     quarantine: Option<String>,
     retention: Option<String>,
@@ -297,8 +328,10 @@ struct RawPool {
     max_live_per_session: Option<u32>,
     max_live_per_tenant: Option<u32>,
     allocations_per_minute_per_key: Option<u32>,
+    page_share: Option<f64>,
     ttl: Option<String>,
     max_ttl: Option<String>,
+    page_max_ttl: Option<String>,
     grace: Option<String>,
     quarantine: Option<String>,
     retention: Option<String>,
@@ -335,6 +368,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     let defaults = RawLease {
         ttl: raw.lease.ttl.or(Some("15m".into())),
         max_ttl: raw.lease.max_ttl.or(Some("2h".into())),
+        // No default here: unless set, a pool's is 30m or its max_ttl if shorter.
+        page_max_ttl: raw.lease.page_max_ttl,
         grace: raw.lease.grace.or(Some("5m".into())),
         quarantine: raw.lease.quarantine.or(Some("10m".into())),
         retention: raw.lease.retention.or(Some("1d".into())),
@@ -499,6 +534,15 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         secs(0),
         secs(86_400),
     )?;
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            p.parse::<Cidr>()
+                .map_err(|e| format!("[server] trusted_proxies: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ServerConfig {
         listen,
         data_dir,
@@ -508,6 +552,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         max_clock_rewind,
         accept_wall_clock: false,
         connections,
+        trusted_proxies,
     })
 }
 
@@ -532,9 +577,15 @@ fn validate_pool(
         let s = own.as_ref().or(def.as_ref()).expect("defaults are filled");
         parse_duration(s).map_err(|e| ctx(format!("{key} = {s:?}: {e}")))
     };
+    let max_ttl = dur("max_ttl", &p.max_ttl, &defaults.max_ttl)?;
+    let page_max_ttl = match p.page_max_ttl.as_ref().or(defaults.page_max_ttl.as_ref()) {
+        Some(_) => dur("page_max_ttl", &p.page_max_ttl, &defaults.page_max_ttl)?,
+        None => DEFAULT_PAGE_MAX_TTL.min(max_ttl),
+    };
     let settings = LeaseSettings {
         ttl: dur("ttl", &p.ttl, &defaults.ttl)?,
-        max_ttl: dur("max_ttl", &p.max_ttl, &defaults.max_ttl)?,
+        max_ttl,
+        page_max_ttl,
         grace: dur("grace", &p.grace, &defaults.grace)?,
         quarantine: dur("quarantine", &p.quarantine, &defaults.quarantine)?,
         retention: dur("retention", &p.retention, &defaults.retention)?,
@@ -548,6 +599,16 @@ fn validate_pool(
             "max_ttl ({}) is shorter than ttl ({})",
             fmt_duration(s.max_ttl),
             fmt_duration(s.ttl)
+        )));
+    }
+    if s.page_max_ttl.is_zero() {
+        return Err(ctx("page_max_ttl must be longer than 0s".into()));
+    }
+    if s.page_max_ttl > s.max_ttl {
+        return Err(ctx(format!(
+            "page_max_ttl ({}) is longer than max_ttl ({}): no lease lives past max_ttl",
+            fmt_duration(s.page_max_ttl),
+            fmt_duration(s.max_ttl)
         )));
     }
     if s.grace > s.quarantine {
@@ -724,6 +785,14 @@ fn validate_pool(
         .tariff
         .map(|t| validate_tariff(t).map_err(ctx))
         .transpose()?;
+    let page_share = match p.page_share {
+        None => DEFAULT_PAGE_SHARE,
+        Some(f) => share(f).ok_or_else(|| {
+            ctx(format!(
+                "page_share = {f}: expected a share from 0 to 1 in thousandths, such as 0.8 (pages may hold 80% of the numbers and of the codes)"
+            ))
+        })?,
+    };
     Ok(PoolConfig {
         spec: PoolSpec {
             name,
@@ -737,11 +806,21 @@ fn validate_pool(
             limits: PoolLimits {
                 max_live_per_session: p.max_live_per_session.unwrap_or(10),
                 max_live_per_tenant: p.max_live_per_tenant.unwrap_or(0),
+                page_share,
             },
         },
         tariff,
         allocations_per_minute_per_key: p.allocations_per_minute_per_key.unwrap_or(0),
     })
+}
+
+/// A share written as a fraction (`0.8`), in whole thousandths.
+fn share(f: f64) -> Option<Share> {
+    let permille = f * 1000.0;
+    if !(0.0..=1000.0).contains(&permille) || (permille - permille.round()).abs() > 1e-6 {
+        return None;
+    }
+    Share::from_permille(permille.round() as u16)
 }
 
 /// `"+33899200042"` or an inclusive range `"+33899100000..=+33899100999"`, as digit bounds.
@@ -866,30 +945,81 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
             None => Ok(Duration::from_secs(default)),
         }
     };
-    let window = dur("redeem_window", &l.redeem_window, 600)?;
-    let lockout = dur("redeem_lockout", &l.redeem_lockout, 900)?;
+    let gone = [
+        (
+            "redeem_failures_per_key",
+            l.redeem_failures_per_key.is_some(),
+            "a key-wide lockout let one visitor lock every visitor out; wrong codes are now slowed per visitor address, prefix and client",
+        ),
+        (
+            "redeem_window",
+            l.redeem_window.is_some(),
+            "failures are now forgotten redeem_forget after the last one",
+        ),
+        (
+            "redeem_lockout",
+            l.redeem_lockout.is_some(),
+            "failures now wait redeem_backoff, doubled each time, up to redeem_max_delay",
+        ),
+    ];
+    if let Some((key, _, why)) = gone.iter().find(|(_, set, _)| *set) {
+        return Err(format!("[limits] {key} is no longer used: {why}"));
+    }
+    let first_delay = dur("redeem_backoff", &l.redeem_backoff, 1)?;
+    let max_delay = dur("redeem_max_delay", &l.redeem_max_delay, 3600)?;
+    let forget = dur("redeem_forget", &l.redeem_forget, 86_400)?;
+    if first_delay.is_zero() || first_delay > max_delay {
+        return Err(format!(
+            "[limits] redeem_backoff ({}) must be longer than 0s and at most redeem_max_delay ({})",
+            fmt_duration(first_delay),
+            fmt_duration(max_delay)
+        ));
+    }
+    if forget < max_delay {
+        return Err(format!(
+            "[limits] redeem_forget ({}) is shorter than redeem_max_delay ({}): waiting out the delay would wipe the slate",
+            fmt_duration(forget),
+            fmt_duration(max_delay)
+        ));
+    }
     let count = |key: &str, v: Option<u32>, default: u32| match v {
         Some(0) => Err(format!("[limits] {key} must be at least 1")),
         v => Ok(v.unwrap_or(default)),
     };
-    let limit = |max| FailureLimit {
-        max_failures: max,
-        window,
-        lockout,
+    let policy = |free| BackoffPolicy {
+        free,
+        first_delay,
+        max_delay,
+        forget,
     };
+    let publishable_per_ip = count("publishable_per_ip", l.publishable_per_ip, 60)?;
+    // A prefix holds many addresses: four times one address's allowance by default.
+    let publishable_per_prefix = count(
+        "publishable_per_prefix",
+        l.publishable_per_prefix,
+        (publishable_per_ip.saturating_mul(4)).max(240),
+    )?;
+    if publishable_per_prefix < publishable_per_ip {
+        return Err(format!(
+            "[limits] publishable_per_prefix ({publishable_per_prefix}) is below publishable_per_ip ({publishable_per_ip}): every address of a prefix counts toward it, so one address could never reach its own limit"
+        ));
+    }
     Ok(LimitsConfig {
-        redeem_per_client: limit(count(
+        redeem_per_client: policy(count(
             "redeem_failures_per_client",
             l.redeem_failures_per_client,
             5,
         )?),
-        redeem_per_key: limit(count(
-            "redeem_failures_per_key",
-            l.redeem_failures_per_key,
-            50,
+        redeem_per_prefix: policy(count(
+            "redeem_failures_per_prefix",
+            l.redeem_failures_per_prefix,
+            20,
         )?),
-        publishable_per_ip: count("publishable_per_ip", l.publishable_per_ip, 60)?,
+        publishable_per_ip,
+        publishable_per_prefix,
         publishable_per_session: count("publishable_per_session", l.publishable_per_session, 20)?,
+        renews_per_lease: count("renews_per_lease", l.renews_per_lease, 10)?,
+        renews_per_ip: count("renews_per_ip", l.renews_per_ip, 300)?,
     })
 }
 
@@ -1140,6 +1270,131 @@ mod tests {
             error_of(&pool("mode = \"ticketing\"\naccess_ttl = \"40d\"")).contains("at most 31d")
         );
         assert!(error_of(&pool("mode = \"ticketing\"\ncalls_required = 0")).contains("1 to 20"));
+    }
+
+    #[test]
+    fn pages_get_a_share_and_a_shorter_life_by_default() {
+        let c = parse(&pool("")).unwrap();
+        let spec = &c.pools[0].spec;
+        assert_eq!(spec.limits.page_share.permille(), 800);
+        assert_eq!(spec.settings.page_max_ttl, Duration::from_secs(1800));
+        let short = parse(&pool("ttl = \"5m\"\nmax_ttl = \"20m\"")).unwrap();
+        assert_eq!(
+            short.pools[0].spec.settings.page_max_ttl,
+            Duration::from_secs(1200),
+            "never past max_ttl"
+        );
+        let set = parse(&format!(
+            "[lease]\npage_max_ttl = \"10m\"\n{}",
+            pool("page_share = 0.25")
+        ))
+        .unwrap();
+        assert_eq!(set.pools[0].spec.limits.page_share.permille(), 250);
+        assert_eq!(
+            set.pools[0].spec.settings.page_max_ttl,
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn a_page_share_or_page_max_ttl_out_of_bounds_is_refused() {
+        for bad in ["1.5", "-0.1", "0.8005"] {
+            let e = error_of(&pool(&format!("page_share = {bad}")));
+            assert!(
+                e.contains(&format!(
+                    "pool \"fr\": page_share = {bad}: expected a share from 0 to 1"
+                )),
+                "{e}"
+            );
+        }
+        let e = error_of(&pool("page_max_ttl = \"3h\""));
+        assert!(
+            e.contains("page_max_ttl (3h) is longer than max_ttl (2h)"),
+            "{e}"
+        );
+        let e = error_of(&pool("page_max_ttl = \"0s\""));
+        assert!(e.contains("page_max_ttl must be longer than 0s"), "{e}");
+    }
+
+    #[test]
+    fn page_limits_default_to_safe_rates_and_are_checked() {
+        let l = parse(&pool("")).unwrap().limits;
+        assert_eq!(
+            (
+                l.publishable_per_ip,
+                l.publishable_per_prefix,
+                l.publishable_per_session
+            ),
+            (60, 240, 20)
+        );
+        assert_eq!((l.renews_per_lease, l.renews_per_ip), (10, 300));
+        let e = error_of(&format!(
+            "[limits]\npublishable_per_ip = 100\npublishable_per_prefix = 50\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("publishable_per_prefix (50) is below publishable_per_ip (100)"),
+            "{e}"
+        );
+        let e = error_of(&format!("[limits]\nrenews_per_lease = 0\n{}", pool("")));
+        assert!(e.contains("renews_per_lease must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn wrong_codes_are_slowed_by_default_and_the_old_lockout_keys_say_what_replaced_them() {
+        let l = parse(&pool("")).unwrap().limits;
+        let p = l.redeem_per_client;
+        assert_eq!((p.free, l.redeem_per_prefix.free), (5, 20));
+        assert_eq!(
+            (p.first_delay, p.max_delay, p.forget),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+                Duration::from_secs(86_400)
+            )
+        );
+        let e = error_of(&format!(
+            "[limits]\nredeem_failures_per_key = 50\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("[limits] redeem_failures_per_key is no longer used: a key-wide lockout"),
+            "{e}"
+        );
+        let e = error_of(&format!("[limits]\nredeem_lockout = \"15m\"\n{}", pool("")));
+        assert!(e.contains("redeem_max_delay"), "{e}");
+        let e = error_of(&format!(
+            "[limits]\nredeem_max_delay = \"2d\"\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("redeem_forget (1d) is shorter than redeem_max_delay (2d)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let c = parse(&format!(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{}",
+            pool("")
+        ))
+        .unwrap();
+        let shown: Vec<_> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        let e = error_of(&format!(
+            "[server]\ntrusted_proxies = [\"proxy.local\"]\n{}",
+            pool("")
+        ));
+        assert!(
+            e.contains("[server] trusted_proxies: \"proxy.local\" is not an address or block"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`http`]: the axum router of the v1 contract, errors as problem+json.
 //! - [`server`]: the connection layer: connection cap, head and idle deadlines, bounded drain.
 //! - [`config`]: `pool.toml` into a validated [`config::Config`].
+//! - [`limits`]: abuse limiters (rates, backoff on failures) and client address prefixes.
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`startup`]: wiring, tick task, graceful shutdown.
 //! - [`clock`]: the system clock and a manual one for tests.

@@ -214,8 +214,21 @@ fn check(path: &std::path::Path) -> ExitCode {
             .fallback
             .as_ref()
             .map_or(String::new(), |t| format!(", fallback {t}"));
+        let share = p.spec.limits.page_share;
+        let codes = match p.spec.on_exhausted {
+            OnExhausted::Shared { .. } => format!(
+                " and {} codes",
+                share.of(usize::from(leaseline::core::Code::SPACE))
+            ),
+            OnExhausted::Reject => String::new(),
+        };
+        let pages = format!(
+            "pages may hold {} numbers{codes}, each for {} at most",
+            share.of(p.spec.numbers.len()),
+            fmt_duration(s.page_max_ttl)
+        );
         println!(
-            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}",
+            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}; {pages}",
             p.spec.name,
             p.spec.numbers.len(),
             fmt_duration(s.ttl),
@@ -225,6 +238,41 @@ fn check(path: &std::path::Path) -> ExitCode {
             fmt_duration(p.spec.return_window),
         );
     }
+    let l = &c.limits;
+    println!(
+        "page allocations a minute: per address {}, per /24 or /56 {}, per session {}; renewals a minute without a site key: per lease {}, per address {}",
+        l.publishable_per_ip,
+        l.publishable_per_prefix,
+        l.publishable_per_session,
+        l.renews_per_lease,
+        l.renews_per_ip
+    );
+    let (r, rp) = (&l.redeem_per_client, &l.redeem_per_prefix);
+    println!(
+        "wrong access codes: {} free per address and client, {} per /24 or /56, then a wait from {} doubling up to {}; forgotten {} after the last",
+        r.free,
+        rp.free,
+        fmt_duration(r.first_delay),
+        fmt_duration(r.max_delay),
+        fmt_duration(r.forget)
+    );
+    let proxies: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "client addresses: {}",
+        if proxies.is_empty() {
+            "the socket's peer (no trusted_proxies)".to_string()
+        } else {
+            format!(
+                "from X-Forwarded-For behind {}, else the peer",
+                proxies.join(", ")
+            )
+        }
+    );
     for k in &c.keys {
         let pools = k
             .pools

@@ -364,14 +364,8 @@ impl Metrics {
         for outcome in ["unknown", "expired", "already"] {
             m.ticket_redeems.with_label_values(&["", outcome]);
         }
-        for limit in [
-            "redeem_client",
-            "redeem_key",
-            "page_ip",
-            "page_session",
-            "key_rate",
-        ] {
-            m.limited.with_label_values(&[limit]);
+        for limit in crate::limits::Limit::ALL {
+            m.limited.with_label_values(&[limit.as_str()]);
         }
         for reason in Dropped::ALL {
             m.connections_dropped.with_label_values(&[reason.as_str()]);

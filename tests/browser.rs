@@ -50,6 +50,12 @@ name = "tiny"
 numbers = ["+33899200000"]
 on_exhausted = "shared"
 shared_number = "+33899199999"
+page_share = 1.0             # pages may take its one number, so the next page sees a code
+
+[[pool]]
+name = "brief"
+numbers = ["+33899300000..=+33899300009"]
+page_max_ttl = "2s"          # a page's lease ends while the tab is open
 
 [[key]]
 name = "site"

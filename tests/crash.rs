@@ -95,11 +95,13 @@ fn client(url: String, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, tag: Str
                     assert!(s == 503, "allocate: {s} {v}");
                 }
             }),
+            // With the site's key, as its server would: renewals without one are rate-limited
+            // per address, and all these clients share 127.0.0.1.
             (4, Some((id, _))) => http(
                 &agent,
                 "POST",
                 &format!("{url}/v1/leases/{id}/renew"),
-                None,
+                Some(SITE),
                 None,
             )
             .map(|(s, v)| {

@@ -1,6 +1,7 @@
 //! Model-based test: random allocate / renew / release / advance-clock / restart sequences are
 //! applied to the real core persisted in a real sled store, and to a small reference model
 //! written from DESIGN.md's rules. After every step both must agree and the invariants hold.
+//! Some allocations come from pages, which may hold only half the pool and live shorter.
 
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ use proptest::prelude::*;
 const N: usize = 4;
 const TTL: u64 = 60_000;
 const MAX_TTL: u64 = 180_000;
+const PAGE_MAX_TTL: u64 = 100_000;
+/// Pages may hold this many of the N numbers (a share of 0.5).
+const PAGE_NUMBERS: usize = N / 2;
 const GRACE: u64 = 20_000;
 const Q: u64 = 40_000;
 const RETENTION: u64 = 120_000;
@@ -28,6 +32,7 @@ fn spec() -> PoolSpec {
         settings: LeaseSettings {
             ttl: Duration::from_millis(TTL),
             max_ttl: Duration::from_millis(MAX_TTL),
+            page_max_ttl: Duration::from_millis(PAGE_MAX_TTL),
             grace: Duration::from_millis(GRACE),
             quarantine: Duration::from_millis(Q),
             retention: Duration::from_millis(RETENTION),
@@ -37,7 +42,10 @@ fn spec() -> PoolSpec {
         fallback: None,
         mode: leaseline::core::PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
-        limits: Default::default(),
+        limits: leaseline::core::PoolLimits {
+            page_share: leaseline::core::Share::from_permille(500).unwrap(),
+            ..Default::default()
+        },
     }
 }
 
@@ -47,6 +55,7 @@ enum Op {
         session: u8,
         listing: Option<u8>,
         ttl_secs: Option<u16>,
+        page: bool,
     },
     Renew {
         lease: u8,
@@ -64,8 +73,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let ttl = prop::option::of(1u16..400);
     prop_oneof![
-        4 => (0u8..4, prop::option::of(0u8..2), ttl.clone())
-            .prop_map(|(session, listing, ttl_secs)| Op::Allocate { session, listing, ttl_secs }),
+        4 => (0u8..4, prop::option::of(0u8..2), ttl.clone(), any::<bool>())
+            .prop_map(|(session, listing, ttl_secs, page)| Op::Allocate { session, listing, ttl_secs, page }),
         2 => (any::<u8>(), ttl).prop_map(|(lease, ttl_secs)| Op::Renew { lease, ttl_secs }),
         2 => any::<u8>().prop_map(|lease| Op::Release { lease }),
         3 => (0u16..100).prop_map(|secs| Op::Advance { secs }),
@@ -99,6 +108,7 @@ struct MLease {
     created: u64,
     expires: u64,
     released: Option<u64>,
+    page: bool,
 }
 
 #[derive(Default)]
@@ -146,9 +156,18 @@ impl Model {
         }
     }
 
+    fn life(page: bool) -> u64 {
+        if page {
+            PAGE_MAX_TTL
+        } else {
+            MAX_TTL
+        }
+    }
+
     fn extend(l: &mut MLease, ttl: Option<u64>, now: u64) {
-        let ttl = ttl.unwrap_or(TTL).min(MAX_TTL);
-        l.expires = l.expires.max((now + ttl).min(l.created + MAX_TTL));
+        let life = Self::life(l.page);
+        let ttl = ttl.unwrap_or(TTL).min(life);
+        l.expires = l.expires.max((now + ttl).min(l.created + life));
     }
 
     fn apply(&mut self, op: &Op, now: u64) -> Answer {
@@ -157,6 +176,7 @@ impl Model {
                 session,
                 listing,
                 ttl_secs,
+                page,
             } => {
                 let ttl = ttl_secs.map(|s| s as u64 * 1000);
                 if let Some(i) = self.leases.iter().rposition(|l| {
@@ -174,16 +194,26 @@ impl Model {
                     };
                 }
                 let states: Vec<_> = (0..N).map(|n| self.number_state(n, now)).collect();
+                // A number is held by its latest lease until its quarantine ends.
+                let held_by_pages = (0..N)
+                    .filter(|&n| states[n].0.is_none())
+                    .filter(|&n| self.latest_on(n).is_some_and(|l| l.page))
+                    .count();
                 let pick = (0..N)
+                    .filter(|_| !page || held_by_pages < PAGE_NUMBERS)
                     .filter_map(|n| states[n].0.map(|since| (since, n)))
                     .min();
                 match pick {
                     None => {
-                        let next = states.iter().map(|s| s.1).min().unwrap();
+                        let next = (0..N)
+                            .filter(|&n| states[n].0.is_none())
+                            .map(|n| states[n].1)
+                            .min()
+                            .unwrap();
                         Answer::Exhausted(((next - now).div_ceil(1000)).max(1))
                     }
                     Some((_, n)) => {
-                        let expires = now + ttl.unwrap_or(TTL).min(MAX_TTL);
+                        let expires = now + ttl.unwrap_or(TTL).min(Self::life(page));
                         self.forgotten[n] = false;
                         self.leases.push(MLease {
                             number: n,
@@ -192,6 +222,7 @@ impl Model {
                             created: now,
                             expires,
                             released: None,
+                            page,
                         });
                         Answer::Lease {
                             id: self.leases.len() as u64 - 1,
@@ -314,6 +345,7 @@ impl Real {
                 session,
                 listing,
                 ttl_secs,
+                page,
             } => {
                 let req = AllocateRequest {
                     tenant: TenantId::parse("t").unwrap(),
@@ -325,6 +357,7 @@ impl Real {
                     ttl: ttl_secs.map(|s| Duration::from_secs(s as u64)),
                     calls_required: 1,
                     min_call_secs: 0,
+                    from_page: page,
                 };
                 match self.core.allocate(req, now, id(next_id)) {
                     Ok(a) => Answer::Lease {

@@ -30,6 +30,7 @@ fn spec() -> PoolSpec {
         settings: LeaseSettings {
             ttl: Duration::from_secs(300),
             max_ttl: Duration::from_secs(900),
+            page_max_ttl: Duration::from_secs(900),
             grace: Duration::from_secs(60),
             quarantine: Duration::from_secs(120),
             retention: Duration::from_secs(1800),
@@ -170,6 +171,7 @@ impl Twin {
                     ttl: None,
                     calls_required: calls,
                     min_call_secs: min,
+                    from_page: false,
                 };
                 format!(
                     "{:?}",

@@ -1,5 +1,6 @@
-//! Ticketing from the outside: guessing codes is locked out, ticketing pools lease nothing,
-//! and the Twilio voice webhook reads out what the caller must hear.
+//! Ticketing from the outside: guessing codes is slowed down per visitor address, prefix and
+//! client without ever stopping other visitors, ticketing pools lease nothing, and the Twilio
+//! voice webhook reads out what the caller must hear.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use common::*;
+use leaseline::clock::Clock;
 use leaseline::telephony::twilio::signature;
 use serde_json::json;
 
@@ -24,12 +26,6 @@ data_dir = "{}"
 [twilio]
 auth_token = "{TOKEN}"
 public_url = "https://calls.example.com"
-
-[limits]
-redeem_failures_per_client = 5
-redeem_failures_per_key = 50
-redeem_window = "10m"
-redeem_lockout = "15m"
 
 [[pool]]
 name = "one"
@@ -72,54 +68,118 @@ async fn issue(app: &TestApp, id: &str) -> String {
     r.json["ticketing"]["code"].as_str().unwrap().to_owned()
 }
 
+async fn redeem_from(app: &TestApp, code: &str, client: &str, ip: &str) -> Reply {
+    let body = json!({"code": code, "client": client, "client_ip": ip}).to_string();
+    app.call("POST", "/v1/tickets/redeem", Some(SITE), Some(&body))
+        .await
+}
+
+/// A code that is not `real`, the `i`-th of a guesser's tries.
+fn wrong(real: &str, i: u32) -> String {
+    let n = (real.parse::<u32>().unwrap() + 1 + i) % 100_000_000;
+    format!("{n:08}")
+}
+
 #[tokio::test]
-async fn guessing_codes_is_locked_out_long_before_it_could_pay() {
+async fn a_guessers_wrong_codes_slow_it_down_but_never_stop_another_visitor() {
     let app = TestApp::with_config(config).await;
     let real = issue(&app, "c1").await;
-    let wrong = |i: u32| {
-        let n = (real.parse::<u32>().unwrap() + 1 + i) % 100_000_000;
-        format!("{n:08}")
-    };
-    // One visitor: five wrong codes, then locked out (even for the right one).
+    let bot = "203.0.113.5";
+    // Five wrong codes are free, whatever client the bot claims to be.
     for i in 0..5 {
-        redeem(&app, &wrong(i), "bot-1")
+        redeem_from(&app, &wrong(&real, i), &format!("bot-{i}"), bot)
             .await
             .assert_problem(404, "no access code");
     }
-    let r = redeem(&app, &real, "bot-1").await;
-    r.assert_problem(429, "too many wrong codes");
-    assert_eq!(r.headers["retry-after"], "900");
-
-    // A bot rotating client ids hits the per-key limit: 50 failures in all.
-    let mut tried = 5u32;
-    for c in 0.. {
-        let r = redeem(&app, &wrong(tried), &format!("rotating-{c}")).await;
-        if r.status == 429 {
-            break;
-        }
-        r.assert_problem(404, "no access code");
-        tried += 1;
-        assert!(tried <= 50, "the key was never locked out");
+    // Past them, each wrong code makes the bot wait, twice as long each time.
+    for (tried, wait) in (5..).zip([1, 2, 4, 8]) {
+        redeem_from(&app, &wrong(&real, tried), &format!("bot-{tried}"), bot)
+            .await
+            .assert_problem(404, "no access code");
+        let r = redeem_from(&app, &real, "bot-right", bot).await;
+        r.assert_problem(429, "too many wrong codes from this address");
+        assert_eq!(r.headers["retry-after"], wait.to_string().as_str());
+        app.clock.advance(Duration::from_secs(wait));
     }
-    assert_eq!(tried, 50);
-    redeem(&app, &real, "honest-visitor")
-        .await
-        .assert_problem(429, "too many");
-    // At 50 guesses per 25 minutes (window + lockout), a day holds under 3,000 guesses:
-    // 0.003% of the code space, for each code alive.
-    let per_day = 50.0 * (24.0 * 60.0 / 25.0);
-    assert!(per_day / 100_000_000.0 < 0.0001);
-
-    // The lockout ends; the right code still works.
-    app.advance(Duration::from_secs(15 * 60)).await;
-    let ok = redeem(&app, &real, "honest-visitor").await;
+    // Meanwhile a visitor elsewhere redeems at once, and so would every other.
+    let ok = redeem_from(&app, &real, "honest-visitor", "198.51.100.7").await;
     assert_eq!(ok.status, 200, "{}", ok.text);
     assert!(ok.json["access_until"].is_string());
     let m = app.call("GET", "/metrics", None, None).await.text;
     assert!(
-        m.contains("leaseline_rejected_by_limits_total{limit=\"redeem_key\"}"),
+        m.contains("leaseline_rejected_by_limits_total{limit=\"redeem_ip\"} 4"),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn fifty_wrong_codes_from_fifty_clients_do_not_lock_anyone_else_out() {
+    let app = TestApp::with_config(config).await;
+    let real = issue(&app, "c1").await;
+    for i in 0..60 {
+        let ip = format!("10.{}.{}.1", i / 200, i % 200);
+        redeem_from(&app, &wrong(&real, i), &format!("bot-{i}"), &ip)
+            .await
+            .assert_problem(404, "no access code");
+    }
+    let ok = redeem_from(&app, &real, "visitor", "198.51.100.7").await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}
+
+#[tokio::test]
+async fn a_guessing_network_is_slowed_as_one_and_its_neighbours_are_not() {
+    let app = TestApp::with_config(config).await;
+    let real = issue(&app, "c1").await;
+    // One wrong code from each of 21 addresses of a /24, as 21 clients: 20 free, then a wait.
+    for i in 0..21 {
+        let ip = format!("203.0.113.{}", i + 1);
+        redeem_from(&app, &wrong(&real, i), &format!("bot-{i}"), &ip)
+            .await
+            .assert_problem(404, "no access code");
+    }
+    let r = redeem_from(&app, &wrong(&real, 99), "bot-99", "203.0.113.200").await;
+    r.assert_problem(429, "from this network (/24 or /56)");
+    assert_eq!(r.headers["retry-after"], "1");
+    // A visitor of another network is not slowed.
+    let ok = redeem_from(&app, &real, "visitor", "198.51.100.7").await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}
+
+/// Wrong codes a bot gets answered in a day, trying as soon as it may, from `address(i)` and
+/// a fresh client each time.
+async fn tries_in_a_day(app: &TestApp, real: &str, address: impl Fn(u32) -> String) -> u32 {
+    let (start, day) = (app.clock.now(), Duration::from_secs(86_400));
+    let mut tries = 0u32;
+    while app.clock.now().since(start) < day {
+        let r = redeem_from(
+            app,
+            &wrong(real, tries),
+            &format!("c{tries}"),
+            &address(tries),
+        )
+        .await;
+        match r.status.as_u16() {
+            404 => tries += 1,
+            429 => {
+                let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+                app.clock.advance(Duration::from_secs(wait));
+            }
+            s => panic!("{s}: {}", r.text),
+        }
+    }
+    tries
+}
+
+#[tokio::test]
+async fn a_network_guessing_all_day_gets_a_few_dozen_tries() {
+    let app = TestApp::with_config(config).await;
+    let real = issue(&app, "c1").await;
+    // Every address of a /24 in turn: 20 free, 12 doublings from 1 s to 34 min, then one an
+    // hour (23). One address alone: 5 free instead of 20. SECURITY.md's figures.
+    let network = tries_in_a_day(&app, &real, |i| format!("203.0.113.{}", i % 250 + 1)).await;
+    assert_eq!(network, 55, "tries a day from a /24");
+    let alone = tries_in_a_day(&app, &real, |_| "198.51.100.9".into()).await;
+    assert_eq!(alone, 40, "tries a day from one address");
 }
 
 #[tokio::test]
@@ -128,6 +188,12 @@ async fn malformed_codes_and_ticketing_allocations_are_refused() {
     redeem(&app, "1234", "v")
         .await
         .assert_problem(422, "eight digits");
+    redeem_from(&app, "12345678", "v", "not-an-address")
+        .await
+        .assert_problem(
+            422,
+            "client_ip: \"not-an-address\" is not an IPv4 or IPv6 address",
+        );
     app.call(
         "POST",
         "/v1/tickets/redeem",
@@ -271,4 +337,18 @@ async fn a_formula_with_a_minimum_holds_the_caller_then_tells_the_outcome() {
         .await;
         assert_eq!(st.status, 204);
     }
+}
+
+#[tokio::test]
+async fn a_client_cut_inside_a_utf8_character_is_refused_not_a_panic() {
+    let app = TestApp::with_config(config).await;
+    let real = issue(&app, "c1").await;
+    // Byte 128 falls inside "é" (two bytes): slicing there used to panic (500).
+    let straddling = format!("{}é", "a".repeat(127));
+    redeem(&app, &real, &straddling)
+        .await
+        .assert_problem(422, "client: at most 128 bytes");
+    // 128 bytes of two-byte characters are fine.
+    let ok = redeem(&app, &real, &"é".repeat(64)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
 }

@@ -72,15 +72,17 @@
     state(el, l.lease_id ? (l.paid && l.calls_required > 1 ? "paid" : l.code ? "code" : "leased") : "fallback");
   }
 
-  // Keeps the lease alive while the tab is visible; a hidden tab lets it lapse.
-  function beat(el, l, slot) {
+  // Renews while the tab is visible (hidden, it lapses); an ended lease starts over.
+  function beat(el, l, slot, ended) {
     var t;
     function tick() {
       if (d.visibilityState !== "visible") return;
       api("POST", "/v1/leases/" + l.lease_id + "/renew", {}).then(function (n) {
         el.setAttribute("data-leaseline-expires", n.expires_at);
       }, function (e) {
-        if (e.status === 410 || e.status === 404) { clearInterval(t); store(slot, ""); state(el, "ended"); }
+        if (e.status !== 410 && e.status !== 404) return;
+        clearInterval(t); d.removeEventListener("visibilitychange", tick);
+        store(slot, ""); ended();
       });
     }
     t = setInterval(tick, (+attr(el, "heartbeat") || 60) * 1000);
@@ -112,7 +114,7 @@
     function show(l) {
       store(slot, l.lease_id);
       render(el, l);
-      beat(el, l, slot);
+      beat(el, l, slot, start);
       if (l.calls_required > 1 && !l.paid) follow(el, l);
     }
     // Never an empty box: the site's own number, or a plain apology.

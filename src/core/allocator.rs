@@ -15,7 +15,7 @@ use super::tickets::{Pass, PassSource, PoolMode, Progress, Ticket};
 use super::time::{retry_after_secs, Timestamp};
 use super::types::{
     CallId, CallKey, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey,
-    ReturnKey, SessionId, Target, TenantId, TicketCode, TicketId,
+    ReturnKey, SessionId, Share, Target, TenantId, TicketCode, TicketId,
 };
 use super::wheel::Wheel;
 use super::{CoreError, Effect};
@@ -27,6 +27,9 @@ pub struct LeaseSettings {
     pub ttl: Duration,
     /// No lease lives longer than this from its creation, however often renewed.
     pub max_ttl: Duration,
+    /// No lease made by a page (publishable key) lives longer than this from its creation
+    /// (at most `max_ttl`): renewing from a page cannot hold a number for hours.
+    pub page_max_ttl: Duration,
     /// After a lease ends, calls are still attributed to its holder for this long.
     pub grace: Duration,
     /// After a lease ends, nobody else gets the number for this long (at least `grace`).
@@ -73,6 +76,10 @@ pub struct PoolLimits {
     pub max_live_per_session: u32,
     /// Live leases one tenant (all its keys) may hold.
     pub max_live_per_tenant: u32,
+    /// What pages (publishable keys, whose token is public) may hold of the pool's numbers
+    /// and, separately, of its shared number's codes, counting leased and cooling ones; the
+    /// rest stays for the sites' servers, so no page traffic can leave them with nothing.
+    pub page_share: Share,
 }
 
 impl PoolSpec {
@@ -98,6 +105,9 @@ pub struct AllocateRequest {
     pub ttl: Option<Duration>,
     pub calls_required: u32,
     pub min_call_secs: u32,
+    /// Made with a publishable key, from a page: bound by the pool's `page_share` and
+    /// `page_max_ttl`.
+    pub from_page: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +166,9 @@ pub struct Lease {
     pub first_call_at: Option<Timestamp>,
     /// The access pass granted when it was redeemed, if the pool grants one.
     pub pass: Option<PassId>,
+    /// Made by a page (publishable key): counts toward the pool's page share until its number
+    /// (or code) is free again, and lives at most `page_max_ttl`.
+    pub from_page: bool,
 }
 
 impl Lease {
@@ -207,6 +220,9 @@ pub struct PoolStats {
     pub cooling: usize,
     /// Codes held on the shared number (live or cooling).
     pub codes: usize,
+    /// Of `leased + cooling`, the numbers held by pages' leases; of `codes`, the codes.
+    pub page_numbers: usize,
+    pub page_codes: usize,
 }
 
 /// Something that happened, for metrics and live event streams; not persisted.
@@ -274,6 +290,12 @@ pub(super) struct Pool {
     cooling: PriorityQueue<u32, Reverse<Timestamp>>,
     /// Codes of the shared number held by a lease (active or cooling).
     codes: HashMap<Code, LeaseId>,
+    /// The same codes by when their lease ends (its expiry while active): when the next code
+    /// frees, without a scan on every refusal (refusals are what an attack is made of).
+    code_ends: PriorityQueue<Code, Reverse<Timestamp>>,
+    /// Numbers and codes held (leased or cooling) by pages' leases, for `page_share`.
+    page_numbers: usize,
+    page_codes: usize,
 }
 
 impl Pool {
@@ -284,7 +306,18 @@ impl Pool {
             leased: self.leased.len(),
             cooling: self.cooling.len(),
             codes: self.codes.len(),
+            page_numbers: self.page_numbers,
+            page_codes: self.page_codes,
         }
+    }
+
+    /// Whether pages may take one more number, and one more code.
+    fn open_to_pages(&self) -> (bool, bool) {
+        let share = self.spec.limits.page_share;
+        (
+            self.page_numbers < share.of(self.slots.len()),
+            self.page_codes < share.of(usize::from(Code::SPACE)),
+        )
     }
 
     /// When the next number of this pool becomes free if nothing else happens.
@@ -428,6 +461,9 @@ impl Allocator {
                 leased: PriorityQueue::new(),
                 cooling: PriorityQueue::new(),
                 codes: HashMap::default(),
+                code_ends: PriorityQueue::new(),
+                page_numbers: 0,
+                page_codes: 0,
             });
         }
         Ok(Allocator {
@@ -477,6 +513,8 @@ impl Allocator {
                             lease.id
                         )));
                     }
+                    pool.code_ends.push(code, Reverse(lease.end_at()));
+                    pool.page_codes += usize::from(lease.from_page);
                 }
             } else if let Some(&(pid, idx)) = a.numbers.get(&lease.number) {
                 let pool = &mut a.pools[pid.0 as usize];
@@ -489,6 +527,7 @@ impl Allocator {
                         )));
                     }
                     slot.holder = Some(lease.id);
+                    pool.page_numbers += usize::from(lease.from_page);
                     if lease.end.is_none() {
                         slot.state = SlotState::Leased;
                         pool.leased.push(idx, Reverse(lease.expires_at));
@@ -644,43 +683,58 @@ impl Allocator {
                 limit: limits.max_live_per_tenant,
             });
         }
+        let life = life_cap(&settings, req.from_page);
         let pool = &mut self.pools[req.pool.0 as usize];
-        let (number, code, ttl) = match pool.free.pop() {
+        // A page past its share of numbers is treated as if none were free, and past its share
+        // of codes as if every code were taken: what is left stays for servers.
+        let (numbers_open, codes_open) = match req.from_page {
+            true => pool.open_to_pages(),
+            false => (true, true),
+        };
+        let popped = if numbers_open { pool.free.pop() } else { None };
+        let (number, code, ttl) = match popped {
             Some((idx, _)) => {
                 let slot = &mut pool.slots[idx as usize];
                 slot.state = SlotState::Leased;
                 slot.holder = Some(new_id);
-                let ttl = req.ttl.unwrap_or(settings.ttl).min(settings.max_ttl);
+                let ttl = req.ttl.unwrap_or(settings.ttl).min(life);
                 pool.leased.push(idx, Reverse(now.saturating_add(ttl)));
+                pool.page_numbers += usize::from(req.from_page);
                 (slot.number, None, ttl)
             }
             None => {
                 let next_number = pool.next_free_at();
                 let OnExhausted::Shared { number, code_ttl } = pool.spec.on_exhausted else {
                     return Err(CoreError::Exhausted {
-                        retry_after_secs: retry_after_secs(now, next_number.unwrap_or(now)),
+                        retry_after_secs: retry_after_secs(
+                            now,
+                            next_number.unwrap_or(now.saturating_add(settings.ttl)),
+                        ),
                     });
                 };
                 let seed = u16::from_le_bytes([new_id.as_bytes()[0], new_id.as_bytes()[1]]);
                 let Some(code) = (0..Code::SPACE)
+                    .filter(|_| codes_open)
                     .filter_map(|i| Code::new((seed % Code::SPACE + i) % Code::SPACE))
                     .find(|c| !pool.codes.contains_key(c))
                 else {
                     let next_code = pool
-                        .codes
-                        .values()
-                        .filter_map(|id| self.leases.get(id))
-                        .map(|l| l.end_at().saturating_add(settings.quarantine))
-                        .min();
+                        .code_ends
+                        .peek()
+                        .map(|(_, Reverse(end))| end.saturating_add(settings.quarantine));
                     return Err(CoreError::Exhausted {
                         retry_after_secs: retry_after_secs(
                             now,
-                            min_opt(next_number, next_code).unwrap_or(now),
+                            min_opt(next_number, next_code)
+                                .unwrap_or(now.saturating_add(settings.ttl)),
                         ),
                     });
                 };
+                let ttl = code_ttl.min(life);
                 pool.codes.insert(code, new_id);
-                (number, Some(code), code_ttl.min(settings.max_ttl))
+                pool.code_ends.push(code, Reverse(now.saturating_add(ttl)));
+                pool.page_codes += usize::from(req.from_page);
+                (number, Some(code), ttl)
             }
         };
         let expires_at = now.saturating_add(ttl);
@@ -708,6 +762,7 @@ impl Allocator {
             code,
             first_call_at: None,
             pass: None,
+            from_page: req.from_page,
         };
         self.sticky.insert(key, new_id);
         self.index(&lease);
@@ -887,6 +942,7 @@ impl Allocator {
                     }
                 }
             }
+            let mut page_codes = 0;
             for (code, id) in &pool.codes {
                 let lease = self
                     .leases
@@ -895,6 +951,26 @@ impl Allocator {
                 if lease.code != Some(*code) || lease.freed {
                     return Err(format!("code {code} disagrees with {lease:?}"));
                 }
+                if pool.code_ends.get_priority(code) != Some(&Reverse(lease.end_at())) {
+                    return Err(format!("code {code} filed under the wrong end"));
+                }
+                page_codes += usize::from(lease.from_page);
+            }
+            if pool.code_ends.len() != pool.codes.len() {
+                return Err(format!("pool {}: code ends out of step", pool.spec.name));
+            }
+            let page_numbers = pool
+                .slots
+                .iter()
+                .filter(|s| s.state != SlotState::Free)
+                .filter_map(|s| s.holder.and_then(|id| self.leases.get(&id)))
+                .filter(|l| l.from_page)
+                .count();
+            if (page_numbers, page_codes) != (pool.page_numbers, pool.page_codes) {
+                return Err(format!(
+                    "pool {}: pages hold {page_numbers} numbers and {page_codes} codes, counted {} and {}",
+                    pool.spec.name, pool.page_numbers, pool.page_codes
+                ));
             }
         }
         let mut holders: HashMap<Line, LeaseId> = HashMap::default();
@@ -930,14 +1006,14 @@ impl Allocator {
     }
 
     /// The lifetime a new term of `lease` gets: `code_ttl` on a shared number, else `wanted`
-    /// or the pool's `ttl`; never more than `max_ttl`.
+    /// or the pool's `ttl`; never more than the lease may live (`max_ttl`, `page_max_ttl`).
     fn ttl_of(&self, lease: &Lease, wanted: Option<Duration>) -> Duration {
         let spec = &self.pools[lease.pool.0 as usize].spec;
         let ttl = match (lease.code, &spec.on_exhausted) {
             (Some(_), OnExhausted::Shared { code_ttl, .. }) => *code_ttl,
             _ => wanted.unwrap_or(spec.settings.ttl),
         };
-        ttl.min(spec.settings.max_ttl)
+        ttl.min(life_cap(&spec.settings, lease.from_page))
     }
 
     pub(super) fn schedule(&mut self, deadline: Timestamp, what: Due) {
@@ -987,14 +1063,20 @@ impl Allocator {
 
     fn extend(&mut self, id: LeaseId, ttl: Duration, now: Timestamp) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
-        let max_ttl = self.pools[lease.pool.0 as usize].spec.settings.max_ttl;
-        let bound = lease.created_at.saturating_add(max_ttl);
+        let settings = &self.pools[lease.pool.0 as usize].spec.settings;
+        let bound = lease
+            .created_at
+            .saturating_add(life_cap(settings, lease.from_page));
         let new_expiry = now.saturating_add(ttl).min(bound).max(lease.expires_at);
         if new_expiry == lease.expires_at {
             return;
         }
         lease.expires_at = new_expiry;
-        if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+        if let Some(code) = lease.code {
+            self.pools[lease.pool.0 as usize]
+                .code_ends
+                .change_priority(&code, Reverse(new_expiry));
+        } else if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
             self.pools[pid.0 as usize]
                 .leased
                 .change_priority(&idx, Reverse(new_expiry));
@@ -1074,7 +1156,12 @@ impl Allocator {
         self.count_live(&lease, false);
         let lease = &self.leases[&id];
         let cool_until = self.cool_until(lease);
-        if lease.code.is_none() {
+        if let Some(code) = lease.code {
+            let pool = &mut self.pools[lease.pool.0 as usize];
+            if pool.codes.get(&code) == Some(&id) {
+                pool.code_ends.change_priority(&code, Reverse(at));
+            }
+        } else {
             if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
                 let pool = &mut self.pools[pid.0 as usize];
                 let slot = &mut pool.slots[idx as usize];
@@ -1091,25 +1178,39 @@ impl Allocator {
     fn free(&mut self, id: LeaseId, at: Timestamp) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         lease.freed = true;
-        let pool = &mut self.pools[lease.pool.0 as usize];
+        let page = usize::from(lease.from_page);
         match lease.code {
             Some(code) => {
+                let pool = &mut self.pools[lease.pool.0 as usize];
                 if pool.codes.get(&code) == Some(&id) {
                     pool.codes.remove(&code);
+                    pool.code_ends.remove(&code);
+                    pool.page_codes -= page;
                 }
             }
             None => {
-                if let Some(&(_, idx)) = self.numbers.get(&lease.number) {
+                // The pool the number is configured in now, as `end` and `restore` see it.
+                if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+                    let pool = &mut self.pools[pid.0 as usize];
                     let slot = &mut pool.slots[idx as usize];
                     if slot.holder == Some(id) && slot.state == SlotState::Cooling {
                         slot.state = SlotState::Free;
                         pool.cooling.remove(&idx);
                         pool.free.push(idx, Reverse((at, idx)));
+                        pool.page_numbers -= page;
                     }
                 }
             }
         }
         self.effects.push(Effect::PutLease(lease.clone()));
+    }
+}
+
+/// The longest a lease may live from its creation: `max_ttl`, and `page_max_ttl` for a page's.
+fn life_cap(settings: &LeaseSettings, from_page: bool) -> Duration {
+    match from_page {
+        true => settings.max_ttl.min(settings.page_max_ttl),
+        false => settings.max_ttl,
     }
 }
 

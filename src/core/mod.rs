@@ -21,7 +21,7 @@ pub use tickets::{
 pub use time::{retry_after_secs, Timestamp, TICK_MS};
 pub use types::{
     CallId, CallKey, Code, Due, LeaseId, ListingId, ParseError, PassId, PhoneNumber, PoolId,
-    ProgressKey, ReturnKey, SessionId, Target, TenantId, TicketCode, TicketId,
+    ProgressKey, ReturnKey, SessionId, Share, Target, TenantId, TicketCode, TicketId,
 };
 pub use wheel::Wheel;
 

@@ -10,6 +10,7 @@ fn settings() -> LeaseSettings {
     LeaseSettings {
         ttl: Duration::from_secs(15 * 60),
         max_ttl: Duration::from_secs(2 * 3600),
+        page_max_ttl: Duration::from_secs(2 * 3600),
         grace: Duration::from_secs(5 * 60),
         quarantine: Duration::from_secs(10 * 60),
         retention: Duration::from_secs(24 * 3600),
@@ -53,6 +54,7 @@ fn req(session: &str, listing: Option<&str>) -> AllocateRequest {
         ttl: None,
         calls_required: 1,
         min_call_secs: 0,
+        from_page: false,
     }
 }
 
@@ -403,5 +405,234 @@ fn a_clock_rewind_revives_nothing_and_ends_leases_stamped_in_the_future() {
     assert_eq!(a.pool_stats(PoolId(0)).free, 0);
     a.tick(at(31));
     assert_eq!(a.pool_stats(PoolId(0)).free, 2);
+    a.check_invariants().unwrap();
+}
+
+// ---- pages' share of a pool ---------------------------------------------------------------
+
+/// A pool of `size` numbers where pages may hold `permille` thousandths, with a shared
+/// number when `shared`.
+fn page_pool(size: u64, permille: u16, shared: bool) -> Allocator {
+    let on_exhausted = match shared {
+        true => OnExhausted::Shared {
+            number: PhoneNumber::from_digits(33_899_199_999).unwrap(),
+            code_ttl: Duration::from_secs(3 * 60),
+        },
+        false => OnExhausted::Reject,
+    };
+    Allocator::new(vec![PoolSpec {
+        name: "fr".into(),
+        numbers: numbers(size),
+        settings: LeaseSettings {
+            page_max_ttl: Duration::from_secs(30 * 60),
+            ..settings()
+        },
+        on_exhausted,
+        return_window: Duration::from_secs(30 * 86_400),
+        fallback: None,
+        mode: PoolMode::Dynamic,
+        access_ttl: Duration::ZERO,
+        limits: PoolLimits {
+            page_share: Share::from_permille(permille).unwrap(),
+            ..Default::default()
+        },
+    }])
+    .unwrap()
+}
+
+fn page(session: &str) -> AllocateRequest {
+    AllocateRequest {
+        from_page: true,
+        ..req(session, None)
+    }
+}
+
+/// Distinct ids beyond 255 leases.
+fn wide_id(n: u32) -> LeaseId {
+    let mut b = [0x5a; 16];
+    b[..4].copy_from_slice(&n.to_le_bytes());
+    LeaseId::from_bytes(b)
+}
+
+#[test]
+fn pages_stop_at_their_share_and_servers_still_get_numbers() {
+    let mut a = page_pool(10, 800, false);
+    for i in 0..8 {
+        a.allocate(page(&format!("p{i}")), at(0), wide_id(i))
+            .unwrap();
+    }
+    let refused = a.allocate(page("p8"), at(1), wide_id(8)).unwrap_err();
+    assert!(
+        matches!(refused, CoreError::Exhausted { .. }),
+        "a page past its share: {refused:?}"
+    );
+    assert_eq!(stats(&a), (2, 8, 0), "two numbers stay free for servers");
+    let server = a.allocate(req("site", None), at(1), wide_id(9)).unwrap();
+    assert!(server.lease.code.is_none() && !server.lease.from_page);
+    a.allocate(req("site-2", None), at(1), wide_id(10)).unwrap();
+    assert!(a.allocate(req("site-3", None), at(1), wide_id(11)).is_err());
+    let s = a.pool_stats(PoolId(0));
+    assert_eq!((s.page_numbers, s.page_codes), (8, 0));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_page_refused_a_number_is_told_when_to_retry() {
+    let mut a = page_pool(10, 800, false);
+    for i in 0..8 {
+        a.allocate(page(&format!("p{i}")), at(i as u64), wide_id(i))
+            .unwrap();
+    }
+    // The first page lease expires at 15 and cools until 25: 25 minutes from 0.
+    assert_eq!(
+        a.allocate(page("late"), at(0), wide_id(99)).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 25 * 60
+        }
+    );
+}
+
+#[test]
+fn a_page_past_its_share_of_numbers_gets_a_code_then_nothing_past_its_share_of_codes() {
+    // 2 thousandths: of 1,000 numbers pages may hold 2, of 10,000 codes 20.
+    let mut a = page_pool(1000, 2, true);
+    let mut codes = 0;
+    for i in 0..22 {
+        let l = a
+            .allocate(page(&format!("p{i}")), at(0), wide_id(i))
+            .unwrap()
+            .lease;
+        if i < 2 {
+            assert!(l.code.is_none(), "page {i} gets a number of its share");
+        } else {
+            assert!(l.code.is_some(), "page {i} gets the shared number");
+            codes += 1;
+        }
+    }
+    assert_eq!(codes, 20);
+    let err = a.allocate(page("p22"), at(1), wide_id(22)).unwrap_err();
+    assert!(matches!(err, CoreError::Exhausted { .. }), "{err:?}");
+    // A server still gets a number while any is free, and a code once none is.
+    let server = a.allocate(req("site", None), at(1), wide_id(23)).unwrap();
+    assert!(server.lease.code.is_none());
+    let s = a.pool_stats(PoolId(0));
+    assert_eq!((s.page_numbers, s.page_codes, s.codes), (2, 20, 20));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_page_number_counts_against_the_share_until_its_quarantine_ends() {
+    let mut a = page_pool(5, 400, false);
+    a.allocate(page("p0"), at(0), wide_id(0)).unwrap();
+    a.allocate(page("p1"), at(0), wide_id(1)).unwrap();
+    a.tick(at(15));
+    assert_eq!(stats(&a), (3, 0, 2), "both expired, cooling");
+    // Expired is not enough: cooling numbers are still unusable, so they still count.
+    assert!(a.allocate(page("p2"), at(16), wide_id(2)).is_err());
+    a.tick(at(25));
+    assert_eq!(a.pool_stats(PoolId(0)).page_numbers, 0);
+    a.allocate(page("p2"), at(25), wide_id(2)).unwrap();
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_page_lease_never_outlives_page_max_ttl_however_renewed() {
+    let mut a = page_pool(2, 500, false);
+    a.allocate(page("p"), at(0), wide_id(0)).unwrap();
+    a.allocate(req("site", None), at(0), wide_id(1)).unwrap();
+    for m in [10, 20, 25] {
+        a.renew(&wide_id(0), None, at(m)).unwrap();
+        a.renew(&wide_id(1), None, at(m)).unwrap();
+    }
+    assert_eq!(a.lease(&wide_id(0)).unwrap().expires_at, at(30));
+    assert_eq!(a.lease(&wide_id(1)).unwrap().expires_at, at(40));
+    // Asking again from the same page session extends nothing past the cap either.
+    let again = a.allocate(page("p"), at(29), wide_id(2)).unwrap();
+    assert_eq!(
+        (again.lease.id, again.lease.expires_at),
+        (wide_id(0), at(30))
+    );
+    a.tick(at(30));
+    assert_eq!(
+        a.renew(&wide_id(0), None, at(30)).unwrap_err(),
+        CoreError::LeaseEnded(LeaseState::Expired)
+    );
+    assert!(a.renew(&wide_id(1), None, at(30)).is_ok());
+}
+
+#[test]
+fn restore_counts_what_pages_hold_again() {
+    let mut a = page_pool(1000, 2, true);
+    let (mut leases, mut wheel) = Default::default();
+    for i in 0..4 {
+        a.allocate(page(&format!("p{i}")), at(0), wide_id(i))
+            .unwrap();
+    }
+    a.allocate(req("site", None), at(0), wide_id(10)).unwrap();
+    a.release(&wide_id(0), at(1)).unwrap();
+    a.release(&wide_id(3), at(1)).unwrap();
+    replay(&mut a, &mut leases, &mut wheel);
+
+    let restore = |leases: &std::collections::BTreeMap<LeaseId, Lease>,
+                   wheel: &std::collections::BTreeSet<(u64, Due)>| {
+        let snapshot = Snapshot {
+            leases: leases.values().cloned().collect(),
+            wheel: wheel.iter().copied().collect(),
+            ..Snapshot::default()
+        };
+        Allocator::restore(vec![a.pool_spec(PoolId(0)).clone()], snapshot).unwrap()
+    };
+    let mut b = restore(&leases, &wheel);
+    b.check_invariants().unwrap();
+    let s = b.pool_stats(PoolId(0));
+    assert_eq!(s, a.pool_stats(PoolId(0)));
+    assert_eq!((s.page_numbers, s.page_codes), (2, 2), "cooling ones count");
+    // Still at its share of numbers after the restart: the next page gets a code.
+    let next = b.allocate(page("p9"), at(2), wide_id(9)).unwrap();
+    assert!(next.lease.code.is_some());
+    // Once cooled, the share is free again, and a restart knows it too.
+    b.tick(at(11));
+    replay(&mut b, &mut leases, &mut wheel);
+    let c = restore(&leases, &wheel);
+    c.check_invariants().unwrap();
+    let s = c.pool_stats(PoolId(0));
+    assert_eq!((s.page_numbers, s.page_codes), (1, 2));
+}
+
+#[test]
+fn a_page_refused_a_code_is_told_when_the_first_code_frees() {
+    let mut a = page_pool(1000, 2, true);
+    for i in 0..22 {
+        a.allocate(page(&format!("p{i}")), at(0), wide_id(i))
+            .unwrap();
+    }
+    // Codes live 3 minutes and cool 10: the first frees at 13, before any number (25).
+    let refused = |a: &mut Allocator, m| a.allocate(page("late"), at(m), wide_id(99));
+    assert_eq!(
+        refused(&mut a, 1).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 12 * 60
+        }
+    );
+    // Renewing codes moves their end; releasing one ends it now.
+    for i in 2..22 {
+        a.renew(&wide_id(i), None, at(2)).unwrap();
+    }
+    assert_eq!(
+        refused(&mut a, 2).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 13 * 60
+        }
+    );
+    a.release(&wide_id(7), at(3)).unwrap();
+    assert_eq!(
+        refused(&mut a, 3).unwrap_err(),
+        CoreError::Exhausted {
+            retry_after_secs: 10 * 60
+        }
+    );
+    a.check_invariants().unwrap();
+    a.tick(at(13));
+    assert!(refused(&mut a, 13).unwrap().lease.code.is_some());
     a.check_invariants().unwrap();
 }

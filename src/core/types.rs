@@ -329,6 +329,39 @@ impl fmt::Debug for Code {
     }
 }
 
+/// A share of something, in whole thousandths (0 to 1000): what pages may hold of a pool's
+/// numbers and of its codes. Thousandths keep floats out of the core and its answers exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Share(u16);
+
+impl Share {
+    pub const ALL: Share = Share(1000);
+
+    pub const fn from_permille(p: u16) -> Option<Share> {
+        if p <= 1000 {
+            Some(Share(p))
+        } else {
+            None
+        }
+    }
+
+    pub fn permille(self) -> u16 {
+        self.0
+    }
+
+    /// How many of `n` the share allows, rounded down: below [`Share::ALL`], what is left
+    /// is never rounded away.
+    pub fn of(self, n: usize) -> usize {
+        (n as u64 * u64::from(self.0) / 1000) as usize
+    }
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share::ALL
+    }
+}
+
 /// A return caller's route is keyed by who calls and which number they call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReturnKey {
@@ -491,6 +524,16 @@ mod tests {
         assert!(SessionId::parse(&"x".repeat(129)).is_err());
         assert!(SessionId::parse("a\nb").is_err());
         assert!(SessionId::parse("cookie-42").is_ok());
+    }
+
+    #[test]
+    fn a_share_rounds_down_so_the_rest_is_never_lost() {
+        let s = Share::from_permille(800).unwrap();
+        assert_eq!(s.of(1001), 800);
+        assert_eq!(s.of(10_000), 8000);
+        assert_eq!(s.of(1), 0, "one number stays for servers");
+        assert_eq!(Share::ALL.of(7), 7);
+        assert!(Share::from_permille(1001).is_none());
     }
 
     #[test]

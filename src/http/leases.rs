@@ -62,6 +62,9 @@ pub async fn create(
             "min_call_secs: must be at most {MAX_MIN_CALL_SECS}"
         )));
     }
+    // A page's key is public: what it may take is bounded by address, session, and the pool's
+    // page share, which the core enforces.
+    let page = key.role == Role::Publishable;
     let req = AllocateRequest {
         tenant: key.tenant.clone(),
         pool,
@@ -78,11 +81,10 @@ pub async fn create(
         ttl: ttl(b.ttl_secs)?,
         calls_required,
         min_call_secs,
+        from_page: page,
     };
-    // A page's key is public: bound how many numbers one address or session can take.
-    let page = key.role == Role::Publishable;
     if page {
-        s.pages.check(&s, &ip.0, req.session.as_str())?;
+        s.pages.check(&s, &ip, &req.tenant, &req.session)?;
     }
     s.pages.check_key(&s, &b.pool, &key.name)?;
     let (view, fresh) = s.service.allocate(req).await?;
@@ -106,13 +108,25 @@ pub async fn show(
     Ok(Json(LeaseBody::new(&view, owner)))
 }
 
+/// Renewing needs only the lease id, so pages (and anyone holding an id) are limited per
+/// address and per lease; a site's server, renewing for all its visitors from one address, is
+/// not. A page's lease never outlives `page_max_ttl` however renewed (the core's bound).
 pub async fn renew(
     State(s): State<AppState>,
     Auth(key): Auth,
+    ip: ClientIp,
     Path(id): Path<String>,
     OptionalJson(b): OptionalJson<RenewBody>,
 ) -> Result<Json<LeaseBody>, ApiError> {
-    let view = s.service.renew(lease_id(&id)?, ttl(b.ttl_secs)?).await?;
+    let id = lease_id(&id)?;
+    let ttl = ttl(b.ttl_secs)?;
+    if !key.as_ref().is_some_and(|k| k.role == Role::Site) {
+        s.pages.check_renew_ip(&s, &ip)?;
+        // Only leases that exist are counted, so made-up ids cannot fill the limiter.
+        s.service.get(&id)?;
+        s.pages.check_renew_lease(&s, &id)?;
+    }
+    let view = s.service.renew(id, ttl).await?;
     let owner = key.is_some_and(|k| k.tenant == view.lease.tenant && k.role != Role::Publishable);
     Ok(Json(LeaseBody::new(&view, owner)))
 }

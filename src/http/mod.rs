@@ -43,6 +43,8 @@ pub struct AppState {
     pub pages: Arc<site::PageLimits>,
     /// Page origins allowed by publishable keys: these get CORS headers.
     pub origins: Arc<HashSet<String>>,
+    /// Proxies whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
+    pub trusted_proxies: Arc<Vec<crate::limits::Cidr>>,
     pub demo: Option<Arc<crate::config::DemoConfig>>,
 }
 
@@ -68,6 +70,7 @@ impl AppState {
                     .collect(),
             ),
             demo: config.demo.clone().map(Arc::new),
+            trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
         }
     }
 }
@@ -76,12 +79,15 @@ impl AppState {
     /// Refuses a request over the abuse limit `limit` (counted in the metrics) with a 429.
     pub fn limited(
         &self,
-        limit: &'static str,
+        limit: crate::limits::Limit,
         kind: &'static str,
         retry_after: u64,
         detail: String,
     ) -> ApiError {
-        self.metrics.limited.with_label_values(&[limit]).inc();
+        self.metrics
+            .limited
+            .with_label_values(&[limit.as_str()])
+            .inc();
         ApiError::too_many(kind, retry_after, detail)
     }
 }

@@ -384,9 +384,13 @@ impl From<&PassView> for PassBody {
 #[serde(deny_unknown_fields)]
 pub struct TicketRedeemBody {
     pub code: String,
-    /// Who is typing the code (the visitor's session or address, as the site knows it): failed
-    /// attempts are limited per client as well as per key.
+    /// Who is typing the code (the visitor's session, as the site knows it; at most 128
+    /// bytes): wrong codes are slowed per client.
     pub client: Option<String>,
+    /// The visitor's address as the site saw it: wrong codes are slowed per address and per
+    /// prefix. Without it, the request's own address counts (the site's server, so one
+    /// visitor's wrong codes would slow every visitor of the site).
+    pub client_ip: Option<String>,
 }
 
 #[derive(Serialize)]

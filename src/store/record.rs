@@ -11,7 +11,7 @@ use crate::core::{
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
-/// changes shape.
+/// changes shape. Records that never changed are at 1; see each record for its own.
 const VERSION: u8 = 1;
 
 /// Why a stored record could not be read back.
@@ -23,22 +23,39 @@ pub enum DecodeError {
 }
 
 fn wrap<T: Serialize>(r: &T) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    wrap_as(VERSION, r)
+}
+
+fn wrap_as<T: Serialize>(version: u8, r: &T) -> Vec<u8> {
+    let mut out = vec![version];
     out.extend(postcard::to_allocvec(r).expect("a record always serialises"));
     out
 }
 
-fn unwrap<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, DecodeError> {
-    let bad = |m: String| DecodeError::Invalid(format!("{what}: {m}"));
+/// The version byte and the body after it.
+fn split<'a>(what: &str, bytes: &'a [u8]) -> Result<(u8, &'a [u8]), DecodeError> {
     let (&version, body) = bytes
         .split_first()
-        .ok_or_else(|| bad("empty record".into()))?;
-    if version != VERSION {
-        return Err(bad(format!(
-            "record version {version} is not one this build reads"
-        )));
+        .ok_or_else(|| invalid(what, "empty record"))?;
+    Ok((version, body))
+}
+
+fn body<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, DecodeError> {
+    postcard::from_bytes(body).map_err(|e| invalid(what, e))
+}
+
+fn unknown_version(what: &str, version: u8) -> DecodeError {
+    invalid(
+        what,
+        format!("record version {version} is not one this build reads"),
+    )
+}
+
+fn unwrap<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, DecodeError> {
+    match split(what, bytes)? {
+        (VERSION, b) => body(what, b),
+        (v, _) => Err(unknown_version(what, v)),
     }
-    postcard::from_bytes(body).map_err(|e| bad(e.to_string()))
 }
 
 fn invalid(what: &str, m: impl std::fmt::Display) -> DecodeError {
@@ -88,8 +105,18 @@ struct LeaseRecordV1 {
     pass: Option<[u8; 16]>,
 }
 
+/// Version 2 of a lease: version 1's fields, then whether a page made it. Version 1 records
+/// (written before pages had a share) read as made by a server.
+#[derive(Serialize, Deserialize)]
+struct LeaseRecordV2 {
+    v1: LeaseRecordV1,
+    from_page: bool,
+}
+
+const LEASE_VERSION: u8 = 2;
+
 pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
-    wrap(&LeaseRecordV1 {
+    let v1 = LeaseRecordV1 {
         tenant: lease.tenant.as_str().to_owned(),
         pool: pool_name.to_owned(),
         number: lease.number.digits(),
@@ -114,7 +141,14 @@ pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
         code: lease.code.map(Code::value),
         first_call_at: lease.first_call_at.map(Timestamp::as_millis),
         pass: lease.pass.map(|p| p.0),
-    })
+    };
+    wrap_as(
+        LEASE_VERSION,
+        &LeaseRecordV2 {
+            v1,
+            from_page: lease.from_page,
+        },
+    )
 }
 
 pub fn decode_lease(
@@ -124,7 +158,14 @@ pub fn decode_lease(
 ) -> Result<Lease, DecodeError> {
     let what = format!("lease {id}");
     let what = what.as_str();
-    let r: LeaseRecordV1 = unwrap(what, bytes)?;
+    let LeaseRecordV2 { v1: r, from_page } = match split(what, bytes)? {
+        (1, b) => LeaseRecordV2 {
+            v1: body(what, b)?,
+            from_page: false,
+        },
+        (LEASE_VERSION, b) => body(what, b)?,
+        (v, _) => return Err(unknown_version(what, v)),
+    };
     let pool = pool_id(&r.pool).ok_or(DecodeError::UnknownPool)?;
     let label = |e: crate::core::ParseError| invalid(what, e);
     Ok(Lease {
@@ -163,6 +204,7 @@ pub fn decode_lease(
             .transpose()?,
         first_call_at: r.first_call_at.map(Timestamp::from_millis),
         pass: r.pass.map(PassId),
+        from_page,
     })
 }
 
@@ -501,4 +543,71 @@ pub fn encode_target(t: &Target) -> Vec<u8> {
 pub fn decode_target(bytes: &[u8]) -> Result<Target, DecodeError> {
     let s: String = unwrap("listing target", bytes)?;
     Target::parse(&s).map_err(|e| invalid("listing target", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(from_page: bool) -> Lease {
+        Lease {
+            id: LeaseId::from_bytes([7; 16]),
+            tenant: TenantId::parse("site").unwrap(),
+            pool: PoolId(0),
+            number: PhoneNumber::parse("+33899100042").unwrap(),
+            session: SessionId::parse("s").unwrap(),
+            listing: None,
+            target: None,
+            caller: None,
+            created_at: Timestamp::from_millis(1_000),
+            expires_at: Timestamp::from_millis(2_000),
+            end: None,
+            freed: false,
+            calls_required: 1,
+            min_call_secs: 0,
+            calls: 0,
+            redeemed_at: None,
+            code: None,
+            first_call_at: None,
+            pass: None,
+            from_page,
+        }
+    }
+
+    fn pool(name: &str) -> Option<PoolId> {
+        (name == "fr").then_some(PoolId(0))
+    }
+
+    #[test]
+    fn a_lease_keeps_whether_a_page_made_it() {
+        for from_page in [false, true] {
+            let l = lease(from_page);
+            assert_eq!(
+                decode_lease(l.id, &encode_lease(&l, "fr"), pool).unwrap(),
+                l
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_1_lease_still_reads_as_made_by_a_server() {
+        let l = lease(true);
+        let v2 = encode_lease(&l, "fr");
+        let LeaseRecordV2 { v1, .. } = postcard::from_bytes(&v2[1..]).unwrap();
+        let old = wrap_as(1, &v1);
+        let read = decode_lease(l.id, &old, pool).unwrap();
+        assert!(!read.from_page);
+        assert_eq!(
+            read,
+            Lease {
+                from_page: false,
+                ..l
+            }
+        );
+        let future = [&[9u8][..], &v2[1..]].concat();
+        assert!(matches!(
+            decode_lease(l.id, &future, pool),
+            Err(DecodeError::Invalid(m)) if m.contains("version 9")
+        ));
+    }
 }

@@ -104,6 +104,15 @@ test("the heartbeat renews the lease while the tab is visible", async () => {
   await c.close();
 });
 
+test("a page lease that reaches page_max_ttl shows the button again", async () => {
+  const { c, p } = await open(site("pool=brief&listing=b&heartbeat=1"));
+  await showNumber(p);
+  await p.waitForSelector("#n button.leaseline-show", { timeout: 10000 });
+  assert.equal(await p.$("#n a.leaseline-number"), null, "the ended number is not shown");
+  assert.equal(await p.getAttribute("#n", "data-leaseline-state"), "ready");
+  await c.close();
+});
+
 test("an element added later (single-page apps) is filled", async () => {
   const { c, p } = await open(site("listing=x&late=1"));
   await p.waitForSelector("#late button.leaseline-show");
