@@ -47,6 +47,9 @@ pub struct Config {
     pub twilio: Option<TwilioConfig>,
     pub limits: LimitsConfig,
     pub demo: Option<DemoConfig>,
+    /// Settings accepted but no longer used (kept so an upgrade never refuses a file that
+    /// worked): `check` prints them, `serve` logs them.
+    pub warnings: Vec<String>,
 }
 
 /// Abuse limits (`[limits]`).
@@ -408,7 +411,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         ));
     }
     let twilio = raw.twilio.map(validate_twilio).transpose()?;
-    let limits = validate_limits(raw.limits)?;
+    let mut warnings = Vec::new();
+    let limits = validate_limits(raw.limits, &mut warnings)?;
     let demo = match raw.demo {
         Some(RawDemo {
             enabled: true,
@@ -440,6 +444,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         twilio,
         limits,
         demo,
+        warnings,
     })
 }
 
@@ -938,7 +943,7 @@ fn validate_key(k: RawKey, pools: &HashSet<String>) -> Result<KeyConfig, String>
     })
 }
 
-fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
+fn validate_limits(l: RawLimits, warnings: &mut Vec<String>) -> Result<LimitsConfig, String> {
     let dur = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, String> {
         match v {
             Some(s) => parse_duration(s).map_err(|e| format!("[limits] {key} = {s:?}: {e}")),
@@ -962,8 +967,8 @@ fn validate_limits(l: RawLimits) -> Result<LimitsConfig, String> {
             "failures now wait redeem_backoff, doubled each time, up to redeem_max_delay",
         ),
     ];
-    if let Some((key, _, why)) = gone.iter().find(|(_, set, _)| *set) {
-        return Err(format!("[limits] {key} is no longer used: {why}"));
+    for (key, _, why) in gone.iter().filter(|(_, set, _)| *set) {
+        warnings.push(format!("[limits] {key} is no longer used (ignored): {why}"));
     }
     let first_delay = dur("redeem_backoff", &l.redeem_backoff, 1)?;
     let max_delay = dur("redeem_max_delay", &l.redeem_max_delay, 3600)?;
@@ -1353,16 +1358,24 @@ mod tests {
                 Duration::from_secs(86_400)
             )
         );
-        let e = error_of(&format!(
-            "[limits]\nredeem_failures_per_key = 50\n{}",
+        // A file that worked before still starts; the old keys are named in warnings.
+        let c = parse(&format!(
+            "[limits]\nredeem_failures_per_key = 50\nredeem_lockout = \"15m\"\n{}",
             pool("")
-        ));
+        ))
+        .unwrap();
         assert!(
-            e.contains("[limits] redeem_failures_per_key is no longer used: a key-wide lockout"),
-            "{e}"
+            c.warnings[0].contains(
+                "[limits] redeem_failures_per_key is no longer used (ignored): a key-wide lockout"
+            ),
+            "{:?}",
+            c.warnings
         );
-        let e = error_of(&format!("[limits]\nredeem_lockout = \"15m\"\n{}", pool("")));
-        assert!(e.contains("redeem_max_delay"), "{e}");
+        assert!(
+            c.warnings[1].contains("redeem_max_delay"),
+            "{:?}",
+            c.warnings
+        );
         let e = error_of(&format!(
             "[limits]\nredeem_max_delay = \"2d\"\n{}",
             pool("")

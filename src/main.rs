@@ -188,6 +188,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     println!("{}: OK", path.display());
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
     println!(
         "listen {}, data in {}",
         c.server.listen,
@@ -294,6 +297,9 @@ fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
     };
     config.server.accept_wall_clock = accept_wall_clock;
     init_logging(config.server.log_format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
