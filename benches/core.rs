@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use leaseline::core::{
-    AllocateRequest, Allocator, LeaseId, LeaseSettings, OnExhausted, PhoneNumber, PoolId, PoolMode,
-    PoolSpec, SessionId, TenantId, Timestamp,
+    AllocateRequest, Allocator, LeaseId, LeaseSettings, OnExhausted, Outbox, PhoneNumber, PoolId,
+    PoolMode, PoolSpec, SessionId, TenantId, Timestamp,
 };
 
 const FIRST: u64 = 33_800_000_000;
@@ -67,12 +67,13 @@ impl Fixture {
     /// A pool of `size` numbers with half of them leased.
     fn half_leased(&self, size: u64) -> Allocator {
         let mut a = allocator(size);
+        let mut out = Outbox::new();
         for i in 0..size / 2 {
-            a.allocate(self.req(i), Timestamp::from_millis(START), id(i))
+            a.allocate(self.req(i), Timestamp::from_millis(START), id(i), &mut out)
                 .unwrap();
         }
-        a.take_effects();
-        a.take_notices();
+        out.effects.clear();
+        out.notices.clear();
         a
     }
 }
@@ -105,11 +106,12 @@ fn bench(c: &mut Criterion) {
                 let mut done = 0;
                 while done < iters {
                     let mut a = allocator(size);
+                    let mut out = Outbox::new();
                     let n = (iters - done).min(size);
                     let t = Instant::now();
                     for i in done..done + n {
-                        black_box(a.allocate(f.req(i), t0, id(i)).unwrap());
-                        a.take_effects();
+                        black_box(a.allocate(f.req(i), t0, id(i), &mut out).unwrap());
+                        out.effects.clear();
                     }
                     total += t.elapsed();
                     done += n;
@@ -120,11 +122,12 @@ fn bench(c: &mut Criterion) {
 
         g.bench_with_input(BenchmarkId::new("renew", size), &size, |b, _| {
             let mut a = f.half_leased(size);
+            let mut out = Outbox::new();
             let mut i = 0u64;
             b.iter(|| {
                 let now = t0.saturating_add(Duration::from_millis(i % 600_000));
-                black_box(a.renew(&id(i % half), None, now).unwrap());
-                a.take_effects();
+                black_box(a.renew(&id(i % half), None, now, &mut out).unwrap());
+                out.effects.clear();
                 i += 1;
             })
         });
@@ -136,15 +139,16 @@ fn bench(c: &mut Criterion) {
                 while done < iters {
                     let n = (iters - done).min(size.min(50_000));
                     let mut a = allocator(size);
+                    let mut out = Outbox::new();
                     for i in 0..n {
-                        a.allocate(f.req(i), t0, id(i)).unwrap();
+                        a.allocate(f.req(i), t0, id(i), &mut out).unwrap();
                     }
-                    a.take_effects();
+                    out.effects.clear();
                     let t = Instant::now();
                     for i in 0..n {
-                        black_box(a.release(&id(i), t0).unwrap());
+                        black_box(a.release(&id(i), t0, &mut out).unwrap());
                     }
-                    a.take_effects();
+                    out.effects.clear();
                     total += t.elapsed();
                     done += n;
                 }
@@ -160,14 +164,15 @@ fn bench(c: &mut Criterion) {
                 while done < iters {
                     let n = (iters - done).min(size.min(50_000));
                     let mut a = allocator(size);
+                    let mut out = Outbox::new();
                     for i in 0..n {
-                        a.allocate(f.req(i), t0, id(i)).unwrap();
+                        a.allocate(f.req(i), t0, id(i), &mut out).unwrap();
                     }
-                    a.take_effects();
-                    a.tick(t0);
+                    out.effects.clear();
+                    a.tick(t0, &mut out);
                     let t = Instant::now();
-                    a.tick(t0.saturating_add(Duration::from_secs(901)));
-                    black_box(a.take_effects());
+                    a.tick(t0.saturating_add(Duration::from_secs(901)), &mut out);
+                    black_box(std::mem::take(&mut out.effects));
                     total += t.elapsed();
                     done += n;
                 }
@@ -191,19 +196,20 @@ fn bench(c: &mut Criterion) {
             &size,
             |b, _| {
                 let mut a = allocator(size);
+                let mut out = Outbox::new();
                 let mut i = size;
                 let mut now = t0;
                 b.iter(|| {
                     i += 1;
                     // Two seconds a visitor: numbers come back from quarantine as fast as they go.
                     now = now.saturating_add(Duration::from_secs(2));
-                    let lease = a.allocate(f.req(i), now, id(i)).unwrap().lease;
-                    a.renew(&lease.id, None, now).unwrap();
+                    let lease = a.allocate(f.req(i), now, id(i), &mut out).unwrap().lease;
+                    a.renew(&lease.id, None, now, &mut out).unwrap();
                     black_box(a.attribute(lease.number, None, None, now));
-                    a.release(&lease.id, now).unwrap();
-                    a.tick(now);
-                    black_box(a.take_effects());
-                    a.take_notices();
+                    a.release(&lease.id, now, &mut out).unwrap();
+                    a.tick(now, &mut out);
+                    black_box(std::mem::take(&mut out.effects));
+                    out.notices.clear();
                 })
             },
         );

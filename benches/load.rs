@@ -607,6 +607,7 @@ fn fill_store(config_path: &Path, n: u64) {
     )
     .unwrap();
     let mut core = Allocator::new(specs).unwrap();
+    let mut out = leaseline::core::Outbox::new();
     let tenant = TenantId::parse("site").unwrap();
     let now = Timestamp::from_millis(
         std::time::SystemTime::now()
@@ -630,9 +631,11 @@ fn fill_store(config_path: &Path, n: u64) {
             min_call_secs: 0,
             from_page: false,
         };
-        core.allocate(req, now, LeaseId::from_bytes(id)).unwrap();
+        core.allocate(req, now, LeaseId::from_bytes(id), &mut out)
+            .unwrap();
         if i % 1000 == 999 || i == n - 1 {
-            store.apply(&core.take_effects()).unwrap();
+            store.apply(&std::mem::take(&mut out.effects)).unwrap();
+            out.notices.clear();
         }
     }
     store.flush().unwrap();

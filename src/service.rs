@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Entropy,
-    Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Pass, PassId, PhoneNumber, PoolId,
-    PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
+    Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId, PhoneNumber,
+    PoolId, PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Store, StoreError};
@@ -191,8 +191,8 @@ impl Service {
         let id = LeaseId::from_bytes(rand::thread_rng().gen());
         let pool = self.directory().pool_spec(req.pool).name.clone();
         let res = self
-            .write(|core, now| {
-                let a = core.allocate(req, now, id)?;
+            .write(|core, now, out| {
+                let a = core.allocate(req, now, id, out)?;
                 Ok((a.fresh, view(core, a.lease, now)))
             })
             .await;
@@ -224,8 +224,8 @@ impl Service {
         ttl: Option<Duration>,
     ) -> Result<LeaseView, ServiceError> {
         let v = self
-            .write(|core, now| {
-                let lease = core.renew(&id, ttl, now)?.clone();
+            .write(|core, now, out| {
+                let lease = core.renew(&id, ttl, now, out)?.clone();
                 Ok(view(core, lease, now))
             })
             .await?;
@@ -236,9 +236,9 @@ impl Service {
     /// Ends the lease now; `owner` must be the tenant that holds it (others are told it does
     /// not exist, so lease ids of other tenants cannot be probed).
     pub async fn release(&self, id: LeaseId, owner: &TenantId) -> Result<(), ServiceError> {
-        self.write(|core, now| {
+        self.write(|core, now, out| {
             owned(core, &id, owner)?;
-            core.release(&id, now).map(drop)
+            core.release(&id, now, out).map(drop)
         })
         .await
     }
@@ -248,9 +248,9 @@ impl Service {
         let pool = self.get(&id)?.pool;
         let pass_id = PassId(rand::thread_rng().gen());
         let res = self
-            .write(|core, now| {
+            .write(|core, now, out| {
                 owned(core, &id, owner)?;
-                let (lease, _) = core.redeem(&id, now, pass_id)?;
+                let (lease, _) = core.redeem(&id, now, pass_id, out)?;
                 Ok(view(core, lease, now))
             })
             .await;
@@ -274,8 +274,8 @@ impl Service {
         listing: ListingId,
         target: Option<Target>,
     ) -> Result<(), ServiceError> {
-        self.write(|core, _| {
-            core.set_listing(tenant, listing, target);
+        self.write(|core, _, out| {
+            core.set_listing(tenant, listing, target, out);
             Ok(())
         })
         .await
@@ -290,13 +290,13 @@ impl Service {
     ) -> Result<TicketView, ServiceError> {
         let pass_id = PassId(rand::thread_rng().gen());
         let res = self
-            .write(|core, now| {
+            .write(|core, now, out| {
                 let allowed = |p: PoolId| {
                     pools.is_none_or(|list| list.iter().any(|n| n == &core.pool_spec(p).name))
                 };
                 let allowed: Vec<bool> = core.pool_ids().map(allowed).collect();
                 let (ticket, pass) =
-                    core.redeem_ticket(code, tenant, |p| allowed[p.0 as usize], now, pass_id)?;
+                    core.redeem_ticket(code, tenant, |p| allowed[p.0 as usize], now, pass_id, out)?;
                 Ok(TicketView {
                     pool: core.pool_spec(ticket.pool).name.clone(),
                     formula: core.formula(ticket.pool).cloned(),
@@ -338,8 +338,8 @@ impl Service {
         id: PassId,
         owner: &TenantId,
     ) -> Result<PassView, ServiceError> {
-        self.write(|core, now| {
-            let p = core.revoke_pass(&id, owner, now)?;
+        self.write(|core, now, out| {
+            let p = core.revoke_pass(&id, owner, now, out)?;
             Ok(pass_view(core, p, now))
         })
         .await
@@ -352,11 +352,11 @@ impl Service {
         at_given: bool,
     ) -> Result<(Call, Option<String>), ServiceError> {
         start.entropy = entropy();
-        self.write(|core, now| {
+        self.write(|core, now, out| {
             if !at_given {
                 start.at = now;
             }
-            let call = core.call_start(start, now)?;
+            let call = core.call_start(start, now, out)?;
             let pool = call
                 .attribution
                 .pool
@@ -372,7 +372,7 @@ impl Service {
         duration_secs: u32,
         at: Option<Timestamp>,
     ) -> Result<Call, ServiceError> {
-        self.write(|core, now| {
+        self.write(|core, now, out| {
             core.call_end(
                 &id,
                 CallEnd {
@@ -381,6 +381,7 @@ impl Service {
                 },
                 now,
                 entropy(),
+                out,
             )
         })
         .await
@@ -424,8 +425,8 @@ impl Service {
             return Err(ServiceError::Unavailable);
         }
         let (pending, lag) = self
-            .write(|core, now| {
-                core.tick(now);
+            .write(|core, now, out| {
+                core.tick(now, out);
                 let (pending, done) = core.wheel_status();
                 Ok((pending, now.tick_floor().saturating_sub(done)))
             })
@@ -434,6 +435,14 @@ impl Service {
         self.metrics.wheel_lag.set((lag * TICK_MS) as f64 / 1000.0);
         self.store.set_watermark(self.clock.now());
         Ok(())
+    }
+
+    /// Runs on from now although the store was last written at `mark`, later than now (the
+    /// operator accepted the wall clock): see [`Allocator::rewind_to`]. Returns how many
+    /// leases ended.
+    pub async fn rewind_to(&self, mark: Timestamp) -> Result<usize, ServiceError> {
+        self.write(|core, now, out| Ok(core.rewind_to(mark, now, out)))
+            .await
     }
 
     /// After a failed write: once the disk takes writes again, rebuilds the state from what
@@ -564,14 +573,14 @@ impl Service {
     /// lease, say), so memory never runs ahead of the disk.
     async fn write<R>(
         &self,
-        op: impl FnOnce(&mut Allocator, Timestamp) -> Result<R, CoreError>,
+        op: impl FnOnce(&mut Allocator, Timestamp, &mut Outbox) -> Result<R, CoreError>,
     ) -> Result<R, ServiceError> {
         let (res, seq, notices) = {
             let mut core = self.lock()?;
             let now = self.clock.now();
-            let res = op(&mut core, now);
-            let effects = core.take_effects();
-            let notices = core.take_notices();
+            let mut out = Outbox::new();
+            let res = op(&mut core, now, &mut out);
+            let Outbox { effects, notices } = out;
             let seq = if effects.is_empty() {
                 None
             } else {

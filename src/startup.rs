@@ -48,16 +48,8 @@ pub async fn build_state_with(
     let rewind = check_clock(&config.server, store.watermark(), clock.as_ref())?;
     let leases = recovered.snapshot.leases.len();
     let started = std::time::Instant::now();
-    let mut core = Allocator::restore(specs.clone(), recovered.snapshot)
+    let core = Allocator::restore(specs.clone(), recovered.snapshot)
         .context("the store's contents are inconsistent")?;
-    if let Some(mark) = rewind {
-        // Persisted by the first tick below, like any effect.
-        let ended = core.rewind_to(mark, clock.now());
-        tracing::warn!(
-            ended,
-            "leases over by the last run's time, or stamped after now, ended now"
-        );
-    }
     let rebuild_ms = started.elapsed().as_millis() as u64;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(store);
@@ -74,6 +66,16 @@ pub async fn build_state_with(
         clock,
         Arc::clone(&metrics),
     ));
+    if let Some(mark) = rewind {
+        let ended = service
+            .rewind_to(mark)
+            .await
+            .context("cannot end the leases the clock rewind leaves behind")?;
+        tracing::warn!(
+            ended,
+            "leases over by the last run's time, or stamped after now, ended now"
+        );
+    }
     service
         .tick()
         .await

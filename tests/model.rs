@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leaseline::core::{
     AllocateRequest, Allocator, CoreError, LeaseId, LeaseSettings, LeaseState, ListingId,
-    OnExhausted, PhoneNumber, PoolId, PoolSpec, SessionId, TenantId, Timestamp,
+    OnExhausted, Outbox, PhoneNumber, PoolId, PoolSpec, SessionId, TenantId, Timestamp,
 };
 use leaseline::store::Store;
 use proptest::prelude::*;
@@ -290,6 +290,8 @@ struct Real {
     dir: tempfile::TempDir,
     store: Option<Store>,
     core: Allocator,
+    /// What the core's operations left to persist since the last `persist`.
+    out: Outbox,
 }
 
 fn id(i: u64) -> LeaseId {
@@ -310,11 +312,12 @@ impl Real {
             dir,
             store: Some(store),
             core: Allocator::new(vec![spec()]).unwrap(),
+            out: Outbox::new(),
         }
     }
 
     fn persist(&mut self) {
-        let effects = self.core.take_effects();
+        let effects = std::mem::take(&mut self.out.effects);
         let store = self.store.as_ref().unwrap();
         store.apply(&effects).unwrap();
         store.flush().unwrap();
@@ -359,7 +362,7 @@ impl Real {
                     min_call_secs: 0,
                     from_page: page,
                 };
-                match self.core.allocate(req, now, id(next_id)) {
+                match self.core.allocate(req, now, id(next_id), &mut self.out) {
                     Ok(a) => Answer::Lease {
                         id: index(&a.lease.id),
                         number: number_index(a.lease.number),
@@ -374,10 +377,12 @@ impl Real {
             }
             Op::Renew { lease, ttl_secs } if known > 0 => {
                 let i = lease as u64 % known as u64;
-                match self
-                    .core
-                    .renew(&id(i), ttl_secs.map(|s| Duration::from_secs(s as u64)), now)
-                {
+                match self.core.renew(
+                    &id(i),
+                    ttl_secs.map(|s| Duration::from_secs(s as u64)),
+                    now,
+                    &mut self.out,
+                ) {
                     Ok(l) => Answer::Lease {
                         id: i,
                         number: number_index(l.number),
@@ -390,7 +395,10 @@ impl Real {
                 }
             }
             Op::Release { lease } if known > 0 => {
-                match self.core.release(&id(lease as u64 % known as u64), now) {
+                match self
+                    .core
+                    .release(&id(lease as u64 % known as u64), now, &mut self.out)
+                {
                     Ok(changed) => Answer::Released(changed),
                     Err(CoreError::UnknownLease) => Answer::Unknown,
                     Err(e) => panic!("unexpected {e}"),
@@ -404,7 +412,7 @@ impl Real {
             }
         };
         // As the tick task would within the same tick.
-        self.core.tick(now);
+        self.core.tick(now, &mut self.out);
         self.persist();
         answer
     }
@@ -459,7 +467,7 @@ proptest! {
         }
         // Whatever happened, a final restart loses nothing.
         real.restart();
-        real.core.tick(Timestamp::from_millis(now));
+        real.core.tick(Timestamp::from_millis(now), &mut real.out);
         check(&real, &model, now)?;
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use leaseline::core::{
     AllocateRequest, Allocator, CallEnd, CallId, CallStart, Code, Entropy, LeaseId, LeaseSettings,
-    ListingId, OnExhausted, PhoneNumber, PoolId, PoolSpec, SessionId, Target, TenantId, Timestamp,
+    ListingId, OnExhausted, Outbox, PhoneNumber, PoolId, PoolSpec, SessionId, Target, TenantId,
+    Timestamp,
 };
 use leaseline::store::Store;
 use proptest::prelude::*;
@@ -96,6 +97,8 @@ fn id(i: u64) -> LeaseId {
 
 struct Twin {
     core: Allocator,
+    /// What the core's operations left to persist since the last `persist`.
+    out: Outbox,
     store: Option<(tempfile::TempDir, Store)>,
 }
 
@@ -108,13 +111,13 @@ impl Twin {
         });
         Twin {
             core: Allocator::new(vec![spec()]).unwrap(),
+            out: Outbox::new(),
             store,
         }
     }
 
     fn persist(&mut self) {
-        let effects = self.core.take_effects();
-        self.core.take_notices();
+        let Outbox { effects, .. } = std::mem::take(&mut self.out);
         if let Some((_, store)) = &self.store {
             store.apply(&effects).unwrap();
             store.flush().unwrap();
@@ -150,7 +153,7 @@ impl Twin {
         calls: usize,
     ) -> String {
         let t = Timestamp::from_millis(now);
-        self.core.tick(t);
+        self.core.tick(t, &mut self.out);
         let answer = match *op {
             Op::Allocate {
                 session,
@@ -176,7 +179,7 @@ impl Twin {
                 format!(
                     "{:?}",
                     self.core
-                        .allocate(req, t, id(leases.len() as u64))
+                        .allocate(req, t, id(leases.len() as u64), &mut self.out)
                         .map(|a| (a.lease, a.fresh))
                 )
             }
@@ -184,7 +187,7 @@ impl Twin {
                 format!(
                     "{:?}",
                     self.core
-                        .release(&leases[lease as usize % leases.len()].0, t)
+                        .release(&leases[lease as usize % leases.len()].0, t, &mut self.out)
                 )
             }
             Op::Start {
@@ -209,7 +212,7 @@ impl Twin {
                     at: Timestamp::from_millis(now.saturating_sub(back_secs as u64 * 1000)),
                     entropy: Entropy::default(),
                 };
-                format!("{:?}", self.core.call_start(start, t))
+                format!("{:?}", self.core.call_start(start, t, &mut self.out))
             }
             Op::End { call, duration } if calls > 0 => {
                 let cid = CallId::parse(&format!("call-{}", call as usize % calls)).unwrap();
@@ -223,6 +226,7 @@ impl Twin {
                         },
                         t,
                         Entropy::default(),
+                        &mut self.out,
                     )
                 )
             }
@@ -233,7 +237,7 @@ impl Twin {
             }
             _ => String::new(),
         };
-        self.core.tick(t);
+        self.core.tick(t, &mut self.out);
         self.persist();
         answer
     }

@@ -18,7 +18,7 @@ use super::types::{
     ReturnKey, SessionId, Share, Target, TenantId, TicketCode, TicketId,
 };
 use super::wheel::Wheel;
-use super::{CoreError, Effect};
+use super::{CoreError, Effect, Outbox};
 
 /// How long leases of a pool live, and how long their numbers rest afterwards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -389,8 +389,6 @@ pub struct Allocator {
     live_per_session: HashMap<(PoolId, TenantId, SessionId), u32>,
     live_per_tenant: HashMap<(PoolId, TenantId), u32>,
     wheel: Wheel<Due>,
-    pub(super) effects: Vec<Effect>,
-    pub(super) notices: Vec<Notice>,
 }
 
 impl Allocator {
@@ -485,8 +483,6 @@ impl Allocator {
             live_per_session: HashMap::default(),
             live_per_tenant: HashMap::default(),
             wheel: Wheel::new(0),
-            effects: Vec::new(),
-            notices: Vec::new(),
         })
     }
 
@@ -611,16 +607,6 @@ impl Allocator {
         (self.wheel.len(), self.wheel.done_through())
     }
 
-    /// The changes made since the last call, in order, for the caller to persist.
-    pub fn take_effects(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
-    }
-
-    /// What happened since the last call, for metrics and event streams.
-    pub fn take_notices(&mut self) -> Vec<Notice> {
-        std::mem::take(&mut self.notices)
-    }
-
     /// Gives the visitor a number: their live lease back (extended) if they already hold one
     /// for this listing, else the free number that has rested longest, else (if the pool
     /// allows) the shared number with a code. `new_id` is fresh randomness from the caller;
@@ -630,6 +616,7 @@ impl Allocator {
         req: AllocateRequest,
         now: Timestamp,
         new_id: LeaseId,
+        out: &mut Outbox,
     ) -> Result<Allocated, CoreError> {
         let pool = self
             .pools
@@ -649,7 +636,7 @@ impl Allocator {
         if let Some(&id) = self.sticky.get(&key) {
             if self.leases[&id].state(now) == LeaseState::Active {
                 let ttl = self.ttl_of(&self.leases[&id], req.ttl);
-                self.extend(id, ttl, now);
+                self.extend(id, ttl, now, out);
                 return Ok(Allocated {
                     lease: self.leases[&id].clone(),
                     fresh: false,
@@ -768,24 +755,30 @@ impl Allocator {
         self.index(&lease);
         self.count_live(&lease, true);
         self.leases.insert(new_id, lease.clone());
-        self.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(expires_at, Due::Lease(new_id));
+        out.effects.push(Effect::PutLease(lease.clone()));
+        self.schedule(expires_at, Due::Lease(new_id), out);
         Ok(Allocated { lease, fresh: true })
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
     /// copy the target when created, so a change applies to the next visitors.
-    pub fn set_listing(&mut self, tenant: TenantId, listing: ListingId, target: Option<Target>) {
+    pub fn set_listing(
+        &mut self,
+        tenant: TenantId,
+        listing: ListingId,
+        target: Option<Target>,
+        out: &mut Outbox,
+    ) {
         let key = (tenant, listing);
         match target {
             Some(t) => {
-                self.effects
+                out.effects
                     .push(Effect::PutListing(key.0.clone(), key.1.clone(), t.clone()));
                 self.listings.insert(key, t);
             }
             None => {
                 if self.listings.remove(&key).is_some() {
-                    self.effects.push(Effect::DelListing(key.0, key.1));
+                    out.effects.push(Effect::DelListing(key.0, key.1));
                 }
             }
         }
@@ -799,6 +792,7 @@ impl Allocator {
         id: &LeaseId,
         ttl: Option<Duration>,
         now: Timestamp,
+        out: &mut Outbox,
     ) -> Result<&Lease, CoreError> {
         let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
         match lease.state(now) {
@@ -806,24 +800,29 @@ impl Allocator {
             ended => return Err(CoreError::LeaseEnded(ended)),
         }
         let ttl = self.ttl_of(lease, ttl);
-        self.extend(*id, ttl, now);
+        self.extend(*id, ttl, now, out);
         Ok(&self.leases[id])
     }
 
     /// Ends a lease now; its number starts cooling. Returns false if it had already ended
     /// (releasing is idempotent).
-    pub fn release(&mut self, id: &LeaseId, now: Timestamp) -> Result<bool, CoreError> {
+    pub fn release(
+        &mut self,
+        id: &LeaseId,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<bool, CoreError> {
         let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
         match lease.state(now) {
             LeaseState::Active => {
-                self.end(*id, now, EndReason::Released);
+                self.end(*id, now, EndReason::Released, out);
                 let cool_until = self.cool_until(&self.leases[id]);
-                self.schedule(cool_until, Due::Lease(*id));
+                self.schedule(cool_until, Due::Lease(*id), out);
                 Ok(true)
             }
             // Past its deadline but not yet fired: settle it as the wheel would.
             LeaseState::Expired if lease.end.is_none() => {
-                self.advance(Due::Lease(*id), now);
+                self.advance(Due::Lease(*id), now, out);
                 Ok(false)
             }
             _ => Ok(false),
@@ -837,6 +836,7 @@ impl Allocator {
         id: &LeaseId,
         now: Timestamp,
         pass_id: PassId,
+        out: &mut Outbox,
     ) -> Result<(Lease, Option<Pass>), CoreError> {
         let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
         if lease.redeemed_at.is_some() {
@@ -849,23 +849,23 @@ impl Allocator {
             });
         }
         let (pool, tenant) = (lease.pool, lease.tenant.clone());
-        let pass = self.grant(pool, &tenant, PassSource::Lease(*id), now, pass_id);
+        let pass = self.grant(pool, &tenant, PassSource::Lease(*id), now, pass_id, out);
         let lease = self.leases.get_mut(id).expect("just seen");
         lease.redeemed_at = Some(now);
         lease.pass = pass.as_ref().map(|p| p.id);
         let lease = lease.clone();
-        self.effects.push(Effect::PutLease(lease.clone()));
+        out.effects.push(Effect::PutLease(lease.clone()));
         Ok((lease, pass))
     }
 
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
     /// records. Stale entries (a renewed lease's old deadline) do nothing but go away.
-    pub fn tick(&mut self, now: Timestamp) {
+    pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
         let mut due = Vec::new();
         self.wheel.advance(now.tick_floor(), &mut due);
         for (tick, what) in due {
-            self.effects.push(Effect::DelWheel(tick, what));
-            self.advance(what, now);
+            out.effects.push(Effect::DelWheel(tick, what));
+            self.advance(what, now, out);
         }
     }
 
@@ -875,7 +875,7 @@ impl Allocator {
     /// was ahead), ends at `now`, so its number cools from now on and its late callers keep
     /// their grace. Leases live at `mark` and made before `now` go on unchanged. Returns how
     /// many leases were ended.
-    pub fn rewind_to(&mut self, mark: Timestamp, now: Timestamp) -> usize {
+    pub fn rewind_to(&mut self, mark: Timestamp, now: Timestamp, out: &mut Outbox) -> usize {
         let untrusted: Vec<LeaseId> = self
             .leases
             .values()
@@ -883,9 +883,9 @@ impl Allocator {
             .map(|l| l.id)
             .collect();
         for &id in &untrusted {
-            self.end(id, now, EndReason::Expired);
+            self.end(id, now, EndReason::Expired, out);
             let cool_until = self.cool_until(&self.leases[&id]);
-            self.schedule(cool_until, Due::Lease(id));
+            self.schedule(cool_until, Due::Lease(id), out);
         }
         untrusted.len()
     }
@@ -1016,10 +1016,10 @@ impl Allocator {
         ttl.min(life_cap(&spec.settings, lease.from_page))
     }
 
-    pub(super) fn schedule(&mut self, deadline: Timestamp, what: Due) {
+    pub(super) fn schedule(&mut self, deadline: Timestamp, what: Due, out: &mut Outbox) {
         let tick = deadline.tick_ceil();
         self.wheel.insert(tick, what);
-        self.effects.push(Effect::PutWheel(tick, what));
+        out.effects.push(Effect::PutWheel(tick, what));
     }
 
     /// Adds a lease to the lookups attribution uses.
@@ -1061,7 +1061,7 @@ impl Allocator {
         }
     }
 
-    fn extend(&mut self, id: LeaseId, ttl: Duration, now: Timestamp) {
+    fn extend(&mut self, id: LeaseId, ttl: Duration, now: Timestamp, out: &mut Outbox) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         let settings = &self.pools[lease.pool.0 as usize].spec.settings;
         let bound = lease
@@ -1081,23 +1081,23 @@ impl Allocator {
                 .leased
                 .change_priority(&idx, Reverse(new_expiry));
         }
-        self.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(new_expiry, Due::Lease(id));
+        out.effects.push(Effect::PutLease(lease.clone()));
+        self.schedule(new_expiry, Due::Lease(id), out);
     }
 
     /// Moves a record as far along its life as `now` allows, and files its next deadline.
-    fn advance(&mut self, what: Due, now: Timestamp) {
+    fn advance(&mut self, what: Due, now: Timestamp, out: &mut Outbox) {
         match what {
-            Due::Lease(id) => self.advance_lease(id, now),
+            Due::Lease(id) => self.advance_lease(id, now, out),
             Due::Call(key) => self.forget_call(key, now),
-            Due::Return(key) => self.expire_return(key, now),
-            Due::Ticket(id) => self.advance_ticket(id, now),
-            Due::Pass(id) => self.advance_pass(id, now),
-            Due::Progress(key) => self.advance_progress(key, now),
+            Due::Return(key) => self.expire_return(key, now, out),
+            Due::Ticket(id) => self.advance_ticket(id, now, out),
+            Due::Pass(id) => self.advance_pass(id, now, out),
+            Due::Progress(key) => self.advance_progress(key, now, out),
         }
     }
 
-    fn advance_lease(&mut self, id: LeaseId, now: Timestamp) {
+    fn advance_lease(&mut self, id: LeaseId, now: Timestamp, out: &mut Outbox) {
         let mut moved = false;
         loop {
             let Some(lease) = self.leases.get(&id) else {
@@ -1108,14 +1108,14 @@ impl Allocator {
                     break;
                 }
                 let at = lease.expires_at;
-                self.end(id, at, EndReason::Expired);
+                self.end(id, at, EndReason::Expired, out);
                 moved = true;
             } else if !lease.freed {
                 let cool_until = self.cool_until(lease);
                 if now < cool_until {
                     break;
                 }
-                self.free(id, cool_until);
+                self.free(id, cool_until, out);
                 moved = true;
             } else {
                 if now < self.purge_at(lease) {
@@ -1123,8 +1123,8 @@ impl Allocator {
                 }
                 let lease = self.leases.remove(&id).expect("just seen");
                 self.unindex(&lease);
-                self.effects.push(Effect::DelLease(id));
-                self.notices.push(Notice::Purged { lease: id });
+                out.effects.push(Effect::DelLease(id));
+                out.notices.push(Notice::Purged { lease: id });
                 return;
             }
         }
@@ -1135,14 +1135,14 @@ impl Allocator {
             } else {
                 self.cool_until(lease)
             };
-            self.schedule(next, Due::Lease(id));
+            self.schedule(next, Due::Lease(id), out);
         }
     }
 
-    fn end(&mut self, id: LeaseId, at: Timestamp, reason: EndReason) {
+    fn end(&mut self, id: LeaseId, at: Timestamp, reason: EndReason, out: &mut Outbox) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         lease.end = Some(LeaseEnd { at, reason });
-        self.notices.push(Notice::Ended {
+        out.notices.push(Notice::Ended {
             lease: id,
             pool: lease.pool,
             reason,
@@ -1172,10 +1172,10 @@ impl Allocator {
                 }
             }
         }
-        self.effects.push(Effect::PutLease(lease.clone()));
+        out.effects.push(Effect::PutLease(lease.clone()));
     }
 
-    fn free(&mut self, id: LeaseId, at: Timestamp) {
+    fn free(&mut self, id: LeaseId, at: Timestamp, out: &mut Outbox) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
         lease.freed = true;
         let page = usize::from(lease.from_page);
@@ -1202,7 +1202,7 @@ impl Allocator {
                 }
             }
         }
-        self.effects.push(Effect::PutLease(lease.clone()));
+        out.effects.push(Effect::PutLease(lease.clone()));
     }
 }
 

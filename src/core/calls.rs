@@ -8,7 +8,7 @@ use super::allocator::{Allocator, Lease, Line, Notice};
 use super::tickets::{Entropy, TicketingAnswer};
 use super::time::Timestamp;
 use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
-use super::{CoreError, Effect};
+use super::{CoreError, Effect, Outbox};
 
 /// Why a call went where it went. Precedence: code, return, active, grace, caller (see
 /// [`Allocator::attribute`]).
@@ -236,7 +236,12 @@ impl Allocator {
 
     /// Records a call's start and answers where it goes. A retried start (same id, same
     /// facts) gets the first answer again; the same id with other facts is a conflict.
-    pub fn call_start(&mut self, start: CallStart, now: Timestamp) -> Result<Call, CoreError> {
+    pub fn call_start(
+        &mut self,
+        start: CallStart,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<Call, CoreError> {
         let key = start.id.key();
         if let Some(c) = self.calls.get(&key) {
             if c.id != start.id {
@@ -268,7 +273,7 @@ impl Allocator {
             let counts_now = self.formula(pool).is_some_and(|f| f.min_call_secs == 0);
             call.ticketing = Some(if counts_now {
                 call.counted = true;
-                self.count_ticketing(pool, call.caller, call.started_at, now, start.entropy)
+                self.count_ticketing(pool, call.caller, call.started_at, now, start.entropy, out)
             } else {
                 self.ticketing_progress(pool, call.caller, call.started_at)
             });
@@ -285,24 +290,23 @@ impl Allocator {
                 first_call_after = Some(call.started_at.since(lease.created_at));
             }
             let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
-            self.notices.push(Notice::CallStarted {
+            out.notices.push(Notice::CallStarted {
                 lease: id,
                 call: call.id.clone(),
             });
             if lease.min_call_secs == 0 {
-                self.count(id, &mut call);
+                self.count(id, &mut call, out);
             } else {
-                self.effects
-                    .push(Effect::PutLease(self.leases[&id].clone()));
+                out.effects.push(Effect::PutLease(self.leases[&id].clone()));
             }
             // Only a call proven by the line it reached opens a return route: a `caller`
             // claim typed on a page must not keep a caller's calls for 30 days.
             let proven = matches!(reason, Reason::Code | Reason::Active | Reason::Grace);
             if let (Some(caller), Some(listing), true) = (call.caller, listing, proven) {
-                self.open_return(caller, &call, id, listing, target);
+                self.open_return(caller, &call, id, listing, target, out);
             }
         }
-        self.notices.push(Notice::Attributed {
+        out.notices.push(Notice::Attributed {
             pool: call.attribution.pool,
             reason,
             first_call_after,
@@ -310,10 +314,11 @@ impl Allocator {
         let memory = call.attribution.pool.map_or(CALL_MEMORY, |p| {
             self.pools[p.0 as usize].spec.settings.retention
         });
-        self.effects.push(Effect::PutCall(call.clone()));
+        out.effects.push(Effect::PutCall(call.clone()));
         self.schedule(
             now.max(call.started_at).saturating_add(memory),
             Due::Call(call.id.key()),
+            out,
         );
         self.calls.insert(key, call.clone());
         Ok(call)
@@ -328,6 +333,7 @@ impl Allocator {
         end: CallEnd,
         now: Timestamp,
         entropy: Entropy,
+        out: &mut Outbox,
     ) -> Result<Call, CoreError> {
         let key = id.key();
         let call = self
@@ -359,25 +365,31 @@ impl Allocator {
         if let Some((pool, min)) = formula {
             if !call.counted && end.duration_secs >= min {
                 call.counted = true;
-                call.ticketing =
-                    Some(self.count_ticketing(pool, call.caller, call.started_at, now, entropy));
+                call.ticketing = Some(self.count_ticketing(
+                    pool,
+                    call.caller,
+                    call.started_at,
+                    now,
+                    entropy,
+                    out,
+                ));
             }
         }
         if let Some(lease) = call.attribution.lease.and_then(|l| self.leases.get(&l)) {
             let lease_id = lease.id;
             let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;
             // The page hears the call end before the lease becomes paid.
-            self.notices.push(Notice::CallEnded {
+            out.notices.push(Notice::CallEnded {
                 lease: lease_id,
                 call: call.id.clone(),
                 duration_secs: end.duration_secs,
                 counted: call.counted || counts_now,
             });
             if counts_now {
-                self.count(lease_id, &mut call);
+                self.count(lease_id, &mut call, out);
             }
         }
-        self.effects.push(Effect::PutCall(call.clone()));
+        out.effects.push(Effect::PutCall(call.clone()));
         self.calls.insert(key, call.clone());
         Ok(call)
     }
@@ -392,15 +404,15 @@ impl Allocator {
     }
 
     /// Counts `call` toward its lease (once), noting when the lease becomes paid.
-    fn count(&mut self, lease: LeaseId, call: &mut Call) {
+    fn count(&mut self, lease: LeaseId, call: &mut Call, out: &mut Outbox) {
         let l = self.leases.get_mut(&lease).expect("caller checked");
         let was_paid = l.paid();
         l.calls += 1;
         call.counted = true;
         if !was_paid && l.paid() {
-            self.notices.push(Notice::Paid { lease });
+            out.notices.push(Notice::Paid { lease });
         }
-        self.effects.push(Effect::PutLease(l.clone()));
+        out.effects.push(Effect::PutLease(l.clone()));
     }
 
     fn open_return(
@@ -410,6 +422,7 @@ impl Allocator {
         lease: LeaseId,
         listing: ListingId,
         target: Option<Target>,
+        out: &mut Outbox,
     ) {
         let key = ReturnKey {
             caller,
@@ -437,8 +450,8 @@ impl Allocator {
             first_at: call.started_at,
             until: call.started_at.saturating_add(window),
         };
-        self.effects.push(Effect::PutReturn(route.clone()));
-        self.schedule(route.until, Due::Return(key));
+        out.effects.push(Effect::PutReturn(route.clone()));
+        self.schedule(route.until, Due::Return(key), out);
         self.returns.insert(key, route);
     }
 
@@ -481,10 +494,10 @@ impl Allocator {
         }
     }
 
-    pub(super) fn expire_return(&mut self, key: ReturnKey, now: Timestamp) {
+    pub(super) fn expire_return(&mut self, key: ReturnKey, now: Timestamp, out: &mut Outbox) {
         if self.returns.get(&key).is_some_and(|r| now >= r.until) {
             self.returns.remove(&key);
-            self.effects.push(Effect::DelReturn(key));
+            out.effects.push(Effect::DelReturn(key));
         }
     }
 }

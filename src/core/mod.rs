@@ -4,6 +4,7 @@
 
 mod allocator;
 mod calls;
+mod outbox;
 mod tickets;
 mod time;
 mod types;
@@ -14,6 +15,7 @@ pub use allocator::{
     Notice, OnExhausted, PoolLimits, PoolSpec, PoolStats, Snapshot,
 };
 pub use calls::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+pub use outbox::Outbox;
 pub use tickets::{
     Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,
     TicketingAnswer,

@@ -4,6 +4,65 @@ use std::time::Duration;
 
 use super::*;
 
+/// The allocator with an outbox of its own, drained by `take_effects` / `take_notices`, as the
+/// service holds one per operation. Reads go to the allocator itself.
+struct Harness {
+    a: Allocator,
+    out: Outbox,
+}
+
+impl From<Allocator> for Harness {
+    fn from(a: Allocator) -> Self {
+        Harness {
+            a,
+            out: Outbox::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Allocator;
+    fn deref(&self) -> &Allocator {
+        &self.a
+    }
+}
+
+impl Harness {
+    fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out.effects)
+    }
+
+    fn allocate(
+        &mut self,
+        req: AllocateRequest,
+        now: Timestamp,
+        id: LeaseId,
+    ) -> Result<Allocated, CoreError> {
+        self.a.allocate(req, now, id, &mut self.out)
+    }
+
+    fn renew(
+        &mut self,
+        id: &LeaseId,
+        ttl: Option<Duration>,
+        now: Timestamp,
+    ) -> Result<&Lease, CoreError> {
+        self.a.renew(id, ttl, now, &mut self.out)
+    }
+
+    fn release(&mut self, id: &LeaseId, now: Timestamp) -> Result<bool, CoreError> {
+        self.a.release(id, now, &mut self.out)
+    }
+
+    fn tick(&mut self, now: Timestamp) {
+        self.a.tick(now, &mut self.out)
+    }
+
+    fn rewind_to(&mut self, mark: Timestamp, now: Timestamp) -> usize {
+        self.a.rewind_to(mark, now, &mut self.out)
+    }
+}
+
 const MIN: u64 = 60_000;
 
 fn settings() -> LeaseSettings {
@@ -23,19 +82,21 @@ fn numbers(n: u64) -> Vec<PhoneNumber> {
         .collect()
 }
 
-fn allocator(size: u64) -> Allocator {
-    Allocator::new(vec![PoolSpec {
-        name: "fr".into(),
-        numbers: numbers(size),
-        settings: settings(),
-        on_exhausted: OnExhausted::Reject,
-        return_window: Duration::from_secs(30 * 86_400),
-        fallback: None,
-        mode: PoolMode::Dynamic,
-        access_ttl: Duration::ZERO,
-        limits: Default::default(),
-    }])
-    .unwrap()
+fn allocator(size: u64) -> Harness {
+    Harness::from(
+        Allocator::new(vec![PoolSpec {
+            name: "fr".into(),
+            numbers: numbers(size),
+            settings: settings(),
+            on_exhausted: OnExhausted::Reject,
+            return_window: Duration::from_secs(30 * 86_400),
+            fallback: None,
+            mode: PoolMode::Dynamic,
+            access_ttl: Duration::ZERO,
+            limits: Default::default(),
+        }])
+        .unwrap(),
+    )
 }
 
 fn at(min: u64) -> Timestamp {
@@ -298,7 +359,7 @@ fn ttl_requests_are_capped_by_max_ttl() {
 
 /// Applies the effects to a map, as the store would, and rebuilds from it.
 fn replay(
-    a: &mut Allocator,
+    a: &mut Harness,
     leases: &mut std::collections::BTreeMap<LeaseId, Lease>,
     wheel: &mut std::collections::BTreeSet<(u64, Due)>,
 ) {
@@ -337,7 +398,7 @@ fn restoring_from_effects_gives_back_the_same_state() {
         wheel: wheel.iter().copied().collect(),
         ..Snapshot::default()
     };
-    let mut b = Allocator::restore(specs, snapshot).unwrap();
+    let mut b = Harness::from(Allocator::restore(specs, snapshot).unwrap());
     b.tick(at(2));
     b.check_invariants().unwrap();
     assert_eq!(b.pool_stats(PoolId(0)), a.pool_stats(PoolId(0)));
@@ -412,7 +473,7 @@ fn a_clock_rewind_revives_nothing_and_ends_leases_stamped_in_the_future() {
 
 /// A pool of `size` numbers where pages may hold `permille` thousandths, with a shared
 /// number when `shared`.
-fn page_pool(size: u64, permille: u16, shared: bool) -> Allocator {
+fn page_pool(size: u64, permille: u16, shared: bool) -> Harness {
     let on_exhausted = match shared {
         true => OnExhausted::Shared {
             number: PhoneNumber::from_digits(33_899_199_999).unwrap(),
@@ -420,24 +481,26 @@ fn page_pool(size: u64, permille: u16, shared: bool) -> Allocator {
         },
         false => OnExhausted::Reject,
     };
-    Allocator::new(vec![PoolSpec {
-        name: "fr".into(),
-        numbers: numbers(size),
-        settings: LeaseSettings {
-            page_max_ttl: Duration::from_secs(30 * 60),
-            ..settings()
-        },
-        on_exhausted,
-        return_window: Duration::from_secs(30 * 86_400),
-        fallback: None,
-        mode: PoolMode::Dynamic,
-        access_ttl: Duration::ZERO,
-        limits: PoolLimits {
-            page_share: Share::from_permille(permille).unwrap(),
-            ..Default::default()
-        },
-    }])
-    .unwrap()
+    Harness::from(
+        Allocator::new(vec![PoolSpec {
+            name: "fr".into(),
+            numbers: numbers(size),
+            settings: LeaseSettings {
+                page_max_ttl: Duration::from_secs(30 * 60),
+                ..settings()
+            },
+            on_exhausted,
+            return_window: Duration::from_secs(30 * 86_400),
+            fallback: None,
+            mode: PoolMode::Dynamic,
+            access_ttl: Duration::ZERO,
+            limits: PoolLimits {
+                page_share: Share::from_permille(permille).unwrap(),
+                ..Default::default()
+            },
+        }])
+        .unwrap(),
+    )
 }
 
 fn page(session: &str) -> AllocateRequest {
@@ -580,7 +643,7 @@ fn restore_counts_what_pages_hold_again() {
             wheel: wheel.iter().copied().collect(),
             ..Snapshot::default()
         };
-        Allocator::restore(vec![a.pool_spec(PoolId(0)).clone()], snapshot).unwrap()
+        Harness::from(Allocator::restore(vec![a.pool_spec(PoolId(0)).clone()], snapshot).unwrap())
     };
     let mut b = restore(&leases, &wheel);
     b.check_invariants().unwrap();
@@ -607,7 +670,7 @@ fn a_page_refused_a_code_is_told_when_the_first_code_frees() {
             .unwrap();
     }
     // Codes live 3 minutes and cool 10: the first frees at 13, before any number (25).
-    let refused = |a: &mut Allocator, m| a.allocate(page("late"), at(m), wide_id(99));
+    let refused = |a: &mut Harness, m| a.allocate(page("late"), at(m), wide_id(99));
     assert_eq!(
         refused(&mut a, 1).unwrap_err(),
         CoreError::Exhausted {

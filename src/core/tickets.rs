@@ -10,7 +10,7 @@ use super::time::Timestamp;
 use super::types::{
     Due, LeaseId, PassId, PhoneNumber, PoolId, ProgressKey, TenantId, TicketCode, TicketId,
 };
-use super::{CoreError, Effect};
+use super::{CoreError, Effect, Outbox};
 
 /// What a ticketing pool sells: `calls_required` calls, each at least `min_call_secs`, from
 /// the same caller within `window`; the code lives `code_ttl` until redeemed.
@@ -168,6 +168,7 @@ impl Allocator {
         at: Timestamp,
         now: Timestamp,
         entropy: Entropy,
+        out: &mut Outbox,
     ) -> TicketingAnswer {
         let f = self.formula(pool).expect("a ticketing pool").clone();
         let (done, start, fresh_window) = match caller
@@ -181,10 +182,10 @@ impl Allocator {
             if let Some(c) = caller {
                 let key = ProgressKey { pool, caller: c };
                 if self.progress.remove(&key).is_some() {
-                    self.effects.push(Effect::DelProgress(key));
+                    out.effects.push(Effect::DelProgress(key));
                 }
             }
-            let ticket = self.issue(pool, caller, done, now, entropy);
+            let ticket = self.issue(pool, caller, done, now, entropy, out);
             return TicketingAnswer {
                 calls_done: done,
                 calls_missing: 0,
@@ -200,10 +201,10 @@ impl Allocator {
                 calls_done: done,
                 window_start: start,
             };
-            self.effects.push(Effect::PutProgress(p.clone()));
+            out.effects.push(Effect::PutProgress(p.clone()));
             self.progress.insert(key, p);
             if fresh_window {
-                self.schedule(start.saturating_add(f.window), Due::Progress(key));
+                self.schedule(start.saturating_add(f.window), Due::Progress(key), out);
             }
         }
         TicketingAnswer {
@@ -221,6 +222,7 @@ impl Allocator {
         calls: u32,
         now: Timestamp,
         entropy: Entropy,
+        out: &mut Outbox,
     ) -> Ticket {
         let f = self.formula(pool).expect("a ticketing pool");
         let start = (entropy.code % TicketCode::SPACE as u64) as u32;
@@ -243,14 +245,14 @@ impl Allocator {
         };
         self.ticket_codes.insert(code, ticket.id);
         self.tickets.insert(ticket.id, ticket.clone());
-        self.effects.push(Effect::PutTicket(ticket.clone()));
-        self.effects.push(Effect::TicketEvent(TicketEvent {
+        out.effects.push(Effect::PutTicket(ticket.clone()));
+        out.effects.push(Effect::TicketEvent(TicketEvent {
             kind: TicketEventKind::Issued,
             at: now,
             ticket: ticket.clone(),
         }));
-        self.notices.push(Notice::TicketIssued { pool });
-        self.schedule(ticket.expires_at, Due::Ticket(ticket.id));
+        out.notices.push(Notice::TicketIssued { pool });
+        self.schedule(ticket.expires_at, Due::Ticket(ticket.id), out);
         ticket
     }
 
@@ -263,6 +265,7 @@ impl Allocator {
         allowed: impl Fn(PoolId) -> bool,
         now: Timestamp,
         pass_id: PassId,
+        out: &mut Outbox,
     ) -> Result<(Ticket, Option<Pass>), CoreError> {
         let id = *self
             .ticket_codes
@@ -279,19 +282,19 @@ impl Allocator {
             return Err(CoreError::TicketExpired);
         }
         let pool = t.pool;
-        let pass = self.grant(pool, tenant, PassSource::Ticket(id), now, pass_id);
+        let pass = self.grant(pool, tenant, PassSource::Ticket(id), now, pass_id, out);
         let t = self.tickets.get_mut(&id).expect("just seen");
         t.redeemed_at = Some(now);
         t.pass = pass.as_ref().map(|p| p.id);
         let t = t.clone();
-        self.effects.push(Effect::PutTicket(t.clone()));
-        self.effects.push(Effect::TicketEvent(TicketEvent {
+        out.effects.push(Effect::PutTicket(t.clone()));
+        out.effects.push(Effect::TicketEvent(TicketEvent {
             kind: TicketEventKind::Redeemed,
             at: now,
             ticket: t.clone(),
         }));
         let retention = self.pools[pool.0 as usize].spec.settings.retention;
-        self.schedule(now.saturating_add(retention), Due::Ticket(id));
+        self.schedule(now.saturating_add(retention), Due::Ticket(id), out);
         Ok((t, pass))
     }
 
@@ -303,6 +306,7 @@ impl Allocator {
         source: PassSource,
         now: Timestamp,
         id: PassId,
+        out: &mut Outbox,
     ) -> Option<Pass> {
         let access = self.pools[pool.0 as usize].spec.access_ttl;
         if access.is_zero() {
@@ -318,8 +322,8 @@ impl Allocator {
             revoked_at: None,
         };
         self.passes.insert(id, pass.clone());
-        self.effects.push(Effect::PutPass(pass.clone()));
-        self.schedule(self.pass_purge_at(&pass), Due::Pass(id));
+        out.effects.push(Effect::PutPass(pass.clone()));
+        self.schedule(self.pass_purge_at(&pass), Due::Pass(id), out);
         Some(pass)
     }
 
@@ -329,6 +333,7 @@ impl Allocator {
         id: &PassId,
         tenant: &TenantId,
         now: Timestamp,
+        out: &mut Outbox,
     ) -> Result<Pass, CoreError> {
         let pass = self
             .passes
@@ -338,8 +343,8 @@ impl Allocator {
         if pass.revoked_at.is_none() {
             pass.revoked_at = Some(now);
             let pass = pass.clone();
-            self.effects.push(Effect::PutPass(pass.clone()));
-            self.schedule(self.pass_purge_at(&pass), Due::Pass(*id));
+            out.effects.push(Effect::PutPass(pass.clone()));
+            self.schedule(self.pass_purge_at(&pass), Due::Pass(*id), out);
         }
         Ok(self.passes[id].clone())
     }
@@ -351,7 +356,7 @@ impl Allocator {
             .saturating_add(retention)
     }
 
-    pub(super) fn advance_ticket(&mut self, id: TicketId, now: Timestamp) {
+    pub(super) fn advance_ticket(&mut self, id: TicketId, now: Timestamp, out: &mut Outbox) {
         let Some(t) = self.tickets.get(&id) else {
             return;
         };
@@ -363,37 +368,37 @@ impl Allocator {
         if now >= purge_at {
             let t = self.tickets.remove(&id).expect("just seen");
             self.ticket_codes.remove(&t.code);
-            self.effects.push(Effect::DelTicket(id));
+            out.effects.push(Effect::DelTicket(id));
             return;
         }
         if t.redeemed_at.is_none() && now >= t.expires_at && !t.expiry_noted {
             let t = self.tickets.get_mut(&id).expect("just seen");
             t.expiry_noted = true;
             let t = t.clone();
-            self.effects.push(Effect::PutTicket(t.clone()));
-            self.effects.push(Effect::TicketEvent(TicketEvent {
+            out.effects.push(Effect::PutTicket(t.clone()));
+            out.effects.push(Effect::TicketEvent(TicketEvent {
                 kind: TicketEventKind::Expired,
                 at: t.expires_at,
                 ticket: t,
             }));
-            self.schedule(purge_at, Due::Ticket(id));
+            self.schedule(purge_at, Due::Ticket(id), out);
         }
     }
 
-    pub(super) fn advance_pass(&mut self, id: PassId, now: Timestamp) {
+    pub(super) fn advance_pass(&mut self, id: PassId, now: Timestamp, out: &mut Outbox) {
         if let Some(p) = self.passes.get(&id) {
             if now >= self.pass_purge_at(p) {
                 self.passes.remove(&id);
-                self.effects.push(Effect::DelPass(id));
+                out.effects.push(Effect::DelPass(id));
             }
         }
     }
 
-    pub(super) fn advance_progress(&mut self, key: ProgressKey, now: Timestamp) {
+    pub(super) fn advance_progress(&mut self, key: ProgressKey, now: Timestamp, out: &mut Outbox) {
         let Some(f) = self.formula(key.pool) else {
             // The pool no longer sells by formula: its progress can never complete.
             if self.progress.remove(&key).is_some() {
-                self.effects.push(Effect::DelProgress(key));
+                out.effects.push(Effect::DelProgress(key));
             }
             return;
         };
@@ -404,7 +409,7 @@ impl Allocator {
             .is_some_and(|p| now >= p.window_start.saturating_add(window))
         {
             self.progress.remove(&key);
-            self.effects.push(Effect::DelProgress(key));
+            out.effects.push(Effect::DelProgress(key));
         }
     }
 }
