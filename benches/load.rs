@@ -598,15 +598,17 @@ fn flush_stats(addr: &str) -> (f64, f64, f64) {
 /// batches of 1,000: sled's memory grows with batch size).
 fn fill_store(config_path: &Path, n: u64) {
     let config = Config::load(config_path).unwrap();
-    let specs: Vec<_> = config.pools.iter().map(|p| p.spec.clone()).collect();
+    let pools =
+        leaseline::core::Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
+            .unwrap();
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
     let store = Store::open(
         &config.server.data_dir,
         config.server.cache_capacity,
-        &specs,
+        std::sync::Arc::clone(&pools),
     )
     .unwrap();
-    let mut core = Allocator::new(specs).unwrap();
+    let mut core = Allocator::with(pools).unwrap();
     let mut out = leaseline::core::Outbox::new();
     let tenant = TenantId::parse("site").unwrap();
     let now = Timestamp::from_millis(

@@ -13,9 +13,9 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::core::{
-    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, EndReason, Entropy,
-    Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId, PhoneNumber,
-    PoolId, PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
+    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
+    Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId,
+    PhoneNumber, PoolId, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Store, StoreError};
@@ -90,8 +90,10 @@ const EVENT_BACKLOG: usize = 64;
 
 pub struct Service {
     core: Mutex<Allocator>,
-    /// The pools, to rebuild the core from disk after a storage failure.
-    specs: Vec<PoolSpec>,
+    /// The pools as configured: read without the core's lock (they never change while
+    /// serving), so a request gets the 503 of its write rather than a misleading 404 while
+    /// storage is failing; and the core is rebuilt on it after a failure.
+    dir: Arc<Directory>,
     store: Arc<Store>,
     commit: Arc<Committer>,
     clock: Arc<dyn Clock>,
@@ -107,19 +109,19 @@ pub struct Service {
 impl Service {
     pub fn new(
         core: Allocator,
-        specs: Vec<PoolSpec>,
         store: Arc<Store>,
         commit: Arc<Committer>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Service {
         let first_event = clock.now().as_millis() * 1000;
-        for p in core.pool_ids() {
-            metrics.register_pool(&core.pool_spec(p).name);
+        let dir = Arc::clone(core.directory());
+        for p in dir.ids() {
+            metrics.register_pool(dir.name(p));
         }
         Service {
             core: Mutex::new(core),
-            specs,
+            dir,
             store,
             commit,
             clock,
@@ -136,21 +138,25 @@ impl Service {
         self.clock.now()
     }
 
+    /// The pools as configured.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.dir
+    }
+
     pub fn pool_id(&self, name: &str) -> Option<PoolId> {
-        self.directory().pool_id(name)
+        self.dir.id(name)
     }
 
     /// Whether `n` is a pool's shared number (callers type a code there).
     pub fn is_shared_number(&self, n: PhoneNumber) -> bool {
-        let c = self.directory();
-        c.pool_of_number(n)
-            .is_some_and(|p| c.pool_spec(p).shared_number() == Some(n))
+        self.dir.shared_pool(n).is_some()
     }
 
     /// The ticketing formula of the pool `n` belongs to.
     pub fn formula_of(&self, n: PhoneNumber) -> Option<Formula> {
-        let c = self.directory();
-        c.pool_of_number(n).and_then(|p| c.formula(p).cloned())
+        self.dir
+            .pool_of_number(n)
+            .and_then(|p| self.dir.formula(p).cloned())
     }
 
     /// The call `id`, while memory keeps it.
@@ -160,9 +166,9 @@ impl Service {
 
     /// The fallback target of the pool `n` belongs to.
     pub fn fallback_of(&self, n: PhoneNumber) -> Option<crate::core::Target> {
-        let c = self.directory();
-        c.pool_of_number(n)
-            .and_then(|p| c.pool_spec(p).fallback.clone())
+        self.dir
+            .pool_of_number(n)
+            .and_then(|p| self.dir.spec(p).fallback.clone())
     }
 
     /// Who a call would reach, decided as a `start` would, recording nothing.
@@ -175,21 +181,21 @@ impl Service {
     ) -> Result<(crate::core::Attribution, Option<String>), ServiceError> {
         let core = self.lock()?;
         let a = core.attribute(called, caller, code, at.unwrap_or_else(|| self.clock.now()));
-        let pool = a.pool.map(|p| core.pool_spec(p).name.clone());
+        let pool = a.pool.map(|p| self.dir.name(p).to_owned());
         Ok((a, pool))
     }
 
     /// The name of the pool a called number (pool or shared number) belongs to.
     pub fn pool_of_number(&self, n: PhoneNumber) -> Option<String> {
-        let core = self.directory();
-        core.pool_of_number(n)
-            .map(|p| core.pool_spec(p).name.clone())
+        self.dir
+            .pool_of_number(n)
+            .map(|p| self.dir.name(p).to_owned())
     }
 
     /// Allocates, or returns the caller's live lease extended; the flag is true for a new lease.
     pub async fn allocate(&self, req: AllocateRequest) -> Result<(LeaseView, bool), ServiceError> {
         let id = LeaseId::from_bytes(rand::thread_rng().gen());
-        let pool = self.directory().pool_spec(req.pool).name.clone();
+        let pool = self.dir.name(req.pool).to_owned();
         let res = self
             .write(|core, now, out| {
                 let a = core.allocate(req, now, id, out)?;
@@ -291,14 +297,13 @@ impl Service {
         let pass_id = PassId(rand::thread_rng().gen());
         let res = self
             .write(|core, now, out| {
-                let allowed = |p: PoolId| {
-                    pools.is_none_or(|list| list.iter().any(|n| n == &core.pool_spec(p).name))
-                };
-                let allowed: Vec<bool> = core.pool_ids().map(allowed).collect();
+                let allowed =
+                    |p: PoolId| pools.is_none_or(|list| list.iter().any(|n| n == self.dir.name(p)));
+                let allowed: Vec<bool> = self.dir.ids().map(allowed).collect();
                 let (ticket, pass) =
                     core.redeem_ticket(code, tenant, |p| allowed[p.0 as usize], now, pass_id, out)?;
                 Ok(TicketView {
-                    pool: core.pool_spec(ticket.pool).name.clone(),
+                    pool: self.dir.name(ticket.pool).to_owned(),
                     formula: core.formula(ticket.pool).cloned(),
                     pass: pass.map(|p| pass_view(core, p, now)),
                     ticket,
@@ -357,10 +362,7 @@ impl Service {
                 start.at = now;
             }
             let call = core.call_start(start, now, out)?;
-            let pool = call
-                .attribution
-                .pool
-                .map(|p| core.pool_spec(p).name.clone());
+            let pool = call.attribution.pool.map(|p| self.dir.name(p).to_owned());
             Ok((call, pool))
         })
         .await
@@ -457,7 +459,7 @@ impl Service {
             return Ok(false);
         }
         let snapshot = self.store.load()?.snapshot;
-        let core = Allocator::restore(self.specs.clone(), snapshot)?;
+        let core = Allocator::restore(Arc::clone(&self.dir), snapshot)?;
         let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
         *guard = core;
         self.core.clear_poison();
@@ -470,10 +472,11 @@ impl Service {
 
     pub fn pools(&self) -> Result<Vec<PoolView>, ServiceError> {
         let core = self.lock()?;
-        Ok(core
-            .pool_ids()
+        Ok(self
+            .dir
+            .ids()
             .map(|p| PoolView {
-                name: core.pool_spec(p).name.clone(),
+                name: self.dir.name(p).to_owned(),
                 stats: core.pool_stats(p),
             })
             .collect())
@@ -549,13 +552,6 @@ impl Service {
         Ok(self.commit.flush_now()?)
     }
 
-    /// The core for configuration lookups only (pools by name, numbers' pools): those parts
-    /// never change after start-up, so they are answered even while storage is failing, and
-    /// a request gets the 503 of its write rather than a misleading 404.
-    fn directory(&self) -> MutexGuard<'_, Allocator> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn lock(&self) -> Result<MutexGuard<'_, Allocator>, ServiceError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(ServiceError::Unavailable);
@@ -612,7 +608,7 @@ impl Service {
 
     /// Resolves what notices need from the core (names, counters) while the lock is held.
     fn describe(&self, core: &Allocator, notices: Vec<Notice>) -> Vec<Described> {
-        let name = |p: PoolId| core.pool_spec(p).name.clone();
+        let name = |p: PoolId| self.dir.name(p).to_owned();
         notices
             .into_iter()
             .map(|n| {
@@ -782,7 +778,7 @@ pub struct TicketView {
 
 fn pass_view(core: &Allocator, pass: Pass, now: Timestamp) -> PassView {
     PassView {
-        pool: core.pool_spec(pass.pool).name.clone(),
+        pool: core.directory().name(pass.pool).to_owned(),
         valid: pass.valid(now),
         pass,
     }
@@ -807,7 +803,7 @@ fn owned(core: &Allocator, id: &LeaseId, owner: &TenantId) -> Result<(), CoreErr
 
 fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
     LeaseView {
-        pool: core.pool_spec(lease.pool).name.clone(),
+        pool: core.directory().name(lease.pool).to_owned(),
         state: lease.state(now),
         pass: lease
             .pass

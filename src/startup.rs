@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConnectionLimits};
-use crate::core::{Allocator, PoolSpec, TICK_MS};
+use crate::core::{Allocator, Directory, TICK_MS};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::service::Service;
@@ -30,11 +30,12 @@ pub async fn build_state_with(
     clock: Arc<dyn Clock>,
     wrap: impl FnOnce(Arc<Store>) -> Arc<dyn Backend>,
 ) -> anyhow::Result<AppState> {
-    let specs: Vec<PoolSpec> = config.pools.iter().map(|p| p.spec.clone()).collect();
+    let pools = Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
+        .context("the pools are inconsistent")?;
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
-    let store = Store::open(dir, config.server.cache_capacity, &specs)
+    let store = Store::open(dir, config.server.cache_capacity, Arc::clone(&pools))
         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
     let started = std::time::Instant::now();
     let recovered = store.load().context("cannot read the store")?;
@@ -48,7 +49,7 @@ pub async fn build_state_with(
     let rewind = check_clock(&config.server, store.watermark(), clock.as_ref())?;
     let leases = recovered.snapshot.leases.len();
     let started = std::time::Instant::now();
-    let core = Allocator::restore(specs.clone(), recovered.snapshot)
+    let core = Allocator::restore(Arc::clone(&pools), recovered.snapshot)
         .context("the store's contents are inconsistent")?;
     let rebuild_ms = started.elapsed().as_millis() as u64;
     let metrics = Arc::new(Metrics::new());
@@ -60,7 +61,6 @@ pub async fn build_state_with(
     );
     let service = Arc::new(Service::new(
         core,
-        specs,
         store,
         commit,
         clock,

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use leaseline::core::{
-    AllocateRequest, Allocator, CoreError, LeaseId, LeaseSettings, LeaseState, ListingId,
-    OnExhausted, Outbox, PhoneNumber, PoolId, PoolSpec, SessionId, TenantId, Timestamp,
+    AllocateRequest, Allocator, CoreError, Directory, LeaseId, LeaseSettings, LeaseState,
+    ListingId, OnExhausted, Outbox, PhoneNumber, PoolId, PoolSpec, SessionId, TenantId, Timestamp,
 };
 use leaseline::store::Store;
 use proptest::prelude::*;
@@ -307,7 +307,8 @@ fn index(id: &LeaseId) -> u64 {
 impl Real {
     fn new() -> Real {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8 << 20, &[spec()]).unwrap();
+        let store =
+            Store::open(dir.path(), 8 << 20, Directory::new(vec![spec()]).unwrap()).unwrap();
         Real {
             dir,
             store: Some(store),
@@ -328,7 +329,11 @@ impl Real {
                            // sled's background threads may hold the file lock a moment after the last handle.
         let mut tries = 0;
         let store = loop {
-            match Store::open(self.dir.path(), 8 << 20, &[spec()]) {
+            match Store::open(
+                self.dir.path(),
+                8 << 20,
+                Directory::new(vec![spec()]).unwrap(),
+            ) {
                 Ok(s) => break s,
                 Err(e) if tries < 200 && e.to_string().contains("lock") => {
                     tries += 1;
@@ -338,7 +343,7 @@ impl Real {
             }
         };
         let r = store.load().unwrap();
-        self.core = Allocator::restore(vec![spec()], r.snapshot).unwrap();
+        self.core = Allocator::restore(Directory::new(vec![spec()]).unwrap(), r.snapshot).unwrap();
         self.store = Some(store);
     }
 

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use leaseline::core::{
-    AllocateRequest, Allocator, CallEnd, CallId, CallStart, Code, Entropy, LeaseId, LeaseSettings,
-    ListingId, OnExhausted, Outbox, PhoneNumber, PoolId, PoolSpec, SessionId, Target, TenantId,
-    Timestamp,
+    AllocateRequest, Allocator, CallEnd, CallId, CallStart, Code, Directory, Entropy, LeaseId,
+    LeaseSettings, ListingId, OnExhausted, Outbox, PhoneNumber, PoolId, PoolSpec, SessionId,
+    Target, TenantId, Timestamp,
 };
 use leaseline::store::Store;
 use proptest::prelude::*;
@@ -106,7 +106,8 @@ impl Twin {
     fn new(persisted: bool) -> Twin {
         let store = persisted.then(|| {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), 8 << 20, &[spec()]).unwrap();
+            let store =
+                Store::open(dir.path(), 8 << 20, Directory::new(vec![spec()]).unwrap()).unwrap();
             (dir, store)
         });
         Twin {
@@ -131,7 +132,7 @@ impl Twin {
         drop(store);
         let mut tries = 0;
         let store = loop {
-            match Store::open(dir.path(), 8 << 20, &[spec()]) {
+            match Store::open(dir.path(), 8 << 20, Directory::new(vec![spec()]).unwrap()) {
                 Ok(s) => break s,
                 Err(e) if tries < 200 && e.to_string().contains("lock") => {
                     tries += 1;
@@ -140,7 +141,11 @@ impl Twin {
                 Err(e) => panic!("reopen failed: {e}"),
             }
         };
-        self.core = Allocator::restore(vec![spec()], store.load().unwrap().snapshot).unwrap();
+        self.core = Allocator::restore(
+            Directory::new(vec![spec()]).unwrap(),
+            store.load().unwrap().snapshot,
+        )
+        .unwrap();
         self.store = Some((dir, store));
     }
 

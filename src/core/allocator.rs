@@ -11,6 +11,7 @@ use std::time::Duration;
 use priority_queue::PriorityQueue;
 
 use super::calls::{Call, Reason, ReturnRoute};
+use super::directory::Directory;
 use super::tickets::{Pass, PassSource, PoolMode, Progress, Ticket};
 use super::time::{retry_after_secs, Timestamp};
 use super::types::{
@@ -280,7 +281,6 @@ struct Slot {
 
 #[derive(Debug)]
 pub(super) struct Pool {
-    pub(super) spec: PoolSpec,
     slots: Vec<Slot>,
     /// Free slots, the one free longest first: `Reverse((freed_at, slot))`.
     free: PriorityQueue<u32, Reverse<(Timestamp, u32)>>,
@@ -312,8 +312,8 @@ impl Pool {
     }
 
     /// Whether pages may take one more number, and one more code.
-    fn open_to_pages(&self) -> (bool, bool) {
-        let share = self.spec.limits.page_share;
+    fn open_to_pages(&self, spec: &PoolSpec) -> (bool, bool) {
+        let share = spec.limits.page_share;
         (
             self.page_numbers < share.of(self.slots.len()),
             self.page_codes < share.of(usize::from(Code::SPACE)),
@@ -321,12 +321,12 @@ impl Pool {
     }
 
     /// When the next number of this pool becomes free if nothing else happens.
-    fn next_free_at(&self) -> Option<Timestamp> {
+    fn next_free_at(&self, spec: &PoolSpec) -> Option<Timestamp> {
         let cooled = self.cooling.peek().map(|(_, Reverse(t))| *t);
         let expired = self
             .leased
             .peek()
-            .map(|(_, Reverse(t))| t.saturating_add(self.spec.settings.quarantine));
+            .map(|(_, Reverse(t))| t.saturating_add(spec.settings.quarantine));
         min_opt(cooled, expired)
     }
 }
@@ -360,12 +360,10 @@ pub struct Snapshot {
 /// The whole allocation and attribution state of the service.
 #[derive(Debug)]
 pub struct Allocator {
+    /// The pools as configured: names, numbers, settings. Shared, never changed here.
+    pub(super) dir: Arc<Directory>,
+    /// Each pool's numbers' states, by the directory's pool ids.
     pub(super) pools: Vec<Pool>,
-    by_name: HashMap<Arc<str>, PoolId>,
-    /// Which pool and slot each number lives in.
-    numbers: HashMap<PhoneNumber, (PoolId, u32)>,
-    /// Which pool each shared number belongs to.
-    pub(super) shared: HashMap<PhoneNumber, PoolId>,
     pub(super) leases: HashMap<LeaseId, Lease>,
     /// The live lease of each (tenant, pool, session, listing): asking again returns it.
     sticky: HashMap<StickyKey, LeaseId>,
@@ -394,7 +392,12 @@ pub struct Allocator {
 impl Allocator {
     /// An allocator with every number free, least-recently-used order being the listed order.
     pub fn new(specs: Vec<PoolSpec>) -> Result<Self, CoreError> {
-        let mut a = Self::unqueued(specs)?;
+        Self::with(Directory::new(specs)?)
+    }
+
+    /// As [`Allocator::new`], on a directory shared with the rest of the service.
+    pub fn with(dir: Arc<Directory>) -> Result<Self, CoreError> {
+        let mut a = Self::unqueued(dir);
         a.queue_free(&HashMap::default());
         Ok(a)
     }
@@ -420,41 +423,20 @@ impl Allocator {
     }
 
     /// Pools and slots, every slot free but no free queue yet.
-    fn unqueued(specs: Vec<PoolSpec>) -> Result<Self, CoreError> {
-        let mut numbers: HashMap<PhoneNumber, (PoolId, u32)> = HashMap::default();
-        let mut shared: HashMap<PhoneNumber, PoolId> = HashMap::default();
-        let mut by_name: HashMap<Arc<str>, PoolId> = HashMap::default();
-        let mut pools = Vec::with_capacity(specs.len());
-        for (p, spec) in specs.into_iter().enumerate() {
-            let pid = PoolId(p as u32);
-            if by_name.insert(Arc::from(spec.name.as_str()), pid).is_some() {
-                return Err(CoreError::Corrupt(format!(
-                    "pool {} defined twice",
-                    spec.name
-                )));
-            }
-            let mut slots = Vec::with_capacity(spec.numbers.len());
-            for (i, &number) in spec.numbers.iter().enumerate() {
-                let i = i as u32;
-                if numbers.insert(number, (pid, i)).is_some() {
-                    return Err(CoreError::Corrupt(format!("number {number} in two places")));
-                }
-                slots.push(Slot {
-                    number,
-                    state: SlotState::Free,
-                    holder: None,
-                });
-            }
-            if let Some(n) = spec.shared_number() {
-                if numbers.contains_key(&n) || shared.insert(n, pid).is_some() {
-                    return Err(CoreError::Corrupt(format!(
-                        "shared number {n} in two places"
-                    )));
-                }
-            }
-            pools.push(Pool {
-                spec,
-                slots,
+    fn unqueued(dir: Arc<Directory>) -> Self {
+        let pools = dir
+            .specs()
+            .iter()
+            .map(|spec| Pool {
+                slots: spec
+                    .numbers
+                    .iter()
+                    .map(|&number| Slot {
+                        number,
+                        state: SlotState::Free,
+                        holder: None,
+                    })
+                    .collect(),
                 free: PriorityQueue::new(),
                 leased: PriorityQueue::new(),
                 cooling: PriorityQueue::new(),
@@ -462,13 +444,11 @@ impl Allocator {
                 code_ends: PriorityQueue::new(),
                 page_numbers: 0,
                 page_codes: 0,
-            });
-        }
-        Ok(Allocator {
+            })
+            .collect();
+        Allocator {
+            dir,
             pools,
-            by_name,
-            numbers,
-            shared,
             leases: HashMap::default(),
             sticky: HashMap::default(),
             history: HashMap::default(),
@@ -483,13 +463,13 @@ impl Allocator {
             live_per_session: HashMap::default(),
             live_per_tenant: HashMap::default(),
             wheel: Wheel::new(0),
-        })
+        }
     }
 
     /// Rebuilds the state that a snapshot (as persisted) describes. Numbers no longer
     /// configured keep their lease records readable but never return to a pool.
-    pub fn restore(specs: Vec<PoolSpec>, snapshot: Snapshot) -> Result<Self, CoreError> {
-        let mut a = Allocator::unqueued(specs)?;
+    pub fn restore(dir: Arc<Directory>, snapshot: Snapshot) -> Result<Self, CoreError> {
+        let mut a = Allocator::unqueued(dir);
         // Last time each number became free, for least-recently-used order after restart.
         let mut freed_at: HashMap<(PoolId, u32), Timestamp> = HashMap::default();
         let mut leases = snapshot.leases;
@@ -512,7 +492,7 @@ impl Allocator {
                     pool.code_ends.push(code, Reverse(lease.end_at()));
                     pool.page_codes += usize::from(lease.from_page);
                 }
-            } else if let Some(&(pid, idx)) = a.numbers.get(&lease.number) {
+            } else if let Some(&(pid, idx)) = a.dir.slot(lease.number).as_ref() {
                 let pool = &mut a.pools[pid.0 as usize];
                 let slot = &mut pool.slots[idx as usize];
                 if holds {
@@ -574,20 +554,13 @@ impl Allocator {
         Ok(a)
     }
 
-    pub fn pool_id(&self, name: &str) -> Option<PoolId> {
-        self.by_name.get(name).copied()
+    /// The directory of pools this allocator serves.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.dir
     }
 
     pub fn pool_spec(&self, pool: PoolId) -> &PoolSpec {
-        &self.pools[pool.0 as usize].spec
-    }
-
-    pub fn pool_ids(&self) -> impl Iterator<Item = PoolId> {
-        (0..self.pools.len() as u32).map(PoolId)
-    }
-
-    pub(super) fn number_pool(&self, n: PhoneNumber) -> Option<PoolId> {
-        self.numbers.get(&n).map(|&(p, _)| p)
+        self.dir.spec(pool)
     }
 
     pub fn pool_stats(&self, pool: PoolId) -> PoolStats {
@@ -618,14 +591,15 @@ impl Allocator {
         new_id: LeaseId,
         out: &mut Outbox,
     ) -> Result<Allocated, CoreError> {
-        let pool = self
+        let dir = Arc::clone(&self.dir);
+        let spec = dir
             .pools
             .get(req.pool.0 as usize)
             .ok_or(CoreError::UnknownPool)?;
-        if matches!(pool.spec.mode, PoolMode::Ticketing(_)) {
+        if matches!(spec.mode, PoolMode::Ticketing(_)) {
             return Err(CoreError::TicketingPool);
         }
-        let settings = pool.spec.settings.clone();
+        let settings = &spec.settings;
 
         let key: StickyKey = (
             req.tenant.clone(),
@@ -647,7 +621,7 @@ impl Allocator {
         if self.leases.contains_key(&new_id) {
             return Err(CoreError::DuplicateId);
         }
-        let limits = self.pools[req.pool.0 as usize].spec.limits;
+        let limits = self.dir.pools[req.pool.0 as usize].limits;
         let per_session = self
             .live_per_session
             .get(&(req.pool, req.tenant.clone(), req.session.clone()))
@@ -670,12 +644,12 @@ impl Allocator {
                 limit: limits.max_live_per_tenant,
             });
         }
-        let life = life_cap(&settings, req.from_page);
+        let life = life_cap(settings, req.from_page);
         let pool = &mut self.pools[req.pool.0 as usize];
         // A page past its share of numbers is treated as if none were free, and past its share
         // of codes as if every code were taken: what is left stays for servers.
         let (numbers_open, codes_open) = match req.from_page {
-            true => pool.open_to_pages(),
+            true => pool.open_to_pages(spec),
             false => (true, true),
         };
         let popped = if numbers_open { pool.free.pop() } else { None };
@@ -690,8 +664,8 @@ impl Allocator {
                 (slot.number, None, ttl)
             }
             None => {
-                let next_number = pool.next_free_at();
-                let OnExhausted::Shared { number, code_ttl } = pool.spec.on_exhausted else {
+                let next_number = pool.next_free_at(spec);
+                let OnExhausted::Shared { number, code_ttl } = spec.on_exhausted else {
                     return Err(CoreError::Exhausted {
                         retry_after_secs: retry_after_secs(
                             now,
@@ -893,13 +867,10 @@ impl Allocator {
     /// Checks the invariants of DESIGN.md that a single state can show; `Err` says which broke.
     pub fn check_invariants(&self) -> Result<(), String> {
         let done = self.wheel.done_through();
-        for pool in &self.pools {
+        for (pool, spec) in self.pools.iter().zip(self.dir.specs()) {
             let s = pool.stats();
             if s.free + s.leased + s.cooling != s.size {
-                return Err(format!(
-                    "pool {}: counts {s:?} do not add up",
-                    pool.spec.name
-                ));
+                return Err(format!("pool {}: counts {s:?} do not add up", spec.name));
             }
             for (idx, slot) in pool.slots.iter().enumerate() {
                 let idx = idx as u32;
@@ -957,7 +928,7 @@ impl Allocator {
                 page_codes += usize::from(lease.from_page);
             }
             if pool.code_ends.len() != pool.codes.len() {
-                return Err(format!("pool {}: code ends out of step", pool.spec.name));
+                return Err(format!("pool {}: code ends out of step", spec.name));
             }
             let page_numbers = pool
                 .slots
@@ -969,7 +940,7 @@ impl Allocator {
             if (page_numbers, page_codes) != (pool.page_numbers, pool.page_codes) {
                 return Err(format!(
                     "pool {}: pages hold {page_numbers} numbers and {page_codes} codes, counted {} and {}",
-                    pool.spec.name, pool.page_numbers, pool.page_codes
+                    spec.name, pool.page_numbers, pool.page_codes
                 ));
             }
         }
@@ -990,25 +961,25 @@ impl Allocator {
 
     /// When the lease's number (or code) may go to someone else.
     pub fn cool_until(&self, lease: &Lease) -> Timestamp {
-        let q = self.pools[lease.pool.0 as usize].spec.settings.quarantine;
+        let q = self.dir.pools[lease.pool.0 as usize].settings.quarantine;
         lease.end_at().saturating_add(q)
     }
 
     /// Until when late calls still reach the lease's holder.
     pub fn grace_until(&self, lease: &Lease) -> Timestamp {
-        let g = self.pools[lease.pool.0 as usize].spec.settings.grace;
+        let g = self.dir.pools[lease.pool.0 as usize].settings.grace;
         lease.end_at().saturating_add(g)
     }
 
     fn purge_at(&self, lease: &Lease) -> Timestamp {
-        let r = self.pools[lease.pool.0 as usize].spec.settings.retention;
+        let r = self.dir.pools[lease.pool.0 as usize].settings.retention;
         lease.end_at().saturating_add(r).max(self.cool_until(lease))
     }
 
     /// The lifetime a new term of `lease` gets: `code_ttl` on a shared number, else `wanted`
     /// or the pool's `ttl`; never more than the lease may live (`max_ttl`, `page_max_ttl`).
     fn ttl_of(&self, lease: &Lease, wanted: Option<Duration>) -> Duration {
-        let spec = &self.pools[lease.pool.0 as usize].spec;
+        let spec = &self.dir.pools[lease.pool.0 as usize];
         let ttl = match (lease.code, &spec.on_exhausted) {
             (Some(_), OnExhausted::Shared { code_ttl, .. }) => *code_ttl,
             _ => wanted.unwrap_or(spec.settings.ttl),
@@ -1063,7 +1034,7 @@ impl Allocator {
 
     fn extend(&mut self, id: LeaseId, ttl: Duration, now: Timestamp, out: &mut Outbox) {
         let lease = self.leases.get_mut(&id).expect("caller checked");
-        let settings = &self.pools[lease.pool.0 as usize].spec.settings;
+        let settings = &self.dir.pools[lease.pool.0 as usize].settings;
         let bound = lease
             .created_at
             .saturating_add(life_cap(settings, lease.from_page));
@@ -1076,7 +1047,7 @@ impl Allocator {
             self.pools[lease.pool.0 as usize]
                 .code_ends
                 .change_priority(&code, Reverse(new_expiry));
-        } else if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+        } else if let Some(&(pid, idx)) = self.dir.slot(lease.number).as_ref() {
             self.pools[pid.0 as usize]
                 .leased
                 .change_priority(&idx, Reverse(new_expiry));
@@ -1162,7 +1133,7 @@ impl Allocator {
                 pool.code_ends.change_priority(&code, Reverse(at));
             }
         } else {
-            if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+            if let Some(&(pid, idx)) = self.dir.slot(lease.number).as_ref() {
                 let pool = &mut self.pools[pid.0 as usize];
                 let slot = &mut pool.slots[idx as usize];
                 if slot.holder == Some(id) && slot.state == SlotState::Leased {
@@ -1190,7 +1161,7 @@ impl Allocator {
             }
             None => {
                 // The pool the number is configured in now, as `end` and `restore` see it.
-                if let Some(&(pid, idx)) = self.numbers.get(&lease.number) {
+                if let Some(&(pid, idx)) = self.dir.slot(lease.number).as_ref() {
                     let pool = &mut self.pools[pid.0 as usize];
                     let slot = &mut pool.slots[idx as usize];
                     if slot.holder == Some(id) && slot.state == SlotState::Cooling {

@@ -172,7 +172,7 @@ impl Allocator {
             target: l.target.clone(),
             listing: l.listing.clone(),
         };
-        let on_shared = self.shared.get(&called) == Some(&pool);
+        let on_shared = self.dir.shared_pool(called) == Some(pool);
         if let (Some(code), true) = (code, on_shared) {
             match self.hold((called, Some(code)), at) {
                 Hold::Active(l) | Hold::Grace(l) => return from_lease(Reason::Code, l),
@@ -215,7 +215,7 @@ impl Allocator {
             reason: Reason::NotLeased,
             pool: Some(pool),
             lease: None,
-            target: self.pools[pool.0 as usize].spec.fallback.clone(),
+            target: self.dir.pools[pool.0 as usize].fallback.clone(),
             listing: None,
         }
     }
@@ -312,7 +312,7 @@ impl Allocator {
             first_call_after,
         });
         let memory = call.attribution.pool.map_or(CALL_MEMORY, |p| {
-            self.pools[p.0 as usize].spec.settings.retention
+            self.dir.pools[p.0 as usize].settings.retention
         });
         out.effects.push(Effect::PutCall(call.clone()));
         self.schedule(
@@ -400,7 +400,7 @@ impl Allocator {
 
     /// Which pool a called number belongs to, as a pool number or a shared number.
     pub fn pool_of_number(&self, n: PhoneNumber) -> Option<PoolId> {
-        self.number_pool(n).or_else(|| self.shared.get(&n).copied())
+        self.dir.pool_of_number(n)
     }
 
     /// Counts `call` toward its lease (once), noting when the lease becomes paid.
@@ -438,7 +438,7 @@ impl Allocator {
         let Some(pool) = call.attribution.pool else {
             return;
         };
-        let window = self.pools[pool.0 as usize].spec.return_window;
+        let window = self.dir.pools[pool.0 as usize].return_window;
         if window.is_zero() {
             return;
         }
@@ -486,7 +486,7 @@ impl Allocator {
             return;
         };
         let memory = c.attribution.pool.map_or(CALL_MEMORY, |p| {
-            self.pools[p.0 as usize].spec.settings.retention
+            self.dir.pools[p.0 as usize].settings.retention
         });
         // The record stays on disk as the journal; only memory forgets it.
         if now >= c.started_at.saturating_add(memory) {

@@ -4,6 +4,7 @@
 
 mod allocator;
 mod calls;
+mod directory;
 mod outbox;
 mod tickets;
 mod time;
@@ -15,6 +16,7 @@ pub use allocator::{
     Notice, OnExhausted, PoolLimits, PoolSpec, PoolStats, Snapshot,
 };
 pub use calls::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+pub use directory::Directory;
 pub use outbox::Outbox;
 pub use tickets::{
     Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,

@@ -398,7 +398,8 @@ fn restoring_from_effects_gives_back_the_same_state() {
         wheel: wheel.iter().copied().collect(),
         ..Snapshot::default()
     };
-    let mut b = Harness::from(Allocator::restore(specs, snapshot).unwrap());
+    let mut b =
+        Harness::from(Allocator::restore(Directory::new(specs).unwrap(), snapshot).unwrap());
     b.tick(at(2));
     b.check_invariants().unwrap();
     assert_eq!(b.pool_stats(PoolId(0)), a.pool_stats(PoolId(0)));
@@ -421,7 +422,7 @@ fn restore_refuses_two_live_leases_on_one_number() {
         leases: vec![l, twin],
         ..Snapshot::default()
     };
-    let err = Allocator::restore(specs, snapshot).unwrap_err();
+    let err = Allocator::restore(Directory::new(specs).unwrap(), snapshot).unwrap_err();
     assert!(matches!(err, CoreError::Corrupt(_)));
 }
 
@@ -643,7 +644,13 @@ fn restore_counts_what_pages_hold_again() {
             wheel: wheel.iter().copied().collect(),
             ..Snapshot::default()
         };
-        Harness::from(Allocator::restore(vec![a.pool_spec(PoolId(0)).clone()], snapshot).unwrap())
+        Harness::from(
+            Allocator::restore(
+                Directory::new(vec![a.pool_spec(PoolId(0)).clone()]).unwrap(),
+                snapshot,
+            )
+            .unwrap(),
+        )
     };
     let mut b = restore(&leases, &wheel);
     b.check_invariants().unwrap();

@@ -129,7 +129,7 @@ pub struct TicketEvent {
 impl Allocator {
     /// The formula of a ticketing pool.
     pub fn formula(&self, pool: PoolId) -> Option<&Formula> {
-        match &self.pools[pool.0 as usize].spec.mode {
+        match &self.dir.pools[pool.0 as usize].mode {
             PoolMode::Ticketing(f) => Some(f),
             PoolMode::Dynamic => None,
         }
@@ -293,7 +293,7 @@ impl Allocator {
             at: now,
             ticket: t.clone(),
         }));
-        let retention = self.pools[pool.0 as usize].spec.settings.retention;
+        let retention = self.dir.pools[pool.0 as usize].settings.retention;
         self.schedule(now.saturating_add(retention), Due::Ticket(id), out);
         Ok((t, pass))
     }
@@ -308,7 +308,7 @@ impl Allocator {
         id: PassId,
         out: &mut Outbox,
     ) -> Option<Pass> {
-        let access = self.pools[pool.0 as usize].spec.access_ttl;
+        let access = self.dir.pools[pool.0 as usize].access_ttl;
         if access.is_zero() {
             return None;
         }
@@ -350,7 +350,7 @@ impl Allocator {
     }
 
     fn pass_purge_at(&self, p: &Pass) -> Timestamp {
-        let retention = self.pools[p.pool.0 as usize].spec.settings.retention;
+        let retention = self.dir.pools[p.pool.0 as usize].settings.retention;
         p.revoked_at
             .map_or(p.access_until, |r| r.min(p.access_until))
             .saturating_add(retention)
@@ -360,7 +360,7 @@ impl Allocator {
         let Some(t) = self.tickets.get(&id) else {
             return;
         };
-        let retention = self.pools[t.pool.0 as usize].spec.settings.retention;
+        let retention = self.dir.pools[t.pool.0 as usize].settings.retention;
         let purge_at = t
             .redeemed_at
             .unwrap_or(t.expires_at)

@@ -30,11 +30,12 @@ pub use record::{CallRow, TicketRow};
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use thiserror::Error;
 
 use crate::core::{
-    CallKey, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, PoolSpec, ProgressKey,
+    CallKey, Directory, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey,
     ReturnKey, Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
 };
 
@@ -155,8 +156,8 @@ pub struct Store {
     db: std::sync::RwLock<Option<sled::Db>>,
     dir: std::path::PathBuf,
     cache_capacity: u64,
-    pool_names: Vec<String>,
-    pool_ids: HashMap<String, PoolId>,
+    /// The pools as configured: records name their pool; this maps names to this run's ids.
+    pools: Arc<Directory>,
     /// Pools by the tag progress keys carry; tags by pool index.
     pool_by_tag: HashMap<[u8; 8], PoolId>,
     pool_tags: Vec<[u8; 8]>,
@@ -180,9 +181,13 @@ fn pool_tag(name: &str) -> [u8; 8] {
 
 impl Store {
     /// Opens (or creates) the store in `dir`. `pools` gives the names records are stored under.
-    pub fn open(dir: &Path, cache_capacity: u64, pools: &[PoolSpec]) -> Result<Store, StoreError> {
+    pub fn open(
+        dir: &Path,
+        cache_capacity: u64,
+        pools: Arc<Directory>,
+    ) -> Result<Store, StoreError> {
         let db = open_db(dir, cache_capacity)?;
-        let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+        let pool_names: Vec<&str> = pools.ids().map(|p| pools.name(p)).collect();
         match db.get(FORMAT_KEY)? {
             Some(v) if v == FORMAT => {}
             Some(v) if v == FORMAT_1 => migrate_from_1(&db, &pool_names)?,
@@ -205,11 +210,6 @@ impl Store {
                 )))
             }
         }
-        let pool_ids = pool_names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), PoolId(i as u32)))
-            .collect();
         let pool_tags: Vec<[u8; 8]> = pool_names.iter().map(|n| pool_tag(n)).collect();
         let pool_by_tag: HashMap<[u8; 8], PoolId> = pool_tags
             .iter()
@@ -225,8 +225,7 @@ impl Store {
             db: std::sync::RwLock::new(Some(db)),
             dir: dir.to_owned(),
             cache_capacity,
-            pool_names,
-            pool_ids,
+            pools,
             pool_by_tag,
             pool_tags,
         })
@@ -237,7 +236,7 @@ impl Store {
     pub fn load(&self) -> Result<Recovered, StoreError> {
         let db = self.db()?;
         let mut out = Recovered::default();
-        let pool_id = |name: &str| self.pool_ids.get(name).copied();
+        let pool_id = |name: &str| self.pools.id(name);
         for item in db.scan_prefix([LEASE]) {
             let (k, v) = item?;
             let id = LeaseId::from_bytes(fixed(&k[1..])?);
@@ -358,7 +357,7 @@ impl Store {
     }
 
     fn add_to(&self, batch: &mut sled::Batch, effects: &[Effect]) {
-        let name = |p: PoolId| self.pool_names[p.0 as usize].as_str();
+        let name = |p: PoolId| self.pools.name(p);
         for e in effects {
             match e {
                 Effect::PutLease(l) => {
@@ -427,7 +426,7 @@ impl Store {
                 hi = k.to_vec();
             }
         }
-        let pool_id = |name: &str| self.pool_ids.get(name).copied();
+        let pool_id = |name: &str| self.pools.id(name);
         let mut page = JournalPage::default();
         let db = self.db()?;
         for item in db.range(lo.to_vec()..hi).rev() {
@@ -617,7 +616,7 @@ impl Store {
 /// index in the config, under the pool's tag instead. The index is read against the pools as
 /// configured now (format 1 had no better knowledge); records of an index beyond them are
 /// dropped, as format 1 could not serve them either. One atomic batch, then the new format.
-fn migrate_from_1(db: &sled::Db, pool_names: &[String]) -> Result<(), StoreError> {
+fn migrate_from_1(db: &sled::Db, pool_names: &[&str]) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
     let (mut moved, mut dropped) = (0usize, 0usize);
     let retag = |old: &[u8]| -> Option<[u8; 16]> {
