@@ -1,14 +1,104 @@
 //! Micro-benchmarks of the pure core on a manual clock, at pool sizes 1k, 100k and 1M:
 //! allocate, renew, release, tick (expiry), attribution lookup, and a visitor's whole cycle.
+//! First, what a live lease costs in memory (a counting allocator) and how long the core alone
+//! takes to rebuild from a snapshot of every lease.
 //! `cargo bench --bench core`
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use leaseline::core::{
-    AllocateRequest, Allocator, LeaseId, LeaseSettings, OnExhausted, Outbox, PhoneNumber, PoolId,
-    PoolMode, PoolSpec, SessionId, TenantId, Timestamp,
+    AllocateRequest, Allocator, Effect, LeaseId, LeaseSettings, ListingId, OnExhausted, Outbox,
+    PhoneNumber, PoolId, PoolMode, PoolSpec, SessionId, Snapshot, Target, TenantId, Timestamp,
 };
+
+/// The system allocator, counting the bytes held: what a lease costs is the difference.
+struct Counting;
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size(), Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size, Ordering::Relaxed);
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn held() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// Bytes per number of an empty pool, bytes per live lease (a site's allocation: its own
+/// session, a listing and a target), and the core's rebuild time from a snapshot of them all.
+fn memory_and_restore(sizes: &[u64]) {
+    println!("| pool size | bytes per number, empty | bytes per live lease | core restore from snapshot ms |");
+    println!("|---:|---:|---:|---:|");
+    let tenant = TenantId::parse("site-a").unwrap();
+    let target = Target::parse("+33612345678").unwrap();
+    let t0 = Timestamp::from_millis(START);
+    for &n in sizes {
+        let base = held();
+        let mut a = allocator(n);
+        let empty = held() - base;
+        let mut out = Outbox::new();
+        let mut wheel = Vec::with_capacity(n as usize);
+        let before = held();
+        for i in 0..n {
+            let req = AllocateRequest {
+                tenant: tenant.clone(),
+                pool: PoolId(0),
+                session: SessionId::parse(&format!("cookie-{i:016x}")).unwrap(),
+                listing: Some(ListingId::parse(&format!("car-{}", i % 50_000)).unwrap()),
+                target: Some(target.clone()),
+                caller: None,
+                ttl: None,
+                calls_required: 1,
+                min_call_secs: 0,
+                from_page: false,
+            };
+            a.allocate(req, t0, id(i), &mut out).unwrap();
+            for e in out.effects.drain(..) {
+                if let Effect::PutWheel(t, due) = e {
+                    wheel.push((t, due));
+                }
+            }
+            out.notices.clear();
+        }
+        let per_lease = (held() - before) / n as usize;
+        let snapshot = Snapshot {
+            leases: (0..n).map(|i| a.lease(&id(i)).unwrap().clone()).collect(),
+            wheel,
+            ..Snapshot::default()
+        };
+        let dir = std::sync::Arc::clone(a.directory());
+        drop(a);
+        let t = Instant::now();
+        let b = Allocator::restore(dir, snapshot).unwrap();
+        let restore = t.elapsed();
+        black_box(&b);
+        println!(
+            "| {n} | {} | {per_lease} | {:.1} |",
+            empty / n as usize,
+            restore.as_secs_f64() * 1000.0
+        );
+    }
+}
 
 const FIRST: u64 = 33_800_000_000;
 const START: u64 = 1_800_000_000_000;
@@ -85,6 +175,7 @@ fn bench(c: &mut Criterion) {
     } else {
         &[1_000]
     };
+    memory_and_restore(sizes);
     // One session per visitor (the same session and listing would get its lease back).
     let f = Fixture {
         tenant: TenantId::parse("t").unwrap(),
