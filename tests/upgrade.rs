@@ -176,29 +176,24 @@ async fn start(app: &TestApp, id: &str, called: &str, caller: &str, code: Option
     if let Some(c) = code {
         body["code"] = json!(c);
     }
-    let r = app
-        .call(
-            "POST",
-            "/v1/calls",
-            Some(TELEPHONY),
-            Some(&body.to_string()),
-        )
-        .await;
-    assert_eq!(r.status, 200, "start {id}: {}", r.text);
-    r.json
+    call_event(app, body).await
 }
 
 async fn end(app: &TestApp, id: &str, secs: u32) -> Value {
-    let body = json!({"call_id": id, "event": "end", "duration_secs": secs});
+    call_event(
+        app,
+        json!({"call_id": id, "event": "end", "duration_secs": secs}),
+    )
+    .await
+}
+
+/// Reports a call event as telephony does; the answer must be 200.
+async fn call_event(app: &TestApp, body: Value) -> Value {
+    let text = body.to_string();
     let r = app
-        .call(
-            "POST",
-            "/v1/calls",
-            Some(TELEPHONY),
-            Some(&body.to_string()),
-        )
+        .call("POST", "/v1/calls", Some(TELEPHONY), Some(&text))
         .await;
-    assert_eq!(r.status, 200, "end {id}: {}", r.text);
+    assert_eq!(r.status, 200, "{text}: {}", r.text);
     r.json
 }
 
