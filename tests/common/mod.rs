@@ -129,21 +129,32 @@ impl TestApp {
         text: impl FnOnce(&Path) -> String,
         wrap: impl FnOnce(Arc<leaseline::store::Store>) -> Arc<dyn leaseline::store::Backend>,
     ) -> TestApp {
-        Self::in_dir_with_backend(tempfile::tempdir().unwrap(), text, wrap).await
+        Self::in_dir_with_backend(tempfile::tempdir().unwrap(), T0, text, wrap).await
     }
 
     /// An app on data already in `dir` (its `data` folder).
     pub async fn in_dir(dir: tempfile::TempDir, text: impl FnOnce(&Path) -> String) -> TestApp {
-        Self::in_dir_with_backend(dir, text, |s| s).await
+        Self::in_dir_at(dir, T0, text).await
+    }
+
+    /// As [`TestApp::in_dir`], on a clock starting at `start`: data written at another time
+    /// than [`T0`] (start-up refuses a clock far behind the store's last run).
+    pub async fn in_dir_at(
+        dir: tempfile::TempDir,
+        start: Timestamp,
+        text: impl FnOnce(&Path) -> String,
+    ) -> TestApp {
+        Self::in_dir_with_backend(dir, start, text, |s| s).await
     }
 
     async fn in_dir_with_backend(
         dir: tempfile::TempDir,
+        start: Timestamp,
         text: impl FnOnce(&Path) -> String,
         wrap: impl FnOnce(Arc<leaseline::store::Store>) -> Arc<dyn leaseline::store::Backend>,
     ) -> TestApp {
         let config = Config::parse(&text(&dir.path().join("data")), dir.path()).unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::new(start));
         let state = leaseline::startup::build_state_with(&config, clock.clone(), wrap)
             .await
             .unwrap();
