@@ -1,6 +1,6 @@
 //! Model-based test: random allocate / renew / release / advance-clock / restart sequences are
 //! applied to the real core persisted in a real sled store, and to a small reference model
-//! written from DESIGN.md's rules. After every step both must agree and the invariants hold.
+//! written from the rules in ARCHITECTURE.md. After every step both must agree and the invariants hold.
 //! Some allocations come from pages, which may hold only half the pool and live shorter.
 
 use std::time::Duration;

@@ -864,7 +864,7 @@ impl Allocator {
         untrusted.len()
     }
 
-    /// Checks the invariants of DESIGN.md that a single state can show; `Err` says which broke.
+    /// Checks the invariants (ARCHITECTURE.md) that a single state can show; `Err` says which broke.
     pub fn check_invariants(&self) -> Result<(), String> {
         let done = self.wheel.done_through();
         for (pool, spec) in self.pools.iter().zip(self.dir.specs()) {
