@@ -137,9 +137,16 @@ pub struct ConnectionLimits {
     /// Connections served at once; beyond, a new one gets an immediate 503 and is closed.
     /// Lowered at start-up to what the process's open-file limit allows.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; beyond, a new one gets an immediate
+    /// 429 and is closed, so one address cannot take every slot. Peers in `trusted_proxies`
+    /// (which carry many clients) are not held to it. 0: no per-address cap.
+    pub max_connections_per_ip: usize,
     /// On SIGTERM, requests in progress get this long to finish; then their connections are
     /// closed, the store flushed, and the process exits 0.
     pub drain_timeout: Duration,
+    /// A request (reading its body included; event streams excepted) not answered within
+    /// this gets 408 if its body was still arriving, else 503.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -148,7 +155,9 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -296,7 +305,9 @@ struct RawServer {
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<u64>,
+    max_connections_per_ip: Option<u64>,
     drain_timeout: Option<String>,
+    request_timeout: Option<String>,
     trusted_proxies: Option<Vec<String>>,
 }
 
@@ -508,6 +519,14 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             "[server] max_connections = {max_connections}: expected 1 to 1000000"
         ));
     }
+    let max_connections_per_ip = raw
+        .max_connections_per_ip
+        .unwrap_or(defaults.max_connections_per_ip as u64);
+    if max_connections_per_ip > 1_000_000 {
+        return Err(format!(
+            "[server] max_connections_per_ip = {max_connections_per_ip}: expected 0 (no cap) to 1000000"
+        ));
+    }
     let connections = ConnectionLimits {
         header_timeout: bounded(
             "header_timeout",
@@ -524,11 +543,19 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             secs(3600),
         )?,
         max_connections: max_connections as usize,
+        max_connections_per_ip: max_connections_per_ip as usize,
         drain_timeout: bounded(
             "drain_timeout",
             &raw.drain_timeout,
             defaults.drain_timeout,
             secs(0),
+            secs(600),
+        )?,
+        request_timeout: bounded(
+            "request_timeout",
+            &raw.request_timeout,
+            defaults.request_timeout,
+            secs(1),
             secs(600),
         )?,
     };
@@ -1430,9 +1457,14 @@ mod tests {
         assert_eq!(c.server.connections.header_timeout, Duration::from_secs(30));
         assert_eq!(c.server.connections.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.server.connections.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.connections.max_connections_per_ip, 256);
+        assert_eq!(
+            c.server.connections.request_timeout,
+            Duration::from_secs(30)
+        );
         let server = |lines: &str| format!("[server]\n{lines}\n{}", pool(""));
         let c = parse(&server(
-            "header_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 8\ndrain_timeout = \"0s\"",
+            "header_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 8\nmax_connections_per_ip = 0\ndrain_timeout = \"0s\"\nrequest_timeout = \"1m\"",
         ))
         .unwrap();
         assert_eq!(
@@ -1441,7 +1473,9 @@ mod tests {
                 header_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(300),
                 max_connections: 8,
+                max_connections_per_ip: 0,
                 drain_timeout: Duration::ZERO,
+                request_timeout: Duration::from_secs(60),
             }
         );
         for (line, message) in [
@@ -1464,6 +1498,14 @@ mod tests {
             (
                 "max_connections = 0",
                 "[server] max_connections = 0: expected 1 to 1000000",
+            ),
+            (
+                "max_connections_per_ip = 1000001",
+                "[server] max_connections_per_ip = 1000001: expected 0 (no cap) to 1000000",
+            ),
+            (
+                "request_timeout = \"0s\"",
+                "[server] request_timeout = \"0s\": expected 1s to 10m",
             ),
         ] {
             let e = error_of(&server(line));

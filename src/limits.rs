@@ -412,7 +412,9 @@ mod tests {
             r.counts.len()
         );
         let mut b = backoff();
-        many_subjects(3 * MAX_SUBJECTS, Duration::from_secs(10), |who| b.fail(who, t(1)));
+        many_subjects(3 * MAX_SUBJECTS, Duration::from_secs(10), |who| {
+            b.fail(who, t(1))
+        });
     }
 
     fn ip(s: &str) -> IpAddr {

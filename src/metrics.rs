@@ -49,14 +49,17 @@ pub enum Dropped {
     OverCapacity,
     /// Still open when shutdown's `drain_timeout` ran out.
     DrainTimeout,
+    /// Its address already held `max_connections_per_ip`: answered 429 (or refused) at once.
+    PerIp,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 4] = [
+    pub const ALL: [Dropped; 5] = [
         Dropped::HeaderTimeout,
         Dropped::IdleTimeout,
         Dropped::OverCapacity,
         Dropped::DrainTimeout,
+        Dropped::PerIp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Dropped {
             Dropped::IdleTimeout => "idle_timeout",
             Dropped::OverCapacity => "over_capacity",
             Dropped::DrainTimeout => "drain_timeout",
+            Dropped::PerIp => "per_ip",
         }
     }
 }
@@ -338,7 +342,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "leaseline_http_connections_dropped_total",
-                        "Connections the server closed on its own, by reason (header_timeout, idle_timeout, over_capacity, drain_timeout).",
+                        "Connections the server closed on its own, by reason (header_timeout, idle_timeout, over_capacity, per_ip, drain_timeout).",
                     ),
                     &["reason"],
                 )

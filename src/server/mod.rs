@@ -10,9 +10,11 @@
 mod conn;
 mod io;
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -24,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ConnectionLimits;
 use crate::http::ApiError;
+use crate::limits::Cidr;
 use crate::metrics::{Dropped, Metrics};
 
 /// Connections over the cap that may be answered 503 at the same time; beyond, a new
@@ -34,12 +37,55 @@ const OVERFLOW_ANSWER_TIME: Duration = Duration::from_secs(1);
 /// logs, over-capacity answers.
 const RESERVED_FILES: u64 = 128 + OVERFLOW_ANSWERS as u64;
 
+/// Connections held per client address, for `max_connections_per_ip`.
+struct PerIp {
+    cap: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted against its address until dropped.
+pub(super) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A slot for one more connection from `ip`, or `None` if it holds its share already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut held = self.held.lock().expect("per-address lock");
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut held = self.per_ip.held.lock().expect("per-address lock");
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets requests
 /// in progress finish for at most `drain_timeout`, and closes every connection left.
+/// Connections from one address beyond `max_connections_per_ip` get an immediate 429, but
+/// from `trusted` proxies, which carry many clients.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    trusted: Arc<Vec<Cidr>>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -47,6 +93,11 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(cap));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_ANSWERS));
     let full = AtomicBool::new(false);
+    let per_ip = Arc::new(PerIp {
+        cap: limits.max_connections_per_ip,
+        held: Mutex::new(HashMap::new()),
+    });
+    let warned_per_ip = AtomicBool::new(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -65,6 +116,26 @@ pub async fn serve(
                 }
             },
         };
+        let ip = peer.ip().to_canonical();
+        let ip_slot = if limits.max_connections_per_ip == 0
+            || trusted.iter().any(|c| c.contains(ip))
+        {
+            None
+        } else {
+            match per_ip.take(ip) {
+                Some(s) => Some(s),
+                None => {
+                    if !warned_per_ip.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            max_connections_per_ip = limits.max_connections_per_ip,
+                            "an address holds as many connections as one address may: its new connections get 429 (logged once; if it is a proxy of yours, list it in [server] trusted_proxies)"
+                        );
+                    }
+                    refuse(stream, Refusal::PerIp, &overflow, &metrics);
+                    continue;
+                }
+            }
+        };
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
                 full.store(false, Ordering::Relaxed);
@@ -75,7 +146,7 @@ pub async fn serve(
                     limits,
                     Arc::clone(&metrics),
                     stop_rx.clone(),
-                    slot,
+                    (slot, ip_slot),
                 ));
             }
             Err(_) => {
@@ -85,20 +156,7 @@ pub async fn serve(
                         "connection cap reached: new connections get 503 until some close"
                     );
                 }
-                metrics
-                    .connections_dropped
-                    .with_label_values(&[Dropped::OverCapacity.as_str()])
-                    .inc();
-                match Arc::clone(&overflow).try_acquire_owned() {
-                    Ok(permit) => {
-                        let metrics = Arc::clone(&metrics);
-                        tokio::spawn(async move {
-                            answer_over_capacity(stream, &metrics).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => drop(stream),
-                }
+                refuse(stream, Refusal::OverCapacity, &overflow, &metrics);
             }
         }
     }
@@ -122,20 +180,78 @@ pub async fn serve(
     }
 }
 
-/// Answers a connection over the cap with a 503 problem at once, without reading the
-/// request, then lets the client's bytes drain briefly so closing does not reset the
-/// connection before the client reads the answer.
-async fn answer_over_capacity(mut stream: TcpStream, metrics: &Metrics) {
+/// Why a connection is refused as soon as it is accepted.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// `max_connections` are open: 503.
+    OverCapacity,
+    /// Its address holds `max_connections_per_ip`: 429.
+    PerIp,
+}
+
+impl Refusal {
+    /// The `route` label its answer is counted under.
+    fn route(self) -> &'static str {
+        match self {
+            Refusal::OverCapacity => "over_capacity",
+            Refusal::PerIp => "per_ip",
+        }
+    }
+
+    fn dropped(self) -> Dropped {
+        match self {
+            Refusal::OverCapacity => Dropped::OverCapacity,
+            Refusal::PerIp => Dropped::PerIp,
+        }
+    }
+
+    fn problem(self) -> ApiError {
+        let problem = match self {
+            Refusal::OverCapacity => ApiError::from_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server has as many connections open as it serves at once; retry shortly",
+            ),
+            Refusal::PerIp => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-connections",
+                "this address has as many connections open as one address may; reuse one, or retry when one closes",
+            ),
+        };
+        ApiError {
+            retry_after: Some(1),
+            ..problem
+        }
+    }
+}
+
+/// Counts a refused connection and answers it (at most [`OVERFLOW_ANSWERS`] at once; beyond,
+/// it is closed without a word).
+fn refuse(stream: TcpStream, why: Refusal, overflow: &Arc<Semaphore>, metrics: &Arc<Metrics>) {
+    metrics
+        .connections_dropped
+        .with_label_values(&[why.dropped().as_str()])
+        .inc();
+    match Arc::clone(overflow).try_acquire_owned() {
+        Ok(permit) => {
+            let metrics = Arc::clone(metrics);
+            tokio::spawn(async move {
+                answer_at_once(stream, why, &metrics).await;
+                drop(permit);
+            });
+        }
+        Err(_) => drop(stream),
+    }
+}
+
+/// Answers a refused connection with its problem at once, without reading the request, then
+/// lets the client's bytes drain briefly so closing does not reset the connection before the
+/// client reads the answer.
+async fn answer_at_once(mut stream: TcpStream, why: Refusal, metrics: &Metrics) {
     let started = Instant::now();
     let request_id = crate::http::new_request_id();
-    let answer = ApiError {
-        retry_after: Some(1),
-        ..ApiError::from_status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server has as many connections open as it serves at once; retry shortly",
-        )
-    }
-    .to_http1(&request_id);
+    let problem = why.problem();
+    let status = problem.status;
+    let answer = problem.to_http1(&request_id);
     let _ = tokio::time::timeout(OVERFLOW_ANSWER_TIME, async {
         stream.write_all(&answer).await?;
         stream.shutdown().await?;
@@ -154,7 +270,7 @@ async fn answer_over_capacity(mut stream: TcpStream, metrics: &Metrics) {
     // reached is logged once).
     metrics
         .http_duration
-        .with_label_values(&["over_capacity", "-", "503"])
+        .with_label_values(&[why.route(), "-", status.as_str()])
         .observe(started.elapsed().as_secs_f64());
 }
 
