@@ -141,6 +141,9 @@ pub struct ConnectionLimits {
     /// 429 and is closed, so one address cannot take every slot. Peers in `trusted_proxies`
     /// (which carry many clients) are not held to it. 0: no per-address cap.
     pub max_connections_per_ip: usize,
+    /// The same for one address prefix (/24 IPv4, /56 IPv6): an IPv6 host holds a whole /64,
+    /// so a per-address cap alone would not hold it. 0: no per-prefix cap.
+    pub max_connections_per_prefix: usize,
     /// On SIGTERM, requests in progress get this long to finish; then their connections are
     /// closed, the store flushed, and the process exits 0.
     pub drain_timeout: Duration,
@@ -156,6 +159,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            max_connections_per_prefix: 1024,
             drain_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
         }
@@ -306,6 +310,7 @@ struct RawServer {
     idle_timeout: Option<String>,
     max_connections: Option<u64>,
     max_connections_per_ip: Option<u64>,
+    max_connections_per_prefix: Option<u64>,
     drain_timeout: Option<String>,
     request_timeout: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -527,6 +532,19 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             "[server] max_connections_per_ip = {max_connections_per_ip}: expected 0 (no cap) to 1000000"
         ));
     }
+    let max_connections_per_prefix = match raw.max_connections_per_prefix {
+        Some(n) => n,
+        // Four addresses' worth by default, as for page allocations.
+        None if raw.max_connections_per_ip.is_some() => max_connections_per_ip.saturating_mul(4),
+        None => defaults.max_connections_per_prefix as u64,
+    };
+    if max_connections_per_prefix > 4_000_000
+        || (max_connections_per_prefix > 0 && max_connections_per_prefix < max_connections_per_ip)
+    {
+        return Err(format!(
+            "[server] max_connections_per_prefix = {max_connections_per_prefix}: expected 0 (no cap), or max_connections_per_ip ({max_connections_per_ip}) to 4000000"
+        ));
+    }
     let connections = ConnectionLimits {
         header_timeout: bounded(
             "header_timeout",
@@ -544,6 +562,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         )?,
         max_connections: max_connections as usize,
         max_connections_per_ip: max_connections_per_ip as usize,
+        max_connections_per_prefix: max_connections_per_prefix as usize,
         drain_timeout: bounded(
             "drain_timeout",
             &raw.drain_timeout,
@@ -1458,6 +1477,7 @@ mod tests {
         assert_eq!(c.server.connections.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.server.connections.drain_timeout, Duration::from_secs(10));
         assert_eq!(c.server.connections.max_connections_per_ip, 256);
+        assert_eq!(c.server.connections.max_connections_per_prefix, 1024);
         assert_eq!(
             c.server.connections.request_timeout,
             Duration::from_secs(30)
@@ -1474,6 +1494,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(300),
                 max_connections: 8,
                 max_connections_per_ip: 0,
+                max_connections_per_prefix: 0,
                 drain_timeout: Duration::ZERO,
                 request_timeout: Duration::from_secs(60),
             }
@@ -1502,6 +1523,10 @@ mod tests {
             (
                 "max_connections_per_ip = 1000001",
                 "[server] max_connections_per_ip = 1000001: expected 0 (no cap) to 1000000",
+            ),
+            (
+                "max_connections_per_ip = 10\nmax_connections_per_prefix = 5",
+                "[server] max_connections_per_prefix = 5: expected 0 (no cap), or max_connections_per_ip (10) to 4000000",
             ),
             (
                 "request_timeout = \"0s\"",

@@ -507,42 +507,53 @@ fn a_body_sent_too_slowly_is_answered_408_not_503() {
 }
 
 #[test]
-fn one_address_cannot_hold_every_connection() {
+fn one_address_or_network_cannot_hold_every_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&edge_config(
         dir.path(),
-        "max_connections = 50\nmax_connections_per_ip = 3\ntrusted_proxies = [\"127.0.0.3\"]",
+        "max_connections = 50\nmax_connections_per_ip = 3\nmax_connections_per_prefix = 4\ntrusted_proxies = [\"127.0.3.3\"]",
     ));
-    // One address opens connections and keeps them; the harness's readiness probe (from
-    // 127.0.0.1) is gone by now, so 127.0.0.2 holds its own three.
+    let refused = |from: &str, reason: &str| {
+        let mut c = connect_from(&server, from);
+        let started = Instant::now();
+        let a = read_answer(&mut c);
+        a.assert_problem(429);
+        assert_eq!(a.header("retry-after"), Some("1"));
+        assert!(
+            a.json()["detail"].as_str().unwrap().contains(reason),
+            "{a:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        closed_by_server(&mut c, Instant::now(), Duration::from_secs(3));
+    };
+    // One address opens connections and keeps them.
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut c = connect_from(&server, "127.0.0.2");
+        let mut c = connect_from(&server, "127.0.1.2");
         assert_eq!(ask(&mut c, HEALTHZ).status, 200);
         held.push(c);
     }
-    let mut c = connect_from(&server, "127.0.0.2");
-    let started = Instant::now();
-    let a = read_answer(&mut c);
-    a.assert_problem(429);
-    assert_eq!(a.header("retry-after"), Some("1"));
-    assert!(started.elapsed() < Duration::from_secs(1));
-    closed_by_server(&mut c, Instant::now(), Duration::from_secs(3));
+    refused("127.0.1.2", "this address");
+    // Its neighbours in the same /24 share the network's allowance.
+    let mut c = connect_from(&server, "127.0.1.5");
+    assert_eq!(ask(&mut c, HEALTHZ).status, 200);
+    held.push(c);
+    refused("127.0.1.6", "this network");
     // Everyone else is still served, /healthz first.
-    let mut other = connect_from(&server, "127.0.0.4");
+    let mut other = connect_from(&server, "127.0.2.4");
     assert_eq!(ask(&mut other, HEALTHZ).status, 200);
     // A trusted proxy carries many clients: it is not held to one client's share.
     let mut proxied = Vec::new();
     for _ in 0..6 {
-        let mut c = connect_from(&server, "127.0.0.3");
+        let mut c = connect_from(&server, "127.0.3.3");
         assert_eq!(ask(&mut c, HEALTHZ).status, 200);
         proxied.push(c);
     }
     // When one of the address's connections closes, it may open another.
-    held.pop();
+    held.remove(0);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut c = connect_from(&server, "127.0.0.2");
+        let mut c = connect_from(&server, "127.0.1.2");
         let a = ask(&mut c, HEALTHZ);
         if a.status == 200 {
             break;
@@ -551,8 +562,14 @@ fn one_address_cannot_hold_every_connection() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let m = ureq_free_metrics(&mut other);
-    assert!(
-        m.contains("leaseline_http_connections_dropped_total{reason=\"per_ip\"}"),
-        "{m}"
-    );
+    for reason in ["per_ip", "per_prefix"] {
+        let series = format!("leaseline_http_connections_dropped_total{{reason=\"{reason}\"}} ");
+        let count: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("{series} missing from\n{m}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{series}{count}");
+    }
 }

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ConnectionLimits;
 use crate::http::ApiError;
-use crate::limits::Cidr;
+use crate::limits::{prefix_of, Cidr};
 use crate::metrics::{Dropped, Metrics};
 
 /// Connections over the cap that may be answered 503 at the same time; beyond, a new
@@ -37,50 +37,74 @@ const OVERFLOW_ANSWER_TIME: Duration = Duration::from_secs(1);
 /// logs, over-capacity answers.
 const RESERVED_FILES: u64 = 128 + OVERFLOW_ANSWERS as u64;
 
-/// Connections held per client address, for `max_connections_per_ip`.
-struct PerIp {
-    cap: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+/// Connections held per client address and per address prefix (/24, /56), for
+/// `max_connections_per_ip` and `max_connections_per_prefix` (0: no cap).
+struct Clients {
+    per_ip: usize,
+    per_prefix: usize,
+    held: Mutex<Held>,
 }
 
-/// One connection counted against its address until dropped.
-pub(super) struct IpSlot {
-    per_ip: Arc<PerIp>,
+#[derive(Default)]
+struct Held {
+    ips: HashMap<IpAddr, usize>,
+    prefixes: HashMap<Cidr, usize>,
+}
+
+/// One connection counted against its address and prefix until dropped.
+pub(super) struct ClientSlot {
+    clients: Arc<Clients>,
     ip: IpAddr,
+    prefix: Cidr,
 }
 
-impl PerIp {
-    /// A slot for one more connection from `ip`, or `None` if it holds its share already.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+impl Clients {
+    /// A slot for one more connection from `ip`, or why not: its address, or its network,
+    /// holds its share already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<ClientSlot, Refusal> {
+        let prefix = prefix_of(ip);
         let mut held = self.held.lock().expect("per-address lock");
-        let n = held.entry(ip).or_insert(0);
-        if *n >= self.cap {
-            return None;
+        let on_ip = held.ips.get(&ip).copied().unwrap_or(0);
+        if self.per_ip > 0 && on_ip >= self.per_ip {
+            return Err(Refusal::PerIp);
         }
-        *n += 1;
-        Some(IpSlot {
-            per_ip: Arc::clone(self),
+        let on_prefix = held.prefixes.get(&prefix).copied().unwrap_or(0);
+        if self.per_prefix > 0 && on_prefix >= self.per_prefix {
+            return Err(Refusal::PerPrefix);
+        }
+        held.ips.insert(ip, on_ip + 1);
+        held.prefixes.insert(prefix, on_prefix + 1);
+        Ok(ClientSlot {
+            clients: Arc::clone(self),
             ip,
+            prefix,
         })
     }
 }
 
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut held = self.per_ip.held.lock().expect("per-address lock");
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
+/// One fewer for `key`; forgotten at zero, so the maps hold only addresses with connections.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
         }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.clients.held.lock().expect("per-address lock");
+        release(&mut held.ips, &self.ip);
+        release(&mut held.prefixes, &self.prefix);
     }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets requests
 /// in progress finish for at most `drain_timeout`, and closes every connection left.
-/// Connections from one address beyond `max_connections_per_ip` get an immediate 429, but
-/// from `trusted` proxies, which carry many clients.
+/// Connections from one address beyond `max_connections_per_ip`, or from one /24 or /56
+/// beyond `max_connections_per_prefix`, get an immediate 429, but from `trusted` proxies,
+/// which carry many clients.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -93,10 +117,12 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(cap));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_ANSWERS));
     let full = AtomicBool::new(false);
-    let per_ip = Arc::new(PerIp {
-        cap: limits.max_connections_per_ip,
-        held: Mutex::new(HashMap::new()),
+    let clients = Arc::new(Clients {
+        per_ip: limits.max_connections_per_ip,
+        per_prefix: limits.max_connections_per_prefix,
+        held: Mutex::new(Held::default()),
     });
+    let capped = limits.max_connections_per_ip > 0 || limits.max_connections_per_prefix > 0;
     let warned_per_ip = AtomicBool::new(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -117,21 +143,20 @@ pub async fn serve(
             },
         };
         let ip = peer.ip().to_canonical();
-        let ip_slot = if limits.max_connections_per_ip == 0
-            || trusted.iter().any(|c| c.contains(ip))
-        {
+        let ip_slot = if !capped || trusted.iter().any(|c| c.contains(ip)) {
             None
         } else {
-            match per_ip.take(ip) {
-                Some(s) => Some(s),
-                None => {
+            match clients.take(ip) {
+                Ok(s) => Some(s),
+                Err(why) => {
                     if !warned_per_ip.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             max_connections_per_ip = limits.max_connections_per_ip,
-                            "an address holds as many connections as one address may: its new connections get 429 (logged once; if it is a proxy of yours, list it in [server] trusted_proxies)"
+                            max_connections_per_prefix = limits.max_connections_per_prefix,
+                            "an address or its network holds as many connections as it may: its new connections get 429 (logged once; if it is a proxy of yours, list it in [server] trusted_proxies)"
                         );
                     }
-                    refuse(stream, Refusal::PerIp, &overflow, &metrics);
+                    refuse(stream, why, &overflow, &metrics);
                     continue;
                 }
             }
@@ -187,6 +212,8 @@ enum Refusal {
     OverCapacity,
     /// Its address holds `max_connections_per_ip`: 429.
     PerIp,
+    /// Its /24 or /56 holds `max_connections_per_prefix`: 429.
+    PerPrefix,
 }
 
 impl Refusal {
@@ -195,6 +222,7 @@ impl Refusal {
         match self {
             Refusal::OverCapacity => "over_capacity",
             Refusal::PerIp => "per_ip",
+            Refusal::PerPrefix => "per_prefix",
         }
     }
 
@@ -202,6 +230,7 @@ impl Refusal {
         match self {
             Refusal::OverCapacity => Dropped::OverCapacity,
             Refusal::PerIp => Dropped::PerIp,
+            Refusal::PerPrefix => Dropped::PerPrefix,
         }
     }
 
@@ -215,6 +244,11 @@ impl Refusal {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-connections",
                 "this address has as many connections open as one address may; reuse one, or retry when one closes",
+            ),
+            Refusal::PerPrefix => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-connections",
+                "this network (/24 or /56) has as many connections open as one network may; retry when one closes",
             ),
         };
         ApiError {
