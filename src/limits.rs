@@ -257,6 +257,10 @@ impl Backoff {
     pub fn forgive(&mut self, who: &str) {
         if let Some(f) = self.entries.get_mut(who) {
             f.count = f.count.saturating_sub(1);
+            if f.count == 0 {
+                // Nothing left to remember: a site's right codes do not fill the map.
+                self.entries.remove(who);
+            }
         }
     }
 }
@@ -361,6 +365,9 @@ mod tests {
         assert_eq!(b.check("a", t(3)), Err(1));
         b.forgive("a");
         assert!(b.check("a", t(3)).is_ok());
+        b.fail("right-first-time", t(4));
+        b.forgive("right-first-time");
+        assert!(!b.entries.contains_key("right-first-time"));
     }
 
     #[test]
