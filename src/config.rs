@@ -68,6 +68,9 @@ pub struct LimitsConfig {
     /// and per client address.
     pub renews_per_lease: u32,
     pub renews_per_ip: u32,
+    /// Open event streams (`GET /v1/leases/{id}/events`) per lease and per client address.
+    pub event_streams_per_lease: u32,
+    pub event_streams_per_ip: u32,
 }
 
 /// The demo page (`[demo]`): a tiny classifieds page using the drop-in script.
@@ -279,6 +282,8 @@ struct RawLimits {
     publishable_per_session: Option<u32>,
     renews_per_lease: Option<u32>,
     renews_per_ip: Option<u32>,
+    event_streams_per_lease: Option<u32>,
+    event_streams_per_ip: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -1071,6 +1076,8 @@ fn validate_limits(l: RawLimits, warnings: &mut Vec<String>) -> Result<LimitsCon
         publishable_per_session: count("publishable_per_session", l.publishable_per_session, 20)?,
         renews_per_lease: count("renews_per_lease", l.renews_per_lease, 10)?,
         renews_per_ip: count("renews_per_ip", l.renews_per_ip, 300)?,
+        event_streams_per_lease: count("event_streams_per_lease", l.event_streams_per_lease, 8)?,
+        event_streams_per_ip: count("event_streams_per_ip", l.event_streams_per_ip, 64)?,
     })
 }
 
@@ -1379,6 +1386,7 @@ mod tests {
             (60, 240, 20)
         );
         assert_eq!((l.renews_per_lease, l.renews_per_ip), (10, 300));
+        assert_eq!((l.event_streams_per_lease, l.event_streams_per_ip), (8, 64));
         let e = error_of(&format!(
             "[limits]\npublishable_per_ip = 100\npublishable_per_prefix = 50\n{}",
             pool("")

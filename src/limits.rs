@@ -59,10 +59,14 @@ pub enum Limit {
     RedeemPrefix,
     /// Wrong access codes, per (tenant, `client` value).
     RedeemClient,
+    /// Open event streams, per lease.
+    StreamLease,
+    /// Open event streams, per client address.
+    StreamIp,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 11] = [
         Limit::PageIp,
         Limit::PagePrefix,
         Limit::PageSession,
@@ -72,6 +76,8 @@ impl Limit {
         Limit::RedeemIp,
         Limit::RedeemPrefix,
         Limit::RedeemClient,
+        Limit::StreamLease,
+        Limit::StreamIp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +91,8 @@ impl Limit {
             Limit::RedeemIp => "redeem_ip",
             Limit::RedeemPrefix => "redeem_prefix",
             Limit::RedeemClient => "redeem_client",
+            Limit::StreamLease => "stream_lease",
+            Limit::StreamIp => "stream_ip",
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub twilio: Option<Arc<crate::config::TwilioConfig>>,
     pub limits: Arc<tickets::RedeemLimits>,
     pub pages: Arc<site::PageLimits>,
+    /// Open event streams per lease and per client address.
+    pub streams: Arc<events::StreamLimits>,
     /// Page origins allowed by publishable keys: these get CORS headers.
     pub origins: Arc<HashSet<String>>,
     /// Proxies whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
@@ -68,6 +70,7 @@ impl AppState {
             twilio: config.twilio.clone().map(Arc::new),
             limits: Arc::new(tickets::RedeemLimits::new(&config.limits)),
             pages: Arc::new(site::PageLimits::new(&config.limits, &config.pools)),
+            streams: Arc::new(events::StreamLimits::new(&config.limits)),
             origins: Arc::new(
                 config
                     .keys
