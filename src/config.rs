@@ -68,6 +68,9 @@ pub struct LimitsConfig {
     /// and per client address.
     pub renews_per_lease: u32,
     pub renews_per_ip: u32,
+    /// Open event streams (`GET /v1/leases/{id}/events`) per lease and per client address.
+    pub event_streams_per_lease: u32,
+    pub event_streams_per_ip: u32,
 }
 
 /// The demo page (`[demo]`): a tiny classifieds page using the drop-in script.
@@ -137,9 +140,19 @@ pub struct ConnectionLimits {
     /// Connections served at once; beyond, a new one gets an immediate 503 and is closed.
     /// Lowered at start-up to what the process's open-file limit allows.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; beyond, a new one gets an immediate
+    /// 429 and is closed, so one address cannot take every slot. Peers in `trusted_proxies`
+    /// (which carry many clients) are not held to it. 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// The same for one address prefix (/24 IPv4, /56 IPv6): an IPv6 host holds a whole /64,
+    /// so a per-address cap alone would not hold it. 0: no per-prefix cap.
+    pub max_connections_per_prefix: usize,
     /// On SIGTERM, requests in progress get this long to finish; then their connections are
     /// closed, the store flushed, and the process exits 0.
     pub drain_timeout: Duration,
+    /// A request (reading its body included; event streams excepted) not answered within
+    /// this gets 408 if its body was still arriving, else 503.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -148,7 +161,10 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_connections_per_prefix: 1024,
             drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -266,6 +282,8 @@ struct RawLimits {
     publishable_per_session: Option<u32>,
     renews_per_lease: Option<u32>,
     renews_per_ip: Option<u32>,
+    event_streams_per_lease: Option<u32>,
+    event_streams_per_ip: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -296,7 +314,10 @@ struct RawServer {
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<u64>,
+    max_connections_per_ip: Option<u64>,
+    max_connections_per_prefix: Option<u64>,
     drain_timeout: Option<String>,
+    request_timeout: Option<String>,
     trusted_proxies: Option<Vec<String>>,
 }
 
@@ -508,6 +529,27 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             "[server] max_connections = {max_connections}: expected 1 to 1000000"
         ));
     }
+    let max_connections_per_ip = raw
+        .max_connections_per_ip
+        .unwrap_or(defaults.max_connections_per_ip as u64);
+    if max_connections_per_ip > 1_000_000 {
+        return Err(format!(
+            "[server] max_connections_per_ip = {max_connections_per_ip}: expected 0 (no cap) to 1000000"
+        ));
+    }
+    let max_connections_per_prefix = match raw.max_connections_per_prefix {
+        Some(n) => n,
+        // Four addresses' worth by default, as for page allocations.
+        None if raw.max_connections_per_ip.is_some() => max_connections_per_ip.saturating_mul(4),
+        None => defaults.max_connections_per_prefix as u64,
+    };
+    if max_connections_per_prefix > 4_000_000
+        || (max_connections_per_prefix > 0 && max_connections_per_prefix < max_connections_per_ip)
+    {
+        return Err(format!(
+            "[server] max_connections_per_prefix = {max_connections_per_prefix}: expected 0 (no cap), or max_connections_per_ip ({max_connections_per_ip}) to 4000000"
+        ));
+    }
     let connections = ConnectionLimits {
         header_timeout: bounded(
             "header_timeout",
@@ -524,11 +566,20 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
             secs(3600),
         )?,
         max_connections: max_connections as usize,
+        max_connections_per_ip: max_connections_per_ip as usize,
+        max_connections_per_prefix: max_connections_per_prefix as usize,
         drain_timeout: bounded(
             "drain_timeout",
             &raw.drain_timeout,
             defaults.drain_timeout,
             secs(0),
+            secs(600),
+        )?,
+        request_timeout: bounded(
+            "request_timeout",
+            &raw.request_timeout,
+            defaults.request_timeout,
+            secs(1),
             secs(600),
         )?,
     };
@@ -1025,6 +1076,8 @@ fn validate_limits(l: RawLimits, warnings: &mut Vec<String>) -> Result<LimitsCon
         publishable_per_session: count("publishable_per_session", l.publishable_per_session, 20)?,
         renews_per_lease: count("renews_per_lease", l.renews_per_lease, 10)?,
         renews_per_ip: count("renews_per_ip", l.renews_per_ip, 300)?,
+        event_streams_per_lease: count("event_streams_per_lease", l.event_streams_per_lease, 8)?,
+        event_streams_per_ip: count("event_streams_per_ip", l.event_streams_per_ip, 64)?,
     })
 }
 
@@ -1333,6 +1386,7 @@ mod tests {
             (60, 240, 20)
         );
         assert_eq!((l.renews_per_lease, l.renews_per_ip), (10, 300));
+        assert_eq!((l.event_streams_per_lease, l.event_streams_per_ip), (8, 64));
         let e = error_of(&format!(
             "[limits]\npublishable_per_ip = 100\npublishable_per_prefix = 50\n{}",
             pool("")
@@ -1430,9 +1484,15 @@ mod tests {
         assert_eq!(c.server.connections.header_timeout, Duration::from_secs(30));
         assert_eq!(c.server.connections.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.server.connections.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.connections.max_connections_per_ip, 256);
+        assert_eq!(c.server.connections.max_connections_per_prefix, 1024);
+        assert_eq!(
+            c.server.connections.request_timeout,
+            Duration::from_secs(30)
+        );
         let server = |lines: &str| format!("[server]\n{lines}\n{}", pool(""));
         let c = parse(&server(
-            "header_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 8\ndrain_timeout = \"0s\"",
+            "header_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 8\nmax_connections_per_ip = 0\ndrain_timeout = \"0s\"\nrequest_timeout = \"1m\"",
         ))
         .unwrap();
         assert_eq!(
@@ -1441,7 +1501,10 @@ mod tests {
                 header_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(300),
                 max_connections: 8,
+                max_connections_per_ip: 0,
+                max_connections_per_prefix: 0,
                 drain_timeout: Duration::ZERO,
+                request_timeout: Duration::from_secs(60),
             }
         );
         for (line, message) in [
@@ -1464,6 +1527,18 @@ mod tests {
             (
                 "max_connections = 0",
                 "[server] max_connections = 0: expected 1 to 1000000",
+            ),
+            (
+                "max_connections_per_ip = 1000001",
+                "[server] max_connections_per_ip = 1000001: expected 0 (no cap) to 1000000",
+            ),
+            (
+                "max_connections_per_ip = 10\nmax_connections_per_prefix = 5",
+                "[server] max_connections_per_prefix = 5: expected 0 (no cap), or max_connections_per_ip (10) to 4000000",
+            ),
+            (
+                "request_timeout = \"0s\"",
+                "[server] request_timeout = \"0s\": expected 1s to 10m",
             ),
         ] {
             let e = error_of(&server(line));

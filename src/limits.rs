@@ -10,8 +10,32 @@ use std::time::Duration;
 
 use crate::core::{retry_after_secs, Timestamp};
 
-/// Most subjects remembered; beyond, expired entries are dropped first.
+/// Subjects remembered before the first sweep of expired ones. A sweep scans every subject,
+/// so the next one waits until the map has doubled: under a flood of distinct subjects (an
+/// attacker rotating IPv6 addresses) each request stays cheap (amortised O(1)) instead of
+/// rescanning every live subject, and memory stays within twice what is live.
 const MAX_SUBJECTS: usize = 100_000;
+
+/// When to sweep a map of subjects: once it holds `next` of them.
+#[derive(Debug)]
+struct Sweep {
+    next: usize,
+}
+
+impl Sweep {
+    fn new() -> Self {
+        Sweep { next: MAX_SUBJECTS }
+    }
+
+    /// Runs `sweep` (which drops expired subjects and returns how many are left) when the map
+    /// holds `len` subjects and has grown enough since the last sweep.
+    fn maybe(&mut self, len: usize, sweep: impl FnOnce() -> usize) {
+        if len >= self.next {
+            let left = sweep();
+            self.next = MAX_SUBJECTS.max(left.saturating_mul(2));
+        }
+    }
+}
 
 /// Every abuse limit, as `leaseline_rejected_by_limits_total` labels it: a closed set, so the
 /// label stays bounded and every series exists from the start.
@@ -35,10 +59,14 @@ pub enum Limit {
     RedeemPrefix,
     /// Wrong access codes, per (tenant, `client` value).
     RedeemClient,
+    /// Open event streams, per lease.
+    StreamLease,
+    /// Open event streams, per client address.
+    StreamIp,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 11] = [
         Limit::PageIp,
         Limit::PagePrefix,
         Limit::PageSession,
@@ -48,6 +76,8 @@ impl Limit {
         Limit::RedeemIp,
         Limit::RedeemPrefix,
         Limit::RedeemClient,
+        Limit::StreamLease,
+        Limit::StreamIp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +91,8 @@ impl Limit {
             Limit::RedeemIp => "redeem_ip",
             Limit::RedeemPrefix => "redeem_prefix",
             Limit::RedeemClient => "redeem_client",
+            Limit::StreamLease => "stream_lease",
+            Limit::StreamIp => "stream_ip",
         }
     }
 }
@@ -181,6 +213,7 @@ struct Failures {
 pub struct Backoff {
     policy: BackoffPolicy,
     entries: HashMap<String, Failures>,
+    sweep: Sweep,
 }
 
 impl Backoff {
@@ -188,6 +221,7 @@ impl Backoff {
         Backoff {
             policy,
             entries: HashMap::new(),
+            sweep: Sweep::new(),
         }
     }
 
@@ -212,11 +246,11 @@ impl Backoff {
 
     /// Counts a failure of `who` at `now`.
     pub fn fail(&mut self, who: &str, now: Timestamp) {
-        if self.entries.len() >= MAX_SUBJECTS {
-            let forget = self.policy.forget;
-            self.entries
-                .retain(|_, f| now < f.last.saturating_add(forget));
-        }
+        let (forget, entries) = (self.policy.forget, &mut self.entries);
+        self.sweep.maybe(entries.len(), || {
+            entries.retain(|_, f| now < f.last.saturating_add(forget));
+            entries.len()
+        });
         let count = self.live(who, now).map_or(0, |f| f.count);
         self.entries.insert(
             who.to_owned(),
@@ -231,6 +265,10 @@ impl Backoff {
     pub fn forgive(&mut self, who: &str) {
         if let Some(f) = self.entries.get_mut(who) {
             f.count = f.count.saturating_sub(1);
+            if f.count == 0 {
+                // Nothing left to remember: a site's right codes do not fill the map.
+                self.entries.remove(who);
+            }
         }
     }
 }
@@ -241,6 +279,7 @@ pub struct RateLimiter {
     limit: u32,
     window: Duration,
     counts: HashMap<String, (Timestamp, u32)>,
+    sweep: Sweep,
 }
 
 impl RateLimiter {
@@ -249,16 +288,17 @@ impl RateLimiter {
             limit,
             window,
             counts: HashMap::new(),
+            sweep: Sweep::new(),
         }
     }
 
     /// Counts one request of `who`; `Err(seconds)` if it is over the limit.
     pub fn hit(&mut self, who: &str, now: Timestamp) -> Result<(), u64> {
-        let window = self.window;
-        if self.counts.len() >= MAX_SUBJECTS {
-            self.counts
-                .retain(|_, (start, _)| now < start.saturating_add(window));
-        }
+        let (window, counts) = (self.window, &mut self.counts);
+        self.sweep.maybe(counts.len(), || {
+            counts.retain(|_, (start, _)| now < start.saturating_add(window));
+            counts.len()
+        });
         let (start, n) = self.counts.entry(who.to_owned()).or_insert((now, 0));
         if now >= start.saturating_add(window) {
             *start = now;
@@ -333,6 +373,9 @@ mod tests {
         assert_eq!(b.check("a", t(3)), Err(1));
         b.forgive("a");
         assert!(b.check("a", t(3)).is_ok());
+        b.fail("right-first-time", t(4));
+        b.forgive("right-first-time");
+        assert!(!b.entries.contains_key("right-first-time"));
     }
 
     #[test]
@@ -343,6 +386,50 @@ mod tests {
         assert_eq!(r.hit("ip", t(2)), Err(58));
         assert!(r.hit("other", t(2)).is_ok());
         assert!(r.hit("ip", t(60)).is_ok());
+    }
+
+    /// Hits `n` distinct subjects, failing the test once `budget` is spent: a limiter that
+    /// rescans every subject it knows on each new one (quadratic) gives up here quickly.
+    fn many_subjects(n: usize, budget: Duration, mut hit: impl FnMut(&str)) {
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            hit(&format!("2001:db8::{i:x}"));
+            if i % 1024 == 0 {
+                assert!(
+                    started.elapsed() < budget,
+                    "{i} distinct subjects took {:?}: each new one costs a scan of all",
+                    started.elapsed()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_of_distinct_addresses_costs_each_request_little() {
+        // An attacker rotating IPv6 addresses keeps more subjects live than the limiter's
+        // nominal size within one window: every hit must stay cheap, not rescan them all.
+        let mut r = RateLimiter::new(60, Duration::from_secs(60));
+        many_subjects(3 * MAX_SUBJECTS, Duration::from_secs(10), |who| {
+            let _ = r.hit(who, t(1));
+        });
+        // Still counting: a subject over its limit is refused.
+        for _ in 0..60 {
+            r.hit("203.0.113.1", t(2)).unwrap();
+        }
+        assert!(r.hit("203.0.113.1", t(2)).is_err());
+        // Once the window is over, the flood is forgotten at the next sweep.
+        many_subjects(4 * MAX_SUBJECTS, Duration::from_secs(10), |who| {
+            let _ = r.hit(&format!("later-{who}"), t(120));
+        });
+        assert!(
+            r.counts.len() <= 4 * MAX_SUBJECTS,
+            "{} subjects kept: the expired ones were not dropped",
+            r.counts.len()
+        );
+        let mut b = backoff();
+        many_subjects(3 * MAX_SUBJECTS, Duration::from_secs(10), |who| {
+            b.fail(who, t(1))
+        });
     }
 
     fn ip(s: &str) -> IpAddr {

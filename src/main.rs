@@ -259,6 +259,19 @@ fn check(path: &std::path::Path) -> ExitCode {
         fmt_duration(r.max_delay),
         fmt_duration(r.forget)
     );
+    let cl = &c.server.connections;
+    let cap = |n: usize| match n {
+        0 => "no cap".to_string(),
+        n => n.to_string(),
+    };
+    println!(
+        "connections: {} at once, per address {}, per /24 or /56 {}; event streams per lease {}, per address {}",
+        cl.max_connections,
+        cap(cl.max_connections_per_ip),
+        cap(cl.max_connections_per_prefix),
+        l.event_streams_per_lease,
+        l.event_streams_per_ip
+    );
     let proxies: Vec<String> = c
         .server
         .trusted_proxies

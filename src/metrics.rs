@@ -49,14 +49,20 @@ pub enum Dropped {
     OverCapacity,
     /// Still open when shutdown's `drain_timeout` ran out.
     DrainTimeout,
+    /// Its address already held `max_connections_per_ip`: answered 429 (or refused) at once.
+    PerIp,
+    /// Its /24 or /56 already held `max_connections_per_prefix`: answered 429 (or refused).
+    PerPrefix,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 4] = [
+    pub const ALL: [Dropped; 6] = [
         Dropped::HeaderTimeout,
         Dropped::IdleTimeout,
         Dropped::OverCapacity,
         Dropped::DrainTimeout,
+        Dropped::PerIp,
+        Dropped::PerPrefix,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +71,8 @@ impl Dropped {
             Dropped::IdleTimeout => "idle_timeout",
             Dropped::OverCapacity => "over_capacity",
             Dropped::DrainTimeout => "drain_timeout",
+            Dropped::PerIp => "per_ip",
+            Dropped::PerPrefix => "per_prefix",
         }
     }
 }
@@ -338,7 +346,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "leaseline_http_connections_dropped_total",
-                        "Connections the server closed on its own, by reason (header_timeout, idle_timeout, over_capacity, drain_timeout).",
+                        "Connections the server closed on its own, by reason (header_timeout, idle_timeout, over_capacity, per_ip, per_prefix, drain_timeout).",
                     ),
                     &["reason"],
                 )

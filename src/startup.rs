@@ -188,6 +188,7 @@ impl Application {
             self.listener,
             router(self.state.clone()),
             self.connections,
+            Arc::clone(&self.state.trusted_proxies),
             Arc::clone(&self.state.metrics),
             shutdown,
         )

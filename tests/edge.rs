@@ -447,3 +447,129 @@ fn handlers_still_see_the_clients_address() {
     let other = allocate("127.1.2.3", "c");
     assert_eq!(other.status, 201, "{:?}", other.json());
 }
+
+#[test]
+fn a_body_declared_over_the_limit_is_refused_at_once_and_never_invited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&edge_config(dir.path(), ""));
+    for (length, expect) in [("99999999999", true), ("70000", false)] {
+        let mut c = connect(&server);
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let expect = if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        c.write_all(
+            format!(
+                "POST /v1/leases HTTP/1.1\r\nHost: leaseline\r\nAuthorization: Bearer {SITE}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{expect}\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        // No body is sent: the length alone says it is too large. Neither a `100 Continue`
+        // (inviting gigabytes) nor a 503 after the request timeout.
+        let started = Instant::now();
+        let a = read_answer(&mut c);
+        a.assert_problem(413);
+        assert!(started.elapsed() < Duration::from_secs(2), "{length}");
+        assert!(
+            a.json()["detail"].as_str().unwrap().contains("64 KiB"),
+            "{a:?}"
+        );
+    }
+}
+
+#[test]
+fn a_body_sent_too_slowly_is_answered_408_not_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&edge_config(dir.path(), "request_timeout = \"1s\""));
+    let mut c = connect(&server);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!(
+            "POST /v1/leases HTTP/1.1\r\nHost: leaseline\r\nAuthorization: Bearer {SITE}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"pool\""
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let a = read_answer(&mut c);
+    // The client's fault, said as such: 408, not "the server took too long, retry" (503).
+    a.assert_problem(408);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900)
+            && started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.header("connection"), Some("close"), "{a:?}");
+}
+
+#[test]
+fn one_address_or_network_cannot_hold_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&edge_config(
+        dir.path(),
+        "max_connections = 50\nmax_connections_per_ip = 3\nmax_connections_per_prefix = 4\ntrusted_proxies = [\"127.0.3.3\"]",
+    ));
+    let refused = |from: &str, reason: &str| {
+        let mut c = connect_from(&server, from);
+        let started = Instant::now();
+        let a = read_answer(&mut c);
+        a.assert_problem(429);
+        assert_eq!(a.header("retry-after"), Some("1"));
+        assert!(
+            a.json()["detail"].as_str().unwrap().contains(reason),
+            "{a:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        closed_by_server(&mut c, Instant::now(), Duration::from_secs(3));
+    };
+    // One address opens connections and keeps them.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect_from(&server, "127.0.1.2");
+        assert_eq!(ask(&mut c, HEALTHZ).status, 200);
+        held.push(c);
+    }
+    refused("127.0.1.2", "this address");
+    // Its neighbours in the same /24 share the network's allowance.
+    let mut c = connect_from(&server, "127.0.1.5");
+    assert_eq!(ask(&mut c, HEALTHZ).status, 200);
+    held.push(c);
+    refused("127.0.1.6", "this network");
+    // Everyone else is still served, /healthz first.
+    let mut other = connect_from(&server, "127.0.2.4");
+    assert_eq!(ask(&mut other, HEALTHZ).status, 200);
+    // A trusted proxy carries many clients: it is not held to one client's share.
+    let mut proxied = Vec::new();
+    for _ in 0..6 {
+        let mut c = connect_from(&server, "127.0.3.3");
+        assert_eq!(ask(&mut c, HEALTHZ).status, 200);
+        proxied.push(c);
+    }
+    // When one of the address's connections closes, it may open another.
+    held.remove(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = connect_from(&server, "127.0.1.2");
+        let a = ask(&mut c, HEALTHZ);
+        if a.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {a:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = ureq_free_metrics(&mut other);
+    for reason in ["per_ip", "per_prefix"] {
+        let series = format!("leaseline_http_connections_dropped_total{{reason=\"{reason}\"}} ");
+        let count: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("{series} missing from\n{m}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{series}{count}");
+    }
+}

@@ -1,15 +1,17 @@
 //! Abuse limits and isolation: caps on live leases per session and per tenant, per-key
-//! allocation rates, admin keys scoped to pools, header limits, and tenants who cannot reach
-//! each other's leases.
+//! allocation rates, admin keys scoped to pools, header limits, open event streams per lease
+//! and per address, and tenants who cannot reach each other's leases.
 
 mod common;
 
 use std::path::Path;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::Request;
 use common::*;
 use serde_json::json;
+use tower::ServiceExt;
 
 const SCOPED_ADMIN: &str = "scoped-admin-key";
 
@@ -244,4 +246,84 @@ async fn the_bearer_scheme_is_accepted_in_any_case() {
         .body(Body::empty())
         .unwrap();
     app.send(req).await.assert_problem(401, "Bearer <key>");
+}
+
+/// Opens `GET /v1/leases/{lease}/events` from `from` and keeps the stream (its response)
+/// open for as long as the caller holds it.
+async fn open_stream(app: &TestApp, lease: &str, from: &str) -> axum::response::Response {
+    let mut req = Request::get(format!("/v1/leases/{lease}/events"))
+        .body(Body::empty())
+        .unwrap();
+    let peer: std::net::SocketAddr = format!("{from}:40000").parse().unwrap();
+    req.extensions_mut().insert(ConnectInfo(peer));
+    app.router.clone().oneshot(req).await.unwrap()
+}
+
+async fn assert_stream_refused(res: axum::response::Response, needle: &str) {
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains(needle), "{text}");
+}
+
+#[tokio::test]
+async fn one_lease_or_one_address_cannot_hold_unbounded_event_streams() {
+    // Every open stream is woken for every lease event of the process, and every stream of
+    // a lease is written each of its events: streams are a cost, so they are capped.
+    let app = TestApp::with_config(|data| {
+        config(data) + "\n[limits]\nevent_streams_per_lease = 3\nevent_streams_per_ip = 5\n"
+    })
+    .await;
+    let mut leases = Vec::new();
+    for i in 0..8 {
+        // "capped" holds 5 live leases per tenant: two tenants' leases.
+        let key = if i < 5 { SITE } else { OTHER_SITE };
+        let r = alloc(&app, key, "capped", &format!("streams-{i}"), "l").await;
+        leases.push(r.json["lease_id"].as_str().unwrap().to_owned());
+    }
+    let mut held = Vec::new();
+    for i in 1..=3 {
+        let res = open_stream(&app, &leases[0], &format!("192.0.2.{i}")).await;
+        assert_eq!(res.status(), 200);
+        held.push(res);
+    }
+    assert_stream_refused(
+        open_stream(&app, &leases[0], "192.0.2.4").await,
+        "this lease",
+    )
+    .await;
+    // A stream that ends makes room.
+    held.pop();
+    let res = open_stream(&app, &leases[0], "192.0.2.4").await;
+    assert_eq!(res.status(), 200);
+    held.push(res);
+
+    // One address, on many leases: 5 streams, then 429; other addresses are not affected.
+    for lease in &leases[1..6] {
+        let res = open_stream(&app, lease, "198.51.100.9").await;
+        assert_eq!(res.status(), 200);
+        held.push(res);
+    }
+    assert_stream_refused(
+        open_stream(&app, &leases[6], "198.51.100.9").await,
+        "this address",
+    )
+    .await;
+    assert_eq!(
+        open_stream(&app, &leases[6], "198.51.100.10")
+            .await
+            .status(),
+        200
+    );
+    // An unknown lease is 404 and counts nothing.
+    let res = open_stream(&app, "0123456789abcdef0123456789abcdef", "198.51.100.11").await;
+    assert_eq!(res.status(), 404);
+
+    let m = app.call("GET", "/metrics", None, None).await.text;
+    for limit in ["stream_lease", "stream_ip"] {
+        let series = format!("leaseline_rejected_by_limits_total{{limit=\"{limit}\"}} 1");
+        assert!(m.contains(&series), "{series} missing from\n{m}");
+    }
 }

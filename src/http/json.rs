@@ -40,14 +40,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
+/// The answer to a body over [`MAX_BODY`], declared or sent.
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        format!("the request body is larger than {} KiB", MAX_BODY / 1024),
+    )
+}
+
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                format!("the request body is larger than {} KiB", MAX_BODY / 1024),
-            )
+            too_large()
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "unreadable-body", r.body_text())
         }

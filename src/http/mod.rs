@@ -14,9 +14,13 @@ mod twilio;
 mod wire;
 
 use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -41,11 +45,15 @@ pub struct AppState {
     pub twilio: Option<Arc<crate::config::TwilioConfig>>,
     pub limits: Arc<tickets::RedeemLimits>,
     pub pages: Arc<site::PageLimits>,
+    /// Open event streams per lease and per client address.
+    pub streams: Arc<events::StreamLimits>,
     /// Page origins allowed by publishable keys: these get CORS headers.
     pub origins: Arc<HashSet<String>>,
     /// Proxies whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
     pub trusted_proxies: Arc<Vec<crate::limits::Cidr>>,
     pub demo: Option<Arc<crate::config::DemoConfig>>,
+    /// A request (but an event stream) not answered within this gets 408 or 503 (`guard`).
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -62,6 +70,7 @@ impl AppState {
             twilio: config.twilio.clone().map(Arc::new),
             limits: Arc::new(tickets::RedeemLimits::new(&config.limits)),
             pages: Arc::new(site::PageLimits::new(&config.limits, &config.pools)),
+            streams: Arc::new(events::StreamLimits::new(&config.limits)),
             origins: Arc::new(
                 config
                     .keys
@@ -71,6 +80,7 @@ impl AppState {
             ),
             demo: config.demo.clone().map(Arc::new),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
+            request_timeout: config.server.connections.request_timeout,
         }
     }
 }
@@ -135,7 +145,7 @@ fn routes() -> Router<AppState> {
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .layer(middleware::from_fn_with_state(state.clone(), site::cors))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(CatchPanicLayer::custom(|_| {
             // The panic's message and place are already on stderr (the panic hook); the
@@ -169,11 +179,50 @@ const MAX_HEADERS: usize = 64;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Longest URL (path and query) accepted; no route needs a tenth of it.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
-/// A request (but an event stream) that takes longer is answered 503: a slow client or a
-/// stuck disk cannot hold a connection forever.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How far a request's body has been read, for `guard` to say whose fault a timeout is.
+#[derive(Default)]
+struct BodyProgress {
+    started: AtomicBool,
+    finished: AtomicBool,
+}
 
-async fn guard(req: Request, next: Next) -> Response {
+/// A request body that reports to [`BodyProgress`] when a handler starts reading it and when
+/// it has all arrived (or failed).
+struct TrackedBody {
+    body: Body,
+    progress: Arc<BodyProgress>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.progress.started.store(true, Ordering::Relaxed);
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.body.is_end_stream() {
+            self.progress.finished.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Bounds what a request may ask before it reaches a handler: URL length, header count and
+/// size, a declared body over the limit (413 at once: nothing is read, and no
+/// `100 Continue` invites it), and time — a request not answered within `request_timeout`
+/// gets 408 if its body was still arriving (the client is slow), else 503.
+async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
         return ApiError::from_status(
@@ -195,6 +244,13 @@ async fn guard(req: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > json::MAX_BODY as u64) {
+        return json::too_large().into_response();
+    }
     let streaming = req
         .extensions()
         .get::<MatchedPath>()
@@ -202,8 +258,32 @@ async fn guard(req: Request, next: Next) -> Response {
     if streaming {
         return next.run(req).await;
     }
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let progress = Arc::new(BodyProgress::default());
+    let req = req.map(|body| {
+        Body::new(TrackedBody {
+            body,
+            progress: Arc::clone(&progress),
+        })
+    });
+    match tokio::time::timeout(s.request_timeout, next.run(req)).await {
         Ok(res) => res,
+        Err(_) if progress.started.load(Ordering::Relaxed)
+            && !progress.finished.load(Ordering::Relaxed) =>
+        {
+            let mut res = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!(
+                    "the request body did not arrive within {} s; send it whole, then retry",
+                    s.request_timeout.as_secs()
+                ),
+            )
+            .into_response();
+            // The rest of the body may still be on its way: this connection is done.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            res
+        }
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
@@ -282,7 +362,7 @@ pub fn new_request_id() -> String {
 }
 
 /// The request log line and its histogram sample. `route` is a matched route or a fixed
-/// word (`unmatched`, `unparsed`, `over_capacity`), never a raw path; `method` is `-` when
+/// word (`unmatched`, `unparsed`, `over_capacity`, `per_ip`), never a raw path; `method` is `-` when
 /// the request could not be read.
 pub fn record(
     metrics: &Metrics,

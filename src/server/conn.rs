@@ -157,7 +157,8 @@ impl Drop for Open {
 }
 
 /// Serves one connection until the client leaves, a deadline passes, or shutdown (`stop`)
-/// closes it. Holding `_slot` counts it against `max_connections`.
+/// closes it. Holding `_slots` counts it against `max_connections` and its address's and
+/// network's caps.
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -165,7 +166,7 @@ pub(super) async fn serve(
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, Option<super::ClientSlot>),
 ) {
     metrics.connections.inc();
     let _open = Open(Arc::clone(&metrics));

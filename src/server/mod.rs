@@ -10,9 +10,11 @@
 mod conn;
 mod io;
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -24,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ConnectionLimits;
 use crate::http::ApiError;
+use crate::limits::{prefix_of, Cidr};
 use crate::metrics::{Dropped, Metrics};
 
 /// Connections over the cap that may be answered 503 at the same time; beyond, a new
@@ -34,12 +37,79 @@ const OVERFLOW_ANSWER_TIME: Duration = Duration::from_secs(1);
 /// logs, over-capacity answers.
 const RESERVED_FILES: u64 = 128 + OVERFLOW_ANSWERS as u64;
 
+/// Connections held per client address and per address prefix (/24, /56), for
+/// `max_connections_per_ip` and `max_connections_per_prefix` (0: no cap).
+struct Clients {
+    per_ip: usize,
+    per_prefix: usize,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    ips: HashMap<IpAddr, usize>,
+    prefixes: HashMap<Cidr, usize>,
+}
+
+/// One connection counted against its address and prefix until dropped.
+pub(super) struct ClientSlot {
+    clients: Arc<Clients>,
+    ip: IpAddr,
+    prefix: Cidr,
+}
+
+impl Clients {
+    /// A slot for one more connection from `ip`, or why not: its address, or its network,
+    /// holds its share already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<ClientSlot, Refusal> {
+        let prefix = prefix_of(ip);
+        let mut held = self.held.lock().expect("per-address lock");
+        let on_ip = held.ips.get(&ip).copied().unwrap_or(0);
+        if self.per_ip > 0 && on_ip >= self.per_ip {
+            return Err(Refusal::PerIp);
+        }
+        let on_prefix = held.prefixes.get(&prefix).copied().unwrap_or(0);
+        if self.per_prefix > 0 && on_prefix >= self.per_prefix {
+            return Err(Refusal::PerPrefix);
+        }
+        held.ips.insert(ip, on_ip + 1);
+        held.prefixes.insert(prefix, on_prefix + 1);
+        Ok(ClientSlot {
+            clients: Arc::clone(self),
+            ip,
+            prefix,
+        })
+    }
+}
+
+/// One fewer for `key`; forgotten at zero, so the maps hold only addresses with connections.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.clients.held.lock().expect("per-address lock");
+        release(&mut held.ips, &self.ip);
+        release(&mut held.prefixes, &self.prefix);
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets requests
 /// in progress finish for at most `drain_timeout`, and closes every connection left.
+/// Connections from one address beyond `max_connections_per_ip`, or from one /24 or /56
+/// beyond `max_connections_per_prefix`, get an immediate 429, but from `trusted` proxies,
+/// which carry many clients.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    trusted: Arc<Vec<Cidr>>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -47,6 +117,13 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(cap));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_ANSWERS));
     let full = AtomicBool::new(false);
+    let clients = Arc::new(Clients {
+        per_ip: limits.max_connections_per_ip,
+        per_prefix: limits.max_connections_per_prefix,
+        held: Mutex::new(Held::default()),
+    });
+    let capped = limits.max_connections_per_ip > 0 || limits.max_connections_per_prefix > 0;
+    let warned_per_ip = AtomicBool::new(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -65,6 +142,25 @@ pub async fn serve(
                 }
             },
         };
+        let ip = peer.ip().to_canonical();
+        let ip_slot = if !capped || trusted.iter().any(|c| c.contains(ip)) {
+            None
+        } else {
+            match clients.take(ip) {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    if !warned_per_ip.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            max_connections_per_ip = limits.max_connections_per_ip,
+                            max_connections_per_prefix = limits.max_connections_per_prefix,
+                            "an address or its network holds as many connections as it may: its new connections get 429 (logged once; if it is a proxy of yours, list it in [server] trusted_proxies)"
+                        );
+                    }
+                    refuse(stream, why, &overflow, &metrics);
+                    continue;
+                }
+            }
+        };
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
                 full.store(false, Ordering::Relaxed);
@@ -75,7 +171,7 @@ pub async fn serve(
                     limits,
                     Arc::clone(&metrics),
                     stop_rx.clone(),
-                    slot,
+                    (slot, ip_slot),
                 ));
             }
             Err(_) => {
@@ -85,20 +181,7 @@ pub async fn serve(
                         "connection cap reached: new connections get 503 until some close"
                     );
                 }
-                metrics
-                    .connections_dropped
-                    .with_label_values(&[Dropped::OverCapacity.as_str()])
-                    .inc();
-                match Arc::clone(&overflow).try_acquire_owned() {
-                    Ok(permit) => {
-                        let metrics = Arc::clone(&metrics);
-                        tokio::spawn(async move {
-                            answer_over_capacity(stream, &metrics).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => drop(stream),
-                }
+                refuse(stream, Refusal::OverCapacity, &overflow, &metrics);
             }
         }
     }
@@ -122,20 +205,87 @@ pub async fn serve(
     }
 }
 
-/// Answers a connection over the cap with a 503 problem at once, without reading the
-/// request, then lets the client's bytes drain briefly so closing does not reset the
-/// connection before the client reads the answer.
-async fn answer_over_capacity(mut stream: TcpStream, metrics: &Metrics) {
+/// Why a connection is refused as soon as it is accepted.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// `max_connections` are open: 503.
+    OverCapacity,
+    /// Its address holds `max_connections_per_ip`: 429.
+    PerIp,
+    /// Its /24 or /56 holds `max_connections_per_prefix`: 429.
+    PerPrefix,
+}
+
+impl Refusal {
+    /// The `route` label its answer is counted under.
+    fn route(self) -> &'static str {
+        match self {
+            Refusal::OverCapacity => "over_capacity",
+            Refusal::PerIp => "per_ip",
+            Refusal::PerPrefix => "per_prefix",
+        }
+    }
+
+    fn dropped(self) -> Dropped {
+        match self {
+            Refusal::OverCapacity => Dropped::OverCapacity,
+            Refusal::PerIp => Dropped::PerIp,
+            Refusal::PerPrefix => Dropped::PerPrefix,
+        }
+    }
+
+    fn problem(self) -> ApiError {
+        let problem = match self {
+            Refusal::OverCapacity => ApiError::from_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server has as many connections open as it serves at once; retry shortly",
+            ),
+            Refusal::PerIp => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-connections",
+                "this address has as many connections open as one address may; reuse one, or retry when one closes",
+            ),
+            Refusal::PerPrefix => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-connections",
+                "this network (/24 or /56) has as many connections open as one network may; retry when one closes",
+            ),
+        };
+        ApiError {
+            retry_after: Some(1),
+            ..problem
+        }
+    }
+}
+
+/// Counts a refused connection and answers it (at most [`OVERFLOW_ANSWERS`] at once; beyond,
+/// it is closed without a word).
+fn refuse(stream: TcpStream, why: Refusal, overflow: &Arc<Semaphore>, metrics: &Arc<Metrics>) {
+    metrics
+        .connections_dropped
+        .with_label_values(&[why.dropped().as_str()])
+        .inc();
+    match Arc::clone(overflow).try_acquire_owned() {
+        Ok(permit) => {
+            let metrics = Arc::clone(metrics);
+            tokio::spawn(async move {
+                answer_at_once(stream, why, &metrics).await;
+                drop(permit);
+            });
+        }
+        Err(_) => drop(stream),
+    }
+}
+
+/// Answers a refused connection with its problem at once, without reading the request, then
+/// lets the client's bytes drain briefly so closing does not reset the connection before the
+/// client reads the answer.
+async fn answer_at_once(mut stream: TcpStream, why: Refusal, metrics: &Metrics) {
     let started = Instant::now();
     let request_id = crate::http::new_request_id();
-    let answer = ApiError {
-        retry_after: Some(1),
-        ..ApiError::from_status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server has as many connections open as it serves at once; retry shortly",
-        )
-    }
-    .to_http1(&request_id);
+    let problem = why.problem();
+    let status = problem.status;
+    let answer = problem.to_http1(&request_id);
     let _ = tokio::time::timeout(OVERFLOW_ANSWER_TIME, async {
         stream.write_all(&answer).await?;
         stream.shutdown().await?;
@@ -154,7 +304,7 @@ async fn answer_over_capacity(mut stream: TcpStream, metrics: &Metrics) {
     // reached is logged once).
     metrics
         .http_duration
-        .with_label_values(&["over_capacity", "-", "503"])
+        .with_label_values(&[why.route(), "-", status.as_str()])
         .observe(started.elapsed().as_secs_f64());
 }
 
