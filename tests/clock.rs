@@ -137,6 +137,18 @@ fn a_run_with_the_clock_ahead_does_not_leave_later_runs_in_the_future() {
     )
     .unwrap();
     assert_eq!(old["state"], "expired", "{old}");
+    // Its number is in grace from now: a late caller still reaches the lease they were shown.
+    let body = json!({"call_id": "late", "event": "start", "called": ahead["number"], "caller": "+33699999999"});
+    let (_, late) = http(
+        &agent(),
+        "POST",
+        &server.url("/v1/calls"),
+        Some(TELEPHONY),
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(late["reason"], "grace", "{late}");
+    assert_eq!(late["lease_id"], ahead["lease_id"], "{late}");
     let body = json!({"call_id": "c1", "event": "start", "called": lease["number"], "caller": "+33612345678",
                       "at": chrono::Utc::now().to_rfc3339()});
     let (status, call) = http(

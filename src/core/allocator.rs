@@ -846,8 +846,8 @@ impl Allocator {
     /// Runs on from `now` although the state was last written at `mark`, later than `now` (the
     /// wall clock was ahead then, or is behind now). Nothing comes back to life: every lease
     /// that had expired by `mark`, and every lease stamped after `now` (made while the clock
-    /// was ahead), ends at `now`, so its number cools from now on and its late callers keep
-    /// their grace. Leases live at `mark` and made before `now` go on unchanged. Returns how
+    /// was ahead; its stamps are brought back to `now`), ends at `now`, so its number cools
+    /// from now on and its late callers keep their grace. Leases live at `mark` and made before `now` go on unchanged. Returns how
     /// many leases were ended.
     pub fn rewind_to(&mut self, mark: Timestamp, now: Timestamp, out: &mut Outbox) -> usize {
         let untrusted: Vec<LeaseId> = self
@@ -857,6 +857,11 @@ impl Allocator {
             .map(|l| l.id)
             .collect();
         for &id in &untrusted {
+            // A lease stamped in the future is brought back to now, so its late callers find
+            // it (attribution looks for the lease created before the call) and get its grace.
+            let lease = self.leases.get_mut(&id).expect("just seen");
+            lease.created_at = lease.created_at.min(now);
+            lease.expires_at = lease.expires_at.min(now.max(lease.created_at));
             self.end(id, now, EndReason::Expired, out);
             let cool_until = self.cool_until(&self.leases[&id]);
             self.schedule(cool_until, Due::Lease(id), out);

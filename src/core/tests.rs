@@ -457,6 +457,11 @@ fn a_clock_rewind_revives_nothing_and_ends_leases_stamped_in_the_future() {
     assert_eq!(a.lease(&old.id).unwrap().state(now), LeaseState::Expired);
     assert_eq!(a.lease(&future.id).unwrap().state(now), LeaseState::Expired);
     assert_eq!(a.lease(&live.id).unwrap().state(now), LeaseState::Active);
+    // The lease stamped in the future now reads as made and ended now; its caller has grace.
+    let f = a.lease(&future.id).unwrap();
+    assert_eq!((f.created_at, f.expires_at), (now, now));
+    let late = a.attribute(future.number, None, None, at(21));
+    assert_eq!((late.reason, late.lease), (Reason::Grace, Some(future.id)));
     assert!(!a.take_effects().is_empty(), "the endings are persisted");
     let s = a.pool_stats(PoolId(0));
     assert_eq!((s.free, s.leased, s.cooling), (0, 1, 2));
