@@ -99,7 +99,9 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     failed: AtomicBool,
-    events: broadcast::Sender<Arc<LeaseEvent>>,
+    /// Live event channels, one per lease someone follows: a publish wakes only that lease's
+    /// streams (one process-wide channel woke every stream for every event).
+    streams: Mutex<Streams>,
     backlog: Mutex<HashMap<LeaseId, VecDeque<Arc<LeaseEvent>>>>,
     next_event: AtomicU64,
     /// Becomes true when shutdown starts, so long-lived streams end and draining can finish.
@@ -127,7 +129,7 @@ impl Service {
             clock,
             metrics,
             failed: AtomicBool::new(false),
-            events: broadcast::channel(4096).0,
+            streams: Mutex::new(Streams::default()),
             backlog: Mutex::new(HashMap::new()),
             next_event: AtomicU64::new(first_event),
             closing: tokio::sync::watch::channel(false).0,
@@ -404,7 +406,11 @@ impl Service {
         id: &LeaseId,
         last_seen: Option<u64>,
     ) -> (Vec<Arc<LeaseEvent>>, broadcast::Receiver<Arc<LeaseEvent>>) {
-        let rx = self.events.subscribe();
+        let rx = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribe(*id);
         // A new client starts from the lease's current state; only a reconnecting one
         // (with the id of the last event it saw) is owed the events since.
         let backlog = match (last_seen, self.backlog.lock()) {
@@ -671,7 +677,10 @@ impl Service {
                     }
                     q.push_back(Arc::clone(&e));
                 }
-                let _ = self.events.send(e);
+                self.streams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(e);
             };
             match d.notice {
                 Notice::Ended {
@@ -745,7 +754,44 @@ impl Service {
                     if let Ok(mut b) = self.backlog.lock() {
                         b.remove(&lease);
                     }
+                    self.streams
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .by_lease
+                        .remove(&lease);
                 }
+            }
+        }
+    }
+}
+
+/// The live event channels of the leases someone follows.
+#[derive(Default)]
+struct Streams {
+    by_lease: HashMap<LeaseId, broadcast::Sender<Arc<LeaseEvent>>>,
+    /// Past this many channels, those nobody listens to any more are dropped (then the mark
+    /// doubles): subscribing to made-up ids leaves nothing behind for long, at little cost.
+    sweep_at: usize,
+}
+
+impl Streams {
+    fn subscribe(&mut self, lease: LeaseId) -> broadcast::Receiver<Arc<LeaseEvent>> {
+        if self.by_lease.len() >= self.sweep_at.max(64) {
+            self.by_lease.retain(|_, tx| tx.receiver_count() > 0);
+            self.sweep_at = self.by_lease.len() * 2;
+        }
+        self.by_lease
+            .entry(lease)
+            .or_insert_with(|| broadcast::channel(EVENT_BACKLOG).0)
+            .subscribe()
+    }
+
+    fn send(&mut self, e: Arc<LeaseEvent>) {
+        let lease = e.lease;
+        if let Some(tx) = self.by_lease.get(&lease) {
+            if tx.send(e).is_err() {
+                // Nobody follows this lease any more.
+                self.by_lease.remove(&lease);
             }
         }
     }
@@ -810,5 +856,57 @@ fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
             .and_then(|id| core.pass(&id))
             .map(|p| pass_view(core, p.clone(), now)),
         lease,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(lease: LeaseId) -> Arc<LeaseEvent> {
+        Arc::new(LeaseEvent {
+            id: 1,
+            lease,
+            kind: EventKind::Paid,
+            calls: 1,
+            calls_required: 1,
+            paid: true,
+            call_id: None,
+            duration_secs: None,
+            counted: None,
+        })
+    }
+
+    #[test]
+    fn a_lease_event_wakes_only_that_leases_streams() {
+        let (a, b) = (LeaseId::from_bytes([1; 16]), LeaseId::from_bytes([2; 16]));
+        let mut streams = Streams::default();
+        let mut on_a = streams.subscribe(a);
+        streams.send(event(b));
+        assert!(
+            on_a.try_recv().is_err(),
+            "another lease's event is not seen"
+        );
+        streams.send(event(a));
+        assert_eq!(on_a.try_recv().unwrap().lease, a);
+    }
+
+    #[test]
+    fn channels_nobody_follows_are_dropped() {
+        let mut streams = Streams::default();
+        // Streams opened on made-up ids, then closed.
+        for i in 0..1000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            drop(streams.subscribe(LeaseId::from_bytes(id)));
+        }
+        let kept = streams.subscribe(LeaseId::from_bytes([9; 16]));
+        assert!(streams.by_lease.len() <= 128, "{}", streams.by_lease.len());
+        // A lease whose followers left loses its channel at its next event.
+        let gone = LeaseId::from_bytes([7; 16]);
+        drop(streams.subscribe(gone));
+        streams.send(event(gone));
+        assert!(!streams.by_lease.contains_key(&gone));
+        drop(kept);
     }
 }
