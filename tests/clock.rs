@@ -68,14 +68,7 @@ fn stop(mut server: Server) {
 
 fn allocate(server: &Server, session: &str) -> Value {
     let body = json!({"pool": "p", "session": session});
-    let (status, v) = http(
-        &agent(),
-        "POST",
-        &server.url("/v1/leases"),
-        Some(SITE),
-        Some(&body),
-    )
-    .unwrap();
+    let (status, v) = server.post("/v1/leases", Some(SITE), &body);
     assert_eq!(status, 201, "{v}");
     v
 }
@@ -128,37 +121,16 @@ fn a_run_with_the_clock_ahead_does_not_leave_later_runs_in_the_future() {
         "{lease}"
     );
     let id = ahead["lease_id"].as_str().unwrap();
-    let (_, old) = http(
-        &agent(),
-        "GET",
-        &server.url(&format!("/v1/leases/{id}")),
-        Some(SITE),
-        None,
-    )
-    .unwrap();
+    let (_, old) = server.get(&format!("/v1/leases/{id}"), Some(SITE));
     assert_eq!(old["state"], "expired", "{old}");
     // Its number is in grace from now: a late caller still reaches the lease they were shown.
     let body = json!({"call_id": "late", "event": "start", "called": ahead["number"], "caller": "+33699999999"});
-    let (_, late) = http(
-        &agent(),
-        "POST",
-        &server.url("/v1/calls"),
-        Some(TELEPHONY),
-        Some(&body),
-    )
-    .unwrap();
+    let (_, late) = server.post("/v1/calls", Some(TELEPHONY), &body);
     assert_eq!(late["reason"], "grace", "{late}");
     assert_eq!(late["lease_id"], ahead["lease_id"], "{late}");
     let body = json!({"call_id": "c1", "event": "start", "called": lease["number"], "caller": "+33612345678",
                       "at": chrono::Utc::now().to_rfc3339()});
-    let (status, call) = http(
-        &agent(),
-        "POST",
-        &server.url("/v1/calls"),
-        Some(TELEPHONY),
-        Some(&body),
-    )
-    .unwrap();
+    let (status, call) = server.post("/v1/calls", Some(TELEPHONY), &body);
     assert_eq!(status, 200, "{call}");
     assert_eq!(call["reason"], "active", "{call}");
     stop(server);
@@ -197,14 +169,7 @@ fn a_clock_found_behind_is_refused_beyond_the_bound_and_raised_within_it() {
         "{lease} vs {first}"
     );
     let id = first["lease_id"].as_str().unwrap();
-    let (_, again) = http(
-        &agent(),
-        "GET",
-        &server.url(&format!("/v1/leases/{id}")),
-        Some(SITE),
-        None,
-    )
-    .unwrap();
+    let (_, again) = server.get(&format!("/v1/leases/{id}"), Some(SITE));
     assert_eq!(again["state"], "active", "{again}");
     stop(server);
 }

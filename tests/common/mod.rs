@@ -342,6 +342,16 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET path` with an optional key: the status and the JSON body.
+    pub fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        http(&agent(), "GET", &self.url(path), key, None).unwrap()
+    }
+
+    /// `POST path` with a JSON body and an optional key: the status and the JSON body.
+    pub fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+        http(&agent(), "POST", &self.url(path), key, Some(body)).unwrap()
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
