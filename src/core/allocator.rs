@@ -17,13 +17,13 @@ use super::lease::{
     OnExhausted, PoolSpec, PoolStats,
 };
 use super::outbox::Notice;
+use super::schedule::Schedule;
 use super::ticket::{Pass, PassSource, PoolMode, Progress, Ticket};
 use super::time::{retry_after_secs, Timestamp};
 use super::types::{
     CallKey, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey, ReturnKey,
     SessionId, Target, TenantId, TicketCode, TicketId,
 };
-use super::wheel::Wheel;
 use super::{CoreError, Effect, Outbox};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +148,8 @@ pub struct Allocator {
     /// Live leases per (pool, tenant, session) and per (pool, tenant), for the pools' caps.
     live_per_session: HashMap<(PoolId, TenantId, SessionId), u32>,
     live_per_tenant: HashMap<(PoolId, TenantId), u32>,
-    wheel: Wheel<Due>,
+    /// Every record's next deadline.
+    pub(super) schedule: Schedule,
 }
 
 impl Allocator {
@@ -224,7 +225,7 @@ impl Allocator {
             listings: HashMap::default(),
             live_per_session: HashMap::default(),
             live_per_tenant: HashMap::default(),
-            wheel: Wheel::new(0),
+            schedule: Schedule::new(),
         }
     }
 
@@ -311,7 +312,7 @@ impl Allocator {
             a.listings.insert((tenant, listing), target);
         }
         for (tick, due) in snapshot.wheel {
-            a.wheel.insert(tick, due);
+            a.schedule.restore(tick, due);
         }
         Ok(a)
     }
@@ -339,7 +340,7 @@ impl Allocator {
 
     /// Wheel entries pending, and the last tick fully fired.
     pub fn wheel_status(&self) -> (usize, u64) {
-        (self.wheel.len(), self.wheel.done_through())
+        (self.schedule.len(), self.schedule.done_through())
     }
 
     /// Gives the visitor a number: their live lease back (extended) if they already hold one
@@ -492,7 +493,7 @@ impl Allocator {
         self.count_live(&lease, true);
         self.leases.insert(new_id, lease.clone());
         out.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(expires_at, Due::Lease(new_id), out);
+        self.schedule.at(expires_at, Due::Lease(new_id), out);
         Ok(Allocated { lease, fresh: true })
     }
 
@@ -553,7 +554,7 @@ impl Allocator {
             LeaseState::Active => {
                 self.end(*id, now, EndReason::Released, out);
                 let cool_until = self.cool_until(&self.leases[id]);
-                self.schedule(cool_until, Due::Lease(*id), out);
+                self.schedule.at(cool_until, Due::Lease(*id), out);
                 Ok(true)
             }
             // Past its deadline but not yet fired: settle it as the wheel would.
@@ -597,9 +598,7 @@ impl Allocator {
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
     /// records. Stale entries (a renewed lease's old deadline) do nothing but go away.
     pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
-        let mut due = Vec::new();
-        self.wheel.advance(now.tick_floor(), &mut due);
-        for (tick, what) in due {
+        for (tick, what) in self.schedule.due(now) {
             out.effects.push(Effect::DelWheel(tick, what));
             self.advance(what, now, out);
         }
@@ -626,14 +625,14 @@ impl Allocator {
             lease.expires_at = lease.expires_at.min(now.max(lease.created_at));
             self.end(id, now, EndReason::Expired, out);
             let cool_until = self.cool_until(&self.leases[&id]);
-            self.schedule(cool_until, Due::Lease(id), out);
+            self.schedule.at(cool_until, Due::Lease(id), out);
         }
         untrusted.len()
     }
 
     /// Checks the invariants (ARCHITECTURE.md) that a single state can show; `Err` says which broke.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let done = self.wheel.done_through();
+        let done = self.schedule.done_through();
         for (pool, spec) in self.pools.iter().zip(self.dir.specs()) {
             let s = pool.stats();
             if s.free + s.leased + s.cooling != s.size {
@@ -754,12 +753,6 @@ impl Allocator {
         ttl.min(life_cap(&spec.settings, lease.from_page))
     }
 
-    pub(super) fn schedule(&mut self, deadline: Timestamp, what: Due, out: &mut Outbox) {
-        let tick = deadline.tick_ceil();
-        self.wheel.insert(tick, what);
-        out.effects.push(Effect::PutWheel(tick, what));
-    }
-
     /// Adds a lease to the lookups attribution uses.
     fn index(&mut self, lease: &Lease) {
         self.history.entry(lease.line()).or_default().push(lease.id);
@@ -820,7 +813,7 @@ impl Allocator {
                 .change_priority(&idx, Reverse(new_expiry));
         }
         out.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(new_expiry, Due::Lease(id), out);
+        self.schedule.at(new_expiry, Due::Lease(id), out);
     }
 
     /// Moves a record as far along its life as `now` allows, and files its next deadline.
@@ -873,7 +866,7 @@ impl Allocator {
             } else {
                 self.cool_until(lease)
             };
-            self.schedule(next, Due::Lease(id), out);
+            self.schedule.at(next, Due::Lease(id), out);
         }
     }
 

@@ -205,7 +205,7 @@ impl Allocator {
             self.dir.pools[p.0 as usize].settings.retention
         });
         out.effects.push(Effect::PutCall(call.clone()));
-        self.schedule(
+        self.schedule.at(
             now.max(call.started_at).saturating_add(memory),
             Due::Call(call.id.key()),
             out,
@@ -341,7 +341,7 @@ impl Allocator {
             until: call.started_at.saturating_add(window),
         };
         out.effects.push(Effect::PutReturn(route.clone()));
-        self.schedule(route.until, Due::Return(key), out);
+        self.schedule.at(route.until, Due::Return(key), out);
         self.returns.insert(key, route);
     }
 

@@ -8,6 +8,7 @@ mod calls;
 mod directory;
 mod lease;
 mod outbox;
+mod schedule;
 mod ticket;
 mod tickets;
 mod time;

@@ -91,7 +91,8 @@ impl Allocator {
             out.effects.push(Effect::PutProgress(p.clone()));
             self.progress.insert(key, p);
             if fresh_window {
-                self.schedule(start.saturating_add(f.window), Due::Progress(key), out);
+                self.schedule
+                    .at(start.saturating_add(f.window), Due::Progress(key), out);
             }
         }
         TicketingAnswer {
@@ -139,7 +140,8 @@ impl Allocator {
             ticket: ticket.clone(),
         }));
         out.notices.push(Notice::TicketIssued { pool });
-        self.schedule(ticket.expires_at, Due::Ticket(ticket.id), out);
+        self.schedule
+            .at(ticket.expires_at, Due::Ticket(ticket.id), out);
         ticket
     }
 
@@ -181,7 +183,8 @@ impl Allocator {
             ticket: t.clone(),
         }));
         let retention = self.dir.pools[pool.0 as usize].settings.retention;
-        self.schedule(now.saturating_add(retention), Due::Ticket(id), out);
+        self.schedule
+            .at(now.saturating_add(retention), Due::Ticket(id), out);
         Ok((t, pass))
     }
 
@@ -210,7 +213,8 @@ impl Allocator {
         };
         self.passes.insert(id, pass.clone());
         out.effects.push(Effect::PutPass(pass.clone()));
-        self.schedule(self.pass_purge_at(&pass), Due::Pass(id), out);
+        self.schedule
+            .at(self.pass_purge_at(&pass), Due::Pass(id), out);
         Some(pass)
     }
 
@@ -231,7 +235,8 @@ impl Allocator {
             pass.revoked_at = Some(now);
             let pass = pass.clone();
             out.effects.push(Effect::PutPass(pass.clone()));
-            self.schedule(self.pass_purge_at(&pass), Due::Pass(*id), out);
+            self.schedule
+                .at(self.pass_purge_at(&pass), Due::Pass(*id), out);
         }
         Ok(self.passes[id].clone())
     }
@@ -268,7 +273,7 @@ impl Allocator {
                 at: t.expires_at,
                 ticket: t,
             }));
-            self.schedule(purge_at, Due::Ticket(id), out);
+            self.schedule.at(purge_at, Due::Ticket(id), out);
         }
     }
 
