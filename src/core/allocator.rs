@@ -17,12 +17,13 @@ use super::lease::{
     OnExhausted, PoolSpec, PoolStats,
 };
 use super::outbox::Notice;
-use super::schedule::Schedule;
-use super::ticket::{Pass, PassSource, PoolMode, Progress, Ticket};
+use super::schedule::{Cx, Schedule};
+use super::ticket::{Formula, Pass, PassSource, PoolMode, Progress, Ticket};
+use super::tickets::Ticketing;
 use super::time::{retry_after_secs, Timestamp};
 use super::types::{
-    CallKey, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey, ReturnKey,
-    SessionId, Target, TenantId, TicketCode, TicketId,
+    CallKey, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ReturnKey, SessionId,
+    Target, TenantId, TicketCode,
 };
 use super::{CoreError, Effect, Outbox};
 
@@ -136,12 +137,8 @@ pub struct Allocator {
     pub(super) returns: HashMap<ReturnKey, ReturnRoute>,
     /// Calls still remembered (for idempotency and their `end`), by key.
     pub(super) calls: HashMap<CallKey, Call>,
-    pub(super) tickets: HashMap<TicketId, Ticket>,
-    /// Codes of tickets not yet purged: a code is never reissued while it could be redeemed
-    /// or answered "expired".
-    pub(super) ticket_codes: HashMap<TicketCode, TicketId>,
-    pub(super) passes: HashMap<PassId, Pass>,
-    pub(super) progress: HashMap<ProgressKey, Progress>,
+    /// Tickets, passes and callers' progress.
+    pub(super) ticketing: Ticketing,
     /// Where each tenant's listings send their calls, for allocations that name no target
     /// (pages with publishable keys never may).
     listings: HashMap<(TenantId, ListingId), Target>,
@@ -218,10 +215,7 @@ impl Allocator {
             by_caller: HashMap::default(),
             returns: HashMap::default(),
             calls: HashMap::default(),
-            tickets: HashMap::default(),
-            ticket_codes: HashMap::default(),
-            passes: HashMap::default(),
-            progress: HashMap::default(),
+            ticketing: Ticketing::default(),
             listings: HashMap::default(),
             live_per_session: HashMap::default(),
             live_per_tenant: HashMap::default(),
@@ -298,16 +292,7 @@ impl Allocator {
         for r in snapshot.returns {
             a.returns.insert(r.key, r);
         }
-        for t in snapshot.tickets {
-            a.ticket_codes.insert(t.code, t.id);
-            a.tickets.insert(t.id, t);
-        }
-        for p in snapshot.passes {
-            a.passes.insert(p.id, p);
-        }
-        for p in snapshot.progress {
-            a.progress.insert(p.key, p);
-        }
+        a.ticketing = Ticketing::restore(snapshot.tickets, snapshot.passes, snapshot.progress);
         for (tenant, listing, target) in snapshot.listings {
             a.listings.insert((tenant, listing), target);
         }
@@ -336,6 +321,60 @@ impl Allocator {
 
     pub fn lease_count(&self) -> usize {
         self.leases.len()
+    }
+
+    /// The formula of a ticketing pool.
+    pub fn formula(&self, pool: PoolId) -> Option<&Formula> {
+        self.dir.formula(pool)
+    }
+
+    pub fn pass(&self, id: &PassId) -> Option<&Pass> {
+        self.ticketing.pass(id)
+    }
+
+    /// Redeems an access code once, for a site allowed on the ticket's pool. Grants a pass
+    /// when the pool has an `access_ttl`.
+    pub fn redeem_ticket(
+        &mut self,
+        code: TicketCode,
+        tenant: &TenantId,
+        allowed: impl Fn(PoolId) -> bool,
+        now: Timestamp,
+        pass_id: PassId,
+        out: &mut Outbox,
+    ) -> Result<(Ticket, Option<Pass>), CoreError> {
+        self.ticketing.redeem_ticket(
+            &mut Cx {
+                dir: &self.dir,
+                sched: &mut self.schedule,
+                out,
+            },
+            code,
+            tenant,
+            allowed,
+            now,
+            pass_id,
+        )
+    }
+
+    /// Ends a pass now (refund, abuse); only its tenant may.
+    pub fn revoke_pass(
+        &mut self,
+        id: &PassId,
+        tenant: &TenantId,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<Pass, CoreError> {
+        self.ticketing.revoke_pass(
+            &mut Cx {
+                dir: &self.dir,
+                sched: &mut self.schedule,
+                out,
+            },
+            id,
+            tenant,
+            now,
+        )
     }
 
     /// Wheel entries pending, and the last tick fully fired.
@@ -586,7 +625,18 @@ impl Allocator {
             });
         }
         let (pool, tenant) = (lease.pool, lease.tenant.clone());
-        let pass = self.grant(pool, &tenant, PassSource::Lease(*id), now, pass_id, out);
+        let pass = self.ticketing.grant(
+            &mut Cx {
+                dir: &self.dir,
+                sched: &mut self.schedule,
+                out,
+            },
+            pool,
+            &tenant,
+            PassSource::Lease(*id),
+            now,
+            pass_id,
+        );
         let lease = self.leases.get_mut(id).expect("just seen");
         lease.redeemed_at = Some(now);
         lease.pass = pass.as_ref().map(|p| p.id);
@@ -822,9 +872,33 @@ impl Allocator {
             Due::Lease(id) => self.advance_lease(id, now, out),
             Due::Call(key) => self.forget_call(key, now),
             Due::Return(key) => self.expire_return(key, now, out),
-            Due::Ticket(id) => self.advance_ticket(id, now, out),
-            Due::Pass(id) => self.advance_pass(id, now, out),
-            Due::Progress(key) => self.advance_progress(key, now, out),
+            Due::Ticket(id) => self.ticketing.advance_ticket(
+                &mut Cx {
+                    dir: &self.dir,
+                    sched: &mut self.schedule,
+                    out,
+                },
+                id,
+                now,
+            ),
+            Due::Pass(id) => self.ticketing.advance_pass(
+                &mut Cx {
+                    dir: &self.dir,
+                    sched: &mut self.schedule,
+                    out,
+                },
+                id,
+                now,
+            ),
+            Due::Progress(key) => self.ticketing.advance_progress(
+                &mut Cx {
+                    dir: &self.dir,
+                    sched: &mut self.schedule,
+                    out,
+                },
+                key,
+                now,
+            ),
         }
     }
 

@@ -8,6 +8,7 @@ use super::allocator::Allocator;
 use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::lease::{Lease, Line};
 use super::outbox::Notice;
+use super::schedule::Cx;
 use super::ticket::Entropy;
 use super::time::Timestamp;
 use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
@@ -163,9 +164,21 @@ impl Allocator {
             let counts_now = self.formula(pool).is_some_and(|f| f.min_call_secs == 0);
             call.ticketing = Some(if counts_now {
                 call.counted = true;
-                self.count_ticketing(pool, call.caller, call.started_at, now, start.entropy, out)
+                self.ticketing.count_ticketing(
+                    &mut Cx {
+                        dir: &self.dir,
+                        sched: &mut self.schedule,
+                        out,
+                    },
+                    pool,
+                    call.caller,
+                    call.started_at,
+                    now,
+                    start.entropy,
+                )
             } else {
-                self.ticketing_progress(pool, call.caller, call.started_at)
+                self.ticketing
+                    .ticketing_progress(&self.dir, pool, call.caller, call.started_at)
             });
         }
         let reason = call.attribution.reason;
@@ -255,13 +268,17 @@ impl Allocator {
         if let Some((pool, min)) = formula {
             if !call.counted && end.duration_secs >= min {
                 call.counted = true;
-                call.ticketing = Some(self.count_ticketing(
+                call.ticketing = Some(self.ticketing.count_ticketing(
+                    &mut Cx {
+                        dir: &self.dir,
+                        sched: &mut self.schedule,
+                        out,
+                    },
                     pool,
                     call.caller,
                     call.started_at,
                     now,
                     entropy,
-                    out,
                 ));
             }
         }

@@ -1,6 +1,7 @@
 //! The schedule: every record's next deadline, in a timing wheel. Filing a deadline also
 //! writes its wheel entry to the outbox, so memory and disk cannot disagree about what is due.
 
+use super::directory::Directory;
 use super::outbox::Outbox;
 use super::time::Timestamp;
 use super::types::Due;
@@ -47,4 +48,12 @@ impl Schedule {
     pub(super) fn done_through(&self) -> u64 {
         self.wheel.done_through()
     }
+}
+
+/// What a part needs to make a change: the pools as configured, the schedule to file
+/// deadlines in, and the outbox its effects and notices go to, in order.
+pub(super) struct Cx<'a> {
+    pub(super) dir: &'a Directory,
+    pub(super) sched: &'a mut Schedule,
+    pub(super) out: &'a mut Outbox,
 }
