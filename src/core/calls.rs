@@ -6,22 +6,14 @@ use std::time::Duration;
 
 use super::allocator::Allocator;
 use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
-use super::lease::{Lease, Line};
+use super::lease::Lease;
+use super::leasing::Hold;
 use super::outbox::Notice;
 use super::schedule::Cx;
 use super::ticket::Entropy;
 use super::time::Timestamp;
 use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
 use super::{CoreError, Effect, Outbox};
-
-/// How a line (a number, or the shared number with a code) stood at an instant.
-enum Hold<'a> {
-    Active(&'a Lease),
-    Grace(&'a Lease),
-    /// Its last lease is over, grace too, but its quarantine is not.
-    Cooling,
-    Free,
-}
 
 /// How long a call stays in memory (for retried events and its `end`) when its pool is unknown.
 const CALL_MEMORY: Duration = Duration::from_secs(24 * 3600);
@@ -65,7 +57,7 @@ impl Allocator {
         };
         let on_shared = self.dir.shared_pool(called) == Some(pool);
         if let (Some(code), true) = (code, on_shared) {
-            match self.hold((called, Some(code)), at) {
+            match self.leasing.hold(&self.dir, (called, Some(code)), at) {
                 Hold::Active(l) | Hold::Grace(l) => return from_lease(Reason::Code, l),
                 Hold::Cooling | Hold::Free => {}
             }
@@ -86,7 +78,7 @@ impl Allocator {
                 }
             }
         }
-        match self.hold((called, None), at) {
+        match self.leasing.hold(&self.dir, (called, None), at) {
             Hold::Active(l) => return from_lease(Reason::Active, l),
             Hold::Grace(l) => return from_lease(Reason::Grace, l),
             // A line in quarantine is still its last holder's: nobody's claim takes it.
@@ -97,7 +89,7 @@ impl Allocator {
             // pool, active at `at`, makes that claim.
             Hold::Free if on_shared && code.is_some() => {}
             Hold::Free => {
-                if let Some(l) = caller.and_then(|c| self.sole_claim(pool, c, at)) {
+                if let Some(l) = caller.and_then(|c| self.leasing.sole_claim(pool, c, at)) {
                     return from_lease(Reason::Caller, l);
                 }
             }
@@ -106,23 +98,9 @@ impl Allocator {
             reason: Reason::NotLeased,
             pool: Some(pool),
             lease: None,
-            target: self.dir.pools[pool.0 as usize].fallback.clone(),
+            target: self.dir.spec(pool).fallback.clone(),
             listing: None,
         }
-    }
-
-    /// The one lease of `pool` active at `at` that names `caller`; none when no lease or
-    /// several (two pages claiming one caller cancel each other out).
-    fn sole_claim(&self, pool: PoolId, caller: PhoneNumber, at: Timestamp) -> Option<&Lease> {
-        let mut claims = self
-            .by_caller
-            .get(&caller)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.leases.get(id))
-            .filter(|l| l.pool == pool && l.created_at <= at && at < l.end_at());
-        let first = claims.next()?;
-        claims.next().is_none().then_some(first)
     }
 
     /// Records a call's start and answers where it goes. A retried start (same id, same
@@ -186,21 +164,21 @@ impl Allocator {
         if let Some(lease) = call
             .attribution
             .lease
-            .and_then(|id| self.leases.get_mut(&id))
+            .and_then(|id| self.leasing.lease(&id))
         {
-            if reason != Reason::Return && lease.first_call_at.is_none() {
-                lease.first_call_at = Some(call.started_at);
-                first_call_after = Some(call.started_at.since(lease.created_at));
-            }
             let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
+            let counts_now = lease.min_call_secs == 0;
+            first_call_after =
+                self.leasing
+                    .note_call(id, call.started_at, reason != Reason::Return);
             out.notices.push(Notice::CallStarted {
                 lease: id,
                 call: call.id.clone(),
             });
-            if lease.min_call_secs == 0 {
+            if counts_now {
                 self.count(id, &mut call, out);
             } else {
-                out.effects.push(Effect::PutLease(self.leases[&id].clone()));
+                self.leasing.put(id, out);
             }
             // Only a call proven by the line it reached opens a return route: a `caller`
             // claim typed on a page must not keep a caller's calls for 30 days.
@@ -214,9 +192,10 @@ impl Allocator {
             reason,
             first_call_after,
         });
-        let memory = call.attribution.pool.map_or(CALL_MEMORY, |p| {
-            self.dir.pools[p.0 as usize].settings.retention
-        });
+        let memory = call
+            .attribution
+            .pool
+            .map_or(CALL_MEMORY, |p| self.dir.spec(p).settings.retention);
         out.effects.push(Effect::PutCall(call.clone()));
         self.schedule.at(
             now.max(call.started_at).saturating_add(memory),
@@ -282,7 +261,7 @@ impl Allocator {
                 ));
             }
         }
-        if let Some(lease) = call.attribution.lease.and_then(|l| self.leases.get(&l)) {
+        if let Some(lease) = call.attribution.lease.and_then(|l| self.leasing.lease(&l)) {
             let lease_id = lease.id;
             let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;
             // The page hears the call end before the lease becomes paid.
@@ -312,14 +291,8 @@ impl Allocator {
 
     /// Counts `call` toward its lease (once), noting when the lease becomes paid.
     fn count(&mut self, lease: LeaseId, call: &mut Call, out: &mut Outbox) {
-        let l = self.leases.get_mut(&lease).expect("caller checked");
-        let was_paid = l.paid();
-        l.calls += 1;
+        self.leasing.count_call(lease, out);
         call.counted = true;
-        if !was_paid && l.paid() {
-            out.notices.push(Notice::Paid { lease });
-        }
-        out.effects.push(Effect::PutLease(l.clone()));
     }
 
     fn open_return(
@@ -345,7 +318,7 @@ impl Allocator {
         let Some(pool) = call.attribution.pool else {
             return;
         };
-        let window = self.dir.pools[pool.0 as usize].return_window;
+        let window = self.dir.spec(pool).return_window;
         if window.is_zero() {
             return;
         }
@@ -362,39 +335,14 @@ impl Allocator {
         self.returns.insert(key, route);
     }
 
-    /// How `line` stood at `at`: the lease active on it, or in grace, or cooling, or free.
-    fn hold(&self, line: Line, at: Timestamp) -> Hold<'_> {
-        let Some(history) = self.history.get(&line) else {
-            return Hold::Free;
-        };
-        for id in history.iter().rev() {
-            let Some(l) = self.leases.get(id) else {
-                continue;
-            };
-            if at < l.created_at {
-                continue;
-            }
-            // Older leases on this line ended even earlier: the latest one decides.
-            return if at < l.end_at() {
-                Hold::Active(l)
-            } else if at < self.grace_until(l) {
-                Hold::Grace(l)
-            } else if at < self.cool_until(l) {
-                Hold::Cooling
-            } else {
-                Hold::Free
-            };
-        }
-        Hold::Free
-    }
-
     pub(super) fn forget_call(&mut self, key: super::types::CallKey, now: Timestamp) {
         let Some(c) = self.calls.get(&key) else {
             return;
         };
-        let memory = c.attribution.pool.map_or(CALL_MEMORY, |p| {
-            self.dir.pools[p.0 as usize].settings.retention
-        });
+        let memory = c
+            .attribution
+            .pool
+            .map_or(CALL_MEMORY, |p| self.dir.spec(p).settings.retention);
         // The record stays on disk as the journal; only memory forgets it.
         if now >= c.started_at.saturating_add(memory) {
             self.calls.remove(&key);

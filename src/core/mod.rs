@@ -7,6 +7,7 @@ mod call;
 mod calls;
 mod directory;
 mod lease;
+mod leasing;
 mod outbox;
 mod schedule;
 mod ticket;
