@@ -1,29 +1,27 @@
 //! The allocator: the core's one public face. It owns the pools as configured (`Directory`)
-//! and the parts — `Leasing`, `Ticketing`, the calls' memory, the `Schedule` — and runs each
+//! and the parts — `Leasing`, `Calls`, `Ticketing`, the `Schedule` — and runs each
 //! public operation by asking them in turn, handing each what it needs (the directory, the
 //! schedule, the outbox) as parameters. Pure: every method takes `now`; each change is written
 //! to the caller's `Outbox` as an [`Effect`], persisted before anyone is answered.
 
-use std::collections::HashMap as StdMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::call::{Call, ReturnRoute};
+use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+use super::calls::{Calls, Ending};
 use super::directory::Directory;
 use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
 use super::leasing::{self, Leasing};
+use super::outbox::Notice;
 use super::schedule::{Cx, Schedule};
-use super::ticket::{Formula, Pass, PassSource, Progress, Ticket};
+use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
 use super::tickets::Ticketing;
 use super::time::Timestamp;
 use super::types::{
-    CallKey, Due, LeaseId, ListingId, PassId, PoolId, ReturnKey, Target, TenantId, TicketCode,
+    CallId, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, Target, TenantId,
+    TicketCode,
 };
 use super::{CoreError, Effect, Outbox};
-
-/// Maps keyed partly by what clients send: ahash is fast and randomly seeded, so keys cannot
-/// be chosen to collide.
-type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
 
 /// What a part needs to change state: the directory, the schedule and the outbox, borrowed
 /// beside (not through) the part itself.
@@ -54,16 +52,15 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Allocator {
     /// The pools as configured: names, numbers, settings. Shared, never changed here.
-    pub(super) dir: Arc<Directory>,
+    dir: Arc<Directory>,
     /// Pools' numbers and codes, leases, listings.
-    pub(super) leasing: Leasing,
-    pub(super) returns: HashMap<ReturnKey, ReturnRoute>,
-    /// Calls still remembered (for idempotency and their `end`), by key.
-    pub(super) calls: HashMap<CallKey, Call>,
+    leasing: Leasing,
+    /// Calls still remembered, and return routes.
+    calls: Calls,
     /// Tickets, passes and callers' progress.
-    pub(super) ticketing: Ticketing,
+    ticketing: Ticketing,
     /// Every record's next deadline.
-    pub(super) schedule: Schedule,
+    schedule: Schedule,
 }
 
 impl Allocator {
@@ -77,8 +74,7 @@ impl Allocator {
         Ok(Allocator {
             leasing: Leasing::new(&dir),
             dir,
-            returns: HashMap::default(),
-            calls: HashMap::default(),
+            calls: Calls::default(),
             ticketing: Ticketing::default(),
             schedule: Schedule::new(),
         })
@@ -91,17 +87,10 @@ impl Allocator {
         let mut a = Allocator {
             leasing,
             dir,
-            returns: HashMap::default(),
-            calls: HashMap::default(),
+            calls: Calls::restore(snapshot.calls, snapshot.returns),
             ticketing: Ticketing::restore(snapshot.tickets, snapshot.passes, snapshot.progress),
             schedule: Schedule::new(),
         };
-        for call in snapshot.calls {
-            a.calls.insert(call.id.key(), call);
-        }
-        for r in snapshot.returns {
-            a.returns.insert(r.key, r);
-        }
         for (tick, due) in snapshot.wheel {
             a.schedule.restore(tick, due);
         }
@@ -239,6 +228,158 @@ impl Allocator {
         self.ticketing.revoke_pass(cx!(self, out), id, tenant, now)
     }
 
+    /// Who gets a call placed at `at`, from the state as stored (see [`Calls::attribute`]
+    /// for the rules, in order).
+    pub fn attribute(
+        &self,
+        called: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        code: Option<Code>,
+        at: Timestamp,
+    ) -> Attribution {
+        self.calls
+            .attribute(&self.dir, &self.leasing, called, caller, code, at)
+    }
+
+    /// Records a call's start and answers where it goes. A retried start (same id, same
+    /// facts) gets the first answer again; the same id with other facts is a conflict.
+    pub fn call_start(
+        &mut self,
+        start: CallStart,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<Call, CoreError> {
+        if let Some(c) = self.calls.retried_start(&start)? {
+            return Ok(c);
+        }
+        let attribution = self.attribute(start.called, start.caller, start.code, start.at);
+        let mut call = Call {
+            id: start.id,
+            called: start.called,
+            caller: start.caller,
+            code: start.code,
+            started_at: start.at,
+            attribution,
+            end: None,
+            counted: false,
+            ticketing: None,
+        };
+        if let Some(pool) = call.attribution.pool.filter(|&p| self.formula(p).is_some()) {
+            let counts_now = self.formula(pool).is_some_and(|f| f.min_call_secs == 0);
+            call.ticketing = Some(if counts_now {
+                call.counted = true;
+                self.ticketing.count_ticketing(
+                    cx!(self, out),
+                    pool,
+                    call.caller,
+                    call.started_at,
+                    now,
+                    start.entropy,
+                )
+            } else {
+                self.ticketing
+                    .ticketing_progress(&self.dir, pool, call.caller, call.started_at)
+            });
+        }
+        let reason = call.attribution.reason;
+        let mut first_call_after = None;
+        if let Some(lease) = call
+            .attribution
+            .lease
+            .and_then(|id| self.leasing.lease(&id))
+        {
+            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
+            let counts_now = lease.min_call_secs == 0;
+            first_call_after =
+                self.leasing
+                    .note_call(id, call.started_at, reason != Reason::Return);
+            out.notices.push(Notice::CallStarted {
+                lease: id,
+                call: call.id.clone(),
+            });
+            if counts_now {
+                self.leasing.count_call(id, out);
+                call.counted = true;
+            } else {
+                self.leasing.put(id, out);
+            }
+            // Only a call proven by the line it reached opens a return route: a `caller`
+            // claim typed on a page must not keep a caller's calls for 30 days.
+            let proven = matches!(reason, Reason::Code | Reason::Active | Reason::Grace);
+            if let (Some(caller), Some(listing), true) = (call.caller, listing, proven) {
+                self.calls
+                    .open_return(cx!(self, out), caller, &call, id, listing, target);
+            }
+        }
+        out.notices.push(Notice::Attributed {
+            pool: call.attribution.pool,
+            reason,
+            first_call_after,
+        });
+        self.calls.remember_start(cx!(self, out), &call, now);
+        Ok(call)
+    }
+
+    /// Records a call's end. A call whose lease (or ticketing formula) needs `min_call_secs`
+    /// counts now if it lasted that long; `entropy` serves a ticket this may complete. A retried end with the same duration is answered again; another duration is
+    /// a conflict.
+    pub fn call_end(
+        &mut self,
+        id: &CallId,
+        end: CallEnd,
+        now: Timestamp,
+        entropy: Entropy,
+        out: &mut Outbox,
+    ) -> Result<Call, CoreError> {
+        let mut call = match self.calls.ending(id, end)? {
+            Ending::Retried(call) => return Ok(call),
+            Ending::Fresh(call) => call,
+        };
+        let formula = call
+            .attribution
+            .pool
+            .and_then(|p| self.formula(p).map(|f| (p, f.min_call_secs)));
+        if let Some((pool, min)) = formula {
+            if !call.counted && end.duration_secs >= min {
+                call.counted = true;
+                call.ticketing = Some(self.ticketing.count_ticketing(
+                    cx!(self, out),
+                    pool,
+                    call.caller,
+                    call.started_at,
+                    now,
+                    entropy,
+                ));
+            }
+        }
+        if let Some(lease) = call.attribution.lease.and_then(|l| self.leasing.lease(&l)) {
+            let lease_id = lease.id;
+            let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;
+            // The page hears the call end before the lease becomes paid.
+            out.notices.push(Notice::CallEnded {
+                lease: lease_id,
+                call: call.id.clone(),
+                duration_secs: end.duration_secs,
+                counted: call.counted || counts_now,
+            });
+            if counts_now {
+                self.leasing.count_call(lease_id, out);
+                call.counted = true;
+            }
+        }
+        self.calls.remember_end(&call, out);
+        Ok(call)
+    }
+
+    pub fn call(&self, id: &CallId) -> Option<&Call> {
+        self.calls.call(id)
+    }
+
+    /// Which pool a called number belongs to, as a pool number or a shared number.
+    pub fn pool_of_number(&self, n: PhoneNumber) -> Option<PoolId> {
+        self.dir.pool_of_number(n)
+    }
+
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
     /// records. Stale entries (a renewed lease's old deadline) do nothing but go away.
     pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
@@ -278,8 +419,8 @@ impl Allocator {
     fn advance(&mut self, what: Due, now: Timestamp, out: &mut Outbox) {
         match what {
             Due::Lease(id) => self.leasing.advance_lease(cx!(self, out), id, now),
-            Due::Call(key) => self.forget_call(key, now),
-            Due::Return(key) => self.expire_return(key, now, out),
+            Due::Call(key) => self.calls.forget_call(&self.dir, key, now),
+            Due::Return(key) => self.calls.expire_return(key, now, out),
             Due::Ticket(id) => self.ticketing.advance_ticket(cx!(self, out), id, now),
             Due::Pass(id) => self.ticketing.advance_pass(cx!(self, out), id, now),
             Due::Progress(key) => self.ticketing.advance_progress(cx!(self, out), key, now),

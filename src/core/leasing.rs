@@ -39,7 +39,7 @@ struct Slot {
 }
 
 #[derive(Debug)]
-pub(super) struct Pool {
+struct Pool {
     slots: Vec<Slot>,
     /// Free slots, the one free longest first: `Reverse((freed_at, slot))`.
     free: PriorityQueue<u32, Reverse<(Timestamp, u32)>>,
