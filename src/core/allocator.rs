@@ -1,348 +1,39 @@
-//! The allocation state machine: pools of numbers, leases on them, and the deadlines that move
-//! them along `free → leased → cooling → free`. Pure: every method takes `now`, nothing here
-//! reads a clock or touches disk; each change is also recorded as an [`Effect`] that the caller
-//! persists before answering anyone.
+//! The allocator: the core's one public face. It owns the pools as configured (`Directory`)
+//! and the parts — `Leasing`, `Calls`, `Ticketing`, the `Schedule` — and runs each
+//! public operation by asking them in turn, handing each what it needs (the directory, the
+//! schedule, the outbox) as parameters. Pure: every method takes `now`; each change is written
+//! to the caller's `Outbox` as an [`Effect`], persisted before anyone is answered.
 
-use std::cmp::Reverse;
-use std::collections::HashMap as StdMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use priority_queue::PriorityQueue;
-
-use super::calls::{Call, Reason, ReturnRoute};
+use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+use super::calls::{Calls, Ending};
 use super::directory::Directory;
-use super::tickets::{Pass, PassSource, PoolMode, Progress, Ticket};
-use super::time::{retry_after_secs, Timestamp};
+use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
+use super::leasing::{self, Leasing};
+use super::outbox::Notice;
+use super::schedule::{Cx, Schedule};
+use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
+use super::tickets::Ticketing;
+use super::time::Timestamp;
 use super::types::{
-    CallId, CallKey, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey,
-    ReturnKey, SessionId, Share, Target, TenantId, TicketCode, TicketId,
+    CallId, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, Target, TenantId,
+    TicketCode,
 };
-use super::wheel::Wheel;
 use super::{CoreError, Effect, Outbox};
 
-/// How long leases of a pool live, and how long their numbers rest afterwards.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseSettings {
-    /// Lifetime of a new lease, and of each renewal.
-    pub ttl: Duration,
-    /// No lease lives longer than this from its creation, however often renewed.
-    pub max_ttl: Duration,
-    /// No lease made by a page (publishable key) lives longer than this from its creation
-    /// (at most `max_ttl`): renewing from a page cannot hold a number for hours.
-    pub page_max_ttl: Duration,
-    /// After a lease ends, calls are still attributed to its holder for this long.
-    pub grace: Duration,
-    /// After a lease ends, nobody else gets the number for this long (at least `grace`).
-    pub quarantine: Duration,
-    /// Ended leases stay readable (state, calls, redeem) this long after they end.
-    pub retention: Duration,
-}
-
-/// What allocation does when a pool has no free number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OnExhausted {
-    /// Refuse, telling the client when the next number frees.
-    Reject,
-    /// Hand out the pool's shared number with a keypad code, valid `code_ttl`.
-    Shared {
-        number: PhoneNumber,
-        code_ttl: Duration,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolSpec {
-    pub name: String,
-    pub numbers: Vec<PhoneNumber>,
-    pub settings: LeaseSettings,
-    pub on_exhausted: OnExhausted,
-    /// How long a caller's later calls on a number keep reaching the listing of their first
-    /// attributed call there.
-    pub return_window: Duration,
-    /// Where unattributed calls to this pool go, so no caller hits a dead end.
-    pub fallback: Option<Target>,
-    /// Leased to visitors (dynamic), or selling access codes (ticketing).
-    pub mode: PoolMode,
-    /// How long a redeemed purchase (paid lease or ticket) grants access; zero: no pass.
-    pub access_ttl: Duration,
-    /// Caps on live leases, so one visitor or one site cannot drain the pool.
-    pub limits: PoolLimits,
-}
-
-/// Caps on live leases of a pool; 0 means no cap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolLimits {
-    /// Live leases one session may hold (one per listing it looks at).
-    pub max_live_per_session: u32,
-    /// Live leases one tenant (all its keys) may hold.
-    pub max_live_per_tenant: u32,
-    /// What pages (publishable keys, whose token is public) may hold of the pool's numbers
-    /// and, separately, of its shared number's codes, counting leased and cooling ones; the
-    /// rest stays for the sites' servers, so no page traffic can leave them with nothing.
-    pub page_share: Share,
-}
-
-impl PoolSpec {
-    /// The shared number, if the pool hands out codes when exhausted.
-    pub fn shared_number(&self) -> Option<PhoneNumber> {
-        match self.on_exhausted {
-            OnExhausted::Shared { number, .. } => Some(number),
-            OnExhausted::Reject => None,
+/// What a part needs to change state: the directory, the schedule and the outbox, borrowed
+/// beside (not through) the part itself.
+macro_rules! cx {
+    ($a:expr, $out:expr) => {
+        &mut Cx {
+            dir: &$a.dir,
+            sched: &mut $a.schedule,
+            out: $out,
         }
-    }
+    };
 }
-
-/// A validated request for a number.
-#[derive(Clone, Debug)]
-pub struct AllocateRequest {
-    pub tenant: TenantId,
-    pub pool: PoolId,
-    pub session: SessionId,
-    pub listing: Option<ListingId>,
-    pub target: Option<Target>,
-    pub caller: Option<PhoneNumber>,
-    /// Wanted lifetime; the pool's `ttl` if `None`. Capped by `max_ttl`.
-    pub ttl: Option<Duration>,
-    pub calls_required: u32,
-    pub min_call_secs: u32,
-    /// Made with a publishable key, from a page: bound by the pool's `page_share` and
-    /// `page_max_ttl`.
-    pub from_page: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    Expired,
-    Released,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaseEnd {
-    /// When the lease stopped being active: its `expires_at` for an expiry (whenever the wheel
-    /// noticed), the release time for a release. Cooling is counted from here.
-    pub at: Timestamp,
-    pub reason: EndReason,
-}
-
-/// What a client sees of a lease at a given instant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseState {
-    Active,
-    Expired,
-    Released,
-}
-
-impl LeaseState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseState::Active => "active",
-            LeaseState::Expired => "expired",
-            LeaseState::Released => "released",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub id: LeaseId,
-    pub tenant: TenantId,
-    pub pool: PoolId,
-    pub number: PhoneNumber,
-    pub session: SessionId,
-    pub listing: Option<ListingId>,
-    pub target: Option<Target>,
-    pub caller: Option<PhoneNumber>,
-    pub created_at: Timestamp,
-    pub expires_at: Timestamp,
-    pub end: Option<LeaseEnd>,
-    /// The number went back to the free set after quarantine: only the record remains.
-    pub freed: bool,
-    pub calls_required: u32,
-    pub min_call_secs: u32,
-    pub calls: u32,
-    pub redeemed_at: Option<Timestamp>,
-    /// On a shared number: the code the caller types.
-    pub code: Option<Code>,
-    pub first_call_at: Option<Timestamp>,
-    /// The access pass granted when it was redeemed, if the pool grants one.
-    pub pass: Option<PassId>,
-    /// Made by a page (publishable key): counts toward the pool's page share until its number
-    /// (or code) is free again, and lives at most `page_max_ttl`.
-    pub from_page: bool,
-}
-
-impl Lease {
-    /// The state at `now`, decided from the stored deadlines alone: a lease past `expires_at`
-    /// reads as expired even before the wheel has fired its entry.
-    pub fn state(&self, now: Timestamp) -> LeaseState {
-        match self.end {
-            Some(LeaseEnd {
-                reason: EndReason::Released,
-                ..
-            }) => LeaseState::Released,
-            Some(_) => LeaseState::Expired,
-            None if now >= self.expires_at => LeaseState::Expired,
-            None => LeaseState::Active,
-        }
-    }
-
-    pub fn paid(&self) -> bool {
-        self.calls >= self.calls_required
-    }
-
-    /// When it stopped (or will stop) being active, as far as `at` knows.
-    pub(super) fn end_at(&self) -> Timestamp {
-        self.end.map_or(self.expires_at, |e| e.at)
-    }
-
-    pub(super) fn line(&self) -> Line {
-        (self.number, self.code)
-    }
-}
-
-/// What a call is placed on: a pool number, or a shared number with a code.
-pub(super) type Line = (PhoneNumber, Option<Code>);
-
-/// The answer to an allocation.
-#[derive(Clone, Debug)]
-pub struct Allocated {
-    pub lease: Lease,
-    /// False when the same (tenant, pool, session, listing) got its live lease back, extended.
-    pub fresh: bool,
-}
-
-/// Counts of a pool's numbers by state; they always add up to `size` (invariant 2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    pub size: usize,
-    pub free: usize,
-    pub leased: usize,
-    pub cooling: usize,
-    /// Codes held on the shared number (live or cooling).
-    pub codes: usize,
-    /// Of `leased + cooling`, the numbers held by pages' leases; of `codes`, the codes.
-    pub page_numbers: usize,
-    pub page_codes: usize,
-}
-
-/// Something that happened, for metrics and live event streams; not persisted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    Ended {
-        lease: LeaseId,
-        pool: PoolId,
-        reason: EndReason,
-        /// From creation to the end.
-        lived: Duration,
-    },
-    Attributed {
-        pool: Option<PoolId>,
-        reason: Reason,
-        /// Time from the lease's creation to its first call, on that first call.
-        first_call_after: Option<Duration>,
-    },
-    CallStarted {
-        lease: LeaseId,
-        call: CallId,
-    },
-    CallEnded {
-        lease: LeaseId,
-        call: CallId,
-        duration_secs: u32,
-        counted: bool,
-    },
-    Paid {
-        lease: LeaseId,
-    },
-    TicketIssued {
-        pool: PoolId,
-    },
-    /// The record is gone (retention over): nothing more will happen to it.
-    Purged {
-        lease: LeaseId,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    Leased,
-    Cooling,
-}
-
-#[derive(Debug)]
-struct Slot {
-    number: PhoneNumber,
-    state: SlotState,
-    /// The lease leasing or cooling the number; once free, its last holder.
-    holder: Option<LeaseId>,
-}
-
-#[derive(Debug)]
-pub(super) struct Pool {
-    slots: Vec<Slot>,
-    /// Free slots, the one free longest first: `Reverse((freed_at, slot))`.
-    free: PriorityQueue<u32, Reverse<(Timestamp, u32)>>,
-    /// Leased slots by `expires_at`, and cooling slots by the end of their quarantine: both
-    /// answer "when does the next number free" for `Retry-After` without a scan.
-    leased: PriorityQueue<u32, Reverse<Timestamp>>,
-    cooling: PriorityQueue<u32, Reverse<Timestamp>>,
-    /// Codes of the shared number held by a lease (active or cooling).
-    codes: HashMap<Code, LeaseId>,
-    /// The same codes by when their lease ends (its expiry while active): when the next code
-    /// frees, without a scan on every refusal (refusals are what an attack is made of).
-    code_ends: PriorityQueue<Code, Reverse<Timestamp>>,
-    /// Numbers and codes held (leased or cooling) by pages' leases, for `page_share`.
-    page_numbers: usize,
-    page_codes: usize,
-}
-
-impl Pool {
-    fn stats(&self) -> PoolStats {
-        PoolStats {
-            size: self.slots.len(),
-            free: self.free.len(),
-            leased: self.leased.len(),
-            cooling: self.cooling.len(),
-            codes: self.codes.len(),
-            page_numbers: self.page_numbers,
-            page_codes: self.page_codes,
-        }
-    }
-
-    /// Whether pages may take one more number, and one more code.
-    fn open_to_pages(&self, spec: &PoolSpec) -> (bool, bool) {
-        let share = spec.limits.page_share;
-        (
-            self.page_numbers < share.of(self.slots.len()),
-            self.page_codes < share.of(usize::from(Code::SPACE)),
-        )
-    }
-
-    /// When the next number of this pool becomes free if nothing else happens.
-    fn next_free_at(&self, spec: &PoolSpec) -> Option<Timestamp> {
-        let cooled = self.cooling.peek().map(|(_, Reverse(t))| *t);
-        let expired = self
-            .leased
-            .peek()
-            .map(|(_, Reverse(t))| t.saturating_add(spec.settings.quarantine));
-        min_opt(cooled, expired)
-    }
-}
-
-fn min_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Maps keyed partly by what clients send (sessions, listings): ahash is fast and randomly
-/// seeded, so keys cannot be chosen to collide.
-type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
-
-type StickyKey = (TenantId, PoolId, SessionId, Option<ListingId>);
 
 /// Persisted state to rebuild an allocator from.
 #[derive(Debug, Default)]
@@ -361,32 +52,15 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Allocator {
     /// The pools as configured: names, numbers, settings. Shared, never changed here.
-    pub(super) dir: Arc<Directory>,
-    /// Each pool's numbers' states, by the directory's pool ids.
-    pub(super) pools: Vec<Pool>,
-    pub(super) leases: HashMap<LeaseId, Lease>,
-    /// The live lease of each (tenant, pool, session, listing): asking again returns it.
-    sticky: HashMap<StickyKey, LeaseId>,
-    /// Leases of each line, oldest first, until purged: attribution looks back in time here.
-    pub(super) history: HashMap<Line, Vec<LeaseId>>,
-    /// Leases that named the caller the visitor typed, until purged.
-    pub(super) by_caller: HashMap<PhoneNumber, Vec<LeaseId>>,
-    pub(super) returns: HashMap<ReturnKey, ReturnRoute>,
-    /// Calls still remembered (for idempotency and their `end`), by key.
-    pub(super) calls: HashMap<CallKey, Call>,
-    pub(super) tickets: HashMap<TicketId, Ticket>,
-    /// Codes of tickets not yet purged: a code is never reissued while it could be redeemed
-    /// or answered "expired".
-    pub(super) ticket_codes: HashMap<TicketCode, TicketId>,
-    pub(super) passes: HashMap<PassId, Pass>,
-    pub(super) progress: HashMap<ProgressKey, Progress>,
-    /// Where each tenant's listings send their calls, for allocations that name no target
-    /// (pages with publishable keys never may).
-    listings: HashMap<(TenantId, ListingId), Target>,
-    /// Live leases per (pool, tenant, session) and per (pool, tenant), for the pools' caps.
-    live_per_session: HashMap<(PoolId, TenantId, SessionId), u32>,
-    live_per_tenant: HashMap<(PoolId, TenantId), u32>,
-    wheel: Wheel<Due>,
+    dir: Arc<Directory>,
+    /// Pools' numbers and codes, leases, listings.
+    leasing: Leasing,
+    /// Calls still remembered, and return routes.
+    calls: Calls,
+    /// Tickets, passes and callers' progress.
+    ticketing: Ticketing,
+    /// Every record's next deadline.
+    schedule: Schedule,
 }
 
 impl Allocator {
@@ -397,159 +71,28 @@ impl Allocator {
 
     /// As [`Allocator::new`], on a directory shared with the rest of the service.
     pub fn with(dir: Arc<Directory>) -> Result<Self, CoreError> {
-        let mut a = Self::unqueued(dir);
-        a.queue_free(&HashMap::default());
-        Ok(a)
-    }
-
-    /// Puts every free slot in its pool's free queue, the one free longest first.
-    fn queue_free(&mut self, freed_at: &HashMap<(PoolId, u32), Timestamp>) {
-        for (p, pool) in self.pools.iter_mut().enumerate() {
-            let free = pool
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.state == SlotState::Free)
-                .map(|(i, _)| {
-                    let i = i as u32;
-                    let t = freed_at
-                        .get(&(PoolId(p as u32), i))
-                        .copied()
-                        .unwrap_or(Timestamp::ZERO);
-                    (i, Reverse((t, i)))
-                });
-            pool.free = free.collect();
-        }
-    }
-
-    /// Pools and slots, every slot free but no free queue yet.
-    fn unqueued(dir: Arc<Directory>) -> Self {
-        let pools = dir
-            .specs()
-            .iter()
-            .map(|spec| Pool {
-                slots: spec
-                    .numbers
-                    .iter()
-                    .map(|&number| Slot {
-                        number,
-                        state: SlotState::Free,
-                        holder: None,
-                    })
-                    .collect(),
-                free: PriorityQueue::new(),
-                leased: PriorityQueue::new(),
-                cooling: PriorityQueue::new(),
-                codes: HashMap::default(),
-                code_ends: PriorityQueue::new(),
-                page_numbers: 0,
-                page_codes: 0,
-            })
-            .collect();
-        Allocator {
+        Ok(Allocator {
+            leasing: Leasing::new(&dir),
             dir,
-            pools,
-            leases: HashMap::default(),
-            sticky: HashMap::default(),
-            history: HashMap::default(),
-            by_caller: HashMap::default(),
-            returns: HashMap::default(),
-            calls: HashMap::default(),
-            tickets: HashMap::default(),
-            ticket_codes: HashMap::default(),
-            passes: HashMap::default(),
-            progress: HashMap::default(),
-            listings: HashMap::default(),
-            live_per_session: HashMap::default(),
-            live_per_tenant: HashMap::default(),
-            wheel: Wheel::new(0),
-        }
+            calls: Calls::default(),
+            ticketing: Ticketing::default(),
+            schedule: Schedule::new(),
+        })
     }
 
     /// Rebuilds the state that a snapshot (as persisted) describes. Numbers no longer
     /// configured keep their lease records readable but never return to a pool.
     pub fn restore(dir: Arc<Directory>, snapshot: Snapshot) -> Result<Self, CoreError> {
-        let mut a = Allocator::unqueued(dir);
-        // Last time each number became free, for least-recently-used order after restart.
-        let mut freed_at: HashMap<(PoolId, u32), Timestamp> = HashMap::default();
-        let mut leases = snapshot.leases;
-        leases.sort_by_key(|l| (l.created_at, l.id));
-        a.leases.reserve(leases.len());
-        a.sticky.reserve(leases.len());
-        a.history.reserve(leases.len());
-        for lease in leases {
-            let holds = lease.end.is_none() || !lease.freed;
-            let cool_until = a.cool_until(&lease);
-            if let Some(code) = lease.code {
-                if holds {
-                    let pool = &mut a.pools[lease.pool.0 as usize];
-                    if let Some(other) = pool.codes.insert(code, lease.id) {
-                        return Err(CoreError::Corrupt(format!(
-                            "code {code} held by two leases ({other} and {})",
-                            lease.id
-                        )));
-                    }
-                    pool.code_ends.push(code, Reverse(lease.end_at()));
-                    pool.page_codes += usize::from(lease.from_page);
-                }
-            } else if let Some(&(pid, idx)) = a.dir.slot(lease.number).as_ref() {
-                let pool = &mut a.pools[pid.0 as usize];
-                let slot = &mut pool.slots[idx as usize];
-                if holds {
-                    if slot.state != SlotState::Free {
-                        return Err(CoreError::Corrupt(format!(
-                            "number {} is held by two leases ({:?} and {})",
-                            lease.number, slot.holder, lease.id
-                        )));
-                    }
-                    slot.holder = Some(lease.id);
-                    pool.page_numbers += usize::from(lease.from_page);
-                    if lease.end.is_none() {
-                        slot.state = SlotState::Leased;
-                        pool.leased.push(idx, Reverse(lease.expires_at));
-                    } else {
-                        slot.state = SlotState::Cooling;
-                        pool.cooling.push(idx, Reverse(cool_until));
-                    }
-                } else {
-                    let t = freed_at.entry((pid, idx)).or_default();
-                    if cool_until >= *t {
-                        *t = cool_until;
-                        if slot.state == SlotState::Free {
-                            slot.holder = Some(lease.id);
-                        }
-                    }
-                }
-            }
-            if lease.end.is_none() {
-                a.sticky.insert(sticky_key(&lease), lease.id);
-                a.count_live(&lease, true);
-            }
-            a.index(&lease);
-            a.leases.insert(lease.id, lease);
-        }
-        a.queue_free(&freed_at);
-        for call in snapshot.calls {
-            a.calls.insert(call.id.key(), call);
-        }
-        for r in snapshot.returns {
-            a.returns.insert(r.key, r);
-        }
-        for t in snapshot.tickets {
-            a.ticket_codes.insert(t.code, t.id);
-            a.tickets.insert(t.id, t);
-        }
-        for p in snapshot.passes {
-            a.passes.insert(p.id, p);
-        }
-        for p in snapshot.progress {
-            a.progress.insert(p.key, p);
-        }
-        for (tenant, listing, target) in snapshot.listings {
-            a.listings.insert((tenant, listing), target);
-        }
+        let leasing = Leasing::restore(&dir, snapshot.leases, snapshot.listings)?;
+        let mut a = Allocator {
+            leasing,
+            dir,
+            calls: Calls::restore(snapshot.calls, snapshot.returns),
+            ticketing: Ticketing::restore(snapshot.tickets, snapshot.passes, snapshot.progress),
+            schedule: Schedule::new(),
+        };
         for (tick, due) in snapshot.wheel {
-            a.wheel.insert(tick, due);
+            a.schedule.restore(tick, due);
         }
         Ok(a)
     }
@@ -564,20 +107,29 @@ impl Allocator {
     }
 
     pub fn pool_stats(&self, pool: PoolId) -> PoolStats {
-        self.pools[pool.0 as usize].stats()
+        self.leasing.pool_stats(pool)
     }
 
     pub fn lease(&self, id: &LeaseId) -> Option<&Lease> {
-        self.leases.get(id)
+        self.leasing.lease(id)
     }
 
     pub fn lease_count(&self) -> usize {
-        self.leases.len()
+        self.leasing.lease_count()
+    }
+
+    /// The formula of a ticketing pool.
+    pub fn formula(&self, pool: PoolId) -> Option<&Formula> {
+        self.dir.formula(pool)
+    }
+
+    pub fn pass(&self, id: &PassId) -> Option<&Pass> {
+        self.ticketing.pass(id)
     }
 
     /// Wheel entries pending, and the last tick fully fired.
     pub fn wheel_status(&self) -> (usize, u64) {
-        (self.wheel.len(), self.wheel.done_through())
+        (self.schedule.len(), self.schedule.done_through())
     }
 
     /// Gives the visitor a number: their live lease back (extended) if they already hold one
@@ -591,147 +143,7 @@ impl Allocator {
         new_id: LeaseId,
         out: &mut Outbox,
     ) -> Result<Allocated, CoreError> {
-        let dir = Arc::clone(&self.dir);
-        let spec = dir
-            .pools
-            .get(req.pool.0 as usize)
-            .ok_or(CoreError::UnknownPool)?;
-        if matches!(spec.mode, PoolMode::Ticketing(_)) {
-            return Err(CoreError::TicketingPool);
-        }
-        let settings = &spec.settings;
-
-        let key: StickyKey = (
-            req.tenant.clone(),
-            req.pool,
-            req.session.clone(),
-            req.listing.clone(),
-        );
-        if let Some(&id) = self.sticky.get(&key) {
-            if self.leases[&id].state(now) == LeaseState::Active {
-                let ttl = self.ttl_of(&self.leases[&id], req.ttl);
-                self.extend(id, ttl, now, out);
-                return Ok(Allocated {
-                    lease: self.leases[&id].clone(),
-                    fresh: false,
-                });
-            }
-        }
-
-        if self.leases.contains_key(&new_id) {
-            return Err(CoreError::DuplicateId);
-        }
-        let limits = self.dir.pools[req.pool.0 as usize].limits;
-        let per_session = self
-            .live_per_session
-            .get(&(req.pool, req.tenant.clone(), req.session.clone()))
-            .copied()
-            .unwrap_or(0);
-        if limits.max_live_per_session > 0 && per_session >= limits.max_live_per_session {
-            return Err(CoreError::TooManyLeases {
-                per: "session",
-                limit: limits.max_live_per_session,
-            });
-        }
-        let per_tenant = self
-            .live_per_tenant
-            .get(&(req.pool, req.tenant.clone()))
-            .copied()
-            .unwrap_or(0);
-        if limits.max_live_per_tenant > 0 && per_tenant >= limits.max_live_per_tenant {
-            return Err(CoreError::TooManyLeases {
-                per: "tenant",
-                limit: limits.max_live_per_tenant,
-            });
-        }
-        let life = life_cap(settings, req.from_page);
-        let pool = &mut self.pools[req.pool.0 as usize];
-        // A page past its share of numbers is treated as if none were free, and past its share
-        // of codes as if every code were taken: what is left stays for servers.
-        let (numbers_open, codes_open) = match req.from_page {
-            true => pool.open_to_pages(spec),
-            false => (true, true),
-        };
-        let popped = if numbers_open { pool.free.pop() } else { None };
-        let (number, code, ttl) = match popped {
-            Some((idx, _)) => {
-                let slot = &mut pool.slots[idx as usize];
-                slot.state = SlotState::Leased;
-                slot.holder = Some(new_id);
-                let ttl = req.ttl.unwrap_or(settings.ttl).min(life);
-                pool.leased.push(idx, Reverse(now.saturating_add(ttl)));
-                pool.page_numbers += usize::from(req.from_page);
-                (slot.number, None, ttl)
-            }
-            None => {
-                let next_number = pool.next_free_at(spec);
-                let OnExhausted::Shared { number, code_ttl } = spec.on_exhausted else {
-                    return Err(CoreError::Exhausted {
-                        retry_after_secs: retry_after_secs(
-                            now,
-                            next_number.unwrap_or(now.saturating_add(settings.ttl)),
-                        ),
-                    });
-                };
-                let seed = u16::from_le_bytes([new_id.as_bytes()[0], new_id.as_bytes()[1]]);
-                let Some(code) = (0..Code::SPACE)
-                    .filter(|_| codes_open)
-                    .filter_map(|i| Code::new((seed % Code::SPACE + i) % Code::SPACE))
-                    .find(|c| !pool.codes.contains_key(c))
-                else {
-                    let next_code = pool
-                        .code_ends
-                        .peek()
-                        .map(|(_, Reverse(end))| end.saturating_add(settings.quarantine));
-                    return Err(CoreError::Exhausted {
-                        retry_after_secs: retry_after_secs(
-                            now,
-                            min_opt(next_number, next_code)
-                                .unwrap_or(now.saturating_add(settings.ttl)),
-                        ),
-                    });
-                };
-                let ttl = code_ttl.min(life);
-                pool.codes.insert(code, new_id);
-                pool.code_ends.push(code, Reverse(now.saturating_add(ttl)));
-                pool.page_codes += usize::from(req.from_page);
-                (number, Some(code), ttl)
-            }
-        };
-        let expires_at = now.saturating_add(ttl);
-        let target = req.target.or_else(|| {
-            let listing = req.listing.clone()?;
-            self.listings.get(&(req.tenant.clone(), listing)).cloned()
-        });
-        let lease = Lease {
-            id: new_id,
-            tenant: req.tenant,
-            pool: req.pool,
-            number,
-            session: req.session,
-            listing: req.listing,
-            target,
-            caller: req.caller,
-            created_at: now,
-            expires_at,
-            end: None,
-            freed: false,
-            calls_required: req.calls_required.max(1),
-            min_call_secs: req.min_call_secs,
-            calls: 0,
-            redeemed_at: None,
-            code,
-            first_call_at: None,
-            pass: None,
-            from_page: req.from_page,
-        };
-        self.sticky.insert(key, new_id);
-        self.index(&lease);
-        self.count_live(&lease, true);
-        self.leases.insert(new_id, lease.clone());
-        out.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(expires_at, Due::Lease(new_id), out);
-        Ok(Allocated { lease, fresh: true })
+        self.leasing.allocate(cx!(self, out), req, now, new_id)
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
@@ -743,19 +155,7 @@ impl Allocator {
         target: Option<Target>,
         out: &mut Outbox,
     ) {
-        let key = (tenant, listing);
-        match target {
-            Some(t) => {
-                out.effects
-                    .push(Effect::PutListing(key.0.clone(), key.1.clone(), t.clone()));
-                self.listings.insert(key, t);
-            }
-            None => {
-                if self.listings.remove(&key).is_some() {
-                    out.effects.push(Effect::DelListing(key.0, key.1));
-                }
-            }
-        }
+        self.leasing.set_listing(tenant, listing, target, out)
     }
 
     /// Extends an active lease by `ttl` from now (the pool's `ttl` if `None`; a code's
@@ -768,14 +168,7 @@ impl Allocator {
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<&Lease, CoreError> {
-        let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
-        match lease.state(now) {
-            LeaseState::Active => {}
-            ended => return Err(CoreError::LeaseEnded(ended)),
-        }
-        let ttl = self.ttl_of(lease, ttl);
-        self.extend(*id, ttl, now, out);
-        Ok(&self.leases[id])
+        self.leasing.renew(cx!(self, out), id, ttl, now)
     }
 
     /// Ends a lease now; its number starts cooling. Returns false if it had already ended
@@ -786,21 +179,7 @@ impl Allocator {
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<bool, CoreError> {
-        let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
-        match lease.state(now) {
-            LeaseState::Active => {
-                self.end(*id, now, EndReason::Released, out);
-                let cool_until = self.cool_until(&self.leases[id]);
-                self.schedule(cool_until, Due::Lease(*id), out);
-                Ok(true)
-            }
-            // Past its deadline but not yet fired: settle it as the wheel would.
-            LeaseState::Expired if lease.end.is_none() => {
-                self.advance(Due::Lease(*id), now, out);
-                Ok(false)
-            }
-            _ => Ok(false),
-        }
+        self.leasing.release(cx!(self, out), id, now)
     }
 
     /// Marks a paid lease redeemed, once: the merchant's proof of payment cannot be replayed.
@@ -812,32 +191,199 @@ impl Allocator {
         pass_id: PassId,
         out: &mut Outbox,
     ) -> Result<(Lease, Option<Pass>), CoreError> {
-        let lease = self.leases.get(id).ok_or(CoreError::UnknownLease)?;
-        if lease.redeemed_at.is_some() {
-            return Err(CoreError::AlreadyRedeemed);
+        let (pool, tenant) = self.leasing.redeemable(id)?;
+        let source = PassSource::Lease(*id);
+        let pass = self
+            .ticketing
+            .grant(cx!(self, out), pool, &tenant, source, now, pass_id);
+        let lease = self
+            .leasing
+            .mark_redeemed(id, now, pass.as_ref().map(|p| p.id), out);
+        Ok((lease, pass))
+    }
+
+    /// Redeems an access code once, for a site allowed on the ticket's pool. Grants a pass
+    /// when the pool has an `access_ttl`.
+    pub fn redeem_ticket(
+        &mut self,
+        code: TicketCode,
+        tenant: &TenantId,
+        allowed: impl Fn(PoolId) -> bool,
+        now: Timestamp,
+        pass_id: PassId,
+        out: &mut Outbox,
+    ) -> Result<(Ticket, Option<Pass>), CoreError> {
+        self.ticketing
+            .redeem_ticket(cx!(self, out), code, tenant, allowed, now, pass_id)
+    }
+
+    /// Ends a pass now (refund, abuse); only its tenant may.
+    pub fn revoke_pass(
+        &mut self,
+        id: &PassId,
+        tenant: &TenantId,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<Pass, CoreError> {
+        self.ticketing.revoke_pass(cx!(self, out), id, tenant, now)
+    }
+
+    /// Who gets a call placed at `at`, from the state as stored (see [`Calls::attribute`]
+    /// for the rules, in order).
+    pub fn attribute(
+        &self,
+        called: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        code: Option<Code>,
+        at: Timestamp,
+    ) -> Attribution {
+        self.calls
+            .attribute(&self.dir, &self.leasing, called, caller, code, at)
+    }
+
+    /// Records a call's start and answers where it goes. A retried start (same id, same
+    /// facts) gets the first answer again; the same id with other facts is a conflict.
+    pub fn call_start(
+        &mut self,
+        start: CallStart,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<Call, CoreError> {
+        if let Some(c) = self.calls.retried_start(&start)? {
+            return Ok(c);
         }
-        if !lease.paid() {
-            return Err(CoreError::NotPaid {
-                calls: lease.calls,
-                calls_required: lease.calls_required,
+        let attribution = self.attribute(start.called, start.caller, start.code, start.at);
+        let mut call = Call {
+            id: start.id,
+            called: start.called,
+            caller: start.caller,
+            code: start.code,
+            started_at: start.at,
+            attribution,
+            end: None,
+            counted: false,
+            ticketing: None,
+        };
+        if let Some(pool) = call.attribution.pool.filter(|&p| self.formula(p).is_some()) {
+            let counts_now = self.formula(pool).is_some_and(|f| f.min_call_secs == 0);
+            call.ticketing = Some(if counts_now {
+                call.counted = true;
+                self.ticketing.count_ticketing(
+                    cx!(self, out),
+                    pool,
+                    call.caller,
+                    call.started_at,
+                    now,
+                    start.entropy,
+                )
+            } else {
+                self.ticketing
+                    .ticketing_progress(&self.dir, pool, call.caller, call.started_at)
             });
         }
-        let (pool, tenant) = (lease.pool, lease.tenant.clone());
-        let pass = self.grant(pool, &tenant, PassSource::Lease(*id), now, pass_id, out);
-        let lease = self.leases.get_mut(id).expect("just seen");
-        lease.redeemed_at = Some(now);
-        lease.pass = pass.as_ref().map(|p| p.id);
-        let lease = lease.clone();
-        out.effects.push(Effect::PutLease(lease.clone()));
-        Ok((lease, pass))
+        let reason = call.attribution.reason;
+        let mut first_call_after = None;
+        if let Some(lease) = call
+            .attribution
+            .lease
+            .and_then(|id| self.leasing.lease(&id))
+        {
+            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
+            let counts_now = lease.min_call_secs == 0;
+            first_call_after =
+                self.leasing
+                    .note_call(id, call.started_at, reason != Reason::Return);
+            out.notices.push(Notice::CallStarted {
+                lease: id,
+                call: call.id.clone(),
+            });
+            if counts_now {
+                self.leasing.count_call(id, out);
+                call.counted = true;
+            } else {
+                self.leasing.put(id, out);
+            }
+            // Only a call proven by the line it reached opens a return route: a `caller`
+            // claim typed on a page must not keep a caller's calls for 30 days.
+            let proven = matches!(reason, Reason::Code | Reason::Active | Reason::Grace);
+            if let (Some(caller), Some(listing), true) = (call.caller, listing, proven) {
+                self.calls
+                    .open_return(cx!(self, out), caller, &call, id, listing, target);
+            }
+        }
+        out.notices.push(Notice::Attributed {
+            pool: call.attribution.pool,
+            reason,
+            first_call_after,
+        });
+        self.calls.remember_start(cx!(self, out), &call, now);
+        Ok(call)
+    }
+
+    /// Records a call's end. A call whose lease (or ticketing formula) needs `min_call_secs`
+    /// counts now if it lasted that long; `entropy` serves a ticket this may complete. A retried end with the same duration is answered again; another duration is
+    /// a conflict.
+    pub fn call_end(
+        &mut self,
+        id: &CallId,
+        end: CallEnd,
+        now: Timestamp,
+        entropy: Entropy,
+        out: &mut Outbox,
+    ) -> Result<Call, CoreError> {
+        let mut call = match self.calls.ending(id, end)? {
+            Ending::Retried(call) => return Ok(call),
+            Ending::Fresh(call) => call,
+        };
+        let formula = call
+            .attribution
+            .pool
+            .and_then(|p| self.formula(p).map(|f| (p, f.min_call_secs)));
+        if let Some((pool, min)) = formula {
+            if !call.counted && end.duration_secs >= min {
+                call.counted = true;
+                call.ticketing = Some(self.ticketing.count_ticketing(
+                    cx!(self, out),
+                    pool,
+                    call.caller,
+                    call.started_at,
+                    now,
+                    entropy,
+                ));
+            }
+        }
+        if let Some(lease) = call.attribution.lease.and_then(|l| self.leasing.lease(&l)) {
+            let lease_id = lease.id;
+            let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;
+            // The page hears the call end before the lease becomes paid.
+            out.notices.push(Notice::CallEnded {
+                lease: lease_id,
+                call: call.id.clone(),
+                duration_secs: end.duration_secs,
+                counted: call.counted || counts_now,
+            });
+            if counts_now {
+                self.leasing.count_call(lease_id, out);
+                call.counted = true;
+            }
+        }
+        self.calls.remember_end(&call, out);
+        Ok(call)
+    }
+
+    pub fn call(&self, id: &CallId) -> Option<&Call> {
+        self.calls.call(id)
+    }
+
+    /// Which pool a called number belongs to, as a pool number or a shared number.
+    pub fn pool_of_number(&self, n: PhoneNumber) -> Option<PoolId> {
+        self.dir.pool_of_number(n)
     }
 
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
     /// records. Stale entries (a renewed lease's old deadline) do nothing but go away.
     pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
-        let mut due = Vec::new();
-        self.wheel.advance(now.tick_floor(), &mut due);
-        for (tick, what) in due {
+        for (tick, what) in self.schedule.due(now) {
             out.effects.push(Effect::DelWheel(tick, what));
             self.advance(what, now, out);
         }
@@ -850,360 +396,34 @@ impl Allocator {
     /// from now on and its late callers keep their grace. Leases live at `mark` and made before `now` go on unchanged. Returns how
     /// many leases were ended.
     pub fn rewind_to(&mut self, mark: Timestamp, now: Timestamp, out: &mut Outbox) -> usize {
-        let untrusted: Vec<LeaseId> = self
-            .leases
-            .values()
-            .filter(|l| l.end.is_none() && (l.expires_at <= mark || l.created_at > now))
-            .map(|l| l.id)
-            .collect();
-        for &id in &untrusted {
-            // A lease stamped in the future is brought back to now, so its late callers find
-            // it (attribution looks for the lease created before the call) and get its grace.
-            let lease = self.leases.get_mut(&id).expect("just seen");
-            lease.created_at = lease.created_at.min(now);
-            lease.expires_at = lease.expires_at.min(now.max(lease.created_at));
-            self.end(id, now, EndReason::Expired, out);
-            let cool_until = self.cool_until(&self.leases[&id]);
-            self.schedule(cool_until, Due::Lease(id), out);
-        }
-        untrusted.len()
+        self.leasing.rewind_to(cx!(self, out), mark, now)
     }
 
     /// Checks the invariants (ARCHITECTURE.md) that a single state can show; `Err` says which broke.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let done = self.wheel.done_through();
-        for (pool, spec) in self.pools.iter().zip(self.dir.specs()) {
-            let s = pool.stats();
-            if s.free + s.leased + s.cooling != s.size {
-                return Err(format!("pool {}: counts {s:?} do not add up", spec.name));
-            }
-            for (idx, slot) in pool.slots.iter().enumerate() {
-                let idx = idx as u32;
-                let in_sets = [
-                    pool.free.get(&idx).is_some(),
-                    pool.leased.get(&idx).is_some(),
-                    pool.cooling.get(&idx).is_some(),
-                ];
-                let expected = match slot.state {
-                    SlotState::Free => [true, false, false],
-                    SlotState::Leased => [false, true, false],
-                    SlotState::Cooling => [false, false, true],
-                };
-                if in_sets != expected {
-                    return Err(format!(
-                        "{}: state {:?} but sets {in_sets:?}",
-                        slot.number, slot.state
-                    ));
-                }
-                if slot.state != SlotState::Free {
-                    let lease = slot
-                        .holder
-                        .and_then(|id| self.leases.get(&id))
-                        .ok_or_else(|| format!("{} held by a missing lease", slot.number))?;
-                    let (holds, deadline) = match slot.state {
-                        SlotState::Leased => (lease.end.is_none(), lease.expires_at),
-                        _ => (lease.end.is_some() && !lease.freed, self.cool_until(lease)),
-                    };
-                    if !holds || lease.number != slot.number {
-                        return Err(format!(
-                            "{} state {:?} disagrees with {lease:?}",
-                            slot.number, slot.state
-                        ));
-                    }
-                    if deadline.tick_ceil() <= done {
-                        return Err(format!(
-                            "{} still {:?} at tick {done}, past its deadline {deadline:?}",
-                            slot.number, slot.state
-                        ));
-                    }
-                }
-            }
-            let mut page_codes = 0;
-            for (code, id) in &pool.codes {
-                let lease = self
-                    .leases
-                    .get(id)
-                    .ok_or_else(|| format!("code {code} held by a missing lease"))?;
-                if lease.code != Some(*code) || lease.freed {
-                    return Err(format!("code {code} disagrees with {lease:?}"));
-                }
-                if pool.code_ends.get_priority(code) != Some(&Reverse(lease.end_at())) {
-                    return Err(format!("code {code} filed under the wrong end"));
-                }
-                page_codes += usize::from(lease.from_page);
-            }
-            if pool.code_ends.len() != pool.codes.len() {
-                return Err(format!("pool {}: code ends out of step", spec.name));
-            }
-            let page_numbers = pool
-                .slots
-                .iter()
-                .filter(|s| s.state != SlotState::Free)
-                .filter_map(|s| s.holder.and_then(|id| self.leases.get(&id)))
-                .filter(|l| l.from_page)
-                .count();
-            if (page_numbers, page_codes) != (pool.page_numbers, pool.page_codes) {
-                return Err(format!(
-                    "pool {}: pages hold {page_numbers} numbers and {page_codes} codes, counted {} and {}",
-                    spec.name, pool.page_numbers, pool.page_codes
-                ));
-            }
-        }
-        let mut holders: HashMap<Line, LeaseId> = HashMap::default();
-        for lease in self.leases.values() {
-            if lease.end.is_none() {
-                if let Some(other) = holders.insert(lease.line(), lease.id) {
-                    return Err(format!(
-                        "{:?} held by {other} and {}",
-                        lease.line(),
-                        lease.id
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.leasing
+            .check_invariants(&self.dir, self.schedule.done_through())
     }
 
     /// When the lease's number (or code) may go to someone else.
     pub fn cool_until(&self, lease: &Lease) -> Timestamp {
-        let q = self.dir.pools[lease.pool.0 as usize].settings.quarantine;
-        lease.end_at().saturating_add(q)
+        leasing::cool_until(&self.dir, lease)
     }
 
     /// Until when late calls still reach the lease's holder.
     pub fn grace_until(&self, lease: &Lease) -> Timestamp {
-        let g = self.dir.pools[lease.pool.0 as usize].settings.grace;
-        lease.end_at().saturating_add(g)
-    }
-
-    fn purge_at(&self, lease: &Lease) -> Timestamp {
-        let r = self.dir.pools[lease.pool.0 as usize].settings.retention;
-        lease.end_at().saturating_add(r).max(self.cool_until(lease))
-    }
-
-    /// The lifetime a new term of `lease` gets: `code_ttl` on a shared number, else `wanted`
-    /// or the pool's `ttl`; never more than the lease may live (`max_ttl`, `page_max_ttl`).
-    fn ttl_of(&self, lease: &Lease, wanted: Option<Duration>) -> Duration {
-        let spec = &self.dir.pools[lease.pool.0 as usize];
-        let ttl = match (lease.code, &spec.on_exhausted) {
-            (Some(_), OnExhausted::Shared { code_ttl, .. }) => *code_ttl,
-            _ => wanted.unwrap_or(spec.settings.ttl),
-        };
-        ttl.min(life_cap(&spec.settings, lease.from_page))
-    }
-
-    pub(super) fn schedule(&mut self, deadline: Timestamp, what: Due, out: &mut Outbox) {
-        let tick = deadline.tick_ceil();
-        self.wheel.insert(tick, what);
-        out.effects.push(Effect::PutWheel(tick, what));
-    }
-
-    /// Adds a lease to the lookups attribution uses.
-    fn index(&mut self, lease: &Lease) {
-        self.history.entry(lease.line()).or_default().push(lease.id);
-        if let Some(c) = lease.caller {
-            self.by_caller.entry(c).or_default().push(lease.id);
-        }
-    }
-
-    /// Counts a lease in (or out of) the live counts its pool's caps look at.
-    fn count_live(&mut self, lease: &Lease, live: bool) {
-        fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K, up: bool) {
-            if up {
-                *map.entry(key).or_default() += 1;
-            } else if let Some(n) = map.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&key);
-                }
-            }
-        }
-        bump(
-            &mut self.live_per_session,
-            (lease.pool, lease.tenant.clone(), lease.session.clone()),
-            live,
-        );
-        bump(
-            &mut self.live_per_tenant,
-            (lease.pool, lease.tenant.clone()),
-            live,
-        );
-    }
-
-    fn unindex(&mut self, lease: &Lease) {
-        remove_from(&mut self.history, lease.line(), lease.id);
-        if let Some(c) = lease.caller {
-            remove_from(&mut self.by_caller, c, lease.id);
-        }
-    }
-
-    fn extend(&mut self, id: LeaseId, ttl: Duration, now: Timestamp, out: &mut Outbox) {
-        let lease = self.leases.get_mut(&id).expect("caller checked");
-        let settings = &self.dir.pools[lease.pool.0 as usize].settings;
-        let bound = lease
-            .created_at
-            .saturating_add(life_cap(settings, lease.from_page));
-        let new_expiry = now.saturating_add(ttl).min(bound).max(lease.expires_at);
-        if new_expiry == lease.expires_at {
-            return;
-        }
-        lease.expires_at = new_expiry;
-        if let Some(code) = lease.code {
-            self.pools[lease.pool.0 as usize]
-                .code_ends
-                .change_priority(&code, Reverse(new_expiry));
-        } else if let Some(&(pid, idx)) = self.dir.slot(lease.number).as_ref() {
-            self.pools[pid.0 as usize]
-                .leased
-                .change_priority(&idx, Reverse(new_expiry));
-        }
-        out.effects.push(Effect::PutLease(lease.clone()));
-        self.schedule(new_expiry, Due::Lease(id), out);
+        leasing::grace_until(&self.dir, lease)
     }
 
     /// Moves a record as far along its life as `now` allows, and files its next deadline.
     fn advance(&mut self, what: Due, now: Timestamp, out: &mut Outbox) {
         match what {
-            Due::Lease(id) => self.advance_lease(id, now, out),
-            Due::Call(key) => self.forget_call(key, now),
-            Due::Return(key) => self.expire_return(key, now, out),
-            Due::Ticket(id) => self.advance_ticket(id, now, out),
-            Due::Pass(id) => self.advance_pass(id, now, out),
-            Due::Progress(key) => self.advance_progress(key, now, out),
-        }
-    }
-
-    fn advance_lease(&mut self, id: LeaseId, now: Timestamp, out: &mut Outbox) {
-        let mut moved = false;
-        loop {
-            let Some(lease) = self.leases.get(&id) else {
-                return;
-            };
-            if lease.end.is_none() {
-                if now < lease.expires_at {
-                    break;
-                }
-                let at = lease.expires_at;
-                self.end(id, at, EndReason::Expired, out);
-                moved = true;
-            } else if !lease.freed {
-                let cool_until = self.cool_until(lease);
-                if now < cool_until {
-                    break;
-                }
-                self.free(id, cool_until, out);
-                moved = true;
-            } else {
-                if now < self.purge_at(lease) {
-                    break;
-                }
-                let lease = self.leases.remove(&id).expect("just seen");
-                self.unindex(&lease);
-                out.effects.push(Effect::DelLease(id));
-                out.notices.push(Notice::Purged { lease: id });
-                return;
-            }
-        }
-        if moved {
-            let lease = &self.leases[&id];
-            let next = if lease.freed {
-                self.purge_at(lease)
-            } else {
-                self.cool_until(lease)
-            };
-            self.schedule(next, Due::Lease(id), out);
-        }
-    }
-
-    fn end(&mut self, id: LeaseId, at: Timestamp, reason: EndReason, out: &mut Outbox) {
-        let lease = self.leases.get_mut(&id).expect("caller checked");
-        lease.end = Some(LeaseEnd { at, reason });
-        out.notices.push(Notice::Ended {
-            lease: id,
-            pool: lease.pool,
-            reason,
-            lived: at.since(lease.created_at),
-        });
-        let key = sticky_key(lease);
-        if self.sticky.get(&key) == Some(&id) {
-            self.sticky.remove(&key);
-        }
-        let lease = self.leases[&id].clone();
-        self.count_live(&lease, false);
-        let lease = &self.leases[&id];
-        let cool_until = self.cool_until(lease);
-        if let Some(code) = lease.code {
-            let pool = &mut self.pools[lease.pool.0 as usize];
-            if pool.codes.get(&code) == Some(&id) {
-                pool.code_ends.change_priority(&code, Reverse(at));
-            }
-        } else {
-            if let Some(&(pid, idx)) = self.dir.slot(lease.number).as_ref() {
-                let pool = &mut self.pools[pid.0 as usize];
-                let slot = &mut pool.slots[idx as usize];
-                if slot.holder == Some(id) && slot.state == SlotState::Leased {
-                    slot.state = SlotState::Cooling;
-                    pool.leased.remove(&idx);
-                    pool.cooling.push(idx, Reverse(cool_until));
-                }
-            }
-        }
-        out.effects.push(Effect::PutLease(lease.clone()));
-    }
-
-    fn free(&mut self, id: LeaseId, at: Timestamp, out: &mut Outbox) {
-        let lease = self.leases.get_mut(&id).expect("caller checked");
-        lease.freed = true;
-        let page = usize::from(lease.from_page);
-        match lease.code {
-            Some(code) => {
-                let pool = &mut self.pools[lease.pool.0 as usize];
-                if pool.codes.get(&code) == Some(&id) {
-                    pool.codes.remove(&code);
-                    pool.code_ends.remove(&code);
-                    pool.page_codes -= page;
-                }
-            }
-            None => {
-                // The pool the number is configured in now, as `end` and `restore` see it.
-                if let Some(&(pid, idx)) = self.dir.slot(lease.number).as_ref() {
-                    let pool = &mut self.pools[pid.0 as usize];
-                    let slot = &mut pool.slots[idx as usize];
-                    if slot.holder == Some(id) && slot.state == SlotState::Cooling {
-                        slot.state = SlotState::Free;
-                        pool.cooling.remove(&idx);
-                        pool.free.push(idx, Reverse((at, idx)));
-                        pool.page_numbers -= page;
-                    }
-                }
-            }
-        }
-        out.effects.push(Effect::PutLease(lease.clone()));
-    }
-}
-
-/// The longest a lease may live from its creation: `max_ttl`, and `page_max_ttl` for a page's.
-fn life_cap(settings: &LeaseSettings, from_page: bool) -> Duration {
-    match from_page {
-        true => settings.max_ttl.min(settings.page_max_ttl),
-        false => settings.max_ttl,
-    }
-}
-
-fn sticky_key(lease: &Lease) -> StickyKey {
-    (
-        lease.tenant.clone(),
-        lease.pool,
-        lease.session.clone(),
-        lease.listing.clone(),
-    )
-}
-
-fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<LeaseId>>, key: K, id: LeaseId) {
-    if let Some(v) = map.get_mut(&key) {
-        v.retain(|x| *x != id);
-        if v.is_empty() {
-            map.remove(&key);
+            Due::Lease(id) => self.leasing.advance_lease(cx!(self, out), id, now),
+            Due::Call(key) => self.calls.forget_call(&self.dir, key, now),
+            Due::Return(key) => self.calls.expire_return(key, now, out),
+            Due::Ticket(id) => self.ticketing.advance_ticket(cx!(self, out), id, now),
+            Due::Pass(id) => self.ticketing.advance_pass(cx!(self, out), id, now),
+            Due::Progress(key) => self.ticketing.advance_progress(cx!(self, out), key, now),
         }
     }
 }

@@ -1,152 +1,71 @@
 //! Calls: who gets the credit for a call, decided from the stored history at the call's own
-//! time (so a late event is answered as it would have been live), and what calls count toward
-//! a lease being paid. Pure, like the rest of the core.
+//! time (so a late event is answered as it would have been live), the calls still remembered
+//! and the return routes they open. Pure, like the rest of the core: leases are read through
+//! `&Leasing`, and what counts toward a lease is the allocator's to apply.
 
+use std::collections::HashMap as StdMap;
 use std::time::Duration;
 
-use super::allocator::{Allocator, Lease, Line, Notice};
-use super::tickets::{Entropy, TicketingAnswer};
+use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+use super::directory::Directory;
+use super::lease::Lease;
+use super::leasing::{Hold, Leasing};
+use super::outbox::Outbox;
+use super::schedule::Cx;
 use super::time::Timestamp;
-use super::types::{CallId, Code, Due, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
-use super::{CoreError, Effect, Outbox};
+use super::types::{
+    CallId, CallKey, Code, Due, LeaseId, ListingId, PhoneNumber, ReturnKey, Target,
+};
+use super::{CoreError, Effect};
 
-/// Why a call went where it went. Precedence: code, return, active, grace, caller (see
-/// [`Allocator::attribute`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The caller typed a live code on the pool's shared number.
-    Code,
-    /// The caller's number is the one the visitor typed on the page, on a line nobody holds
-    /// (the shared number without a code, or a free number of the pool).
-    Caller,
-    /// The caller already called this number for a listing, within the return window.
-    Return,
-    /// The number's live lease.
-    Active,
-    /// The number's last lease ended less than `grace` ago.
-    Grace,
-    /// A pool number nobody holds.
-    NotLeased,
-    /// Not a number Leaseline manages.
-    UnknownNumber,
-    /// A ticketing number: the call counts toward the caller's formula (no lease involved).
-    Ticketing,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 8] = [
-        Reason::Code,
-        Reason::Caller,
-        Reason::Return,
-        Reason::Active,
-        Reason::Grace,
-        Reason::NotLeased,
-        Reason::UnknownNumber,
-        Reason::Ticketing,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Code => "code",
-            Reason::Caller => "caller",
-            Reason::Return => "return",
-            Reason::Active => "active",
-            Reason::Grace => "grace",
-            Reason::NotLeased => "not_leased",
-            Reason::UnknownNumber => "unknown_number",
-            Reason::Ticketing => "ticketing",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    pub fn attributed(self) -> bool {
-        !matches!(self, Reason::NotLeased | Reason::UnknownNumber)
-    }
-}
-
-/// Where a call goes and who gets the credit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attribution {
-    pub reason: Reason,
-    pub pool: Option<PoolId>,
-    pub lease: Option<LeaseId>,
-    pub target: Option<Target>,
-    pub listing: Option<ListingId>,
-}
-
-/// A return caller's route: after their first attributed call on `key.number` for a listing,
-/// their later calls there reach that listing until `until`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReturnRoute {
-    pub key: ReturnKey,
-    pub lease: LeaseId,
-    pub listing: ListingId,
-    pub target: Option<Target>,
-    pub first_at: Timestamp,
-    pub until: Timestamp,
-}
-
-/// The start of a call, as telephony reports it.
-#[derive(Clone, Debug)]
-pub struct CallStart {
-    pub id: CallId,
-    pub called: PhoneNumber,
-    pub caller: Option<PhoneNumber>,
-    pub code: Option<Code>,
-    pub at: Timestamp,
-    /// Randomness for a ticket this call may complete.
-    pub entropy: Entropy,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallEnd {
-    pub at: Timestamp,
-    pub duration_secs: u32,
-}
-
-/// A call as recorded: its start, the answer given, and its end once known.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Call {
-    pub id: CallId,
-    pub called: PhoneNumber,
-    pub caller: Option<PhoneNumber>,
-    pub code: Option<Code>,
-    pub started_at: Timestamp,
-    pub attribution: Attribution,
-    pub end: Option<CallEnd>,
-    /// It counted toward its lease's `calls` (or its caller's ticketing formula).
-    pub counted: bool,
-    /// On a ticketing number: the formula's progress after this call, and any code issued.
-    pub ticketing: Option<TicketingAnswer>,
-}
-
-/// How a line (a number, or the shared number with a code) stood at an instant.
-enum Hold<'a> {
-    Active(&'a Lease),
-    Grace(&'a Lease),
-    /// Its last lease is over, grace too, but its quarantine is not.
-    Cooling,
-    Free,
-}
+type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
 
 /// How long a call stays in memory (for retried events and its `end`) when its pool is unknown.
 const CALL_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
-impl Allocator {
+/// Calls still remembered and return routes. Fields are private: the allocator asks through
+/// methods.
+#[derive(Debug, Default)]
+pub(super) struct Calls {
+    /// Calls still remembered (for idempotency and their `end`), by key.
+    calls: HashMap<CallKey, Call>,
+    returns: HashMap<ReturnKey, ReturnRoute>,
+}
+
+/// What a call's end event finds.
+pub(super) enum Ending {
+    /// The end was already recorded with this duration: answer the call again.
+    Retried(Call),
+    /// The call with its end set, to count and record.
+    Fresh(Call),
+}
+
+impl Calls {
+    /// Rebuilds from persisted records.
+    pub(super) fn restore(calls: Vec<Call>, returns: Vec<ReturnRoute>) -> Self {
+        let mut c = Calls::default();
+        for call in calls {
+            c.calls.insert(call.id.key(), call);
+        }
+        for r in returns {
+            c.returns.insert(r.key, r);
+        }
+        c
+    }
+
     /// Who gets a call placed at `at`, from the state as stored. Rules in order: code,
     /// return, active, grace, caller (only on a line nobody holds); else not_leased or
     /// unknown_number (with the pool's fallback target, if any).
-    pub fn attribute(
+    pub(super) fn attribute(
         &self,
+        dir: &Directory,
+        leasing: &Leasing,
         called: PhoneNumber,
         caller: Option<PhoneNumber>,
         code: Option<Code>,
         at: Timestamp,
     ) -> Attribution {
-        let pool = self.pool_of_number(called);
+        let pool = dir.pool_of_number(called);
         let Some(pool) = pool else {
             return Attribution {
                 reason: Reason::UnknownNumber,
@@ -156,7 +75,7 @@ impl Allocator {
                 listing: None,
             };
         };
-        if self.formula(pool).is_some() {
+        if dir.formula(pool).is_some() {
             return Attribution {
                 reason: Reason::Ticketing,
                 pool: Some(pool),
@@ -172,9 +91,9 @@ impl Allocator {
             target: l.target.clone(),
             listing: l.listing.clone(),
         };
-        let on_shared = self.dir.shared_pool(called) == Some(pool);
+        let on_shared = dir.shared_pool(called) == Some(pool);
         if let (Some(code), true) = (code, on_shared) {
-            match self.hold((called, Some(code)), at) {
+            match leasing.hold(dir, (called, Some(code)), at) {
                 Hold::Active(l) | Hold::Grace(l) => return from_lease(Reason::Code, l),
                 Hold::Cooling | Hold::Free => {}
             }
@@ -195,7 +114,7 @@ impl Allocator {
                 }
             }
         }
-        match self.hold((called, None), at) {
+        match leasing.hold(dir, (called, None), at) {
             Hold::Active(l) => return from_lease(Reason::Active, l),
             Hold::Grace(l) => return from_lease(Reason::Grace, l),
             // A line in quarantine is still its last holder's: nobody's claim takes it.
@@ -206,7 +125,7 @@ impl Allocator {
             // pool, active at `at`, makes that claim.
             Hold::Free if on_shared && code.is_some() => {}
             Hold::Free => {
-                if let Some(l) = caller.and_then(|c| self.sole_claim(pool, c, at)) {
+                if let Some(l) = caller.and_then(|c| leasing.sole_claim(pool, c, at)) {
                     return from_lease(Reason::Caller, l);
                 }
             }
@@ -215,136 +134,43 @@ impl Allocator {
             reason: Reason::NotLeased,
             pool: Some(pool),
             lease: None,
-            target: self.dir.pools[pool.0 as usize].fallback.clone(),
+            target: dir.spec(pool).fallback.clone(),
             listing: None,
         }
     }
 
-    /// The one lease of `pool` active at `at` that names `caller`; none when no lease or
-    /// several (two pages claiming one caller cancel each other out).
-    fn sole_claim(&self, pool: PoolId, caller: PhoneNumber, at: Timestamp) -> Option<&Lease> {
-        let mut claims = self
-            .by_caller
-            .get(&caller)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.leases.get(id))
-            .filter(|l| l.pool == pool && l.created_at <= at && at < l.end_at());
-        let first = claims.next()?;
-        claims.next().is_none().then_some(first)
+    pub(super) fn call(&self, id: &CallId) -> Option<&Call> {
+        self.calls.get(&id.key()).filter(|c| &c.id == id)
     }
 
-    /// Records a call's start and answers where it goes. A retried start (same id, same
-    /// facts) gets the first answer again; the same id with other facts is a conflict.
-    pub fn call_start(
-        &mut self,
-        start: CallStart,
-        now: Timestamp,
-        out: &mut Outbox,
-    ) -> Result<Call, CoreError> {
-        let key = start.id.key();
-        if let Some(c) = self.calls.get(&key) {
-            if c.id != start.id {
-                return Err(CoreError::CallConflict(
-                    "another call has a colliding id".into(),
-                ));
-            }
-            if c.called != start.called || c.caller != start.caller || c.code != start.code {
-                return Err(CoreError::CallConflict(format!(
-                    "call {} was already started with other numbers or code",
-                    start.id.as_str()
-                )));
-            }
-            return Ok(c.clone());
-        }
-        let attribution = self.attribute(start.called, start.caller, start.code, start.at);
-        let mut call = Call {
-            id: start.id,
-            called: start.called,
-            caller: start.caller,
-            code: start.code,
-            started_at: start.at,
-            attribution,
-            end: None,
-            counted: false,
-            ticketing: None,
+    /// A start already recorded: the first answer again (same facts) or a conflict; `None`
+    /// for a new call.
+    pub(super) fn retried_start(&self, start: &CallStart) -> Result<Option<Call>, CoreError> {
+        let Some(c) = self.calls.get(&start.id.key()) else {
+            return Ok(None);
         };
-        if let Some(pool) = call.attribution.pool.filter(|&p| self.formula(p).is_some()) {
-            let counts_now = self.formula(pool).is_some_and(|f| f.min_call_secs == 0);
-            call.ticketing = Some(if counts_now {
-                call.counted = true;
-                self.count_ticketing(pool, call.caller, call.started_at, now, start.entropy, out)
-            } else {
-                self.ticketing_progress(pool, call.caller, call.started_at)
-            });
+        if c.id != start.id {
+            return Err(CoreError::CallConflict(
+                "another call has a colliding id".into(),
+            ));
         }
-        let reason = call.attribution.reason;
-        let mut first_call_after = None;
-        if let Some(lease) = call
-            .attribution
-            .lease
-            .and_then(|id| self.leases.get_mut(&id))
-        {
-            if reason != Reason::Return && lease.first_call_at.is_none() {
-                lease.first_call_at = Some(call.started_at);
-                first_call_after = Some(call.started_at.since(lease.created_at));
-            }
-            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
-            out.notices.push(Notice::CallStarted {
-                lease: id,
-                call: call.id.clone(),
-            });
-            if lease.min_call_secs == 0 {
-                self.count(id, &mut call, out);
-            } else {
-                out.effects.push(Effect::PutLease(self.leases[&id].clone()));
-            }
-            // Only a call proven by the line it reached opens a return route: a `caller`
-            // claim typed on a page must not keep a caller's calls for 30 days.
-            let proven = matches!(reason, Reason::Code | Reason::Active | Reason::Grace);
-            if let (Some(caller), Some(listing), true) = (call.caller, listing, proven) {
-                self.open_return(caller, &call, id, listing, target, out);
-            }
+        if c.called != start.called || c.caller != start.caller || c.code != start.code {
+            return Err(CoreError::CallConflict(format!(
+                "call {} was already started with other numbers or code",
+                start.id.as_str()
+            )));
         }
-        out.notices.push(Notice::Attributed {
-            pool: call.attribution.pool,
-            reason,
-            first_call_after,
-        });
-        let memory = call.attribution.pool.map_or(CALL_MEMORY, |p| {
-            self.dir.pools[p.0 as usize].settings.retention
-        });
-        out.effects.push(Effect::PutCall(call.clone()));
-        self.schedule(
-            now.max(call.started_at).saturating_add(memory),
-            Due::Call(call.id.key()),
-            out,
-        );
-        self.calls.insert(key, call.clone());
-        Ok(call)
+        Ok(Some(c.clone()))
     }
 
-    /// Records a call's end. A call whose lease (or ticketing formula) needs `min_call_secs`
-    /// counts now if it lasted that long; `entropy` serves a ticket this may complete. A retried end with the same duration is answered again; another duration is
-    /// a conflict.
-    pub fn call_end(
-        &mut self,
-        id: &CallId,
-        end: CallEnd,
-        now: Timestamp,
-        entropy: Entropy,
-        out: &mut Outbox,
-    ) -> Result<Call, CoreError> {
-        let key = id.key();
-        let call = self
-            .calls
-            .get(&key)
-            .filter(|c| &c.id == id)
-            .ok_or(CoreError::UnknownCall)?;
+    /// What an end event finds: a retried end (same duration) or the call with its end set;
+    /// another duration is a conflict.
+    pub(super) fn ending(&self, id: &CallId, end: CallEnd) -> Result<Ending, CoreError> {
+        let call = self.call(id).ok_or(CoreError::UnknownCall)?;
         if let Some(prev) = call.end {
             // A retried end is answered again; its entropy is not used.
             return if prev.duration_secs == end.duration_secs {
-                Ok(call.clone())
+                Ok(Ending::Retried(call.clone()))
             } else {
                 Err(CoreError::CallConflict(format!(
                     "call {} already ended after {} s",
@@ -358,71 +184,39 @@ impl Allocator {
         }
         let mut call = call.clone();
         call.end = Some(end);
-        let formula = call
+        Ok(Ending::Fresh(call))
+    }
+
+    /// Records a new call and files when memory may forget it.
+    pub(super) fn remember_start(&mut self, cx: &mut Cx<'_>, call: &Call, now: Timestamp) {
+        let memory = call
             .attribution
             .pool
-            .and_then(|p| self.formula(p).map(|f| (p, f.min_call_secs)));
-        if let Some((pool, min)) = formula {
-            if !call.counted && end.duration_secs >= min {
-                call.counted = true;
-                call.ticketing = Some(self.count_ticketing(
-                    pool,
-                    call.caller,
-                    call.started_at,
-                    now,
-                    entropy,
-                    out,
-                ));
-            }
-        }
-        if let Some(lease) = call.attribution.lease.and_then(|l| self.leases.get(&l)) {
-            let lease_id = lease.id;
-            let counts_now = !call.counted && end.duration_secs >= lease.min_call_secs;
-            // The page hears the call end before the lease becomes paid.
-            out.notices.push(Notice::CallEnded {
-                lease: lease_id,
-                call: call.id.clone(),
-                duration_secs: end.duration_secs,
-                counted: call.counted || counts_now,
-            });
-            if counts_now {
-                self.count(lease_id, &mut call, out);
-            }
-        }
+            .map_or(CALL_MEMORY, |p| cx.dir.spec(p).settings.retention);
+        cx.out.effects.push(Effect::PutCall(call.clone()));
+        cx.sched.at(
+            now.max(call.started_at).saturating_add(memory),
+            Due::Call(call.id.key()),
+            cx.out,
+        );
+        self.calls.insert(call.id.key(), call.clone());
+    }
+
+    /// Records a call's end.
+    pub(super) fn remember_end(&mut self, call: &Call, out: &mut Outbox) {
         out.effects.push(Effect::PutCall(call.clone()));
-        self.calls.insert(key, call.clone());
-        Ok(call)
+        self.calls.insert(call.id.key(), call.clone());
     }
 
-    pub fn call(&self, id: &CallId) -> Option<&Call> {
-        self.calls.get(&id.key()).filter(|c| &c.id == id)
-    }
-
-    /// Which pool a called number belongs to, as a pool number or a shared number.
-    pub fn pool_of_number(&self, n: PhoneNumber) -> Option<PoolId> {
-        self.dir.pool_of_number(n)
-    }
-
-    /// Counts `call` toward its lease (once), noting when the lease becomes paid.
-    fn count(&mut self, lease: LeaseId, call: &mut Call, out: &mut Outbox) {
-        let l = self.leases.get_mut(&lease).expect("caller checked");
-        let was_paid = l.paid();
-        l.calls += 1;
-        call.counted = true;
-        if !was_paid && l.paid() {
-            out.notices.push(Notice::Paid { lease });
-        }
-        out.effects.push(Effect::PutLease(l.clone()));
-    }
-
-    fn open_return(
+    /// Opens a return route for `caller` on the number `call` reached, unless one is live.
+    pub(super) fn open_return(
         &mut self,
+        cx: &mut Cx<'_>,
         caller: PhoneNumber,
         call: &Call,
         lease: LeaseId,
         listing: ListingId,
         target: Option<Target>,
-        out: &mut Outbox,
     ) {
         let key = ReturnKey {
             caller,
@@ -438,7 +232,7 @@ impl Allocator {
         let Some(pool) = call.attribution.pool else {
             return;
         };
-        let window = self.dir.pools[pool.0 as usize].return_window;
+        let window = cx.dir.spec(pool).return_window;
         if window.is_zero() {
             return;
         }
@@ -450,44 +244,19 @@ impl Allocator {
             first_at: call.started_at,
             until: call.started_at.saturating_add(window),
         };
-        out.effects.push(Effect::PutReturn(route.clone()));
-        self.schedule(route.until, Due::Return(key), out);
+        cx.out.effects.push(Effect::PutReturn(route.clone()));
+        cx.sched.at(route.until, Due::Return(key), cx.out);
         self.returns.insert(key, route);
     }
 
-    /// How `line` stood at `at`: the lease active on it, or in grace, or cooling, or free.
-    fn hold(&self, line: Line, at: Timestamp) -> Hold<'_> {
-        let Some(history) = self.history.get(&line) else {
-            return Hold::Free;
-        };
-        for id in history.iter().rev() {
-            let Some(l) = self.leases.get(id) else {
-                continue;
-            };
-            if at < l.created_at {
-                continue;
-            }
-            // Older leases on this line ended even earlier: the latest one decides.
-            return if at < l.end_at() {
-                Hold::Active(l)
-            } else if at < self.grace_until(l) {
-                Hold::Grace(l)
-            } else if at < self.cool_until(l) {
-                Hold::Cooling
-            } else {
-                Hold::Free
-            };
-        }
-        Hold::Free
-    }
-
-    pub(super) fn forget_call(&mut self, key: super::types::CallKey, now: Timestamp) {
+    pub(super) fn forget_call(&mut self, dir: &Directory, key: CallKey, now: Timestamp) {
         let Some(c) = self.calls.get(&key) else {
             return;
         };
-        let memory = c.attribution.pool.map_or(CALL_MEMORY, |p| {
-            self.dir.pools[p.0 as usize].settings.retention
-        });
+        let memory = c
+            .attribution
+            .pool
+            .map_or(CALL_MEMORY, |p| dir.spec(p).settings.retention);
         // The record stays on disk as the journal; only memory forgets it.
         if now >= c.started_at.saturating_add(memory) {
             self.calls.remove(&key);

@@ -6,8 +6,8 @@
 use std::collections::HashMap as StdMap;
 use std::sync::Arc;
 
-use super::allocator::PoolSpec;
-use super::tickets::{Formula, PoolMode};
+use super::lease::PoolSpec;
+use super::ticket::{Formula, PoolMode};
 use super::types::{PhoneNumber, PoolId};
 use super::CoreError;
 

@@ -3,22 +3,28 @@
 //! returns before answering anyone.
 
 mod allocator;
+mod call;
 mod calls;
 mod directory;
+mod lease;
+mod leasing;
 mod outbox;
+mod schedule;
+mod ticket;
 mod tickets;
 mod time;
 mod types;
 mod wheel;
 
-pub use allocator::{
-    AllocateRequest, Allocated, Allocator, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState,
-    Notice, OnExhausted, PoolLimits, PoolSpec, PoolStats, Snapshot,
-};
-pub use calls::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
+pub use allocator::{Allocator, Snapshot};
+pub use call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use directory::Directory;
-pub use outbox::Outbox;
-pub use tickets::{
+pub use lease::{
+    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, OnExhausted,
+    PoolLimits, PoolSpec, PoolStats,
+};
+pub use outbox::{Notice, Outbox};
+pub use ticket::{
     Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,
     TicketingAnswer,
 };

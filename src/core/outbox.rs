@@ -3,7 +3,12 @@
 //! `&mut Outbox` its caller owns, so nothing can be changed without the caller holding the
 //! effects to persist before answering anyone (raft-rs's `Ready`, as a parameter).
 
-use super::{Effect, Notice};
+use std::time::Duration;
+
+use super::call::Reason;
+use super::lease::EndReason;
+use super::types::{CallId, LeaseId, PoolId};
+use super::Effect;
 
 #[derive(Debug, Default)]
 #[must_use = "persist the effects before answering anyone"]
@@ -20,4 +25,42 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.effects.is_empty() && self.notices.is_empty()
     }
+}
+
+/// Something that happened, for metrics and live event streams; not persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Ended {
+        lease: LeaseId,
+        pool: PoolId,
+        reason: EndReason,
+        /// From creation to the end.
+        lived: Duration,
+    },
+    Attributed {
+        pool: Option<PoolId>,
+        reason: Reason,
+        /// Time from the lease's creation to its first call, on that first call.
+        first_call_after: Option<Duration>,
+    },
+    CallStarted {
+        lease: LeaseId,
+        call: CallId,
+    },
+    CallEnded {
+        lease: LeaseId,
+        call: CallId,
+        duration_secs: u32,
+        counted: bool,
+    },
+    Paid {
+        lease: LeaseId,
+    },
+    TicketIssued {
+        pool: PoolId,
+    },
+    /// The record is gone (retention over): nothing more will happen to it.
+    Purged {
+        lease: LeaseId,
+    },
 }

@@ -3,150 +3,66 @@
 //! voice server to read out; the site redeems it once, which may grant an access pass.
 //! Pure, like the rest of the core.
 
-use std::time::Duration;
+use std::collections::HashMap as StdMap;
 
-use super::allocator::{Allocator, Notice};
-use super::time::Timestamp;
-use super::types::{
-    Due, LeaseId, PassId, PhoneNumber, PoolId, ProgressKey, TenantId, TicketCode, TicketId,
+use super::directory::Directory;
+use super::outbox::Notice;
+use super::schedule::Cx;
+use super::ticket::{
+    Entropy, Pass, PassSource, Progress, Ticket, TicketEvent, TicketEventKind, TicketingAnswer,
 };
-use super::{CoreError, Effect, Outbox};
+use super::time::Timestamp;
+use super::types::{Due, PassId, PhoneNumber, PoolId, ProgressKey, TenantId, TicketCode, TicketId};
+use super::{CoreError, Effect};
 
-/// What a ticketing pool sells: `calls_required` calls, each at least `min_call_secs`, from
-/// the same caller within `window`; the code lives `code_ttl` until redeemed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Formula {
-    pub calls_required: u32,
-    pub min_call_secs: u32,
-    pub window: Duration,
-    pub code_ttl: Duration,
-    /// What the formula costs the caller, for reconciliation: (amount, currency).
-    pub price: Option<(String, String)>,
+type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
+
+/// Tickets, their codes, passes and callers' progress. Fields are private: the allocator asks
+/// through methods, handing in the directory, the schedule and the outbox an operation needs.
+#[derive(Debug, Default)]
+pub(super) struct Ticketing {
+    tickets: HashMap<TicketId, Ticket>,
+    /// Codes of tickets not yet purged: a code is never reissued while it could be redeemed
+    /// or answered "expired".
+    ticket_codes: HashMap<TicketCode, TicketId>,
+    passes: HashMap<PassId, Pass>,
+    progress: HashMap<ProgressKey, Progress>,
 }
 
-/// How a pool's numbers are used.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PoolMode {
-    /// Numbers are leased to visitors' sessions.
-    Dynamic,
-    /// Numbers are never leased: calls earn access codes.
-    Ticketing(Formula),
-}
-
-/// A caller's calls so far toward a formula.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
-    pub key: ProgressKey,
-    pub calls_done: u32,
-    pub window_start: Timestamp,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ticket {
-    pub id: TicketId,
-    pub code: TicketCode,
-    pub pool: PoolId,
-    pub caller: Option<PhoneNumber>,
-    pub issued_at: Timestamp,
-    pub expires_at: Timestamp,
-    pub calls: u32,
-    pub redeemed_at: Option<Timestamp>,
-    pub pass: Option<PassId>,
-    /// Its expiry has been written to the journal.
-    pub expiry_noted: bool,
-    /// The formula's price when the ticket was issued: (amount, currency).
-    pub price: Option<(String, String)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PassSource {
-    Ticket(TicketId),
-    Lease(LeaseId),
-}
-
-/// Proof that a buyer paid, valid until `access_until` unless revoked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pass {
-    pub id: PassId,
-    pub pool: PoolId,
-    pub tenant: TenantId,
-    pub source: PassSource,
-    pub created_at: Timestamp,
-    pub access_until: Timestamp,
-    pub revoked_at: Option<Timestamp>,
-}
-
-impl Pass {
-    pub fn valid(&self, now: Timestamp) -> bool {
-        self.revoked_at.is_none() && now < self.access_until
-    }
-}
-
-/// Fresh randomness from the caller (the service draws it from a CSPRNG), so the core stays
-/// deterministic: a new ticket's id, and where the search for a free code starts. Independent,
-/// so knowing a ticket's id says nothing of its code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Entropy {
-    pub id: [u8; 16],
-    pub code: u64,
-}
-
-/// What the voice server is told about a call on a ticketing number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TicketingAnswer {
-    pub calls_done: u32,
-    pub calls_missing: u32,
-    /// The code to read out, when this call completed the formula.
-    pub code: Option<TicketCode>,
-    pub ticket: Option<TicketId>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TicketEventKind {
-    Issued,
-    Redeemed,
-    Expired,
-}
-
-impl TicketEventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TicketEventKind::Issued => "ticket_issued",
-            TicketEventKind::Redeemed => "ticket_redeemed",
-            TicketEventKind::Expired => "ticket_expired",
+impl Ticketing {
+    /// Rebuilds from persisted records.
+    pub(super) fn restore(
+        tickets: Vec<Ticket>,
+        passes: Vec<Pass>,
+        progress: Vec<Progress>,
+    ) -> Self {
+        let mut t = Ticketing::default();
+        for ticket in tickets {
+            t.ticket_codes.insert(ticket.code, ticket.id);
+            t.tickets.insert(ticket.id, ticket);
         }
-    }
-}
-
-/// A line of the journal about a ticket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TicketEvent {
-    pub kind: TicketEventKind,
-    pub at: Timestamp,
-    pub ticket: Ticket,
-}
-
-impl Allocator {
-    /// The formula of a ticketing pool.
-    pub fn formula(&self, pool: PoolId) -> Option<&Formula> {
-        match &self.dir.pools[pool.0 as usize].mode {
-            PoolMode::Ticketing(f) => Some(f),
-            PoolMode::Dynamic => None,
+        for p in passes {
+            t.passes.insert(p.id, p);
         }
+        for p in progress {
+            t.progress.insert(p.key, p);
+        }
+        t
     }
 
-    pub fn pass(&self, id: &PassId) -> Option<&Pass> {
+    pub(super) fn pass(&self, id: &PassId) -> Option<&Pass> {
         self.passes.get(id)
     }
 
     /// Where `caller` stands in `pool`'s formula at `at`, without counting anything.
     pub(super) fn ticketing_progress(
         &self,
+        dir: &Directory,
         pool: PoolId,
         caller: Option<PhoneNumber>,
         at: Timestamp,
     ) -> TicketingAnswer {
-        let f = self.formula(pool).expect("a ticketing pool");
+        let f = dir.formula(pool).expect("a ticketing pool");
         let done = caller
             .and_then(|c| self.progress.get(&ProgressKey { pool, caller: c }))
             .filter(|p| at.since(p.window_start) < f.window)
@@ -163,14 +79,14 @@ impl Allocator {
     /// complete. `entropy` is fresh randomness for the ticket's id and code.
     pub(super) fn count_ticketing(
         &mut self,
+        cx: &mut Cx<'_>,
         pool: PoolId,
         caller: Option<PhoneNumber>,
         at: Timestamp,
         now: Timestamp,
         entropy: Entropy,
-        out: &mut Outbox,
     ) -> TicketingAnswer {
-        let f = self.formula(pool).expect("a ticketing pool").clone();
+        let f = cx.dir.formula(pool).expect("a ticketing pool").clone();
         let (done, start, fresh_window) = match caller
             .and_then(|c| self.progress.get(&ProgressKey { pool, caller: c }))
             .filter(|p| at.since(p.window_start) < f.window)
@@ -182,10 +98,10 @@ impl Allocator {
             if let Some(c) = caller {
                 let key = ProgressKey { pool, caller: c };
                 if self.progress.remove(&key).is_some() {
-                    out.effects.push(Effect::DelProgress(key));
+                    cx.out.effects.push(Effect::DelProgress(key));
                 }
             }
-            let ticket = self.issue(pool, caller, done, now, entropy, out);
+            let ticket = self.issue(cx, pool, caller, done, now, entropy);
             return TicketingAnswer {
                 calls_done: done,
                 calls_missing: 0,
@@ -201,10 +117,11 @@ impl Allocator {
                 calls_done: done,
                 window_start: start,
             };
-            out.effects.push(Effect::PutProgress(p.clone()));
+            cx.out.effects.push(Effect::PutProgress(p.clone()));
             self.progress.insert(key, p);
             if fresh_window {
-                self.schedule(start.saturating_add(f.window), Due::Progress(key), out);
+                cx.sched
+                    .at(start.saturating_add(f.window), Due::Progress(key), cx.out);
             }
         }
         TicketingAnswer {
@@ -217,14 +134,14 @@ impl Allocator {
 
     fn issue(
         &mut self,
+        cx: &mut Cx<'_>,
         pool: PoolId,
         caller: Option<PhoneNumber>,
         calls: u32,
         now: Timestamp,
         entropy: Entropy,
-        out: &mut Outbox,
     ) -> Ticket {
-        let f = self.formula(pool).expect("a ticketing pool");
+        let f = cx.dir.formula(pool).expect("a ticketing pool");
         let start = (entropy.code % TicketCode::SPACE as u64) as u32;
         let code = (0..TicketCode::SPACE)
             .filter_map(|i| TicketCode::new((start + i) % TicketCode::SPACE))
@@ -245,27 +162,28 @@ impl Allocator {
         };
         self.ticket_codes.insert(code, ticket.id);
         self.tickets.insert(ticket.id, ticket.clone());
-        out.effects.push(Effect::PutTicket(ticket.clone()));
-        out.effects.push(Effect::TicketEvent(TicketEvent {
+        cx.out.effects.push(Effect::PutTicket(ticket.clone()));
+        cx.out.effects.push(Effect::TicketEvent(TicketEvent {
             kind: TicketEventKind::Issued,
             at: now,
             ticket: ticket.clone(),
         }));
-        out.notices.push(Notice::TicketIssued { pool });
-        self.schedule(ticket.expires_at, Due::Ticket(ticket.id), out);
+        cx.out.notices.push(Notice::TicketIssued { pool });
+        cx.sched
+            .at(ticket.expires_at, Due::Ticket(ticket.id), cx.out);
         ticket
     }
 
     /// Redeems an access code once, for a site allowed on the ticket's pool. Grants a pass
     /// when the pool has an `access_ttl`.
-    pub fn redeem_ticket(
+    pub(super) fn redeem_ticket(
         &mut self,
+        cx: &mut Cx<'_>,
         code: TicketCode,
         tenant: &TenantId,
         allowed: impl Fn(PoolId) -> bool,
         now: Timestamp,
         pass_id: PassId,
-        out: &mut Outbox,
     ) -> Result<(Ticket, Option<Pass>), CoreError> {
         let id = *self
             .ticket_codes
@@ -282,33 +200,34 @@ impl Allocator {
             return Err(CoreError::TicketExpired);
         }
         let pool = t.pool;
-        let pass = self.grant(pool, tenant, PassSource::Ticket(id), now, pass_id, out);
+        let pass = self.grant(cx, pool, tenant, PassSource::Ticket(id), now, pass_id);
         let t = self.tickets.get_mut(&id).expect("just seen");
         t.redeemed_at = Some(now);
         t.pass = pass.as_ref().map(|p| p.id);
         let t = t.clone();
-        out.effects.push(Effect::PutTicket(t.clone()));
-        out.effects.push(Effect::TicketEvent(TicketEvent {
+        cx.out.effects.push(Effect::PutTicket(t.clone()));
+        cx.out.effects.push(Effect::TicketEvent(TicketEvent {
             kind: TicketEventKind::Redeemed,
             at: now,
             ticket: t.clone(),
         }));
-        let retention = self.dir.pools[pool.0 as usize].settings.retention;
-        self.schedule(now.saturating_add(retention), Due::Ticket(id), out);
+        let retention = cx.dir.spec(pool).settings.retention;
+        cx.sched
+            .at(now.saturating_add(retention), Due::Ticket(id), cx.out);
         Ok((t, pass))
     }
 
     /// Creates a pass for a paid purchase if the pool grants access for a period.
     pub(super) fn grant(
         &mut self,
+        cx: &mut Cx<'_>,
         pool: PoolId,
         tenant: &TenantId,
         source: PassSource,
         now: Timestamp,
         id: PassId,
-        out: &mut Outbox,
     ) -> Option<Pass> {
-        let access = self.dir.pools[pool.0 as usize].access_ttl;
+        let access = cx.dir.spec(pool).access_ttl;
         if access.is_zero() {
             return None;
         }
@@ -322,18 +241,19 @@ impl Allocator {
             revoked_at: None,
         };
         self.passes.insert(id, pass.clone());
-        out.effects.push(Effect::PutPass(pass.clone()));
-        self.schedule(self.pass_purge_at(&pass), Due::Pass(id), out);
+        cx.out.effects.push(Effect::PutPass(pass.clone()));
+        cx.sched
+            .at(Self::pass_purge_at(cx.dir, &pass), Due::Pass(id), cx.out);
         Some(pass)
     }
 
     /// Ends a pass now (refund, abuse); only its tenant may.
-    pub fn revoke_pass(
+    pub(super) fn revoke_pass(
         &mut self,
+        cx: &mut Cx<'_>,
         id: &PassId,
         tenant: &TenantId,
         now: Timestamp,
-        out: &mut Outbox,
     ) -> Result<Pass, CoreError> {
         let pass = self
             .passes
@@ -343,24 +263,25 @@ impl Allocator {
         if pass.revoked_at.is_none() {
             pass.revoked_at = Some(now);
             let pass = pass.clone();
-            out.effects.push(Effect::PutPass(pass.clone()));
-            self.schedule(self.pass_purge_at(&pass), Due::Pass(*id), out);
+            cx.out.effects.push(Effect::PutPass(pass.clone()));
+            cx.sched
+                .at(Self::pass_purge_at(cx.dir, &pass), Due::Pass(*id), cx.out);
         }
         Ok(self.passes[id].clone())
     }
 
-    fn pass_purge_at(&self, p: &Pass) -> Timestamp {
-        let retention = self.dir.pools[p.pool.0 as usize].settings.retention;
+    fn pass_purge_at(dir: &Directory, p: &Pass) -> Timestamp {
+        let retention = dir.spec(p.pool).settings.retention;
         p.revoked_at
             .map_or(p.access_until, |r| r.min(p.access_until))
             .saturating_add(retention)
     }
 
-    pub(super) fn advance_ticket(&mut self, id: TicketId, now: Timestamp, out: &mut Outbox) {
+    pub(super) fn advance_ticket(&mut self, cx: &mut Cx<'_>, id: TicketId, now: Timestamp) {
         let Some(t) = self.tickets.get(&id) else {
             return;
         };
-        let retention = self.dir.pools[t.pool.0 as usize].settings.retention;
+        let retention = cx.dir.spec(t.pool).settings.retention;
         let purge_at = t
             .redeemed_at
             .unwrap_or(t.expires_at)
@@ -368,37 +289,37 @@ impl Allocator {
         if now >= purge_at {
             let t = self.tickets.remove(&id).expect("just seen");
             self.ticket_codes.remove(&t.code);
-            out.effects.push(Effect::DelTicket(id));
+            cx.out.effects.push(Effect::DelTicket(id));
             return;
         }
         if t.redeemed_at.is_none() && now >= t.expires_at && !t.expiry_noted {
             let t = self.tickets.get_mut(&id).expect("just seen");
             t.expiry_noted = true;
             let t = t.clone();
-            out.effects.push(Effect::PutTicket(t.clone()));
-            out.effects.push(Effect::TicketEvent(TicketEvent {
+            cx.out.effects.push(Effect::PutTicket(t.clone()));
+            cx.out.effects.push(Effect::TicketEvent(TicketEvent {
                 kind: TicketEventKind::Expired,
                 at: t.expires_at,
                 ticket: t,
             }));
-            self.schedule(purge_at, Due::Ticket(id), out);
+            cx.sched.at(purge_at, Due::Ticket(id), cx.out);
         }
     }
 
-    pub(super) fn advance_pass(&mut self, id: PassId, now: Timestamp, out: &mut Outbox) {
+    pub(super) fn advance_pass(&mut self, cx: &mut Cx<'_>, id: PassId, now: Timestamp) {
         if let Some(p) = self.passes.get(&id) {
-            if now >= self.pass_purge_at(p) {
+            if now >= Self::pass_purge_at(cx.dir, p) {
                 self.passes.remove(&id);
-                out.effects.push(Effect::DelPass(id));
+                cx.out.effects.push(Effect::DelPass(id));
             }
         }
     }
 
-    pub(super) fn advance_progress(&mut self, key: ProgressKey, now: Timestamp, out: &mut Outbox) {
-        let Some(f) = self.formula(key.pool) else {
+    pub(super) fn advance_progress(&mut self, cx: &mut Cx<'_>, key: ProgressKey, now: Timestamp) {
+        let Some(f) = cx.dir.formula(key.pool) else {
             // The pool no longer sells by formula: its progress can never complete.
             if self.progress.remove(&key).is_some() {
-                out.effects.push(Effect::DelProgress(key));
+                cx.out.effects.push(Effect::DelProgress(key));
             }
             return;
         };
@@ -409,7 +330,7 @@ impl Allocator {
             .is_some_and(|p| now >= p.window_start.saturating_add(window))
         {
             self.progress.remove(&key);
-            out.effects.push(Effect::DelProgress(key));
+            cx.out.effects.push(Effect::DelProgress(key));
         }
     }
 }
