@@ -114,9 +114,6 @@ struct MLease {
 #[derive(Default)]
 struct Model {
     leases: Vec<MLease>,
-    /// Numbers whose last lease's record was purged before a restart: their free-since time
-    /// is forgotten, so they rank as free since forever (index order).
-    forgotten: [bool; N],
 }
 
 impl MLease {
@@ -148,7 +145,9 @@ impl Model {
             Some(l) => {
                 let until = l.end(now).unwrap_or(l.expires) + Q;
                 if now >= until {
-                    (Some(if self.forgotten[n] { 0 } else { until }), until)
+                    // Once its last lease's record is purged, a number ranks as free since
+                    // forever (index order), restart or not.
+                    (Some(if l.purged(now) { 0 } else { until }), until)
                 } else {
                     (None, until)
                 }
@@ -214,7 +213,6 @@ impl Model {
                     }
                     Some((_, n)) => {
                         let expires = now + ttl.unwrap_or(TTL).min(Self::life(page));
-                        self.forgotten[n] = false;
                         self.leases.push(MLease {
                             number: n,
                             session,
@@ -263,14 +261,8 @@ impl Model {
                 }
             }
             Op::Advance { .. } => Answer::Nothing,
-            Op::Restart => {
-                for n in 0..N {
-                    if self.latest_on(n).is_some_and(|l| l.purged(now)) {
-                        self.forgotten[n] = true;
-                    }
-                }
-                Answer::Nothing
-            }
+            // A restart changes nothing the model can see.
+            Op::Restart => Answer::Nothing,
         }
     }
 

@@ -837,6 +837,7 @@ impl Leasing {
                 }
                 let lease = self.leases.remove(&id).expect("just seen");
                 self.unindex(&lease);
+                self.forget_last_holder(dir, &lease);
                 cx.out.effects.push(Effect::DelLease(id));
                 cx.out.notices.push(Notice::Purged { lease: id });
                 return;
@@ -888,6 +889,24 @@ impl Leasing {
             }
         }
         cx.out.effects.push(Effect::PutLease(lease.clone()));
+    }
+
+    /// Once the record of a free number's last holder is purged, the number ranks as free
+    /// since forever, as a restart (which no longer sees the record) ranks it: the
+    /// least-recently-used order must not depend on whether the process restarted.
+    fn forget_last_holder(&mut self, dir: &Directory, lease: &Lease) {
+        if lease.code.is_some() {
+            return;
+        }
+        if let Some((pid, idx)) = dir.slot(lease.number) {
+            let pool = &mut self.pools[pid.0 as usize];
+            let slot = &mut pool.slots[idx as usize];
+            if slot.holder == Some(lease.id) && slot.state == SlotState::Free {
+                slot.holder = None;
+                pool.free
+                    .change_priority(&idx, Reverse((Timestamp::ZERO, idx)));
+            }
+        }
     }
 
     fn free(&mut self, cx: &mut Cx<'_>, id: LeaseId, at: Timestamp) {
