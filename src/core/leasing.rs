@@ -101,8 +101,6 @@ fn min_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
 /// seeded, so keys cannot be chosen to collide.
 type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
 
-type StickyKey = (TenantId, PoolId, SessionId, Option<ListingId>);
-
 /// How a line (a number, or the shared number with a code) stood at an instant.
 pub(super) enum Hold<'a> {
     Active(&'a Lease),
@@ -119,8 +117,14 @@ pub(super) struct Leasing {
     /// Each pool's numbers' states, by the directory's pool ids.
     pools: Vec<Pool>,
     leases: HashMap<LeaseId, Lease>,
+    /// Keys the maps below by a keyed 64-bit fingerprint of (tenant, pool, session, listing)
+    /// instead of copies of those strings: a lease's strings live once, in the lease. The
+    /// seed is random per process, so clients cannot choose colliding sessions; an accidental
+    /// collision (about 1 in 10^7 at a million leases) costs a visitor its stickiness, or
+    /// counts two sessions as one against a cap, never a wrong lease (lookups check it).
+    fingerprint: ahash::RandomState,
     /// The live lease of each (tenant, pool, session, listing): asking again returns it.
-    sticky: HashMap<StickyKey, LeaseId>,
+    sticky: HashMap<u64, LeaseId>,
     /// Leases of each line, oldest first, until purged: attribution looks back in time here.
     history: HashMap<Line, Vec<LeaseId>>,
     /// Leases that named the caller the visitor typed, until purged.
@@ -128,9 +132,10 @@ pub(super) struct Leasing {
     /// Where each tenant's listings send their calls, for allocations that name no target
     /// (pages with publishable keys never may).
     listings: HashMap<(TenantId, ListingId), Target>,
-    /// Live leases per (pool, tenant, session) and per (pool, tenant), for the pools' caps.
-    live_per_session: HashMap<(PoolId, TenantId, SessionId), u32>,
-    live_per_tenant: HashMap<(PoolId, TenantId), u32>,
+    /// Live leases per (pool, tenant, session) and per (pool, tenant), for the pools' caps,
+    /// by fingerprint.
+    live_per_session: HashMap<u64, u32>,
+    live_per_tenant: HashMap<u64, u32>,
 }
 
 impl Leasing {
@@ -188,6 +193,7 @@ impl Leasing {
         Leasing {
             pools,
             leases: HashMap::default(),
+            fingerprint: ahash::RandomState::new(),
             sticky: HashMap::default(),
             history: HashMap::default(),
             by_caller: HashMap::default(),
@@ -256,7 +262,7 @@ impl Leasing {
                 }
             }
             if lease.end.is_none() {
-                a.sticky.insert(sticky_key(&lease), lease.id);
+                a.sticky.insert(a.sticky_key(&lease), lease.id);
                 a.count_live(&lease, true);
             }
             a.index(&lease);
@@ -302,14 +308,16 @@ impl Leasing {
         }
         let settings = &spec.settings;
 
-        let key: StickyKey = (
-            req.tenant.clone(),
-            req.pool,
-            req.session.clone(),
-            req.listing.clone(),
-        );
+        let key =
+            self.fingerprint
+                .hash_one((&req.tenant, req.pool, &req.session, req.listing.as_ref()));
         if let Some(&id) = self.sticky.get(&key) {
-            if self.leases[&id].state(now) == LeaseState::Active {
+            let l = &self.leases[&id];
+            let same = l.tenant == req.tenant
+                && l.pool == req.pool
+                && l.session == req.session
+                && l.listing == req.listing;
+            if same && l.state(now) == LeaseState::Active {
                 let ttl = Self::ttl_of(dir, &self.leases[&id], req.ttl);
                 self.extend(cx, id, ttl, now);
                 return Ok(Allocated {
@@ -325,7 +333,7 @@ impl Leasing {
         let limits = dir.pools[req.pool.0 as usize].limits;
         let per_session = self
             .live_per_session
-            .get(&(req.pool, req.tenant.clone(), req.session.clone()))
+            .get(&self.session_key(req.pool, &req.tenant, &req.session))
             .copied()
             .unwrap_or(0);
         if limits.max_live_per_session > 0 && per_session >= limits.max_live_per_session {
@@ -336,7 +344,7 @@ impl Leasing {
         }
         let per_tenant = self
             .live_per_tenant
-            .get(&(req.pool, req.tenant.clone()))
+            .get(&self.tenant_key(req.pool, &req.tenant))
             .copied()
             .unwrap_or(0);
         if limits.max_live_per_tenant > 0 && per_tenant >= limits.max_live_per_tenant {
@@ -756,7 +764,7 @@ impl Leasing {
 
     /// Counts a lease in (or out of) the live counts its pool's caps look at.
     fn count_live(&mut self, lease: &Lease, live: bool) {
-        fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K, up: bool) {
+        fn bump(map: &mut HashMap<u64, u32>, key: u64, up: bool) {
             if up {
                 *map.entry(key).or_default() += 1;
             } else if let Some(n) = map.get_mut(&key) {
@@ -766,16 +774,27 @@ impl Leasing {
                 }
             }
         }
-        bump(
-            &mut self.live_per_session,
-            (lease.pool, lease.tenant.clone(), lease.session.clone()),
-            live,
-        );
-        bump(
-            &mut self.live_per_tenant,
-            (lease.pool, lease.tenant.clone()),
-            live,
-        );
+        let session = self.session_key(lease.pool, &lease.tenant, &lease.session);
+        let tenant = self.tenant_key(lease.pool, &lease.tenant);
+        bump(&mut self.live_per_session, session, live);
+        bump(&mut self.live_per_tenant, tenant, live);
+    }
+
+    fn sticky_key(&self, lease: &Lease) -> u64 {
+        self.fingerprint.hash_one((
+            &lease.tenant,
+            lease.pool,
+            &lease.session,
+            lease.listing.as_ref(),
+        ))
+    }
+
+    fn session_key(&self, pool: PoolId, tenant: &TenantId, session: &SessionId) -> u64 {
+        self.fingerprint.hash_one((pool, tenant, session))
+    }
+
+    fn tenant_key(&self, pool: PoolId, tenant: &TenantId) -> u64 {
+        self.fingerprint.hash_one((pool, tenant))
     }
 
     fn unindex(&mut self, lease: &Lease) {
@@ -864,7 +883,7 @@ impl Leasing {
             reason,
             lived: at.since(lease.created_at),
         });
-        let key = sticky_key(lease);
+        let key = self.sticky_key(&self.leases[&id]);
         if self.sticky.get(&key) == Some(&id) {
             self.sticky.remove(&key);
         }
@@ -964,15 +983,6 @@ fn life_cap(settings: &LeaseSettings, from_page: bool) -> Duration {
         true => settings.max_ttl.min(settings.page_max_ttl),
         false => settings.max_ttl,
     }
-}
-
-fn sticky_key(lease: &Lease) -> StickyKey {
-    (
-        lease.tenant.clone(),
-        lease.pool,
-        lease.session.clone(),
-        lease.listing.clone(),
-    )
 }
 
 fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<LeaseId>>, key: K, id: LeaseId) {
