@@ -29,7 +29,7 @@ enum Command {
         config: PathBuf,
         /// Start although the wall clock is behind the last time Leaseline ran by more than
         /// [server] max_clock_rewind, trusting the wall clock: leases over by then, or made
-        /// while the clock was ahead, end at once; nothing is revived.
+        /// while the clock was ahead, end at once; no lease is revived.
         #[arg(long)]
         accept_wall_clock: bool,
     },

@@ -122,7 +122,7 @@ fn check_clock(
         behind_s = behind.as_secs(),
         now = %now_s,
         last_run = %mark_s,
-        "accepting the wall clock although it is behind the last run: nothing is revived"
+        "accepting the wall clock although it is behind the last run: no lease is revived"
     );
     Ok(Some(mark))
 }

@@ -21,6 +21,18 @@ struct Durable {
     upto: u64,
     /// A write or flush failed: nothing after `upto` can be promised until the process restarts.
     failed: bool,
+    /// Incremented by each [`Committer::reset`]: a submission made before it was dropped
+    /// unless it was on disk by then (`upto_before_reset`), whatever `upto` says afterwards.
+    epoch: u64,
+    /// `upto` when the last reset happened.
+    upto_before_reset: u64,
+}
+
+/// A submission to wait for: its number, and the epoch it was made in.
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    seq: u64,
+    epoch: u64,
 }
 
 /// Effects submitted but not yet written (one group per operation), and the number of the
@@ -73,26 +85,32 @@ impl Committer {
 
     /// Hands over one operation's effects; call it under the core's lock, so submissions keep
     /// the core's order. Returns the number to wait for with [`Committer::durable`].
-    pub fn submit(&self, effects: Vec<Effect>) -> Result<u64, StoreError> {
-        if self.durable.borrow().failed {
+    pub fn submit(&self, effects: Vec<Effect>) -> Result<Pending, StoreError> {
+        let (failed, epoch) = {
+            let d = self.durable.borrow();
+            (d.failed, d.epoch)
+        };
+        if failed {
             return Err(StoreError::Failed("an earlier write failed".into()));
         }
-        match self.mode {
+        let seq = match self.mode {
             CommitMode::PerRequest => {
                 self.store.apply_groups(std::slice::from_ref(&effects))?;
-                Ok(self.written.fetch_add(1, Ordering::AcqRel) + 1)
+                self.written.fetch_add(1, Ordering::AcqRel) + 1
             }
             CommitMode::Group => {
                 let mut q = self.queue.lock().expect("queue lock");
                 q.groups.push(effects);
                 q.last += 1;
-                Ok(q.last)
+                q.last
             }
-        }
+        };
+        Ok(Pending { seq, epoch })
     }
 
     /// Waits until submission `seq` is on disk.
-    pub async fn durable(&self, seq: u64) -> Result<(), StoreError> {
+    pub async fn durable(&self, pending: Pending) -> Result<(), StoreError> {
+        let Pending { seq, epoch } = pending;
         if self.mode == CommitMode::PerRequest {
             let started = Instant::now();
             let store = Arc::clone(&self.store);
@@ -105,10 +123,17 @@ impl Committer {
         let mut rx = self.durable.subscribe();
         self.kick.notify_one();
         let d = rx
-            .wait_for(|d| d.upto >= seq || d.failed)
+            .wait_for(|d| d.epoch != epoch || d.upto >= seq || d.failed)
             .await
             .map_err(|_| StoreError::Failed("the flusher has stopped".into()))?;
-        if d.upto >= seq {
+        // A reset since the submission dropped it from the queue: it is on disk only if it
+        // was before the failure. (A waiter can miss the failed state and see the reset.)
+        let on_disk = if d.epoch == epoch {
+            d.upto >= seq
+        } else {
+            d.epoch == epoch + 1 && seq <= d.upto_before_reset
+        };
+        if on_disk {
             Ok(())
         } else {
             Err(StoreError::Failed("a write to disk failed".into()))
@@ -146,6 +171,8 @@ impl Committer {
         q.groups.clear();
         let last = q.last.max(self.written.load(Ordering::Acquire));
         self.durable.send_modify(|d| {
+            d.upto_before_reset = d.upto;
+            d.epoch += 1;
             d.upto = last;
             d.failed = false;
         });
@@ -231,4 +258,58 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// A backend that fails every write and flush while `failing` is set.
+    struct Flaky {
+        failing: AtomicBool,
+    }
+
+    impl Backend for Flaky {
+        fn apply_groups(&self, _: &[Vec<Effect>]) -> Result<(), StoreError> {
+            self.check()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.check()
+        }
+        fn probe(&self) -> Result<(), StoreError> {
+            self.check()
+        }
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            match self.failing.load(Ordering::Acquire) {
+                true => Err(StoreError::Failed("disk full".into())),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_by_a_reset_is_never_confirmed() {
+        let disk = Arc::new(Flaky {
+            failing: AtomicBool::new(true),
+        });
+        let c = Committer::start(disk.clone(), CommitMode::Group, Arc::new(Metrics::new()));
+        // A is submitted; its waiter is slow to run.
+        let a = c.submit(Vec::new()).unwrap();
+        // Another writer drives the failing flush and sees the failure.
+        let b = c.submit(Vec::new()).unwrap();
+        assert!(c.durable(b).await.is_err());
+        // The disk comes back; the service heals and resets the committer.
+        disk.failing.store(false, Ordering::Release);
+        c.reset();
+        // Only now does A's waiter run: its write was dropped, so it is not confirmed.
+        assert!(c.durable(a).await.is_err());
+        // Writes after the reset are confirmed again.
+        let n = c.submit(Vec::new()).unwrap();
+        assert!(c.durable(n).await.is_ok());
+    }
 }
