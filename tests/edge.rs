@@ -256,14 +256,11 @@ fn sigterm_with_slow_clients_open_exits_0_within_the_drain_timeout_and_keeps_ack
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), "drain_timeout = \"1s\"");
     let mut server = Server::start(&config);
-    let (status, lease) = http(
-        &agent(),
-        "POST",
-        &server.url("/v1/leases"),
+    let (status, lease) = server.post(
+        "/v1/leases",
         Some(SITE),
-        Some(&json!({"pool": "p", "session": "before-sigterm"})),
-    )
-    .unwrap();
+        &json!({"pool": "p", "session": "before-sigterm"}),
+    );
     assert_eq!(status, 201, "{lease}");
     // One client dribbles a head; another is inside a request, its body half sent (the
     // 100 Continue says the handler is reading it).
@@ -312,14 +309,7 @@ fn sigterm_with_slow_clients_open_exits_0_within_the_drain_timeout_and_keeps_ack
 
     let server = Server::start(&config);
     let id = lease["lease_id"].as_str().unwrap();
-    let (status, v) = http(
-        &agent(),
-        "GET",
-        &server.url(&format!("/v1/leases/{id}")),
-        None,
-        None,
-    )
-    .unwrap();
+    let (status, v) = server.get(&format!("/v1/leases/{id}"), None);
     assert_eq!(status, 200, "the lease acknowledged before SIGTERM: {v}");
 }
 

@@ -11,7 +11,7 @@ use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::calls::{Calls, Ending};
 use super::directory::Directory;
 use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
-use super::leasing::{self, Leasing};
+use super::leasing::Leasing;
 use super::outbox::Notice;
 use super::schedule::{Cx, Schedule};
 use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
@@ -403,16 +403,6 @@ impl Allocator {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.leasing
             .check_invariants(&self.dir, self.schedule.done_through())
-    }
-
-    /// When the lease's number (or code) may go to someone else.
-    pub fn cool_until(&self, lease: &Lease) -> Timestamp {
-        leasing::cool_until(&self.dir, lease)
-    }
-
-    /// Until when late calls still reach the lease's holder.
-    pub fn grace_until(&self, lease: &Lease) -> Timestamp {
-        leasing::grace_until(&self.dir, lease)
     }
 
     /// Moves a record as far along its life as `now` allows, and files its next deadline.

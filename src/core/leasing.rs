@@ -964,13 +964,13 @@ impl Leasing {
 }
 
 /// When the lease's number (or code) may go to someone else.
-pub(super) fn cool_until(dir: &Directory, lease: &Lease) -> Timestamp {
+fn cool_until(dir: &Directory, lease: &Lease) -> Timestamp {
     let q = dir.pools[lease.pool.0 as usize].settings.quarantine;
     lease.end_at().saturating_add(q)
 }
 
 /// Until when late calls still reach the lease's holder.
-pub(super) fn grace_until(dir: &Directory, lease: &Lease) -> Timestamp {
+fn grace_until(dir: &Directory, lease: &Lease) -> Timestamp {
     let g = dir.pools[lease.pool.0 as usize].settings.grace;
     lease.end_at().saturating_add(g)
 }

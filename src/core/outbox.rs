@@ -21,10 +21,6 @@ impl Outbox {
     pub fn new() -> Self {
         Outbox::default()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.effects.is_empty() && self.notices.is_empty()
-    }
 }
 
 /// Something that happened, for metrics and live event streams; not persisted.
