@@ -37,8 +37,20 @@ pub use wire::rfc3339;
 use crate::metrics::Metrics;
 use crate::service::Service;
 
+/// What every handler and layer reaches: one `Arc`, so the clones axum makes per request and
+/// per layer cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Edge>);
+
+impl std::ops::Deref for AppState {
+    type Target = Edge;
+    fn deref(&self) -> &Edge {
+        &self.0
+    }
+}
+
+/// The HTTP edge's shared state.
+pub struct Edge {
     pub service: Arc<Service>,
     pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
@@ -63,7 +75,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         config: &crate::config::Config,
     ) -> Self {
-        AppState {
+        AppState(Arc::new(Edge {
             service,
             keys: Arc::new(Keys::new(&config.keys)),
             metrics,
@@ -81,7 +93,7 @@ impl AppState {
             demo: config.demo.clone().map(Arc::new),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             request_timeout: config.server.connections.request_timeout,
-        }
+        }))
     }
 }
 
