@@ -17,10 +17,21 @@ type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
 pub struct Directory {
     pub(super) pools: Vec<PoolSpec>,
     by_name: HashMap<Arc<str>, PoolId>,
-    /// Which pool and slot each pool number is.
-    numbers: HashMap<PhoneNumber, (PoolId, u32)>,
+    /// Which pool and slot each pool number is, as runs of consecutive numbers sorted by
+    /// their first: pools are configured as ranges, so a million-number pool is one run and
+    /// a lookup a binary search over a few entries that stay in cache, not a hash-map miss.
+    runs: Vec<Run>,
     /// Which pool each shared number serves.
     shared: HashMap<PhoneNumber, PoolId>,
+}
+
+/// Consecutive numbers of one pool with consecutive slots.
+#[derive(Debug)]
+struct Run {
+    first: u64,
+    len: u32,
+    pool: PoolId,
+    slot: u32,
 }
 
 impl Directory {
@@ -29,9 +40,10 @@ impl Directory {
         let mut d = Directory {
             pools: Vec::with_capacity(specs.len()),
             by_name: HashMap::default(),
-            numbers: HashMap::default(),
+            runs: Vec::new(),
             shared: HashMap::default(),
         };
+        let mut all: Vec<(PhoneNumber, PoolId, u32)> = Vec::new();
         for (p, spec) in specs.into_iter().enumerate() {
             let pid = PoolId(p as u32);
             if d.by_name
@@ -43,14 +55,14 @@ impl Directory {
                     spec.name
                 )));
             }
-            d.numbers.reserve(spec.numbers.len());
-            for (i, &number) in spec.numbers.iter().enumerate() {
-                if d.numbers.insert(number, (pid, i as u32)).is_some() {
-                    return Err(CoreError::Corrupt(format!("number {number} in two places")));
-                }
-            }
+            all.extend(
+                spec.numbers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| (n, pid, i as u32)),
+            );
             if let Some(n) = spec.shared_number() {
-                if d.numbers.contains_key(&n) || d.shared.insert(n, pid).is_some() {
+                if d.shared.insert(n, pid).is_some() {
                     return Err(CoreError::Corrupt(format!(
                         "shared number {n} in two places"
                     )));
@@ -58,7 +70,40 @@ impl Directory {
             }
             d.pools.push(spec);
         }
+        all.sort_unstable_by_key(|&(n, _, _)| n);
+        if let Some(w) = all.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(CoreError::Corrupt(format!(
+                "number {} in two places",
+                w[0].0
+            )));
+        }
+        if let Some(n) = d.shared.keys().find(|&&n| Self::find(&all, n).is_some()) {
+            return Err(CoreError::Corrupt(format!(
+                "shared number {n} in two places"
+            )));
+        }
+        for (n, pool, slot) in all {
+            match d.runs.last_mut() {
+                Some(r)
+                    if r.pool == pool
+                        && r.first + u64::from(r.len) == n.digits()
+                        && r.slot + r.len == slot =>
+                {
+                    r.len += 1
+                }
+                _ => d.runs.push(Run {
+                    first: n.digits(),
+                    len: 1,
+                    pool,
+                    slot,
+                }),
+            }
+        }
         Ok(Arc::new(d))
+    }
+
+    fn find(sorted: &[(PhoneNumber, PoolId, u32)], n: PhoneNumber) -> Option<usize> {
+        sorted.binary_search_by_key(&n, |&(m, _, _)| m).ok()
     }
 
     pub fn id(&self, name: &str) -> Option<PoolId> {
@@ -83,7 +128,10 @@ impl Directory {
 
     /// The pool and slot of a pool number.
     pub fn slot(&self, n: PhoneNumber) -> Option<(PoolId, u32)> {
-        self.numbers.get(&n).copied()
+        let n = n.digits();
+        let r = self.runs[..self.runs.partition_point(|r| r.first <= n)].last()?;
+        let offset = n - r.first;
+        (offset < u64::from(r.len)).then(|| (r.pool, r.slot + offset as u32))
     }
 
     /// The pool a shared number serves.
@@ -102,5 +150,81 @@ impl Directory {
             PoolMode::Ticketing(f) => Some(f),
             PoolMode::Dynamic => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, numbers: &[u64]) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            numbers: numbers
+                .iter()
+                .map(|&n| PhoneNumber::from_digits(n).unwrap())
+                .collect(),
+            settings: crate::core::LeaseSettings {
+                ttl: std::time::Duration::from_secs(60),
+                max_ttl: std::time::Duration::from_secs(60),
+                page_max_ttl: std::time::Duration::from_secs(60),
+                grace: std::time::Duration::ZERO,
+                quarantine: std::time::Duration::ZERO,
+                retention: std::time::Duration::ZERO,
+            },
+            on_exhausted: crate::core::OnExhausted::Reject,
+            return_window: std::time::Duration::ZERO,
+            fallback: None,
+            mode: PoolMode::Dynamic,
+            access_ttl: std::time::Duration::ZERO,
+            limits: Default::default(),
+        }
+    }
+
+    fn n(d: u64) -> PhoneNumber {
+        PhoneNumber::from_digits(d).unwrap()
+    }
+
+    #[test]
+    fn every_number_maps_to_its_pool_and_listed_position() {
+        // Unsorted lists, interleaved pools and gaps: slots are positions in each pool's list.
+        let a = [
+            33_100_000_005,
+            33_100_000_003,
+            33_100_000_004,
+            33_100_000_010,
+        ];
+        let b = [33_100_000_006, 33_100_000_007, 33_100_000_001];
+        let d = Directory::new(vec![spec("a", &a), spec("b", &b)]).unwrap();
+        for (i, &x) in a.iter().enumerate() {
+            assert_eq!(d.slot(n(x)), Some((PoolId(0), i as u32)), "{x}");
+        }
+        for (i, &x) in b.iter().enumerate() {
+            assert_eq!(d.slot(n(x)), Some((PoolId(1), i as u32)), "{x}");
+        }
+        for x in [
+            33_100_000_000,
+            33_100_000_002,
+            33_100_000_008,
+            33_100_000_011,
+        ] {
+            assert_eq!(d.slot(n(x)), None, "{x}");
+        }
+    }
+
+    #[test]
+    fn a_range_is_one_run() {
+        let big: Vec<u64> = (0..100_000).map(|i| 33_800_000_000 + i).collect();
+        let d = Directory::new(vec![spec("p", &big)]).unwrap();
+        assert_eq!(d.runs.len(), 1);
+        assert_eq!(d.slot(n(33_800_099_999)), Some((PoolId(0), 99_999)));
+        assert_eq!(d.slot(n(33_800_100_000)), None);
+    }
+
+    #[test]
+    fn a_number_in_two_pools_is_refused() {
+        let (x, y, z) = (33_100_000_005, 33_100_000_006, 33_100_000_007);
+        let e = Directory::new(vec![spec("a", &[x, y]), spec("b", &[z, y])]).unwrap_err();
+        assert!(e.to_string().contains("+33100000006 in two places"), "{e}");
     }
 }

@@ -341,36 +341,36 @@ async fn problems(req: Request, next: Next) -> Response {
 /// which holds lease ids); echoes or assigns an `X-Request-Id`.
 async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_owned();
+    // Both are reference-counted: cloning them costs no allocation per request.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let request_id = req
         .headers()
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(new_request_id, str::to_owned);
+        .filter(|v| v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(new_request_id);
     let mut res = next.run(req).await;
     record(
         &s.metrics,
-        &request_id,
+        request_id.to_str().unwrap_or("-"),
         method.as_str(),
-        &route,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
         res.status(),
         started.elapsed(),
     );
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert("x-request-id", v);
-    }
+    res.headers_mut().insert("x-request-id", request_id);
     res
 }
 
-/// A fresh request id: 64 random bits in hex.
-pub fn new_request_id() -> String {
-    format!("{:016x}", rand::thread_rng().gen::<u64>())
+/// A fresh request id: 64 random bits in hex, formatted without a heap string.
+pub fn new_request_id() -> HeaderValue {
+    let bits: u64 = rand::thread_rng().gen();
+    let mut hex = [0u8; 16];
+    for (i, b) in hex.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[(bits >> (60 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
 
 /// The request log line and its histogram sample. `route` is a matched route or a fixed

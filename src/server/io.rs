@@ -61,6 +61,7 @@ impl Watched {
             return false;
         };
         let request_id = crate::http::new_request_id();
+        let request_id = request_id.to_str().expect("hex");
         let detail = match status {
             StatusCode::URI_TOO_LONG => {
                 format!("the URL is longer than {} KiB", MAX_URI_BYTES / 1024)
@@ -72,10 +73,10 @@ impl Watched {
             ),
             _ => "the request could not be read: its request line or a header is malformed (a URL may only hold ASCII; encode other bytes as %XX)".into(),
         };
-        let answer = ApiError::from_status(status, detail).to_http1(&request_id);
+        let answer = ApiError::from_status(status, detail).to_http1(request_id);
         record(
             &self.metrics,
-            &request_id,
+            request_id,
             "-",
             "unparsed",
             status,

@@ -283,9 +283,10 @@ fn refuse(stream: TcpStream, why: Refusal, overflow: &Arc<Semaphore>, metrics: &
 async fn answer_at_once(mut stream: TcpStream, why: Refusal, metrics: &Metrics) {
     let started = Instant::now();
     let request_id = crate::http::new_request_id();
+    let request_id = request_id.to_str().expect("hex");
     let problem = why.problem();
     let status = problem.status;
-    let answer = problem.to_http1(&request_id);
+    let answer = problem.to_http1(request_id);
     let _ = tokio::time::timeout(OVERFLOW_ANSWER_TIME, async {
         stream.write_all(&answer).await?;
         stream.shutdown().await?;
