@@ -42,6 +42,48 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The CPUs the servers run on: all but CPU 0, which the load generator (this process, one
+/// thread) keeps for itself, so that client and server never take each other's core. `None`
+/// on a single-CPU machine or without `taskset` (util-linux): nothing is pinned then.
+/// Decided once, before this process pins itself (pinning narrows what it sees).
+fn server_cpus() -> Option<String> {
+    static CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| {
+        let n = cores();
+        let taskset = Command::new("taskset").arg("-V").output().is_ok();
+        (n >= 2 && taskset).then(|| format!("1-{}", n - 1))
+    })
+    .clone()
+}
+
+/// The machine's cores, as this process saw them at start.
+fn cores() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `program` as a command, pinned to the servers' CPUs when the machine allows.
+fn server_command(program: &str) -> Command {
+    match server_cpus() {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Pins this process (the load generator) to CPU 0 when the servers are pinned apart.
+fn pin_load_generator() -> bool {
+    server_cpus().is_some()
+        && Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 
@@ -116,7 +158,7 @@ sha256 = "{}"
 /// Starts the binary on `config`; returns it, its address, and how long it took to be ready.
 fn start_leaseline(config: &Path) -> (Proc, String, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leaseline"))
+    let mut child = server_command(env!("CARGO_BIN_EXE_leaseline"))
         .args(["serve", "--config"])
         .arg(config)
         .env("LEASELINE_LOG", "warn,leaseline::startup=info")
@@ -337,7 +379,7 @@ impl Redis {
 }
 
 fn start_redis(dir: &Path, port: u16, fsync: &str, aof: bool) -> Proc {
-    let child = Command::new("redis-server")
+    let child = server_command("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -665,6 +707,7 @@ fn main() {
         eprintln!("SKIPPED: redis-server is not installed (scripts/test.sh installs it)");
         return;
     }
+    let pinned = pin_load_generator();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -677,13 +720,17 @@ fn main() {
         })
         .unwrap_or_default();
     println!(
-        "Leaseline vs Redis {}, {} cores ({machine}), {secs} s per cell, closed-loop clients on 127.0.0.1",
+        "Leaseline vs Redis {}, {} cores ({machine}), {secs} s per cell, closed-loop clients on 127.0.0.1, {}",
         String::from_utf8_lossy(&Command::new("redis-server").arg("--version").output().unwrap().stdout)
             .split_whitespace()
             .nth(2)
             .unwrap_or("?")
             .trim_start_matches("v="),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores(),
+        match (pinned, server_cpus()) {
+            (true, Some(cpus)) => format!("the load generator on CPU 0, the servers on CPUs {cpus}"),
+            _ => "nothing pinned".to_owned(),
+        }
     );
     println!();
     println!("| workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms |");
