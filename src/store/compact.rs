@@ -48,7 +48,8 @@ pub struct Compactor {
 #[derive(Default)]
 struct Worker {
     handle: Option<std::thread::JoinHandle<()>>,
-    /// When the last background compaction ended (or the store opened).
+    /// When the last background compaction started (`None`: none yet, so a long log left by
+    /// the last run is folded in soon after start-up).
     last: Option<Instant>,
 }
 
@@ -57,10 +58,7 @@ impl Compactor {
         Compactor {
             disk,
             policy,
-            worker: Mutex::new(Worker {
-                handle: None,
-                last: Some(Instant::now()),
-            }),
+            worker: Mutex::new(Worker::default()),
         }
     }
 
