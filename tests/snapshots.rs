@@ -89,7 +89,7 @@ impl Node {
             let i = self.next;
             self.next += 1;
             let listing = ListingId::parse(&format!("l{}", i % 5)).unwrap();
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 let target = Target::parse(&format!("+3361234{:04}", i % 10_000)).unwrap();
                 self.core
                     .set_listing(tenant.clone(), listing.clone(), Some(target), &mut self.out);
@@ -105,7 +105,7 @@ impl Node {
                 ttl: None,
                 calls_required: 1,
                 min_call_secs: 0,
-                from_page: i % 3 == 0,
+                from_page: i.is_multiple_of(3),
             };
             let mut id = [0u8; 16];
             id[8..].copy_from_slice(&i.to_be_bytes());

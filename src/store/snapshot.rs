@@ -337,7 +337,9 @@ mod tests {
         w.finish(true).unwrap()
     }
 
-    fn read_all(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn read_all(path: &Path) -> Result<Entries, StoreError> {
         let mut r = Reader::open(path)?;
         let (mut k, mut v) = (Vec::new(), Vec::new());
         let mut out = Vec::new();
