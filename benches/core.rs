@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the pure core on a manual clock, at pool sizes 1k, 100k and 1M:
 //! allocate, renew, release, tick (expiry), attribution lookup, and a visitor's whole cycle.
-//! First, what a live lease costs in memory (a counting allocator) and how long the core alone
-//! takes to rebuild from a snapshot of every lease.
+//! First, what a live lease costs in memory (a counting allocator), how long the core alone
+//! takes to rebuild from a snapshot of every lease, and how long a restart of the core takes
+//! from the store's snapshot file of them (the file read and decoded, then the rebuild).
 //! `cargo bench --bench core`
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -13,6 +14,7 @@ use leaseline::core::{
     AllocateRequest, Allocator, Effect, LeaseId, LeaseSettings, ListingId, OnExhausted, Outbox,
     PhoneNumber, PoolId, PoolMode, PoolSpec, SessionId, Snapshot, Target, TenantId, Timestamp,
 };
+use leaseline::store::Store;
 
 /// The system allocator, counting the bytes held: what a lease costs is the difference.
 struct Counting;
@@ -45,10 +47,12 @@ fn held() -> usize {
 }
 
 /// Bytes per number of an empty pool, bytes per live lease (a site's allocation: its own
-/// session, a listing and a target), and the core's rebuild time from a snapshot of them all.
+/// session, a listing and a target), the core's rebuild time from a snapshot of them all, and
+/// the restart of the core from the store's snapshot file of them: the file read and decoded
+/// (`Store::load`, no log after it) and the rebuild.
 fn memory_and_restore(sizes: &[u64]) {
-    println!("| pool size | bytes per number, empty | bytes per live lease | core restore from snapshot ms |");
-    println!("|---:|---:|---:|---:|");
+    println!("| pool size | bytes per number, empty | bytes per live lease | core restore from snapshot ms | snapshot file MiB | core restart from the snapshot file ms: read + restore |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     let tenant = TenantId::parse("site-a").unwrap();
     let target = Target::parse("+33612345678").unwrap();
     let t0 = Timestamp::from_millis(START);
@@ -88,15 +92,75 @@ fn memory_and_restore(sizes: &[u64]) {
         };
         let dir = std::sync::Arc::clone(a.directory());
         drop(a);
+        let files = tempfile::tempdir().unwrap();
+        let snapshot_bytes = write_snapshot(files.path(), &dir, &snapshot);
         let t = Instant::now();
-        let b = Allocator::restore(dir, snapshot).unwrap();
+        let b = Allocator::restore(std::sync::Arc::clone(&dir), snapshot).unwrap();
         let restore = t.elapsed();
         black_box(&b);
+        drop(b);
+        // From the file: what a restart of the core costs (sled's own opening aside).
+        let store = reopen(files.path(), &dir);
+        let t = Instant::now();
+        let recovered = store.load().unwrap();
+        let read = t.elapsed();
+        assert_eq!(recovered.replayed, 0, "the snapshot covers everything");
+        let b = Allocator::restore(dir, recovered.snapshot).unwrap();
+        let restart = t.elapsed();
+        assert_eq!(b.lease_count(), n as usize);
+        black_box(&b);
         println!(
-            "| {n} | {} | {per_lease} | {:.1} |",
+            "| {n} | {} | {per_lease} | {:.1} | {:.1} | {:.1}: {:.1} + {:.1} |",
             empty / n as usize,
-            restore.as_secs_f64() * 1000.0
+            restore.as_secs_f64() * 1000.0,
+            snapshot_bytes as f64 / 1048576.0,
+            restart.as_secs_f64() * 1000.0,
+            read.as_secs_f64() * 1000.0,
+            (restart - read).as_secs_f64() * 1000.0
         );
+    }
+}
+
+/// Writes `snapshot`'s leases and wheel entries through a store in `path` as the service
+/// would, then compacts them into a snapshot file; returns its size.
+fn write_snapshot(
+    path: &std::path::Path,
+    dir: &std::sync::Arc<leaseline::core::Directory>,
+    snapshot: &Snapshot,
+) -> u64 {
+    let store = Store::open(path, 8 << 20, std::sync::Arc::clone(dir)).unwrap();
+    let leases = snapshot.leases.iter().map(|l| Effect::PutLease(l.clone()));
+    let wheel = snapshot
+        .wheel
+        .iter()
+        .map(|&(t, due)| Effect::PutWheel(t, due));
+    let effects: Vec<Effect> = leases.chain(wheel).collect();
+    for round in effects.chunks(20_000) {
+        let groups: Vec<Vec<Effect>> = round.chunks(2).map(<[Effect]>::to_vec).collect();
+        store.apply_groups(&groups).unwrap();
+        store.flush().unwrap();
+    }
+    store.compact().unwrap().expect("a snapshot");
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_str().unwrap().ends_with(".snap"))
+        .map(|e| e.metadata().unwrap().len())
+        .max()
+        .unwrap()
+}
+
+/// Opens the store in `path` again; sled may hold its file lock a moment after the last handle.
+fn reopen(path: &std::path::Path, dir: &std::sync::Arc<leaseline::core::Directory>) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(path, 8 << 20, std::sync::Arc::clone(dir)) {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 

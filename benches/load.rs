@@ -18,7 +18,7 @@ use leaseline::config::Config;
 use leaseline::core::{
     AllocateRequest, Allocator, LeaseId, PoolId, SessionId, TenantId, Timestamp,
 };
-use leaseline::store::Store;
+use leaseline::store::{Policy, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -638,20 +638,29 @@ fn flush_stats(addr: &str) -> (f64, f64, f64) {
 
 /// Writes `n` live leases straight into a store, as a running Leaseline would have (in
 /// batches of 1,000: sled's memory grows with batch size).
+/// Fills the store with `n` live leases as the running service would have: each allocation's
+/// effects one operation, written and flushed in rounds of a thousand through the store
+/// (background compactions by the config's policy included), then the snapshot a clean stop
+/// writes. A restart then reads that snapshot and the log after it.
 fn fill_store(config_path: &Path, n: u64) {
     let config = Config::load(config_path).unwrap();
     let pools =
         leaseline::core::Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
             .unwrap();
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
-    let store = Store::open(
+    let store = Store::open_with(
         &config.server.data_dir,
         config.server.cache_capacity,
         std::sync::Arc::clone(&pools),
+        Policy {
+            after_changes: config.server.snapshot_after_changes,
+            min_interval: config.server.snapshot_min_interval,
+        },
     )
     .unwrap();
     let mut core = Allocator::with(pools).unwrap();
     let mut out = leaseline::core::Outbox::new();
+    let mut round = Vec::with_capacity(1000);
     let tenant = TenantId::parse("site").unwrap();
     let now = Timestamp::from_millis(
         std::time::SystemTime::now()
@@ -677,12 +686,15 @@ fn fill_store(config_path: &Path, n: u64) {
         };
         core.allocate(req, now, LeaseId::from_bytes(id), &mut out)
             .unwrap();
-        if i % 1000 == 999 || i == n - 1 {
-            store.apply(&std::mem::take(&mut out.effects)).unwrap();
-            out.notices.clear();
+        round.push(std::mem::take(&mut out.effects));
+        out.notices.clear();
+        if round.len() == 1000 || i == n - 1 {
+            store.apply_groups(&round).unwrap();
+            store.flush().unwrap();
+            round.clear();
         }
     }
-    store.flush().unwrap();
+    store.compact().unwrap();
 }
 
 fn main() {

@@ -115,6 +115,11 @@ pub struct ServerConfig {
     /// sled's page cache; sled's own default (1 GiB) is far more than this workload needs.
     pub cache_capacity: u64,
     pub commit: CommitMode,
+    /// State changes logged since the newest snapshot file past which a new one is written
+    /// in the background (the log since it is what a restart replays).
+    pub snapshot_after_changes: u64,
+    /// No two background snapshots closer than this (each rewrites the whole state).
+    pub snapshot_min_interval: Duration,
     pub log_format: LogFormat,
     /// A wall clock found behind the store's last recorded instant by at most this much at
     /// start-up is raised to that instant (time never runs backwards); by more, Leaseline
@@ -309,6 +314,8 @@ struct RawServer {
     data_dir: Option<String>,
     cache_capacity_mb: Option<u64>,
     commit: Option<String>,
+    snapshot_after_changes: Option<u64>,
+    snapshot_min_interval: Option<String>,
     log_format: Option<String>,
     max_clock_rewind: Option<String>,
     header_timeout: Option<String>,
@@ -590,6 +597,19 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         secs(0),
         secs(86_400),
     )?;
+    let snapshot_after_changes = raw.snapshot_after_changes.unwrap_or(100_000);
+    if !(1..=1_000_000_000).contains(&snapshot_after_changes) {
+        return Err(format!(
+            "[server] snapshot_after_changes = {snapshot_after_changes}: expected 1 to 1000000000"
+        ));
+    }
+    let snapshot_min_interval = bounded(
+        "snapshot_min_interval",
+        &raw.snapshot_min_interval,
+        secs(60),
+        secs(0),
+        secs(86_400),
+    )?;
     let trusted_proxies = raw
         .trusted_proxies
         .unwrap_or_default()
@@ -604,6 +624,8 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         data_dir,
         cache_capacity: cache_mb << 20,
         commit,
+        snapshot_after_changes,
+        snapshot_min_interval,
         log_format,
         max_clock_rewind,
         accept_wall_clock: false,
@@ -1539,6 +1561,33 @@ mod tests {
             (
                 "request_timeout = \"0s\"",
                 "[server] request_timeout = \"0s\": expected 1s to 10m",
+            ),
+        ] {
+            let e = error_of(&server(line));
+            assert!(e.contains(message), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn snapshots_default_to_every_100k_changes_at_most_once_a_minute_and_are_bounded() {
+        let c = parse(&pool("")).unwrap();
+        assert_eq!(c.server.snapshot_after_changes, 100_000);
+        assert_eq!(c.server.snapshot_min_interval, Duration::from_secs(60));
+        let server = |lines: &str| format!("[server]\n{lines}\n{}", pool(""));
+        let c = parse(&server(
+            "snapshot_after_changes = 500\nsnapshot_min_interval = \"0s\"",
+        ))
+        .unwrap();
+        assert_eq!(c.server.snapshot_after_changes, 500);
+        assert_eq!(c.server.snapshot_min_interval, Duration::ZERO);
+        for (line, message) in [
+            (
+                "snapshot_after_changes = 0",
+                "[server] snapshot_after_changes = 0: expected 1 to 1000000000",
+            ),
+            (
+                "snapshot_min_interval = \"2d\"",
+                "[server] snapshot_min_interval = \"2d\": expected 0s to 1d",
             ),
         ] {
             let e = error_of(&server(line));

@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`core`]: the pure allocation state machine (no I/O, no clock): pools, leases, wheel.
-//! - [`store`]: sled persistence of core effects and wheel entries; group commit; recovery.
+//! - [`store`]: persistence of core effects: a log in sled (with the call journal) folded into
+//!   snapshot files by a background compaction; group commit; recovery; the `Backend` and
+//!   `Storage` traits the service reaches it through.
 //! - [`service`]: the core behind a lock, each change durable before it is answered.
 //! - [`http`]: the axum router of the v1 contract, errors as problem+json.
 //! - [`server`]: the connection layer: connection cap, head and idle deadlines, bounded drain.

@@ -16,7 +16,7 @@ use crate::core::{Allocator, Directory, TICK_MS};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::service::Service;
-use crate::store::{Backend, Committer, Store};
+use crate::store::{Backend, Committer, Policy, Store};
 
 /// Opens the store, rebuilds the core from it and fires whatever fell due while stopped.
 pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
@@ -35,8 +35,17 @@ pub async fn build_state_with(
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
-    let store = Store::open(dir, config.server.cache_capacity, Arc::clone(&pools))
-        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let policy = Policy {
+        after_changes: config.server.snapshot_after_changes,
+        min_interval: config.server.snapshot_min_interval,
+    };
+    let store = Store::open_with(
+        dir,
+        config.server.cache_capacity,
+        Arc::clone(&pools),
+        policy,
+    )
+    .with_context(|| format!("cannot open the store in {}", dir.display()))?;
     let started = std::time::Instant::now();
     let recovered = store.load().context("cannot read the store")?;
     let read_ms = started.elapsed().as_millis() as u64;
@@ -48,6 +57,7 @@ pub async fn build_state_with(
     }
     let rewind = check_clock(&config.server, store.watermark(), clock.as_ref())?;
     let leases = recovered.snapshot.leases.len();
+    let (from_snapshot, replayed) = (recovered.from_snapshot, recovered.replayed);
     let started = std::time::Instant::now();
     let core = Allocator::restore(Arc::clone(&pools), recovered.snapshot)
         .context("the store's contents are inconsistent")?;
@@ -80,7 +90,14 @@ pub async fn build_state_with(
         .tick()
         .await
         .context("cannot settle overdue deadlines")?;
-    tracing::info!(leases, read_ms, rebuild_ms, "store recovered");
+    tracing::info!(
+        leases,
+        from_snapshot,
+        replayed,
+        read_ms,
+        rebuild_ms,
+        "store recovered"
+    );
     Ok(AppState::new(service, metrics, config))
 }
 

@@ -22,10 +22,15 @@ const CLIENTS: usize = 6;
 const TTL_SECS: u64 = 4;
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    // The first two lines go to [server]: a snapshot every 100 changes under this load, so
+    // kills land before, during and after compactions.
     binary_config(
         dir,
         &format!(
-            r#"[lease]
+            r#"snapshot_after_changes = 100
+snapshot_min_interval = "0s"
+
+[lease]
 ttl = "{TTL_SECS}s"
 max_ttl = "30s"
 grace = "1s"

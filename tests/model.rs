@@ -2,6 +2,9 @@
 //! applied to the real core persisted in a real sled store, and to a small reference model
 //! written from the rules in ARCHITECTURE.md. After every step both must agree and the invariants hold.
 //! Some allocations come from pages, which may hold only half the pool and live shorter.
+//! A second run adds snapshots (compaction) at random points, and snapshots torn by a crash
+//! between the file's write and its rename, each followed by a restart: a restart then reads
+//! the newest snapshot and replays the log's tail after it.
 
 use std::time::Duration;
 
@@ -68,6 +71,10 @@ enum Op {
         secs: u16,
     },
     Restart,
+    /// Compaction: the log folded into a new snapshot file, the log cut.
+    Snapshot,
+    /// A snapshot written and synced but never renamed into place, then a crash and restart.
+    TornSnapshot,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -79,6 +86,15 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(|lease| Op::Release { lease }),
         3 => (0u16..100).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Restart),
+    ]
+}
+
+/// The same operations, with snapshots and torn snapshots among them.
+fn op_with_snapshots() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => op(),
+        2 => Just(Op::Snapshot),
+        1 => Just(Op::TornSnapshot),
     ]
 }
 
@@ -261,8 +277,8 @@ impl Model {
                 }
             }
             Op::Advance { .. } => Answer::Nothing,
-            // A restart changes nothing the model can see.
-            Op::Restart => Answer::Nothing,
+            // A restart or a snapshot changes nothing the model can see.
+            Op::Restart | Op::Snapshot | Op::TornSnapshot => Answer::Nothing,
         }
     }
 
@@ -407,6 +423,19 @@ impl Real {
                 self.restart();
                 Answer::Nothing
             }
+            Op::Snapshot => {
+                self.store.as_ref().unwrap().compact().unwrap();
+                Answer::Nothing
+            }
+            Op::TornSnapshot => {
+                self.store
+                    .as_ref()
+                    .unwrap()
+                    .compact_torn_for_tests()
+                    .unwrap();
+                self.restart();
+                Answer::Nothing
+            }
         };
         // As the tick task would within the same tick.
         self.core.tick(now, &mut self.out);
@@ -444,27 +473,39 @@ fn check(real: &Real, model: &Model, now: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Runs `ops` on both sides, checking after each, then after a final restart.
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut real = Real::new();
+    let mut model = Model::default();
+    let mut now = START;
+    for op in ops {
+        if let Op::Advance { secs } = op {
+            now += *secs as u64 * 1000;
+        }
+        let known = model.leases.len();
+        let expected = model.apply(op, now);
+        let got = real.apply(op, Timestamp::from_millis(now), known as u64, known);
+        prop_assert_eq!(got, expected, "after {:?}", op);
+        check(&real, &model, now)?;
+    }
+    // Whatever happened, a final restart loses nothing.
+    real.restart();
+    real.core.tick(Timestamp::from_millis(now), &mut real.out);
+    check(&real, &model, now)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn core_and_store_agree_with_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        let mut real = Real::new();
-        let mut model = Model::default();
-        let mut now = START;
-        for op in &ops {
-            if let Op::Advance { secs } = op {
-                now += *secs as u64 * 1000;
-            }
-            let known = model.leases.len();
-            let expected = model.apply(op, now);
-            let got = real.apply(op, Timestamp::from_millis(now), known as u64, known);
-            prop_assert_eq!(got, expected, "after {:?}", op);
-            check(&real, &model, now)?;
-        }
-        // Whatever happened, a final restart loses nothing.
-        real.restart();
-        real.core.tick(Timestamp::from_millis(now), &mut real.out);
-        check(&real, &model, now)?;
+        run(&ops)?;
+    }
+
+    #[test]
+    fn core_and_store_agree_with_the_model_across_snapshots_and_torn_snapshots(
+        ops in prop::collection::vec(op_with_snapshots(), 1..60)
+    ) {
+        run(&ops)?;
     }
 }

@@ -1,36 +1,51 @@
-//! Durable state in sled: lease records and the timing wheel's entries, in one tree so that
-//! the effects of one core operation land in one atomic batch. Recovery reads them back.
+//! Durable state: a log of state changes and snapshot files, beside the call journal, in the
+//! data folder. Each commit round writes the journal's keys and one log entry of the round's
+//! state changes as one atomic sled batch; compaction ([`compact`]) folds the log into
+//! snapshot files in the background; recovery reads the newest good snapshot and replays the
+//! log after it.
 //!
-//! Key layout (one tree, first byte = record kind):
-//! - `L` + lease id (16 bytes) → versioned lease record ([`record`]).
-//! - `C` + call key (16 bytes) → versioned call record. Kept after memory forgets the call:
-//!   this is the call journal.
-//! - `J` + time (ms, 8 bytes big-endian) + record id (16 bytes) → the record's kind byte (`C`
-//!   or `E`): the journal's time index.
+//! State keys (the log's entries change them; snapshots hold them; the first byte is the
+//! record kind, values are [`record`]'s versioned encodings):
+//! - `L` + lease id (16 bytes) → lease record.
 //! - `R` + caller digits (8 bytes) + called digits (8 bytes) → return route.
 //! - `T` + ticket id → ticket; `P` + pass id → access pass; `G` + pool tag (8 bytes: the
 //!   first bytes of SHA-256 of the pool's name, so reordering pools moves nothing) + caller
 //!   digits (8 bytes) → a caller's progress through a ticketing formula.
+//! - `Q` + tenant + 0 + listing → where that listing's calls go (a target).
+//! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R, T, P, G) + id (16 bytes) → empty:
+//!   a wheel entry. Big-endian ticks make byte order time order.
+//!
+//! sled keys:
+//! - `X` + seq (8 bytes, big-endian) → a log entry ([`log`]): one round's state changes.
+//! - `C` + call key (16 bytes) → versioned call record. Kept after memory forgets the call:
+//!   this is the call journal, never loaded whole.
+//! - `J` + time (ms, 8 bytes big-endian) + record id (16 bytes) → the record's kind byte (`C`
+//!   or `E`): the journal's time index.
 //! - `E` + ticket id (15 bytes) + event kind → a ticket event (issued, redeemed, expired),
 //!   indexed in the journal like calls.
-//! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R, T, P, G) + id (16 bytes) → empty.
-//!   Big-endian ticks make byte order time order: a range scan from `W` yields entries
-//!   earliest first.
-//! - `Q` + tenant + 0 + listing → where that listing's calls go (a target).
-//! - `M` + name → metadata (`Mformat` = the store format, checked on open; a store of format
-//!   1, which keyed progress by the pool's position in the config, is migrated on open).
+//! - `M` + name → metadata: `Mformat` (the store format, checked on open; older formats are
+//!   migrated, see [`migrate`]), `Mnow` (the time watermark), `Mlogstart` (the first log seq
+//!   still held), `Mprobe`.
+//!
+//! Files: `state-<seq>.snap` ([`snapshot`]), sled's own (`conf`, `db`, `blobs/`, `snap.*`).
 
 mod commit;
+mod compact;
 mod faults;
+mod log;
+mod migrate;
 mod record;
+mod snapshot;
 
 pub use commit::Committer;
+pub use compact::Policy;
 pub use faults::{Fault, Faulty};
 pub use record::{CallRow, TicketRow};
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use thiserror::Error;
 
@@ -49,20 +64,28 @@ const PROGRESS: u8 = b'G';
 const EVENT: u8 = b'E';
 const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
+/// The kinds of state keys: what the log and snapshots hold (sled held them as keys until
+/// format 3).
+const STATE_KINDS: [u8; 7] = [PROGRESS, LEASE, PASS, LISTING, RETURN, TICKET, WHEEL];
 const FORMAT_KEY: &[u8] = b"Mformat";
 const WATERMARK_KEY: &[u8] = b"Mnow";
+/// The first log seq the log still holds (every entry from it on is there); absent: 1.
+const LOG_START_KEY: &[u8] = b"Mlogstart";
 /// Written by the probe that checks a failed disk takes writes again.
 const PROBE_KEY: &[u8] = b"Mprobe";
-const FORMAT: &[u8] = b"leaseline-store-2";
-/// Format 1 keyed progress by the pool's index in `pool.toml` instead of its name.
-const FORMAT_1: &[u8] = b"leaseline-store-1";
+const FORMAT: &[u8] = b"leaseline-store-3";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("file error: {0}")]
+    Io(#[from] std::io::Error),
     #[error("{0}")]
     Corrupt(String),
+    /// A snapshot file failed its checks (another one, or the log, may stand in for it).
+    #[error("bad snapshot {0}")]
+    BadSnapshot(String),
     #[error("storage is failing: {0}")]
     Failed(String),
     #[error("the cursor is not one this journal gave")]
@@ -75,8 +98,11 @@ pub struct Recovered {
     pub snapshot: Snapshot,
     /// Records of pools no longer configured: left on disk untouched, not served.
     pub orphans: usize,
+    /// The log seq of the snapshot file the state was read from (`None`: the log alone).
+    pub from_snapshot: Option<u64>,
+    /// Log changes replayed after it.
+    pub replayed: u64,
 }
-
 /// One line of the journal: a call, or something that happened to a ticket.
 #[derive(Debug, Clone)]
 pub enum JournalRow {
@@ -128,6 +154,24 @@ pub trait Backend: Send + Sync + 'static {
     fn probe(&self) -> Result<(), StoreError>;
 }
 
+/// What the service asks of persistence besides writes ([`Backend`]): recovery, the journal,
+/// the time watermark, snapshots. With `Backend`, all the service knows of its store, so a
+/// replicated one (etcd) can stand in for sled without the service or the core changing.
+pub trait Storage: Send + Sync + 'static {
+    /// Reads back what the core needs to rebuild itself (see [`Store::load`]).
+    fn load(&self) -> Result<Recovered, StoreError>;
+    /// One page of the call journal, newest first.
+    fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError>;
+    /// The last instant a running Leaseline recorded.
+    fn watermark(&self) -> Option<Timestamp>;
+    /// Records how far time has got; made durable by the next flush.
+    fn set_watermark(&self, now: Timestamp);
+    fn size_on_disk(&self) -> u64;
+    /// Folds every durable change into a new snapshot now (at clean shutdown), waiting for it;
+    /// `None` if nothing changed since the newest one.
+    fn snapshot(&self) -> Result<Option<u64>, StoreError>;
+}
+
 impl Backend for Store {
     fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
         Store::apply_groups(self, groups)
@@ -143,24 +187,75 @@ impl Backend for Store {
             db.flush()?;
             Ok(())
         };
-        if self.db().and_then(|db| written(&db)).is_ok() {
+        if self.disk.db().and_then(|db| written(&db)).is_ok() {
             return Ok(());
         }
         self.reopen()?;
-        written(&self.db()?)
+        written(&self.disk.db()?)
+    }
+}
+
+impl Storage for Store {
+    fn load(&self) -> Result<Recovered, StoreError> {
+        Store::load(self)
+    }
+
+    fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError> {
+        Store::journal(self, q)
+    }
+
+    fn watermark(&self) -> Option<Timestamp> {
+        Store::watermark(self)
+    }
+
+    fn set_watermark(&self, now: Timestamp) {
+        Store::set_watermark(self, now)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        Store::size_on_disk(self)
+    }
+
+    fn snapshot(&self) -> Result<Option<u64>, StoreError> {
+        self.compact()
     }
 }
 
 pub struct Store {
-    /// `None` only while reopening (or when a reopen failed: the next heal tries again).
-    db: std::sync::RwLock<Option<sled::Db>>,
-    dir: std::path::PathBuf,
-    cache_capacity: u64,
+    /// The database, the folder and the log's counters, shared with the compaction thread.
+    disk: Arc<Disk>,
     /// The pools as configured: records name their pool; this maps names to this run's ids.
     pools: Arc<Directory>,
     /// Pools by the tag progress keys carry; tags by pool index.
     pool_by_tag: HashMap<[u8; 8], PoolId>,
     pool_tags: Vec<[u8; 8]>,
+    compactor: compact::Compactor,
+}
+
+/// What the store shares with its compaction thread.
+struct Disk {
+    /// `None` only while reopening (or when a reopen failed: the next heal tries again).
+    db: RwLock<Option<sled::Db>>,
+    dir: PathBuf,
+    cache_capacity: u64,
+    /// The seq the next log entry takes; held while a round is written, so seqs follow
+    /// sled's order.
+    next_seq: Mutex<u64>,
+    /// The last log entry written, and the last one made durable by a flush: compaction
+    /// folds in only durable entries (a crash may still lose the others).
+    written: AtomicU64,
+    durable: AtomicU64,
+    /// State changes logged since the store opened (the log tail read at load included), and
+    /// how many of them the newest snapshot covers: what is pending is the difference (an
+    /// estimate that triggers compaction, off by a round at most).
+    logged: AtomicU64,
+    covered: AtomicU64,
+    /// Snapshot files found damaged during this run: not built upon again.
+    bad: Mutex<HashSet<u64>>,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+    /// Set when the store closes: a running compaction stops (its file is removed).
+    closing: AtomicBool,
 }
 
 fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
@@ -179,18 +274,97 @@ fn pool_tag(name: &str) -> [u8; 8] {
     digest[..8].try_into().expect("8 bytes")
 }
 
+/// The last log seq used: the log's last entry or the newest snapshot file's, whichever is
+/// later (a cut log may end before the snapshot that covers it).
+fn last_seq(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
+    let logged = match db.scan_prefix([log::LOG]).next_back() {
+        Some(item) => log::seq_of(&item?.0)?,
+        None => 0,
+    };
+    let snapped = snapshot::list(dir)?.last().map_or(0, |s| s.seq);
+    Ok(logged.max(snapped))
+}
+
+impl Disk {
+    /// The open database (a cheap handle).
+    fn db(&self) -> Result<sled::Db, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Failed("the store is closed after a failure".into()))
+    }
+
+    fn log_start(&self) -> Result<u64, StoreError> {
+        Ok(match self.db()?.get(LOG_START_KEY)? {
+            Some(v) => u64::from_be_bytes(fixed(&v)?),
+            None => 1,
+        })
+    }
+
+    fn pending(&self) -> u64 {
+        self.logged
+            .load(Ordering::Acquire)
+            .saturating_sub(self.covered.load(Ordering::Acquire))
+    }
+
+    /// The log's changes after seq `from` up to `to` (inclusive), the last change of each key
+    /// winning, and how many changes were read. The entries must follow each other without a
+    /// gap: a missing one would silently lose state.
+    fn tail(&self, from: u64, to: u64) -> Result<(log::Tail, u64), StoreError> {
+        let db = self.db()?;
+        let mut tail = log::Tail::new();
+        let (mut changes, mut expect) = (0, from + 1);
+        for item in db.range(log::key(from + 1)..) {
+            let (k, v) = item?;
+            if k.first() != Some(&log::LOG) {
+                break;
+            }
+            let seq = log::seq_of(&k)?;
+            if seq > to {
+                break;
+            }
+            if seq != expect {
+                return Err(StoreError::Corrupt(format!(
+                    "the log goes from entry {} to {seq}: entries are missing",
+                    expect - 1
+                )));
+            }
+            changes += log::replay(&v, &mut tail)?;
+            expect += 1;
+        }
+        Ok((tail, changes))
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`. `pools` gives the names records are stored under.
+    /// Opens (or creates) the store in `dir`, compacting by the default [`Policy`]. `pools`
+    /// gives the names records are stored under.
     pub fn open(
         dir: &Path,
         cache_capacity: u64,
         pools: Arc<Directory>,
     ) -> Result<Store, StoreError> {
+        Self::open_with(dir, cache_capacity, pools, Policy::default())
+    }
+
+    /// As [`Store::open`], compacting in the background by `policy`. An older format is
+    /// migrated first; `.tmp` files a crash left are removed.
+    pub fn open_with(
+        dir: &Path,
+        cache_capacity: u64,
+        pools: Arc<Directory>,
+        policy: Policy,
+    ) -> Result<Store, StoreError> {
         let db = open_db(dir, cache_capacity)?;
         let pool_names: Vec<&str> = pools.ids().map(|p| pools.name(p)).collect();
         match db.get(FORMAT_KEY)? {
             Some(v) if v == FORMAT => {}
-            Some(v) if v == FORMAT_1 => migrate_from_1(&db, &pool_names)?,
+            Some(v) if v == migrate::FORMAT_2 => migrate::from_2(&db)?,
+            Some(v) if v == migrate::FORMAT_1 => {
+                migrate::from_1(&db, &pool_names)?;
+                migrate::from_2(&db)?;
+            }
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
                     "{} holds store format {:?}, not {:?}: is it another program's data?",
@@ -210,6 +384,13 @@ impl Store {
                 )))
             }
         }
+        let stale = snapshot::remove_stale(dir)?;
+        if stale > 0 {
+            tracing::warn!(
+                files = stale,
+                "removed snapshot files a crash left unfinished"
+            );
+        }
         let pool_tags: Vec<[u8; 8]> = pool_names.iter().map(|n| pool_tag(n)).collect();
         let pool_by_tag: HashMap<[u8; 8], PoolId> = pool_tags
             .iter()
@@ -221,176 +402,211 @@ impl Store {
                 "two pool names share a storage tag; rename one".into(),
             ));
         }
-        Ok(Store {
-            db: std::sync::RwLock::new(Some(db)),
+        let last = last_seq(&db, dir)?;
+        let disk = Arc::new(Disk {
+            db: RwLock::new(Some(db)),
             dir: dir.to_owned(),
             cache_capacity,
+            next_seq: Mutex::new(last + 1),
+            written: AtomicU64::new(last),
+            durable: AtomicU64::new(last),
+            logged: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
+            bad: Mutex::new(HashSet::new()),
+            compacting: Mutex::new(()),
+            closing: AtomicBool::new(false),
+        });
+        Ok(Store {
+            compactor: compact::Compactor::new(Arc::clone(&disk), policy),
+            disk,
             pools,
             pool_by_tag,
             pool_tags,
         })
     }
 
-    /// Reads back what the core needs: every lease, return route and wheel entry, and the
-    /// calls the wheel still remembers (older calls live on only in the journal).
+    /// Reads back what the core needs: every lease, return route, ticket, pass, progress,
+    /// listing and wheel entry (the newest snapshot that checks out, merged with the log after
+    /// it, streamed: the state is never held twice), and the calls the wheel still remembers
+    /// (older calls live on only in the journal). A damaged snapshot is skipped with a warning
+    /// for the one before it and a longer log; with none left, the whole log, if it still
+    /// goes back to the beginning.
     pub fn load(&self) -> Result<Recovered, StoreError> {
-        let db = self.db()?;
-        let mut out = Recovered::default();
-        let pool_id = |name: &str| self.pools.id(name);
-        for item in db.scan_prefix([LEASE]) {
-            let (k, v) = item?;
-            let id = LeaseId::from_bytes(fixed(&k[1..])?);
-            match record::decode_lease(id, &v, pool_id) {
-                Ok(lease) => out.snapshot.leases.push(lease),
-                Err(record::DecodeError::UnknownPool) => out.orphans += 1,
-                Err(record::DecodeError::Invalid(m)) => return Err(StoreError::Corrupt(m)),
+        // Not while a compaction (after a heal, say) renames files and cuts the log.
+        let _files = self
+            .disk
+            .compacting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let db = self.disk.db()?;
+        let start = self.disk.log_start()?;
+        let files = snapshot::list(&self.disk.dir)?;
+        for file in files.iter().rev().map(Some).chain([None]) {
+            let from = file.map_or(0, |s| s.seq);
+            if from + 1 < start {
+                if let Some(f) = file {
+                    tracing::warn!(
+                        snapshot = %f.path.display(),
+                        log_start = start,
+                        "snapshot older than the log kept: cannot be used"
+                    );
+                }
+                continue;
             }
-        }
-        for item in db.scan_prefix([RETURN]) {
-            let (k, v) = item?;
-            let key = return_key_from(&k[1..])?;
-            let route = record::decode_return(key, &v).map_err(corrupt)?;
-            out.snapshot.returns.push(route);
-        }
-        for item in db.scan_prefix([TICKET]) {
-            let (k, v) = item?;
-            match record::decode_ticket(TicketId(fixed(&k[1..])?), &v, pool_id) {
-                Ok(t) => out.snapshot.tickets.push(t),
-                Err(record::DecodeError::UnknownPool) => out.orphans += 1,
-                Err(e) => return Err(corrupt(e)),
-            }
-        }
-        for item in db.scan_prefix([PASS]) {
-            let (k, v) = item?;
-            match record::decode_pass(PassId(fixed(&k[1..])?), &v, pool_id) {
-                Ok(p) => out.snapshot.passes.push(p),
-                Err(record::DecodeError::UnknownPool) => out.orphans += 1,
-                Err(e) => return Err(corrupt(e)),
-            }
-        }
-        for item in db.scan_prefix([LISTING]) {
-            let (k, v) = item?;
-            let bad = || StoreError::Corrupt("malformed listing key".into());
-            let (tenant, listing) = std::str::from_utf8(&k[1..])
-                .ok()
-                .and_then(|s| s.split_once('\0'))
-                .ok_or_else(bad)?;
-            let tenant = TenantId::parse(tenant).map_err(|_| bad())?;
-            let listing = ListingId::parse(listing).map_err(|_| bad())?;
-            let target = record::decode_target(&v).map_err(corrupt)?;
-            out.snapshot.listings.push((tenant, listing, target));
-        }
-        for item in db.scan_prefix([PROGRESS]) {
-            let (k, v) = item?;
-            match self.progress_key_from(&k[1..])? {
-                Some(key) => out
-                    .snapshot
-                    .progress
-                    .push(record::decode_progress(key, &v).map_err(corrupt)?),
-                None => out.orphans += 1,
-            }
-        }
-        for item in db.scan_prefix([WHEEL]) {
-            let (k, _) = item?;
-            if k.len() != 26 {
-                return Err(StoreError::Corrupt("malformed wheel key".into()));
-            }
-            let tick = u64::from_be_bytes(fixed(&k[1..9])?);
-            let id: [u8; 16] = fixed(&k[10..])?;
-            let due = match k[9] {
-                LEASE => Due::Lease(LeaseId::from_bytes(id)),
-                CALL => {
-                    if let Some(v) = db.get(call_key(&CallKey(id)))? {
-                        let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
-                        out.snapshot.calls.push(row.call);
+            let (tail, changes) = self.disk.tail(from, u64::MAX)?;
+            let mut loader = Loader::new(self, &db);
+            match file {
+                None => {
+                    for (k, v) in &tail {
+                        if let Some(v) = v {
+                            loader.entry(k, v)?;
+                        }
                     }
-                    Due::Call(CallKey(id))
                 }
-                RETURN => Due::Return(return_key_from(&id)?),
-                TICKET => Due::Ticket(TicketId(id)),
-                PASS => Due::Pass(PassId(id)),
-                PROGRESS => match self.progress_key_from(&id)? {
-                    Some(key) => Due::Progress(key),
-                    // Progress in a pool no longer configured: left on disk, not served.
-                    None => continue,
+                Some(f) => match compact::merge(f, &tail, |k, v| loader.entry(k, v)) {
+                    Ok(()) => {}
+                    Err(compact::MergeError::Sink(e)) => {
+                        // A record that does not decode: damage (then another snapshot will do)
+                        // or a record this build cannot read (then none will).
+                        let checked = compact::merge(f, &log::Tail::new(), |_, _| Ok(()));
+                        match checked {
+                            Err(compact::MergeError::Snapshot(bad)) => {
+                                self.skip(f, &bad);
+                                continue;
+                            }
+                            _ => return Err(e),
+                        }
+                    }
+                    Err(compact::MergeError::Snapshot(bad)) => {
+                        self.skip(f, &bad);
+                        continue;
+                    }
                 },
-                other => {
-                    return Err(StoreError::Corrupt(format!(
-                        "wheel entry of unknown kind {other}"
-                    )))
-                }
-            };
-            out.snapshot.wheel.push((tick, due));
+            }
+            self.disk.logged.store(changes, Ordering::Release);
+            self.disk.covered.store(0, Ordering::Release);
+            let mut out = loader.out;
+            out.from_snapshot = file.map(|f| f.seq);
+            out.replayed = changes;
+            return Ok(out);
         }
-        Ok(out)
+        Err(StoreError::Corrupt(format!(
+            "no snapshot in {} can be read and the log no longer goes back to the beginning: \
+             the state cannot be rebuilt (see the warnings above)",
+            self.disk.dir.display()
+        )))
     }
 
-    /// Writes the effects of one core operation as one atomic batch (not yet durable: see
+    fn skip(&self, file: &snapshot::SnapshotFile, e: &StoreError) {
+        tracing::warn!(
+            snapshot = %file.path.display(),
+            error = %e,
+            "snapshot damaged: ignored, reading the one before it and a longer log"
+        );
+        self.disk
+            .bad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(file.seq);
+    }
+
+    /// Writes the effects of one core operation atomically (not yet durable: see
     /// [`Committer`]).
     pub fn apply(&self, effects: &[Effect]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        self.add_to(&mut batch, effects);
-        self.db()?.apply_batch(batch)?;
-        Ok(())
+        self.write(std::iter::once(effects))
     }
 
-    /// Writes the effects of many operations, in order, in as few batches as sled handles well.
-    /// A batch only ever ends between two operations, so each operation stays atomic.
+    /// Writes the effects of many operations, in order: the journal's keys and one log entry
+    /// of the state changes, in one sled batch. A huge round is split, only ever between two
+    /// operations, so each operation stays atomic.
     pub fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
-        /// Past this many effects a batch is written and a new one started.
-        const BATCH: usize = 4096;
-        let db = self.db()?;
+        self.write(groups.iter().map(Vec::as_slice))
+    }
+
+    fn write<'a>(&self, groups: impl Iterator<Item = &'a [Effect]>) -> Result<(), StoreError> {
+        /// Past this many changes or bytes, the entry (and its batch) is written and a new
+        /// one started.
+        const ENTRY_CHANGES: usize = 4096;
+        const ENTRY_BYTES: usize = 4 << 20;
+        // The seq lock first: a reopen holds it, so no writer holds the old database then.
+        let mut next = self.disk.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.disk.db()?;
         let mut batch = sled::Batch::default();
-        let mut size = 0;
+        let mut entry = log::Entry::default();
+        let mut journal = 0;
         for g in groups {
-            self.add_to(&mut batch, g);
-            size += g.len();
-            if size >= BATCH {
-                db.apply_batch(std::mem::take(&mut batch))?;
-                size = 0;
+            journal += self.add_to(&mut batch, &mut entry, g);
+            if entry.ops() + journal >= ENTRY_CHANGES || entry.bytes().len() >= ENTRY_BYTES {
+                self.commit(&db, &mut next, std::mem::take(&mut batch), entry)?;
+                entry = log::Entry::default();
+                journal = 0;
             }
         }
-        if size > 0 {
-            db.apply_batch(batch)?;
+        if entry.ops() + journal > 0 {
+            self.commit(&db, &mut next, batch, entry)?;
         }
         Ok(())
     }
 
-    fn add_to(&self, batch: &mut sled::Batch, effects: &[Effect]) {
+    /// Writes one batch: the journal's keys in it, and `entry` as log entry `next` if it
+    /// holds any change.
+    fn commit(
+        &self,
+        db: &sled::Db,
+        next: &mut u64,
+        mut batch: sled::Batch,
+        entry: log::Entry,
+    ) -> Result<(), StoreError> {
+        let changes = entry.ops() as u64;
+        if changes > 0 {
+            batch.insert(&log::key(*next)[..], entry.bytes());
+        }
+        db.apply_batch(batch)?;
+        if changes > 0 {
+            self.disk.written.store(*next, Ordering::Release);
+            self.disk.logged.fetch_add(changes, Ordering::AcqRel);
+            *next += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds one operation's effects: journal keys to `batch`, state changes to `entry`.
+    /// Returns how many journal keys it added.
+    fn add_to(&self, batch: &mut sled::Batch, entry: &mut log::Entry, effects: &[Effect]) -> usize {
         let name = |p: PoolId| self.pools.name(p);
+        let mut journal = 0;
         for e in effects {
             match e {
                 Effect::PutLease(l) => {
-                    batch.insert(&lease_key(&l.id)[..], record::encode_lease(l, name(l.pool)))
+                    entry.put(&lease_key(&l.id), &record::encode_lease(l, name(l.pool)))
                 }
-                Effect::DelLease(id) => batch.remove(&lease_key(id)[..]),
+                Effect::DelLease(id) => entry.del(&lease_key(id)),
                 Effect::PutCall(c) => {
                     let key = c.id.key();
                     let pool = c.attribution.pool.map(name);
                     batch.insert(&call_key(&key)[..], record::encode_call(c, pool));
                     batch.insert(&journal_key(c.started_at, &key.0)[..], &[CALL][..]);
+                    journal += 2;
                 }
-                Effect::PutTicket(t) => batch.insert(
-                    &prefixed(TICKET, &t.id.0)[..],
-                    record::encode_ticket(t, name(t.pool)),
+                Effect::PutTicket(t) => entry.put(
+                    &prefixed(TICKET, &t.id.0),
+                    &record::encode_ticket(t, name(t.pool)),
                 ),
-                Effect::DelTicket(id) => batch.remove(&prefixed(TICKET, &id.0)[..]),
-                Effect::PutPass(p) => batch.insert(
-                    &prefixed(PASS, &p.id.0)[..],
-                    record::encode_pass(p, name(p.pool)),
+                Effect::DelTicket(id) => entry.del(&prefixed(TICKET, &id.0)),
+                Effect::PutPass(p) => entry.put(
+                    &prefixed(PASS, &p.id.0),
+                    &record::encode_pass(p, name(p.pool)),
                 ),
-                Effect::DelPass(id) => batch.remove(&prefixed(PASS, &id.0)[..]),
-                Effect::PutProgress(p) => batch.insert(
-                    &prefixed(PROGRESS, &self.progress_id(&p.key))[..],
-                    record::encode_progress(p),
+                Effect::DelPass(id) => entry.del(&prefixed(PASS, &id.0)),
+                Effect::PutProgress(p) => entry.put(
+                    &prefixed(PROGRESS, &self.progress_id(&p.key)),
+                    &record::encode_progress(p),
                 ),
-                Effect::DelProgress(k) => {
-                    batch.remove(&prefixed(PROGRESS, &self.progress_id(k))[..])
-                }
+                Effect::DelProgress(k) => entry.del(&prefixed(PROGRESS, &self.progress_id(k))),
                 Effect::PutListing(t, l, target) => {
-                    batch.insert(listing_key(t, l), record::encode_target(target))
+                    entry.put(&listing_key(t, l), &record::encode_target(target))
                 }
-                Effect::DelListing(t, l) => batch.remove(listing_key(t, l)),
+                Effect::DelListing(t, l) => entry.del(&listing_key(t, l)),
                 Effect::TicketEvent(e) => {
                     let id = event_id(e);
                     batch.insert(
@@ -398,15 +614,30 @@ impl Store {
                         record::encode_ticket_event(e, name(e.ticket.pool)),
                     );
                     batch.insert(&journal_key(e.at, &id)[..], &[EVENT][..]);
+                    journal += 2;
                 }
-                Effect::PutReturn(r) => {
-                    batch.insert(&return_key(&r.key)[..], record::encode_return(r))
-                }
-                Effect::DelReturn(k) => batch.remove(&return_key(k)[..]),
-                Effect::PutWheel(t, due) => batch.insert(&self.wheel_key(*t, due)[..], &[][..]),
-                Effect::DelWheel(t, due) => batch.remove(&self.wheel_key(*t, due)[..]),
+                Effect::PutReturn(r) => entry.put(&return_key(&r.key), &record::encode_return(r)),
+                Effect::DelReturn(k) => entry.del(&return_key(k)),
+                Effect::PutWheel(t, due) => entry.put(&self.wheel_key(*t, due), &[]),
+                Effect::DelWheel(t, due) => entry.del(&self.wheel_key(*t, due)),
             }
         }
+        journal
+    }
+
+    /// Folds every durable log entry into a new snapshot file now, on this thread (after any
+    /// compaction running in the background), and cuts the log; `None` if nothing changed
+    /// since the newest snapshot. The service calls it at clean shutdown.
+    pub fn compact(&self) -> Result<Option<u64>, StoreError> {
+        self.compactor.now(true)
+    }
+
+    /// For tests: writes and syncs the next snapshot's `.tmp` file in full but stops before
+    /// renaming it into place, as a crash at that moment would. The next open removes it;
+    /// nothing else changes.
+    #[doc(hidden)]
+    pub fn compact_torn_for_tests(&self) -> Result<Option<u64>, StoreError> {
+        self.compactor.now(false)
     }
 
     /// One page of the call journal, newest first.
@@ -428,7 +659,7 @@ impl Store {
         }
         let pool_id = |name: &str| self.pools.id(name);
         let mut page = JournalPage::default();
-        let db = self.db()?;
+        let db = self.disk.db()?;
         for item in db.range(lo.to_vec()..hi).rev() {
             let (k, kind) = item?;
             let id: [u8; 16] = fixed(&k[9..])?;
@@ -463,31 +694,34 @@ impl Store {
         Ok(page)
     }
 
-    /// Makes every write applied so far durable; returns the bytes flushed.
+    /// Makes every write applied so far durable; returns the bytes flushed. Then, if the log
+    /// has grown enough, starts a compaction in the background.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        Ok(self.db()?.flush()?)
-    }
-
-    /// The open database (a cheap handle).
-    fn db(&self) -> Result<sled::Db, StoreError> {
-        self.db
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| StoreError::Failed("the store is closed after a failure".into()))
+        let written = self.disk.written.load(Ordering::Acquire);
+        let flushed = self.disk.db()?.flush()?;
+        self.disk.durable.fetch_max(written, Ordering::AcqRel);
+        self.compactor.maybe_start();
+        Ok(flushed)
     }
 
     /// Closes and opens the database again: after a failed write sled answers every later
     /// write with that error, even once the disk has room again. Recovery on open keeps what
-    /// was flushed and drops a torn tail (never acknowledged).
+    /// was flushed and drops a torn tail (never acknowledged); the log's counters restart from
+    /// what is on disk.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let disk = &self.disk;
+        let mut next = disk.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = disk.db.write().unwrap_or_else(|p| p.into_inner());
         drop(slot.take());
         // sled lets go of its file lock once the last handle (a reader finishing) is gone.
         let mut tries = 0;
         loop {
-            match open_db(&self.dir, self.cache_capacity) {
+            match open_db(&disk.dir, disk.cache_capacity) {
                 Ok(db) => {
+                    let last = last_seq(&db, &disk.dir)?;
+                    *next = last + 1;
+                    disk.written.store(last, Ordering::Release);
+                    disk.durable.store(last, Ordering::Release);
                     *slot = Some(db);
                     tracing::warn!("store reopened after a failure");
                     return Ok(());
@@ -504,7 +738,7 @@ impl Store {
 
     /// The last instant a running Leaseline recorded (see `set_watermark`).
     pub fn watermark(&self) -> Option<Timestamp> {
-        let v = self.db().ok()?.get(WATERMARK_KEY).ok()??;
+        let v = self.disk.db().ok()?.get(WATERMARK_KEY).ok()??;
         Some(Timestamp::from_millis(u64::from_be_bytes(
             v.as_ref().try_into().ok()?,
         )))
@@ -513,13 +747,131 @@ impl Store {
     /// Records how far time has got; made durable by the next flush. At start-up, a wall
     /// clock behind it is not trusted.
     pub fn set_watermark(&self, now: Timestamp) {
-        if let Ok(db) = self.db() {
+        if let Ok(db) = self.disk.db() {
             let _ = db.insert(WATERMARK_KEY, &now.as_millis().to_be_bytes());
         }
     }
 
+    /// sled's files and the snapshot files.
     pub fn size_on_disk(&self) -> u64 {
-        self.db().map_or(0, |db| db.size_on_disk().unwrap_or(0))
+        let sled = self
+            .disk
+            .db()
+            .map_or(0, |db| db.size_on_disk().unwrap_or(0));
+        let snapshots: u64 = snapshot::list(&self.disk.dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
+        sled + snapshots
+    }
+}
+
+/// Turns state entries, in key order, into the core's [`Snapshot`]: the dispatch by record
+/// kind that recovery and nothing else uses.
+struct Loader<'a> {
+    store: &'a Store,
+    /// For the calls the wheel remembers (the journal's records, in sled).
+    db: &'a sled::Db,
+    out: Recovered,
+}
+
+impl<'a> Loader<'a> {
+    fn new(store: &'a Store, db: &'a sled::Db) -> Self {
+        Loader {
+            store,
+            db,
+            out: Recovered::default(),
+        }
+    }
+
+    fn entry(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        let pools = &self.store.pools;
+        let pool_id = |name: &str| pools.id(name);
+        let snap = &mut self.out.snapshot;
+        let (&kind, rest) = k
+            .split_first()
+            .ok_or_else(|| StoreError::Corrupt("empty state key".into()))?;
+        match kind {
+            LEASE => {
+                let id = LeaseId::from_bytes(fixed(rest)?);
+                match record::decode_lease(id, v, pool_id) {
+                    Ok(lease) => snap.leases.push(lease),
+                    Err(record::DecodeError::UnknownPool) => self.out.orphans += 1,
+                    Err(record::DecodeError::Invalid(m)) => return Err(StoreError::Corrupt(m)),
+                }
+            }
+            RETURN => {
+                let key = return_key_from(rest)?;
+                snap.returns
+                    .push(record::decode_return(key, v).map_err(corrupt)?);
+            }
+            TICKET => match record::decode_ticket(TicketId(fixed(rest)?), v, pool_id) {
+                Ok(t) => snap.tickets.push(t),
+                Err(record::DecodeError::UnknownPool) => self.out.orphans += 1,
+                Err(e) => return Err(corrupt(e)),
+            },
+            PASS => match record::decode_pass(PassId(fixed(rest)?), v, pool_id) {
+                Ok(p) => snap.passes.push(p),
+                Err(record::DecodeError::UnknownPool) => self.out.orphans += 1,
+                Err(e) => return Err(corrupt(e)),
+            },
+            LISTING => {
+                let bad = || StoreError::Corrupt("malformed listing key".into());
+                let (tenant, listing) = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|s| s.split_once('\0'))
+                    .ok_or_else(bad)?;
+                let tenant = TenantId::parse(tenant).map_err(|_| bad())?;
+                let listing = ListingId::parse(listing).map_err(|_| bad())?;
+                let target = record::decode_target(v).map_err(corrupt)?;
+                snap.listings.push((tenant, listing, target));
+            }
+            PROGRESS => match self.store.progress_key_from(rest)? {
+                Some(key) => snap
+                    .progress
+                    .push(record::decode_progress(key, v).map_err(corrupt)?),
+                None => self.out.orphans += 1,
+            },
+            WHEEL => {
+                if k.len() != 26 {
+                    return Err(StoreError::Corrupt("malformed wheel key".into()));
+                }
+                let tick = u64::from_be_bytes(fixed(&k[1..9])?);
+                let id: [u8; 16] = fixed(&k[10..])?;
+                let due = match k[9] {
+                    LEASE => Due::Lease(LeaseId::from_bytes(id)),
+                    CALL => {
+                        if let Some(v) = self.db.get(call_key(&CallKey(id)))? {
+                            let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
+                            snap.calls.push(row.call);
+                        }
+                        Due::Call(CallKey(id))
+                    }
+                    RETURN => Due::Return(return_key_from(&id)?),
+                    TICKET => Due::Ticket(TicketId(id)),
+                    PASS => Due::Pass(PassId(id)),
+                    PROGRESS => match self.store.progress_key_from(&id)? {
+                        Some(key) => Due::Progress(key),
+                        // Progress in a pool no longer configured: left on disk, not served.
+                        None => return Ok(()),
+                    },
+                    other => {
+                        return Err(StoreError::Corrupt(format!(
+                            "wheel entry of unknown kind {other}"
+                        )))
+                    }
+                };
+                snap.wheel.push((tick, due));
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "state key of unknown kind {other}"
+                )))
+            }
+        }
+        Ok(())
     }
 }
 
@@ -610,58 +962,6 @@ impl Store {
         };
         wheel_key_of(tick, kind, &id)
     }
-}
-
-/// Rewrites a format-1 store's progress records and their wheel entries, keyed by the pool's
-/// index in the config, under the pool's tag instead. The index is read against the pools as
-/// configured now (format 1 had no better knowledge); records of an index beyond them are
-/// dropped, as format 1 could not serve them either. One atomic batch, then the new format.
-fn migrate_from_1(db: &sled::Db, pool_names: &[&str]) -> Result<(), StoreError> {
-    let mut batch = sled::Batch::default();
-    let (mut moved, mut dropped) = (0usize, 0usize);
-    let retag = |old: &[u8]| -> Option<[u8; 16]> {
-        let index = u32::from_be_bytes(old[..4].try_into().ok()?) as usize;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&pool_tag(pool_names.get(index)?));
-        id[8..].copy_from_slice(&old[4..12]);
-        Some(id)
-    };
-    for item in db.scan_prefix([PROGRESS]) {
-        let (k, v) = item?;
-        if k.len() != 13 {
-            return Err(StoreError::Corrupt(
-                "malformed format-1 progress key".into(),
-            ));
-        }
-        batch.remove(k.clone());
-        match retag(&k[1..]) {
-            Some(id) => {
-                batch.insert(prefixed(PROGRESS, &id), v);
-                moved += 1;
-            }
-            None => dropped += 1,
-        }
-    }
-    for item in db.scan_prefix([WHEEL]) {
-        let (k, _) = item?;
-        if k.len() != 26 || k[9] != PROGRESS {
-            continue;
-        }
-        batch.remove(k.clone());
-        if let Some(id) = retag(&k[10..]) {
-            let tick = u64::from_be_bytes(fixed(&k[1..9])?);
-            batch.insert(&wheel_key_of(tick, PROGRESS, &id)[..], &[][..]);
-        }
-    }
-    batch.insert(FORMAT_KEY, FORMAT);
-    db.apply_batch(batch)?;
-    db.flush()?;
-    tracing::info!(
-        moved,
-        dropped,
-        "store migrated from format 1: progress keyed by pool name"
-    );
-    Ok(())
 }
 
 fn return_key(r: &ReturnKey) -> [u8; 17] {
