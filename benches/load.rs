@@ -943,4 +943,55 @@ fn main() {
     );
     println!();
     println!("(filling the store offline took {fill_secs:.1} s)");
+
+    // The scorecard: each axis against its target, in one table.
+    let (_, ours_alloc, peers) = &results[1];
+    let always = peers[0].1 .0;
+    let ours_lookup = lookups[1];
+    let best_hget = peers
+        .iter()
+        .map(|(_, (_, l))| *l)
+        .max_by(|a, b| a.per_sec.total_cmp(&b.per_sec))
+        .expect("two peers");
+    let restart = ready.as_secs_f64() / r_ready.as_secs_f64();
+    let rss = ll_rss as f64 / r_rss.max(1) as f64;
+    let disk = ll_disk as f64 / r_disk.max(1) as f64;
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    println!();
+    println!("| axis | Leaseline | Redis peer | ratio | target | |");
+    println!("|---|---:|---:|---:|---:|---|");
+    println!(
+        "| durable allocations/s, 50 clients | {:.0} | {:.0} (appendfsync always) | {:.2}x | >= 2x | {} |",
+        ours_alloc.per_sec,
+        always.per_sec,
+        ours_alloc.per_sec / always.per_sec,
+        verdict(ours_alloc.per_sec >= 2.0 * always.per_sec)
+    );
+    println!(
+        "| attribution lookups/s, 50 clients (p99 ms) | {:.0} ({:.1}) | {:.0} HGET ({:.1}) | {:.2}x | >= 1x, p99 <= peer's | {} |",
+        ours_lookup.per_sec,
+        ours_lookup.p99,
+        best_hget.per_sec,
+        best_hget.p99,
+        ours_lookup.per_sec / best_hget.per_sec,
+        verdict(ours_lookup.per_sec >= best_hget.per_sec && ours_lookup.p99 <= best_hget.p99)
+    );
+    println!(
+        "| restart to ready, {fill} live leases | {:.2} s | {:.2} s (RDB) | {restart:.2}x | <= 2x | {} |",
+        ready.as_secs_f64(),
+        r_ready.as_secs_f64(),
+        verdict(restart <= 2.0)
+    );
+    println!(
+        "| RSS, {fill} live leases | {:.0} MiB | {:.0} MiB | {rss:.2}x | <= 1x | {} |",
+        mib(ll_rss),
+        mib(r_rss),
+        verdict(rss <= 1.0)
+    );
+    println!(
+        "| disk, {fill} live leases | {:.0} MiB | {:.0} MiB | {disk:.2}x | <= 2x | {} |",
+        ll_disk as f64 / 1048576.0,
+        r_disk as f64 / 1048576.0,
+        verdict(disk <= 2.0)
+    );
 }
