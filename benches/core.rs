@@ -82,7 +82,7 @@ fn memory_and_restore(sizes: &[u64]) {
         }
         let per_lease = (held() - before) / n as usize;
         let snapshot = Snapshot {
-            leases: (0..n).map(|i| a.lease(&id(i)).unwrap().clone()).collect(),
+            leases: (0..n).map(|i| a.lease(&id(i)).unwrap()).collect(),
             wheel,
             ..Snapshot::default()
         };

@@ -110,7 +110,8 @@ impl Allocator {
         self.leasing.pool_stats(pool)
     }
 
-    pub fn lease(&self, id: &LeaseId) -> Option<&Lease> {
+    /// The lease `id` as it stands (built from the core's compact record: owned).
+    pub fn lease(&self, id: &LeaseId) -> Option<Lease> {
         self.leasing.lease(id)
     }
 
@@ -167,7 +168,7 @@ impl Allocator {
         ttl: Option<Duration>,
         now: Timestamp,
         out: &mut Outbox,
-    ) -> Result<&Lease, CoreError> {
+    ) -> Result<Lease, CoreError> {
         self.leasing.renew(cx!(self, out), id, ttl, now)
     }
 
@@ -288,7 +289,7 @@ impl Allocator {
             .lease
             .and_then(|id| self.leasing.lease(&id))
         {
-            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
+            let (id, listing, target) = (lease.id, lease.listing, lease.target);
             let counts_now = lease.min_call_secs == 0;
             first_call_after =
                 self.leasing

@@ -4,49 +4,62 @@
 use super::directory::Directory;
 use super::outbox::Outbox;
 use super::time::Timestamp;
-use super::types::Due;
+use super::types::{Due, LeaseId};
 use super::wheel::Wheel;
 use super::Effect;
 
 #[derive(Debug)]
 pub(super) struct Schedule {
-    wheel: Wheel<Due>,
+    /// Leases' deadlines, the most numerous, in a wheel of their own: an entry there is a
+    /// tick and an id (24 bytes), where a `Due` of any kind makes it 32.
+    leases: Wheel<LeaseId>,
+    /// Every other record's deadlines. Both wheels advance together.
+    others: Wheel<Due>,
 }
 
 impl Schedule {
     pub(super) fn new() -> Self {
         Schedule {
-            wheel: Wheel::new(0),
+            leases: Wheel::new(0),
+            others: Wheel::new(0),
         }
     }
 
     /// Files `due` to be looked at again at `deadline` (rounded up to its tick).
     pub(super) fn at(&mut self, deadline: Timestamp, due: Due, out: &mut Outbox) {
         let tick = deadline.tick_ceil();
-        self.wheel.insert(tick, due);
+        self.restore(tick, due);
         out.effects.push(Effect::PutWheel(tick, due));
     }
 
     /// Files an entry as it was persisted (recovery): nothing to write.
     pub(super) fn restore(&mut self, tick: u64, due: Due) {
-        self.wheel.insert(tick, due);
+        match due {
+            Due::Lease(id) => self.leases.insert(tick, id),
+            other => self.others.insert(tick, other),
+        }
     }
 
     /// Takes every entry due at `now`, with the tick it was filed under.
     pub(super) fn due(&mut self, now: Timestamp) -> Vec<(u64, Due)> {
-        let mut due = Vec::new();
-        self.wheel.advance(now.tick_floor(), &mut due);
+        let mut leases = Vec::new();
+        self.leases.advance(now.tick_floor(), &mut leases);
+        let mut due: Vec<(u64, Due)> = leases
+            .into_iter()
+            .map(|(tick, id)| (tick, Due::Lease(id)))
+            .collect();
+        self.others.advance(now.tick_floor(), &mut due);
         due
     }
 
     /// Entries pending, stale ones included.
     pub(super) fn len(&self) -> usize {
-        self.wheel.len()
+        self.leases.len() + self.others.len()
     }
 
     /// The last tick fully fired.
     pub(super) fn done_through(&self) -> u64 {
-        self.wheel.done_through()
+        self.leases.done_through()
     }
 }
 

@@ -46,7 +46,7 @@ impl Harness {
         id: &LeaseId,
         ttl: Option<Duration>,
         now: Timestamp,
-    ) -> Result<&Lease, CoreError> {
+    ) -> Result<Lease, CoreError> {
         self.a.renew(id, ttl, now, &mut self.out)
     }
 
