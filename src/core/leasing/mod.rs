@@ -29,11 +29,11 @@ use super::schedule::Cx;
 use super::ticket::PoolMode;
 use super::time::{retry_after_secs, Timestamp};
 use super::types::{
-    Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, SessionId, Target, TenantId,
+    Code, LeaseId, ListingId, PassId, PhoneNumber, PoolId, SessionId, Target, TenantId,
 };
 use super::{CoreError, Effect};
 use queues::{Queue, Queues};
-use slab::{Rec, Slab, NONE};
+use slab::{table_bytes, Rec, Slab, NONE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
@@ -548,7 +548,7 @@ impl Leasing {
         self.link(dir, i);
         self.count_live(keys, true);
         cx.out.effects.push(Effect::PutLease(lease.clone()));
-        cx.sched.at(expires_at, Due::Lease(new_id), cx.out);
+        self.file(cx, i, expires_at);
         Ok(Allocated { lease, fresh: true })
     }
 
@@ -613,7 +613,7 @@ impl Leasing {
             LeaseState::Active => {
                 self.end(cx, i, now, EndReason::Released);
                 let cool_until = cool_until(dir, self.leases.get(i));
-                cx.sched.at(cool_until, Due::Lease(*id), cx.out);
+                self.file(cx, i, cool_until);
                 Ok(true)
             }
             // Past its deadline but not yet fired: settle it as the wheel would.
@@ -633,9 +633,9 @@ impl Leasing {
         if r.redeemed_at().is_some() {
             return Err(CoreError::AlreadyRedeemed);
         }
-        if r.calls < t.calls_required {
+        if r.calls() < t.calls_required {
             return Err(CoreError::NotPaid {
-                calls: r.calls,
+                calls: r.calls(),
                 calls_required: t.calls_required,
             });
         }
@@ -678,8 +678,8 @@ impl Leasing {
             r.created_at = r.created_at.min(now);
             r.expires_at = r.expires_at.min(now.max(r.created_at));
             self.end(cx, i, now, EndReason::Expired);
-            let r = self.leases.get(i);
-            cx.sched.at(cool_until(dir, r), Due::Lease(r.id), cx.out);
+            let cool_until = cool_until(dir, self.leases.get(i));
+            self.file(cx, i, cool_until);
         }
         untrusted.len()
     }
@@ -688,8 +688,28 @@ impl Leasing {
     /// compact structures agree with the records: the slab and its id table, each pool's
     /// queues, the lines' and callers' links, the sticky table and the live counts. `Err` says
     /// which broke.
-    pub(super) fn check_invariants(&self, dir: &Directory, done: u64) -> Result<(), String> {
+    pub(super) fn check_invariants(
+        &self,
+        dir: &Directory,
+        done: u64,
+        wheel: impl Iterator<Item = u32>,
+    ) -> Result<(), String> {
         self.leases.check()?;
+        let mut pending = vec![0u32; self.leases.slots() as usize];
+        for slot in wheel {
+            match pending.get_mut(slot as usize) {
+                Some(n) => *n += 1,
+                None => return Err(format!("a wheel entry names slot {slot}, past the slab")),
+            }
+        }
+        for (i, &n) in pending.iter().enumerate() {
+            let counted = self.leases.pending(i as u32);
+            if counted.unwrap_or(0) != n || (n > 0 && counted.is_none()) {
+                return Err(format!(
+                    "slot {i}: {n} wheel entries, {counted:?} counted by its record"
+                ));
+            }
+        }
         let live = |i: u32, what: &dyn Fn() -> String| {
             self.leases
                 .try_get(i)
@@ -913,6 +933,45 @@ impl Leasing {
         Ok(())
     }
 
+    /// Bytes held, by structure (see [`super::Allocator::footprint`]).
+    pub(super) fn footprint(&self) -> Vec<(&'static str, usize)> {
+        fn map<K, V, S>(m: &StdMap<K, V, S>) -> usize {
+            let buckets = match m.capacity() {
+                0 => 0,
+                c => (c * 8 / 7).next_power_of_two(),
+            };
+            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        let mut f = self.leases.footprint().to_vec();
+        let slots: usize = self
+            .pools
+            .iter()
+            .map(|p| p.slots.capacity() * std::mem::size_of::<Slot>())
+            .sum();
+        let queues: usize = self.pools.iter().map(|p| p.queues.footprint()).sum();
+        let codes: usize = self
+            .pools
+            .iter()
+            .map(|p| map(&p.codes) + map(&p.code_heads) + p.code_ends.capacity() * 48)
+            .sum();
+        f.extend([
+            ("sticky (table)", table_bytes(&self.sticky)),
+            ("pools: slots", slots),
+            ("pools: queues (free, leased, cooling)", queues),
+            ("pools: codes", codes),
+            (
+                "callers and stray lines (heads)",
+                map(&self.by_caller) + map(&self.stray_heads),
+            ),
+            (
+                "live counts (capped pools only)",
+                map(&self.live_per_session) + map(&self.live_per_tenant),
+            ),
+            ("listings' targets", map(&self.listings)),
+        ]);
+        f
+    }
+
     /// How `line` stood at `at`: the lease active on it, or in grace, or cooling, or free.
     pub(super) fn hold(&self, dir: &Directory, line: Line, at: Timestamp) -> Hold<'_> {
         let mut i = self.head(dir, line);
@@ -991,9 +1050,9 @@ impl Leasing {
         let i = self.leases.find(&id).expect("caller checked");
         let required = self.leases.terms(self.leases.get(i)).calls_required;
         let l = self.leases.get_mut(i);
-        let was_paid = l.calls >= required;
-        l.calls += 1;
-        if !was_paid && l.calls >= required {
+        let was_paid = l.calls() >= required;
+        l.count_call();
+        if !was_paid && l.calls() >= required {
             out.notices.push(Notice::Paid { lease: id });
         }
         out.effects.push(Effect::PutLease(self.leases.lease(i)));
@@ -1166,11 +1225,32 @@ impl Leasing {
                 .queues
                 .change(Queue::Leased, idx, new_expiry);
         }
-        let id = lease.id;
         cx.out.effects.push(Effect::PutLease(self.leases.lease(i)));
-        cx.sched.at(new_expiry, Due::Lease(id), cx.out);
+        self.file(cx, i, new_expiry);
     }
 
+    /// Files record `i`'s next deadline: the wheel holds its slot until the entry fires, so
+    /// the slot is not reused before (a purged record with entries pending stays as a ghost).
+    fn file(&mut self, cx: &mut Cx<'_>, i: u32, deadline: Timestamp) {
+        let r = self.leases.get_mut(i);
+        r.pending += 1;
+        cx.sched.at_lease(deadline, r.id, i, cx.out);
+    }
+
+    /// A restored wheel entry of lease `id`: the slot to file it under, if the lease is here.
+    pub(super) fn adopt_entry(&mut self, id: &LeaseId) -> Option<u32> {
+        let i = self.leases.find(id)?;
+        self.leases.get_mut(i).pending += 1;
+        Some(i)
+    }
+
+    /// A wheel entry of slot `i` has fired: the id it names (for the store to delete the
+    /// entry), and whether its lease is still here (not a ghost, now maybe gone).
+    pub(super) fn fired(&mut self, i: u32) -> (LeaseId, bool) {
+        self.leases.fired(i)
+    }
+
+    /// A wheel entry (restored for a record that was gone) named lease `id`.
     pub(super) fn advance_lease(&mut self, cx: &mut Cx<'_>, id: LeaseId, now: Timestamp) {
         if let Some(i) = self.leases.find(&id) {
             self.advance(cx, i, now);
@@ -1178,7 +1258,7 @@ impl Leasing {
     }
 
     /// Moves record `i` as far along its life as `now` allows, and files its next deadline.
-    fn advance(&mut self, cx: &mut Cx<'_>, i: u32, now: Timestamp) {
+    pub(super) fn advance(&mut self, cx: &mut Cx<'_>, i: u32, now: Timestamp) {
         let dir = cx.dir;
         let mut moved = false;
         loop {
@@ -1204,7 +1284,7 @@ impl Leasing {
                 let id = lease.id;
                 self.unlink(dir, i);
                 self.forget_last_holder(dir, i);
-                self.leases.remove(i);
+                self.leases.purge(i);
                 cx.out.effects.push(Effect::DelLease(id));
                 cx.out.notices.push(Notice::Purged { lease: id });
                 return;
@@ -1216,7 +1296,7 @@ impl Leasing {
                 true => purge_at(dir, lease),
                 false => cool_until(dir, lease),
             };
-            cx.sched.at(next, Due::Lease(lease.id), cx.out);
+            self.file(cx, i, next);
         }
     }
 

@@ -108,6 +108,11 @@ impl Queues {
         }
     }
 
+    /// Bytes held: positions and heaps.
+    pub(super) fn footprint(&self) -> usize {
+        self.pos.capacity() * 4 + self.heaps.iter().map(Vec::capacity).sum::<usize>() * 16
+    }
+
     /// Checks the heaps' order and every slot's position.
     pub(super) fn check(&self) -> Result<(), String> {
         for q in Queue::ALL {

@@ -28,10 +28,12 @@ pub(super) struct Terms {
     pub(super) min_call_secs: u32,
 }
 
-/// What few leases have, boxed so that the others pay 8 bytes for it.
+/// What few leases have (a caller typed on the page, calls, a redeem), boxed so that the
+/// others pay 8 bytes for it.
 #[derive(Clone, Debug)]
 struct Extra {
     caller: Option<PhoneNumber>,
+    calls: u32,
     first_call_at: Option<Timestamp>,
     redeemed_at: Option<Timestamp>,
     pass: Option<PassId>,
@@ -44,9 +46,12 @@ const ENDED: u8 = 1;
 const RELEASED: u8 = 2;
 const FREED: u8 = 4;
 const FROM_PAGE: u8 = 8;
+/// Purged, but wheel entries still name its slot: kept (found by no id, on no list) until
+/// the last one fires and says which id to delete.
+const GHOST: u8 = 16;
 const NO_CODE: u16 = u16::MAX;
 
-/// One lease, in 96 bytes (a [`Lease`] is 248, and was boxed behind a map's 24-byte bucket).
+/// One lease, in 96 bytes (a [`Lease`] is 216, and was boxed behind a map's 24-byte bucket).
 #[derive(Debug)]
 pub(super) struct Rec {
     pub(super) id: LeaseId,
@@ -56,7 +61,8 @@ pub(super) struct Rec {
     pub(super) expires_at: Timestamp,
     /// When it ended; read only with `ENDED` set.
     end_at: Timestamp,
-    pub(super) calls: u32,
+    /// Wheel entries naming this slot, not yet fired.
+    pub(super) pending: u32,
     /// Index of its [`Terms`] in the slab's interner.
     terms: u32,
     /// The previous (older) and next (newer) lease on its line, or `NONE`: a line's history,
@@ -142,6 +148,15 @@ impl Rec {
         self.extra.as_ref().and_then(|e| e.caller)
     }
 
+    /// Calls counted toward it.
+    pub(super) fn calls(&self) -> u32 {
+        self.extra.as_ref().map_or(0, |e| e.calls)
+    }
+
+    pub(super) fn count_call(&mut self) {
+        self.extra_mut().calls += 1;
+    }
+
     pub(super) fn first_call_at(&self) -> Option<Timestamp> {
         self.extra.as_ref().and_then(|e| e.first_call_at)
     }
@@ -175,6 +190,7 @@ impl Rec {
         self.extra.get_or_insert_with(|| {
             Box::new(Extra {
                 caller: None,
+                calls: 0,
                 first_call_at: None,
                 redeemed_at: None,
                 pass: None,
@@ -279,24 +295,43 @@ impl Slab {
     }
 
     pub(super) fn get_mut(&mut self, i: u32) -> &mut Rec {
-        self.recs[i as usize].as_mut().expect("a live record")
+        let r = self.recs[i as usize].as_mut().expect("a live record");
+        debug_assert!(
+            r.flags & GHOST == 0,
+            "a ghost is read only by its wheel entries"
+        );
+        r
     }
 
-    /// The record at `i`, if it holds one.
+    /// The live record at `i`, if it holds one (not a ghost).
     pub(super) fn try_get(&self, i: u32) -> Option<&Rec> {
-        self.recs.get(i as usize).and_then(Option::as_ref)
+        self.recs
+            .get(i as usize)
+            .and_then(Option::as_ref)
+            .filter(|r| r.flags & GHOST == 0)
+    }
+
+    /// Wheel entries pending for slot `i`, ghost or live.
+    pub(super) fn pending(&self, i: u32) -> Option<u32> {
+        self.recs.get(i as usize)?.as_ref().map(|r| r.pending)
+    }
+
+    /// Every slot holding a record, ghost or live.
+    pub(super) fn slots(&self) -> u32 {
+        self.recs.len() as u32
     }
 
     pub(super) fn terms(&self, rec: &Rec) -> &Terms {
         self.terms.get(rec.terms)
     }
 
-    /// Every record, with its index.
+    /// Every live record (no ghost), with its index.
     pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &Rec)> {
         self.recs
             .iter()
             .enumerate()
             .filter_map(|(i, r)| r.as_ref().map(|r| (i as u32, r)))
+            .filter(|(_, r)| r.flags & GHOST == 0)
     }
 
     /// Files a lease, unlinked (the caller links it); `None` if its id is filed already.
@@ -319,12 +354,14 @@ impl Slab {
             min_call_secs: lease.min_call_secs,
         });
         let extra = (lease.caller.is_some()
+            || lease.calls > 0
             || lease.first_call_at.is_some()
             || lease.redeemed_at.is_some()
             || lease.pass.is_some())
         .then(|| {
             Box::new(Extra {
                 caller: lease.caller,
+                calls: lease.calls,
                 first_call_at: lease.first_call_at,
                 redeemed_at: lease.redeemed_at,
                 pass: lease.pass,
@@ -338,7 +375,7 @@ impl Slab {
             created_at: lease.created_at,
             expires_at: lease.expires_at,
             end_at: Timestamp::ZERO,
-            calls: lease.calls,
+            pending: 0,
             terms,
             older: NONE,
             newer: NONE,
@@ -370,8 +407,9 @@ impl Slab {
         Some(i)
     }
 
-    /// Takes the record at `i` out (the caller has unlinked it).
-    pub(super) fn remove(&mut self, i: u32) -> Rec {
+    /// Forgets the record at `i` (the caller has unlinked it): its id is found no more, and
+    /// its slot is free for another once no wheel entry names it.
+    pub(super) fn purge(&mut self, i: u32) {
         let id = self.get(i).id;
         let recs = &self.recs;
         let Ok(e) = self
@@ -381,10 +419,31 @@ impl Slab {
             unreachable!("a live record is filed by its id")
         };
         e.remove();
-        let rec = self.recs[i as usize].take().expect("a live record");
+        let r = self.get_mut(i);
+        r.flags |= GHOST;
+        if r.pending == 0 {
+            self.vacate(i);
+        }
+    }
+
+    /// A wheel entry naming slot `i` has fired: the id of its record, and whether that record
+    /// is live (not a ghost). A ghost goes with its last entry.
+    pub(super) fn fired(&mut self, i: u32) -> (LeaseId, bool) {
+        let r = self.recs[i as usize]
+            .as_mut()
+            .expect("a wheel entry's record");
+        r.pending -= 1;
+        let (id, ghost, pending) = (r.id, r.flags & GHOST != 0, r.pending);
+        if ghost && pending == 0 {
+            self.vacate(i);
+        }
+        (id, !ghost)
+    }
+
+    fn vacate(&mut self, i: u32) {
+        let rec = self.recs[i as usize].take().expect("a record");
         self.terms.release(rec.terms);
         self.vacant.push(i);
-        rec
     }
 
     /// The lease the record at `i` describes, as it leaves the core.
@@ -406,7 +465,7 @@ impl Slab {
             freed: r.freed(),
             calls_required: t.calls_required,
             min_call_secs: t.min_call_secs,
-            calls: r.calls,
+            calls: r.calls(),
             redeemed_at: r.redeemed_at(),
             code: r.code(),
             first_call_at: r.first_call_at(),
@@ -415,9 +474,54 @@ impl Slab {
         }
     }
 
+    /// Bytes held, by structure: records, id table, boxed extras, sessions' strings, terms.
+    pub(super) fn footprint(&self) -> [(&'static str, usize); 5] {
+        let recs =
+            self.recs.capacity() * std::mem::size_of::<Option<Rec>>() + self.vacant.capacity() * 4;
+        let extras = self
+            .recs
+            .iter()
+            .flatten()
+            .filter(|r| r.extra.is_some())
+            .count()
+            * std::mem::size_of::<Extra>();
+        // An `Arc<str>`'s allocation: two counts and the bytes.
+        let sessions: usize = self
+            .recs
+            .iter()
+            .flatten()
+            .map(|r| 16 + r.session.as_str().len())
+            .sum();
+        let t = &self.terms;
+        let strings: usize = t
+            .entries
+            .iter()
+            .flatten()
+            .map(|(t, _)| {
+                let target = match &t.target {
+                    Some(Target::Sip(s)) => 16 + s.len(),
+                    _ => 0,
+                };
+                // A tenant's string is shared by every request of its key: not counted.
+                t.listing.as_ref().map_or(0, |l| 16 + l.as_str().len()) + target
+            })
+            .sum();
+        let terms = t.entries.capacity() * std::mem::size_of::<Option<(Terms, u32)>>()
+            + t.vacant.capacity() * 4
+            + table_bytes(&t.index)
+            + strings;
+        [
+            ("lease records (slab)", recs),
+            ("lease ids (table)", table_bytes(&self.by_id)),
+            ("boxed extras (caller, calls, redeem)", extras),
+            ("sessions (strings)", sessions),
+            ("terms (interned, with strings)", terms),
+        ]
+    }
+
     /// Checks the id table, the vacant list and the interner's counts against the records.
     pub(super) fn check(&self) -> Result<(), String> {
-        let live = self.recs.iter().filter(|r| r.is_some()).count();
+        let live = self.iter().count();
         if live != self.by_id.len() {
             return Err(format!("{live} records but {} ids filed", self.by_id.len()));
         }
@@ -435,8 +539,13 @@ impl Slab {
         if vacant != holes || vacant.len() != self.vacant.len() {
             return Err("the vacant list disagrees with the slab".into());
         }
+        for r in self.recs.iter().flatten() {
+            if r.flags & GHOST != 0 && r.pending == 0 {
+                return Err(format!("ghost {} is named by no wheel entry", r.id));
+            }
+        }
         let mut refs = vec![0u32; self.terms.entries.len()];
-        for (_, r) in self.iter() {
+        for r in self.recs.iter().flatten() {
             match refs.get_mut(r.terms as usize) {
                 Some(n) if self.terms.entries[r.terms as usize].is_some() => *n += 1,
                 _ => return Err(format!("lease {} names vacant terms", r.id)),
@@ -465,6 +574,15 @@ impl Slab {
     }
 }
 
+/// Bytes a table's buckets hold: a control byte and a `T` each, at 7/8 load at most.
+pub(super) fn table_bytes<T>(t: &HashTable<T>) -> usize {
+    let buckets = match t.capacity() {
+        0 => 0,
+        c => (c * 8 / 7).next_power_of_two(),
+    };
+    buckets * (std::mem::size_of::<T>() + 1)
+}
+
 fn rec_at(recs: &[Option<Rec>], i: u32) -> &Rec {
     recs[i as usize].as_ref().expect("a live record")
 }
@@ -474,7 +592,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_is_96_bytes() {
+    fn a_record_is_96_bytes_where_a_lease_is_216() {
         assert_eq!(std::mem::size_of::<Option<Rec>>(), 96);
+        assert_eq!(std::mem::size_of::<Lease>(), 216);
     }
 }
