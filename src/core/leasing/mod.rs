@@ -143,6 +143,7 @@ pub(super) struct Claim<'a> {
 }
 
 /// Where a line's newest lease is noted.
+#[derive(Clone, Copy)]
 enum HeadAt {
     /// A pool number: its slot.
     Slot(usize, usize),
@@ -259,8 +260,10 @@ impl Leasing {
     ) -> Result<Self, CoreError> {
         let mut a = Leasing::unqueued(dir);
         a.leases.reserve(leases.len());
-        // File every record first, then walk them in creation order: the order of each
-        // line's history, and the later of two live leases of one sticky key wins.
+        // File every record first, in the order given (the store's: by id), then walk them in
+        // creation order: the order of each line's history, and the later of two live leases of
+        // one sticky key wins. (Filing them in creation order instead, for a walk front to back,
+        // reads the given leases out of order: slower, measured.)
         let mut order: Vec<(Timestamp, LeaseId, u32)> = Vec::with_capacity(leases.len());
         for lease in leases {
             let (created, id) = (lease.created_at, lease.id);
@@ -280,7 +283,7 @@ impl Leasing {
             .iter()
             .map(|p| vec![Timestamp::ZERO; p.slots.len()])
             .collect();
-        let live = order.iter().filter(|o| !a.leases.get(o.2).ended()).count();
+        let live = a.leases.iter().filter(|(_, r)| !r.ended()).count();
         let (leases, fingerprint) = (&a.leases, &a.fingerprint);
         a.sticky
             .reserve(live, |&j| sticky_hash(fingerprint, leases, j));
@@ -288,6 +291,7 @@ impl Leasing {
             let r = a.leases.get(i);
             let holds = !r.ended() || !r.freed();
             let cool_until = cool_until(dir, r);
+            let head = head_at(dir, r.line());
             if let Some(code) = r.code() {
                 if holds {
                     let pool = &mut a.pools[r.pool().0 as usize];
@@ -301,10 +305,10 @@ impl Leasing {
                     pool.code_ends.push(code, Reverse(r.end_at()));
                     pool.page_codes += usize::from(r.from_page());
                 }
-            } else if let Some((pid, idx)) = dir.slot(r.number) {
-                let p = pid.0 as usize;
+            } else if let HeadAt::Slot(p, idx) = head {
                 let pool = &mut a.pools[p];
-                let slot = &mut pool.slots[idx as usize];
+                let slot = &mut pool.slots[idx];
+                let idx = idx as u32;
                 if holds {
                     if slot.state != SlotState::Free {
                         return Err(CoreError::Corrupt(format!(
@@ -338,7 +342,7 @@ impl Leasing {
                 let keys = a.live_keys_of(dir, i);
                 a.count_live(keys, true);
             }
-            a.link(dir, i);
+            a.link(head, i);
         }
         for (p, pool) in a.pools.iter_mut().enumerate() {
             let slots = &pool.slots;
@@ -545,7 +549,12 @@ impl Leasing {
                     .insert_unique(key, i, |&j| sticky_hash(fingerprint, leases, j));
             }
         }
-        self.link(dir, i);
+        let head = match (slot, code) {
+            (Some(idx), _) => HeadAt::Slot(req.pool.0 as usize, idx as usize),
+            (None, Some(code)) => HeadAt::Code(req.pool.0 as usize, code),
+            (None, None) => unreachable!("a number or a code"),
+        };
+        self.link(head, i);
         self.count_live(keys, true);
         cx.out.effects.push(Effect::PutLease(lease.clone()));
         self.file(cx, i, expires_at);
@@ -974,7 +983,7 @@ impl Leasing {
 
     /// How `line` stood at `at`: the lease active on it, or in grace, or cooling, or free.
     pub(super) fn hold(&self, dir: &Directory, line: Line, at: Timestamp) -> Hold<'_> {
-        let mut i = self.head(dir, line);
+        let mut i = self.head(head_at(dir, line), line);
         while i != NONE {
             let l = self.leases.get(i);
             if at < l.created_at {
@@ -1064,40 +1073,40 @@ impl Leasing {
         out.effects.push(Effect::PutLease(self.leases.lease(i)));
     }
 
-    /// Where `line`'s newest lease is noted, `NONE` if nowhere.
-    fn head(&self, dir: &Directory, line: Line) -> u32 {
-        match head_at(dir, line) {
+    /// `line`'s newest lease, noted `at`; `NONE` if none.
+    fn head(&self, at: HeadAt, line: Line) -> u32 {
+        match at {
             HeadAt::Slot(p, i) => self.pools[p].slots[i].head,
             HeadAt::Code(p, c) => self.pools[p].code_heads.get(&c).copied().unwrap_or(NONE),
             HeadAt::Stray => self.stray_heads.get(&line).copied().unwrap_or(NONE),
         }
     }
 
-    fn set_head(&mut self, dir: &Directory, line: Line, i: u32) {
+    fn set_head(&mut self, at: HeadAt, line: Line, i: u32) {
         fn note<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K, i: u32) {
             match i {
                 NONE => map.remove(&k),
                 i => map.insert(k, i),
             };
         }
-        match head_at(dir, line) {
+        match at {
             HeadAt::Slot(p, idx) => self.pools[p].slots[idx].head = i,
             HeadAt::Code(p, c) => note(&mut self.pools[p].code_heads, c, i),
             HeadAt::Stray => note(&mut self.stray_heads, line, i),
         }
     }
 
-    /// Puts record `i` at the head of its line's list, and of its caller's: the lookups
-    /// attribution uses.
-    fn link(&mut self, dir: &Directory, i: u32) {
+    /// Puts record `i` at the head of its line's list (whose head is noted `at`), and of its
+    /// caller's: the lookups attribution uses.
+    fn link(&mut self, at: HeadAt, i: u32) {
         let line = self.leases.get(i).line();
-        let head = self.head(dir, line);
+        let head = self.head(at, line);
         let r = self.leases.get_mut(i);
         (r.older, r.newer) = (head, NONE);
         if head != NONE {
             self.leases.get_mut(head).newer = i;
         }
-        self.set_head(dir, line, i);
+        self.set_head(at, line, i);
         if let Some(c) = self.leases.get(i).caller() {
             let head = self.by_caller.insert(c, i).unwrap_or(NONE);
             self.leases.get_mut(i).set_caller_links((head, NONE));
@@ -1117,7 +1126,7 @@ impl Leasing {
             self.leases.get_mut(older).newer = newer;
         }
         match newer {
-            NONE => self.set_head(dir, line, older),
+            NONE => self.set_head(head_at(dir, line), line, older),
             n => self.leases.get_mut(n).older = older,
         }
         let r = self.leases.get(i);
