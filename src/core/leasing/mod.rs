@@ -303,7 +303,7 @@ impl Leasing {
                         )));
                     }
                     pool.code_ends.push(code, Reverse(r.end_at()));
-                    pool.page_codes += usize::from(r.from_page());
+                    pool.page_codes += usize::from(r.by_page());
                 }
             } else if let HeadAt::Slot(p, idx) = head {
                 let pool = &mut a.pools[p];
@@ -319,7 +319,7 @@ impl Leasing {
                         )));
                     }
                     slot.holder = i;
-                    pool.page_numbers += usize::from(r.from_page());
+                    pool.page_numbers += usize::from(r.by_page());
                     if r.ended() {
                         slot.state = SlotState::Cooling;
                         cooling[p].push((cool_until, idx));
@@ -785,7 +785,7 @@ impl Leasing {
                 if pool.code_ends.get_priority(code) != Some(&Reverse(lease.end_at())) {
                     return Err(format!("code {code} filed under the wrong end"));
                 }
-                page_codes += usize::from(lease.from_page());
+                page_codes += usize::from(lease.by_page());
             }
             if pool.code_ends.len() != pool.codes.len() {
                 return Err(format!("pool {}: code ends out of step", spec.name));
@@ -795,7 +795,7 @@ impl Leasing {
                 .iter()
                 .filter(|s| s.state != SlotState::Free)
                 .filter_map(|s| self.leases.try_get(s.holder))
-                .filter(|l| l.from_page())
+                .filter(|l| l.by_page())
                 .count();
             if (page_numbers, page_codes) != (pool.page_numbers, pool.page_codes) {
                 return Err(format!(
@@ -1219,7 +1219,7 @@ impl Leasing {
         let settings = &dir.pools[lease.pool().0 as usize].settings;
         let bound = lease
             .created_at
-            .saturating_add(life_cap(settings, lease.from_page()));
+            .saturating_add(life_cap(settings, lease.by_page()));
         let new_expiry = now.saturating_add(ttl).min(bound).max(lease.expires_at);
         if new_expiry == lease.expires_at {
             return;
@@ -1366,7 +1366,7 @@ impl Leasing {
         let dir = cx.dir;
         let lease = self.leases.get_mut(i);
         lease.set_freed();
-        let page = usize::from(lease.from_page());
+        let page = usize::from(lease.by_page());
         match lease.code() {
             Some(code) => {
                 let pool = &mut self.pools[lease.pool().0 as usize];
@@ -1410,7 +1410,7 @@ fn ttl_of(dir: &Directory, lease: &Rec, wanted: Option<Duration>) -> Duration {
         (Some(_), OnExhausted::Shared { code_ttl, .. }) => *code_ttl,
         _ => wanted.unwrap_or(spec.settings.ttl),
     };
-    ttl.min(life_cap(&spec.settings, lease.from_page()))
+    ttl.min(life_cap(&spec.settings, lease.by_page()))
 }
 
 /// When the lease's number (or code) may go to someone else.

@@ -89,13 +89,15 @@ impl Rec {
     }
 
     pub(super) fn end(&self) -> Option<LeaseEnd> {
-        (self.flags & ENDED != 0).then(|| LeaseEnd {
+        let reason = match self.flags & RELEASED != 0 {
+            true => EndReason::Released,
+            false => EndReason::Expired,
+        };
+        let end = LeaseEnd {
             at: self.end_at,
-            reason: match self.flags & RELEASED != 0 {
-                true => EndReason::Released,
-                false => EndReason::Expired,
-            },
-        })
+            reason,
+        };
+        (self.flags & ENDED != 0).then_some(end)
     }
 
     pub(super) fn ended(&self) -> bool {
@@ -119,7 +121,8 @@ impl Rec {
         self.flags |= FREED;
     }
 
-    pub(super) fn from_page(&self) -> bool {
+    /// Made by a page (the lease's `from_page`).
+    pub(super) fn by_page(&self) -> bool {
         self.flags & FROM_PAGE != 0
     }
 
@@ -470,7 +473,7 @@ impl Slab {
             code: r.code(),
             first_call_at: r.first_call_at(),
             pass: r.extra.as_ref().and_then(|e| e.pass),
-            from_page: r.from_page(),
+            from_page: r.by_page(),
         }
     }
 
