@@ -56,10 +56,12 @@ fn memory_and_restore(sizes: &[u64]) {
     let tenant = TenantId::parse("site-a").unwrap();
     let target = Target::parse("+33612345678").unwrap();
     let t0 = Timestamp::from_millis(START);
+    let mut breakdown = Vec::new();
     for &n in sizes {
         let base = held();
         let mut a = allocator(n);
         let empty = held() - base;
+        let empty_footprint = a.footprint();
         let mut out = Outbox::new();
         let mut wheel = Vec::with_capacity(n as usize);
         let before = held();
@@ -85,8 +87,14 @@ fn memory_and_restore(sizes: &[u64]) {
             out.notices.clear();
         }
         let per_lease = (held() - before) / n as usize;
+        breakdown = a
+            .footprint()
+            .into_iter()
+            .zip(empty_footprint)
+            .map(|((what, full), (_, empty))| (what, full.saturating_sub(empty) as f64 / n as f64))
+            .collect();
         let snapshot = Snapshot {
-            leases: (0..n).map(|i| a.lease(&id(i)).unwrap().clone()).collect(),
+            leases: (0..n).map(|i| a.lease(&id(i)).unwrap()).collect(),
             wheel,
             ..Snapshot::default()
         };
@@ -119,6 +127,20 @@ fn memory_and_restore(sizes: &[u64]) {
             (restart - read).as_secs_f64() * 1000.0
         );
     }
+    // Where a live lease's bytes go, at the largest size (the core's own account of its
+    // structures' capacities, so the total differs a little from the allocator's).
+    println!();
+    println!(
+        "| structure, at {} leases | bytes per live lease |",
+        sizes.last().unwrap()
+    );
+    println!("|---|---:|");
+    for (what, bytes) in &breakdown {
+        println!("| {what} | {bytes:.1} |");
+    }
+    let total: f64 = breakdown.iter().map(|(_, b)| b).sum();
+    println!("| total | {total:.1} |");
+    println!();
 }
 
 /// Writes `snapshot`'s leases and wheel entries through a store in `path` as the service

@@ -225,7 +225,7 @@ impl Service {
     pub fn get(&self, id: &LeaseId) -> Result<LeaseView, ServiceError> {
         let core = self.lock()?;
         let lease = core.lease(id).ok_or(CoreError::UnknownLease)?;
-        Ok(view(&core, lease.clone(), self.clock.now()))
+        Ok(view(&core, lease, self.clock.now()))
     }
 
     pub async fn renew(
@@ -235,7 +235,7 @@ impl Service {
     ) -> Result<LeaseView, ServiceError> {
         let v = self
             .write(|core, now, out| {
-                let lease = core.renew(&id, ttl, now, out)?.clone();
+                let lease = core.renew(&id, ttl, now, out)?;
                 Ok(view(core, lease, now))
             })
             .await?;

@@ -13,7 +13,7 @@ use super::directory::Directory;
 use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
 use super::leasing::Leasing;
 use super::outbox::Notice;
-use super::schedule::{Cx, Schedule};
+use super::schedule::{Cx, Fired, Schedule};
 use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
 use super::tickets::Ticketing;
 use super::time::Timestamp;
@@ -92,7 +92,13 @@ impl Allocator {
             schedule: Schedule::new(),
         };
         for (tick, due) in snapshot.wheel {
-            a.schedule.restore(tick, due);
+            match due {
+                Due::Lease(id) => match a.leasing.adopt_entry(&id) {
+                    Some(slot) => a.schedule.restore_lease(tick, slot),
+                    None => a.schedule.restore(tick, due),
+                },
+                _ => a.schedule.restore(tick, due),
+            }
         }
         Ok(a)
     }
@@ -110,7 +116,8 @@ impl Allocator {
         self.leasing.pool_stats(pool)
     }
 
-    pub fn lease(&self, id: &LeaseId) -> Option<&Lease> {
+    /// The lease `id` as it stands (built from the core's compact record: owned).
+    pub fn lease(&self, id: &LeaseId) -> Option<Lease> {
         self.leasing.lease(id)
     }
 
@@ -167,7 +174,7 @@ impl Allocator {
         ttl: Option<Duration>,
         now: Timestamp,
         out: &mut Outbox,
-    ) -> Result<&Lease, CoreError> {
+    ) -> Result<Lease, CoreError> {
         self.leasing.renew(cx!(self, out), id, ttl, now)
     }
 
@@ -288,7 +295,7 @@ impl Allocator {
             .lease
             .and_then(|id| self.leasing.lease(&id))
         {
-            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
+            let (id, listing, target) = (lease.id, lease.listing, lease.target);
             let counts_now = lease.min_call_secs == 0;
             first_call_after =
                 self.leasing
@@ -383,9 +390,20 @@ impl Allocator {
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
     /// records. Stale entries (a renewed lease's old deadline) do nothing but go away.
     pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
-        for (tick, what) in self.schedule.due(now) {
-            out.effects.push(Effect::DelWheel(tick, what));
-            self.advance(what, now, out);
+        for (tick, fired) in self.schedule.due(now) {
+            match fired {
+                Fired::Lease(slot) => {
+                    let (id, live) = self.leasing.fired(slot);
+                    out.effects.push(Effect::DelWheel(tick, Due::Lease(id)));
+                    if live {
+                        self.leasing.advance(cx!(self, out), slot, now);
+                    }
+                }
+                Fired::Other(what) => {
+                    out.effects.push(Effect::DelWheel(tick, what));
+                    self.advance(what, now, out);
+                }
+            }
         }
     }
 
@@ -401,8 +419,19 @@ impl Allocator {
 
     /// Checks the invariants (ARCHITECTURE.md) that a single state can show; `Err` says which broke.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.leasing
-            .check_invariants(&self.dir, self.schedule.done_through())
+        self.leasing.check_invariants(
+            &self.dir,
+            self.schedule.done_through(),
+            self.schedule.lease_slots(),
+        )
+    }
+
+    /// Bytes held by the core's larger structures, by name: what a lease costs, and where.
+    /// Capacities, not lengths; strings counted where they are owned.
+    pub fn footprint(&self) -> Vec<(&'static str, usize)> {
+        let mut f = self.leasing.footprint();
+        f.extend(self.schedule.footprint());
+        f
     }
 
     /// Moves a record as far along its life as `now` allows, and files its next deadline.

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::directory::Directory;
-use super::lease::Lease;
-use super::leasing::{Hold, Leasing};
+use super::leasing::{Claim, Hold, Leasing};
 use super::outbox::Outbox;
 use super::schedule::Cx;
 use super::time::Timestamp;
@@ -84,12 +83,12 @@ impl Calls {
                 listing: None,
             };
         }
-        let from_lease = |reason, l: &Lease| Attribution {
+        let from_lease = |reason, l: Claim<'_>| Attribution {
             reason,
             pool: Some(pool),
             lease: Some(l.id),
-            target: l.target.clone(),
-            listing: l.listing.clone(),
+            target: l.target.cloned(),
+            listing: l.listing.cloned(),
         };
         let on_shared = dir.shared_pool(called) == Some(pool);
         if let (Some(code), true) = (code, on_shared) {

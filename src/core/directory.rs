@@ -37,6 +37,13 @@ struct Run {
 impl Directory {
     /// Checks that names, numbers and shared numbers are each in one place only.
     pub fn new(specs: Vec<PoolSpec>) -> Result<Arc<Directory>, CoreError> {
+        // The core's lease records hold a pool id in 16 bits.
+        if specs.len() > usize::from(u16::MAX) + 1 {
+            return Err(CoreError::Corrupt(format!(
+                "{} pools: at most 65536 are served",
+                specs.len()
+            )));
+        }
         let mut d = Directory {
             pools: Vec::with_capacity(specs.len()),
             by_name: HashMap::default(),

@@ -178,15 +178,6 @@ impl Lease {
     pub fn paid(&self) -> bool {
         self.calls >= self.calls_required
     }
-
-    /// When it stopped (or will stop) being active, as far as `at` knows.
-    pub(super) fn end_at(&self) -> Timestamp {
-        self.end.map_or(self.expires_at, |e| e.at)
-    }
-
-    pub(super) fn line(&self) -> Line {
-        (self.number, self.code)
-    }
 }
 
 /// What a call is placed on: a pool number, or a shared number with a code.

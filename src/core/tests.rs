@@ -46,7 +46,7 @@ impl Harness {
         id: &LeaseId,
         ttl: Option<Duration>,
         now: Timestamp,
-    ) -> Result<&Lease, CoreError> {
+    ) -> Result<Lease, CoreError> {
         self.a.renew(id, ttl, now, &mut self.out)
     }
 
@@ -709,5 +709,52 @@ fn a_page_refused_a_code_is_told_when_the_first_code_frees() {
     a.check_invariants().unwrap();
     a.tick(at(13));
     assert!(refused(&mut a, 13).unwrap().lease.code.is_some());
+    a.check_invariants().unwrap();
+}
+
+// ---- the compact core: slots of purged leases ----------------------------------------------
+
+#[test]
+fn a_lease_purged_before_its_old_deadline_fires_still_has_that_entry_deleted_by_its_id() {
+    // Records are purged as soon as the number frees, long before a 2-hour lease's deadline.
+    let mut spec = allocator(2).pool_spec(PoolId(0)).clone();
+    spec.settings.retention = spec.settings.quarantine;
+    let mut a = Harness::from(Allocator::new(vec![spec]).unwrap());
+    let (mut leases, mut wheel) = Default::default();
+    let long = AllocateRequest {
+        ttl: Some(Duration::from_secs(2 * 3600)),
+        ..req("s1", None)
+    };
+    a.allocate(long, at(0), id(1)).unwrap();
+    a.release(&id(1), at(1)).unwrap();
+    a.tick(at(11));
+    replay(&mut a, &mut leases, &mut wheel);
+    assert!(
+        a.lease(&id(1)).is_none(),
+        "purged with its number's quarantine"
+    );
+    assert!(
+        wheel.contains(&(at(120).tick_ceil(), Due::Lease(id(1)))),
+        "its first deadline is still filed"
+    );
+    a.check_invariants().unwrap();
+
+    // Other leases come and go meanwhile; none takes the purged lease's place in the wheel.
+    for n in 2..6u8 {
+        a.allocate(req(&format!("s{n}"), None), at(12), id(n)).ok();
+        a.release(&id(n), at(13)).ok();
+        a.check_invariants().unwrap();
+    }
+    a.tick(at(119));
+    a.allocate(req("s9", None), at(119), id(9)).unwrap();
+    a.check_invariants().unwrap();
+    a.tick(at(120));
+    replay(&mut a, &mut leases, &mut wheel);
+    assert!(
+        !wheel.iter().any(|(_, due)| *due == Due::Lease(id(1))),
+        "the old deadline's entry was deleted under the purged lease's id"
+    );
+    assert_eq!(a.lease(&id(9)).unwrap().state(at(120)), LeaseState::Active);
+    assert_eq!(a.lease_count(), 1);
     a.check_invariants().unwrap();
 }
