@@ -258,13 +258,32 @@ struct Disk {
     closing: AtomicBool,
 }
 
+/// Opens sled in `dir`. sled lets go of its file lock only when its last handle's threads
+/// have finished (a handle of this process just dropped keeps it a moment), so a lock held
+/// is waited for up to 2 s before it is an error; another process holding it for longer
+/// is refused then.
 fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
-    Ok(sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_capacity)
-        .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()?)
+    let open = || {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open() {
+            // sled words this error itself (kind `Other`): its message is all there is.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 /// The stable 8-byte tag of a pool name in fixed-size keys (progress and its wheel entries).
@@ -1008,5 +1027,34 @@ fn corrupt(e: record::DecodeError) -> StoreError {
     match e {
         record::DecodeError::Invalid(m) => StoreError::Corrupt(m),
         record::DecodeError::UnknownPool => StoreError::Corrupt("record of an unknown pool".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_db;
+
+    #[test]
+    fn a_lock_let_go_of_a_moment_later_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open_db(dir.path(), 1 << 20).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        tx.send(()).unwrap();
+        let db = open_db(dir.path(), 1 << 20).expect("opened once the lock is let go of");
+        releaser.join().unwrap();
+        drop(db);
+    }
+
+    #[test]
+    fn a_lock_held_on_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open_db(dir.path(), 1 << 20).unwrap();
+        let e = open_db(dir.path(), 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("could not acquire lock"), "{e}");
     }
 }
