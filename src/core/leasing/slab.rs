@@ -1,9 +1,11 @@
 //! Leases as the core keeps them: compact records (`Rec`) in a slab addressed by `u32`, one
 //! table from lease id to slot, and what many leases share (tenant, listing, target, terms)
 //! interned once. A [`Lease`] is materialised from a record only where one leaves the core
-//! (effects, answers). Slots are reused after a purge; nothing keeps a slot index of a purged
-//! lease (lines, callers, numbers and codes let go of it first), so no generation is needed,
-//! and `check` verifies that every index held elsewhere names a live record.
+//! (effects, answers). A slot is reused once its lease is purged and no wheel entry names it
+//! (a purged record with entries pending stays as a ghost until the last one fires); lines,
+//! callers, numbers and codes let go of a slot at the purge. So no generation is needed, and
+//! `Leasing::check_invariants` verifies that every index held elsewhere names a live record
+//! and that each record counts the wheel entries naming it.
 
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
