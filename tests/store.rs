@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::upgrade::varint;
 use common::*;
 use serde_json::json;
 
@@ -78,19 +79,6 @@ async fn progress_follows_its_pool_by_name_when_pools_are_reordered_or_removed()
     app.advance(Duration::from_secs(31 * 60)).await;
     let r = call(&app, "a3", "+33899310000").await;
     assert_eq!(r["ticketing"]["calls_done"], 1, "{r}");
-}
-
-/// Postcard's unsigned varint.
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
 }
 
 #[tokio::test]

@@ -6,222 +6,22 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use common::upgrade::*;
 use common::*;
 use leaseline::clock::Clock;
 use leaseline::core::Timestamp;
 use serde_json::{json, Value};
 
-const POOL: &str = "fr-classifieds";
-const SHARED: &str = "+33899199999";
-const FALLBACK: &str = "+33100000000";
-const TICKETING: &str = "+33897100000";
-/// The caller typed on lease "progress" when release 1 created it.
-const TYPED_CALLER: &str = "+33633000002";
-/// Called lease "paid"'s number for listing car-1 under release 1: a return route.
-const RETURNING: &str = "+33644000001";
-/// One ticketing call of two under release 1.
-const HALFWAY: &str = "+33655000001";
-
-/// Release 1's data folder, its config and the manifest of what it holds.
-struct Fixture {
-    tarball: PathBuf,
-    config: String,
-    manifest: Value,
-}
-
-/// The fixture is committed with the tests. Missing, every test here fails: it is the proof
-/// that users keep their data across the upgrade, and must never be skipped.
+/// Release 1's data folder (store format 1), its config and the manifest of what it holds.
 fn fixture() -> Fixture {
-    let dir = repo("tests/fixtures/upgrade");
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| {
-            panic!(
-                "the upgrade fixture {} cannot be read ({e}); it is committed in \
-                 tests/fixtures/upgrade (see its README) and must never be left out",
-                dir.join(name).display()
-            )
-        })
-    };
-    let tarball = dir.join("release-1.tar.gz");
-    assert!(
-        tarball.is_file(),
-        "the upgrade fixture {} is missing; it is committed (see tests/fixtures/upgrade/README.md)",
-        tarball.display()
-    );
-    let manifest: Value = serde_json::from_str(&read("release-1.json")).unwrap();
-    assert_eq!(
-        manifest["release"], "9322ced7e1a8c3d825b7f0d415ab192eac865cb5",
-        "the fixture must have been written by release 1"
-    );
-    Fixture {
-        tarball,
-        config: read("pool.toml"),
-        manifest,
-    }
-}
-
-impl Fixture {
-    /// A fresh folder holding release 1's `data` folder and its `pool.toml`.
-    fn unpack(&self) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("tar")
-            .arg("-xzf")
-            .arg(&self.tarball)
-            .arg("-C")
-            .arg(dir.path())
-            .status()
-            .expect("tar runs");
-        assert!(
-            status.success(),
-            "tar -xzf {} failed",
-            self.tarball.display()
-        );
-        assert!(
-            dir.path().join("data/db").is_file(),
-            "the tarball holds data/"
-        );
-        std::fs::write(dir.path().join("pool.toml"), &self.config).unwrap();
-        dir
-    }
-
-    /// Opens release 1's data with this build and release 1's config, the clock 5 s after
-    /// release 1 stopped.
-    async fn open(&self) -> TestApp {
-        let dir = self.unpack();
-        let config = self.config.clone();
-        let start = self.made_at().saturating_add(Duration::from_secs(5));
-        TestApp::in_dir_at(dir, start, |_| config).await
-    }
-
-    /// When release 1 had stopped.
-    fn made_at(&self) -> Timestamp {
-        Timestamp::from_millis(self.manifest["made_at_ms"].as_u64().unwrap())
-    }
-
-    /// Release 1's answer for one of its leases: paid, progress, released, plain or code.
-    fn lease(&self, name: &str) -> &Value {
-        let l = &self.manifest["leases"][name];
-        assert!(l.is_object(), "no lease {name} in the manifest");
-        l
-    }
-
-    fn id(&self, name: &str) -> String {
-        self.lease(name)["lease_id"].as_str().unwrap().to_owned()
-    }
-
-    fn number(&self, name: &str) -> String {
-        self.lease(name)["number"].as_str().unwrap().to_owned()
-    }
-
-    fn ticket(&self, which: &str) -> (String, Value) {
-        let t = &self.manifest["ticketing"][which];
-        (t["code"].as_str().unwrap().to_owned(), t.clone())
-    }
-
-    /// The pool's own numbers (the shared number aside), from release 1's leases of them.
-    fn pool_numbers(&self) -> Vec<String> {
-        let mut n: Vec<String> = ["paid", "progress", "released", "plain"]
-            .iter()
-            .map(|l| self.number(l))
-            .collect();
-        n.sort();
-        n
-    }
-
-    /// Release 1's journal: every call and ticket event it took, newest first.
-    fn journal(&self) -> &[Value] {
-        self.manifest["journal"].as_array().unwrap()
-    }
-}
-
-const LEASES: [&str; 5] = ["paid", "progress", "released", "plain", "code"];
-
-/// Asserts that every field release 1 answered is answered alike now (new fields may appear).
-/// Numbers compare by value: the manifest went through jq, which writes 1.0 as 1.
-fn assert_keeps(what: &str, old: &Value, new: &Value) {
-    let old = old.as_object().unwrap_or_else(|| panic!("{what}: {old}"));
-    for (field, was) in old {
-        let is = &new[field];
-        let same = match (was.as_f64(), is.as_f64()) {
-            (Some(a), Some(b)) => a == b,
-            _ => was == is,
-        };
-        assert!(
-            same,
-            "{what}: `{field}` was {was} under release 1, is {is} now; whole answer: {new}"
-        );
-    }
-}
-
-async fn get(app: &TestApp, path: &str, key: &str) -> Reply {
-    app.call("GET", path, Some(key), None).await
-}
-
-async fn lease(app: &TestApp, id: &str) -> Reply {
-    get(app, &format!("/v1/leases/{id}"), SITE).await
-}
-
-async fn allocate(app: &TestApp, body: Value) -> Reply {
-    app.call("POST", "/v1/leases", Some(SITE), Some(&body.to_string()))
-        .await
-}
-
-/// A call's start; `code` is what the caller typed on a shared number.
-async fn start(app: &TestApp, id: &str, called: &str, caller: &str, code: Option<&str>) -> Value {
-    let mut body = json!({"call_id": id, "event": "start", "called": called, "caller": caller});
-    if let Some(c) = code {
-        body["code"] = json!(c);
-    }
-    call_event(app, body).await
-}
-
-async fn end(app: &TestApp, id: &str, secs: u32) -> Value {
-    call_event(
-        app,
-        json!({"call_id": id, "event": "end", "duration_secs": secs}),
+    Fixture::load(
+        "release-1",
+        "9322ced7e1a8c3d825b7f0d415ab192eac865cb5",
+        "release 1",
+        "leaseline-store-1",
     )
-    .await
-}
-
-/// Reports a call event as telephony does; the answer must be 200.
-async fn call_event(app: &TestApp, body: Value) -> Value {
-    let text = body.to_string();
-    let r = app
-        .call("POST", "/v1/calls", Some(TELEPHONY), Some(&text))
-        .await;
-    assert_eq!(r.status, 200, "{text}: {}", r.text);
-    r.json
-}
-
-async fn redeem_lease(app: &TestApp, id: &str) -> Reply {
-    app.call("POST", &format!("/v1/leases/{id}/redeem"), Some(SITE), None)
-        .await
-}
-
-async fn redeem_ticket(app: &TestApp, code: &str, client: &str) -> Reply {
-    let body = json!({"code": code, "client": client}).to_string();
-    app.call("POST", "/v1/tickets/redeem", Some(SITE), Some(&body))
-        .await
-}
-
-async fn pools(app: &TestApp) -> Vec<Value> {
-    let r = get(app, "/v1/pools", ADMIN).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let pools = r.json["pools"].as_array().unwrap().clone();
-    for p in &pools {
-        assert_eq!(
-            p["size"].as_u64().unwrap(),
-            p["free"].as_u64().unwrap()
-                + p["leased"].as_u64().unwrap()
-                + p["cooling"].as_u64().unwrap(),
-            "counts add up: {p}"
-        );
-    }
-    pools
 }
 
 /// Moves the clock to `to` and fires what fell due.
@@ -235,7 +35,7 @@ async fn assert_leases_as_release_1_left_them(app: &TestApp, fx: &Fixture) {
     for name in LEASES {
         let r = lease(app, &fx.id(name)).await;
         assert_eq!(r.status, 200, "lease {name}: {}", r.text);
-        assert_keeps(&format!("lease {name}"), fx.lease(name), &r.json);
+        fx.assert_keeps(&format!("lease {name}"), fx.lease(name), &r.json);
     }
     // What the fixture is meant to hold, stated once, so a regenerated fixture cannot
     // silently hold less.
@@ -289,7 +89,7 @@ async fn assert_journal_keeps_release_1(app: &TestApp, fx: &Fixture) {
             .iter()
             .find(|row| key(row) == key(was))
             .unwrap_or_else(|| panic!("release 1's journal row {was} is gone"));
-        assert_keeps("journal row", was, is);
+        fx.assert_keeps("journal row", was, is);
     }
     for (id, call) in fx.manifest["calls"].as_object().unwrap() {
         let row = now
@@ -333,7 +133,7 @@ async fn every_lease_reads_as_release_1_left_it_and_the_pools_count_alike() {
     let was = fx.manifest["pools"]["pools"].as_array().unwrap();
     assert_eq!(counted.len(), was.len());
     for (was, is) in was.iter().zip(&counted) {
-        assert_keeps("pool", was, is);
+        fx.assert_keeps("pool", was, is);
     }
     let classifieds = &counted[0];
     assert_eq!(classifieds["name"], POOL);
@@ -351,7 +151,7 @@ async fn every_lease_reads_as_release_1_left_it_and_the_pools_count_alike() {
     let app = app.restart().await;
     assert_leases_as_release_1_left_them(&app, &fx).await;
     for (was, is) in was.iter().zip(&pools(&app).await) {
-        assert_keeps("pool after a restart", was, is);
+        fx.assert_keeps("pool after a restart", was, is);
     }
 }
 
@@ -366,7 +166,7 @@ async fn redeemed_leases_stay_redeemed_and_paid_ones_redeem_once() {
     let r = get(&app, &format!("/v1/passes/{pass}"), SITE).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["valid"], true);
-    assert_keeps(
+    fx.assert_keeps(
         "the paid lease's pass",
         &fx.manifest["passes"]["lease"],
         &r.json,
@@ -493,7 +293,7 @@ async fn ticketing_progress_tickets_and_passes_carry_over() {
     let r = get(&app, &format!("/v1/passes/{pass}"), SITE).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["valid"], true);
-    assert_keeps(
+    fx.assert_keeps(
         "the ticket's pass",
         &fx.manifest["passes"]["ticket"],
         &r.json,

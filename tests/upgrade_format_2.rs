@@ -8,178 +8,23 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use common::upgrade::*;
 use common::*;
 use leaseline::clock::Clock;
-use leaseline::core::Timestamp;
 use serde_json::{json, Value};
 
-const POOL: &str = "fr-classifieds";
-const SHARED: &str = "+33899199999";
-const FALLBACK: &str = "+33100000000";
-const TICKETING: &str = "+33897100000";
-const TYPED_CALLER: &str = "+33633000002";
-const RETURNING: &str = "+33644000001";
-const HALFWAY: &str = "+33655000001";
-const LEASES: [&str; 5] = ["paid", "progress", "released", "plain", "code"];
-
-struct Fixture {
-    tarball: PathBuf,
-    config: String,
-    manifest: Value,
-}
-
-/// Committed with the tests; missing, every test here fails (it must never be skipped).
+/// The data folder of the last build writing store format 2 (7d8a755), its config and the
+/// manifest of what it holds.
 fn fixture() -> Fixture {
-    let dir = repo("tests/fixtures/upgrade");
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| {
-            panic!(
-                "the upgrade fixture {} cannot be read ({e}); it is committed in \
-                 tests/fixtures/upgrade (see its README)",
-                dir.join(name).display()
-            )
-        })
-    };
-    let tarball = dir.join("format-2.tar.gz");
-    assert!(tarball.is_file(), "{} is missing", tarball.display());
-    let manifest: Value = serde_json::from_str(&read("format-2.json")).unwrap();
-    assert_eq!(
-        manifest["release"], "7d8a7557984ab9b27a9a2a1997f5dd2df3de529c",
-        "the fixture must have been written by the last format-2 build"
-    );
-    Fixture {
-        tarball,
-        config: read("pool.toml"),
-        manifest,
-    }
-}
-
-impl Fixture {
-    fn unpack(&self) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("tar")
-            .arg("-xzf")
-            .arg(&self.tarball)
-            .arg("-C")
-            .arg(dir.path())
-            .status()
-            .expect("tar runs");
-        assert!(status.success());
-        let db = sled::open(dir.path().join("data")).unwrap();
-        assert_eq!(
-            db.get("Mformat").unwrap().as_deref(),
-            Some(&b"leaseline-store-2"[..]),
-            "the fixture holds store format 2"
-        );
-        drop(db);
-        std::fs::write(dir.path().join("pool.toml"), &self.config).unwrap();
-        dir
-    }
-
-    /// Opens `dir` with this build, the clock 5 s after the old build stopped.
-    async fn open_dir(&self, dir: tempfile::TempDir) -> TestApp {
-        let config = self.config.clone();
-        let start = self.made_at().saturating_add(Duration::from_secs(5));
-        TestApp::in_dir_at(dir, start, |_| config).await
-    }
-
-    async fn open(&self) -> TestApp {
-        self.open_dir(self.unpack()).await
-    }
-
-    fn made_at(&self) -> Timestamp {
-        Timestamp::from_millis(self.manifest["made_at_ms"].as_u64().unwrap())
-    }
-
-    fn lease(&self, name: &str) -> &Value {
-        let l = &self.manifest["leases"][name];
-        assert!(l.is_object(), "no lease {name} in the manifest");
-        l
-    }
-
-    fn id(&self, name: &str) -> String {
-        self.lease(name)["lease_id"].as_str().unwrap().to_owned()
-    }
-
-    fn number(&self, name: &str) -> String {
-        self.lease(name)["number"].as_str().unwrap().to_owned()
-    }
-
-    fn ticket(&self, which: &str) -> String {
-        self.manifest["ticketing"][which]["code"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn journal(&self) -> &[Value] {
-        self.manifest["journal"].as_array().unwrap()
-    }
-}
-
-/// Every field the old build answered is answered alike now (new fields may appear).
-fn assert_keeps(what: &str, old: &Value, new: &Value) {
-    let old = old.as_object().unwrap_or_else(|| panic!("{what}: {old}"));
-    for (field, was) in old {
-        let is = &new[field];
-        let same = match (was.as_f64(), is.as_f64()) {
-            (Some(a), Some(b)) => a == b,
-            _ => was == is,
-        };
-        assert!(
-            same,
-            "{what}: `{field}` was {was} under 7d8a755, is {is} now; whole answer: {new}"
-        );
-    }
-}
-
-async fn get(app: &TestApp, path: &str, key: &str) -> Reply {
-    app.call("GET", path, Some(key), None).await
-}
-
-async fn lease(app: &TestApp, id: &str) -> Reply {
-    get(app, &format!("/v1/leases/{id}"), SITE).await
-}
-
-async fn start(app: &TestApp, id: &str, called: &str, caller: &str, code: Option<&str>) -> Value {
-    let mut body = json!({"call_id": id, "event": "start", "called": called, "caller": caller});
-    if let Some(c) = code {
-        body["code"] = json!(c);
-    }
-    call_event(app, body).await
-}
-
-async fn end(app: &TestApp, id: &str, secs: u32) -> Value {
-    call_event(
-        app,
-        json!({"call_id": id, "event": "end", "duration_secs": secs}),
+    Fixture::load(
+        "format-2",
+        "7d8a7557984ab9b27a9a2a1997f5dd2df3de529c",
+        "7d8a755",
+        "leaseline-store-2",
     )
-    .await
-}
-
-async fn call_event(app: &TestApp, body: Value) -> Value {
-    let text = body.to_string();
-    let r = app
-        .call("POST", "/v1/calls", Some(TELEPHONY), Some(&text))
-        .await;
-    assert_eq!(r.status, 200, "{text}: {}", r.text);
-    r.json
-}
-
-async fn redeem_ticket(app: &TestApp, code: &str, client: &str) -> Reply {
-    let body = json!({"code": code, "client": client}).to_string();
-    app.call("POST", "/v1/tickets/redeem", Some(SITE), Some(&body))
-        .await
-}
-
-async fn pools(app: &TestApp) -> Vec<Value> {
-    let r = get(app, "/v1/pools", ADMIN).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json["pools"].as_array().unwrap().clone()
 }
 
 /// Everything the old build held, read through this build: every lease with every field,
@@ -188,13 +33,13 @@ async fn assert_served_as_left(app: &TestApp, fx: &Fixture, when: &str) {
     for name in LEASES {
         let r = lease(app, &fx.id(name)).await;
         assert_eq!(r.status, 200, "{when}: lease {name}: {}", r.text);
-        assert_keeps(&format!("{when}: lease {name}"), fx.lease(name), &r.json);
+        fx.assert_keeps(&format!("{when}: lease {name}"), fx.lease(name), &r.json);
     }
     let was = fx.manifest["pools"]["pools"].as_array().unwrap();
     let is = pools(app).await;
     assert_eq!(was.len(), is.len());
     for (was, is) in was.iter().zip(&is) {
-        assert_keeps(&format!("{when}: pool"), was, is);
+        fx.assert_keeps(&format!("{when}: pool"), was, is);
     }
     for which in ["lease", "ticket"] {
         let pass = &fx.manifest["passes"][which];
@@ -205,7 +50,7 @@ async fn assert_served_as_left(app: &TestApp, fx: &Fixture, when: &str) {
         )
         .await;
         assert_eq!(r.status, 200, "{when}: pass of the {which}: {}", r.text);
-        assert_keeps(&format!("{when}: pass of the {which}"), pass, &r.json);
+        fx.assert_keeps(&format!("{when}: pass of the {which}"), pass, &r.json);
     }
     assert_journal_whole(app, fx, when).await;
 }
@@ -226,7 +71,7 @@ async fn assert_journal_whole(app: &TestApp, fx: &Fixture, when: &str) {
             .iter()
             .find(|row| key(row) == key(was))
             .unwrap_or_else(|| panic!("{when}: journal row {was} is gone"));
-        assert_keeps(&format!("{when}: journal row"), was, is);
+        fx.assert_keeps(&format!("{when}: journal row"), was, is);
     }
 }
 
@@ -307,9 +152,9 @@ async fn calls_codes_routes_tickets_and_listings_work_on_after_the_move() {
     assert_eq!(a["ticketing"]["calls_done"], 1, "{a}");
     let a = end(&app, "f3-tk", 60).await;
     assert!(a["ticketing"]["code"].is_string(), "{a}");
-    let r = redeem_ticket(&app, &fx.ticket("completed"), "cookie-p2").await;
+    let r = redeem_ticket(&app, &fx.ticket("completed").0, "cookie-p2").await;
     assert_eq!(r.status, 200, "{}", r.text);
-    redeem_ticket(&app, &fx.ticket("redeemed"), "cookie-p3")
+    redeem_ticket(&app, &fx.ticket("redeemed").0, "cookie-p3")
         .await
         .assert_problem(409, "");
     // A listing target registered with the old build applies to a new lease.
@@ -342,7 +187,7 @@ async fn every_deadline_format_2_recorded_fires_and_every_number_comes_free() {
         assert_eq!(r.status, 404, "lease {name} purged: {}", r.text);
     }
     for which in ["completed", "redeemed"] {
-        let r = redeem_ticket(&app, &fx.ticket(which), "cookie-late").await;
+        let r = redeem_ticket(&app, &fx.ticket(which).0, "cookie-late").await;
         assert_eq!(r.status, 404, "ticket {which} purged: {}", r.text);
     }
     let a = start(&app, "f3-late", &fx.number("paid"), RETURNING, None).await;
@@ -352,19 +197,6 @@ async fn every_deadline_format_2_recorded_fires_and_every_number_comes_free() {
         "the return route is over: {a}"
     );
     assert_journal_whole(&app, &fx, "all over").await;
-}
-
-/// Postcard's (and the log's) unsigned varint.
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
 }
 
 #[tokio::test]

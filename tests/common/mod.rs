@@ -2,6 +2,8 @@
 //! real binary started on a free loopback port.
 #![allow(dead_code)]
 
+pub mod upgrade;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
