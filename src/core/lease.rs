@@ -122,6 +122,22 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
+    /// A lease's state at `now` from its end (if it ended) and its expiry alone, for the
+    /// lease and for the core's compact record of it alike.
+    pub(crate) fn of(end: Option<LeaseEnd>, expires_at: Timestamp, now: Timestamp) -> LeaseState {
+        match end {
+            Some(LeaseEnd {
+                reason: EndReason::Released,
+                ..
+            }) => LeaseState::Released,
+            Some(_) => LeaseState::Expired,
+            None if now >= expires_at => LeaseState::Expired,
+            None => LeaseState::Active,
+        }
+    }
+}
+
+impl LeaseState {
     pub fn as_str(self) -> &'static str {
         match self {
             LeaseState::Active => "active",
@@ -164,15 +180,7 @@ impl Lease {
     /// The state at `now`, decided from the stored deadlines alone: a lease past `expires_at`
     /// reads as expired even before the wheel has fired its entry.
     pub fn state(&self, now: Timestamp) -> LeaseState {
-        match self.end {
-            Some(LeaseEnd {
-                reason: EndReason::Released,
-                ..
-            }) => LeaseState::Released,
-            Some(_) => LeaseState::Expired,
-            None if now >= self.expires_at => LeaseState::Expired,
-            None => LeaseState::Active,
-        }
+        LeaseState::of(self.end, self.expires_at, now)
     }
 
     pub fn paid(&self) -> bool {

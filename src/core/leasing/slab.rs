@@ -138,15 +138,7 @@ impl Rec {
 
     /// As [`Lease::state`].
     pub(super) fn state(&self, now: Timestamp) -> LeaseState {
-        match self.end() {
-            Some(LeaseEnd {
-                reason: EndReason::Released,
-                ..
-            }) => LeaseState::Released,
-            Some(_) => LeaseState::Expired,
-            None if now >= self.expires_at => LeaseState::Expired,
-            None => LeaseState::Active,
-        }
+        LeaseState::of(self.end(), self.expires_at, now)
     }
 
     pub(super) fn caller(&self) -> Option<PhoneNumber> {
