@@ -13,6 +13,8 @@
 //! - [`limits`]: abuse limiters (rates, backoff on failures) and client address prefixes.
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`startup`]: wiring, tick task, graceful shutdown.
+//! - [`reload`]: `SIGHUP` and `POST /v1/admin/reload`: the configuration read again, applied
+//!   or refused whole.
 //! - [`clock`]: the system clock and a manual one for tests.
 
 pub mod clock;
@@ -21,6 +23,7 @@ pub mod core;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod startup;

@@ -330,7 +330,9 @@ fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let app = Application::build(&config, Arc::new(SteadyClock::start())).await?;
+        let app = Application::build(&config, Arc::new(SteadyClock::start()))
+            .await?
+            .reloading(path.to_owned(), config.clone());
         app.run_until_stopped(shutdown_signal()).await
     });
     match result {

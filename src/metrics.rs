@@ -35,6 +35,7 @@ pub struct Metrics {
     pub limited: IntCounterVec,
     pub connections: IntGauge,
     pub connections_dropped: IntCounterVec,
+    pub reloads: IntCounterVec,
 }
 
 /// Why the connection layer closed a connection on its own: the `reason` label of
@@ -322,6 +323,17 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            reloads: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_config_reloads_total",
+                        "Configuration reloads (SIGHUP, POST /v1/admin/reload), by outcome (ok, refused).",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
             limited: reg(
                 r,
                 IntCounterVec::new(
@@ -374,6 +386,9 @@ impl Metrics {
         }
         for limit in crate::limits::Limit::ALL {
             m.limited.with_label_values(&[limit.as_str()]);
+        }
+        for outcome in ["ok", "refused"] {
+            m.reloads.with_label_values(&[outcome]);
         }
         for reason in Dropped::ALL {
             m.connections_dropped.with_label_values(&[reason.as_str()]);

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -15,7 +15,8 @@ use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
     Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId,
-    PhoneNumber, PoolId, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
+    PhoneNumber, PoolId, PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp,
+    TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Storage, StoreError};
@@ -40,6 +41,15 @@ pub struct LeaseView {
     pub state: LeaseState,
     /// The access pass its redeem granted, if any.
     pub pass: Option<PassView>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default)]
+pub struct Reconfigured {
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    /// Per pool: numbers added, numbers retired.
+    pub numbers: Vec<(String, usize, usize)>,
 }
 
 /// One pool's counts, for `/v1/pools` and the gauges.
@@ -90,10 +100,11 @@ const EVENT_BACKLOG: usize = 64;
 
 pub struct Service {
     core: Mutex<Allocator>,
-    /// The pools as configured: read without the core's lock (they never change while
-    /// serving), so a request gets the 503 of its write rather than a misleading 404 while
-    /// storage is failing; and the core is rebuilt on it after a failure.
-    dir: Arc<Directory>,
+    /// The pools as configured: read without the core's lock, so a request gets the 503 of
+    /// its write rather than a misleading 404 while storage is failing; and the core is
+    /// rebuilt on it after a failure. A reload swaps it (after the store's, before the core's:
+    /// ids only ever extend, so any of the three may name a pool of another's).
+    dir: RwLock<Arc<Directory>>,
     /// Persistence, reached only through its traits: this (reads, snapshots) and the
     /// committer's `Backend` (writes).
     store: Arc<dyn Storage>,
@@ -125,7 +136,7 @@ impl Service {
         }
         Service {
             core: Mutex::new(core),
-            dir,
+            dir: RwLock::new(dir),
             store,
             commit,
             clock,
@@ -142,25 +153,24 @@ impl Service {
         self.clock.now()
     }
 
-    /// The pools as configured.
-    pub fn directory(&self) -> &Arc<Directory> {
-        &self.dir
+    /// The pools as configured now.
+    pub fn directory(&self) -> Arc<Directory> {
+        Arc::clone(&self.dir.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn pool_id(&self, name: &str) -> Option<PoolId> {
-        self.dir.id(name)
+        self.directory().id(name)
     }
 
     /// Whether `n` is a pool's shared number (callers type a code there).
     pub fn is_shared_number(&self, n: PhoneNumber) -> bool {
-        self.dir.shared_pool(n).is_some()
+        self.directory().shared_pool(n).is_some()
     }
 
     /// The ticketing formula of the pool `n` belongs to.
     pub fn formula_of(&self, n: PhoneNumber) -> Option<Formula> {
-        self.dir
-            .pool_of_number(n)
-            .and_then(|p| self.dir.formula(p).cloned())
+        let dir = self.directory();
+        dir.pool_of_number(n).and_then(|p| dir.formula(p).cloned())
     }
 
     /// The call `id`, while memory keeps it.
@@ -170,9 +180,9 @@ impl Service {
 
     /// The fallback target of the pool `n` belongs to.
     pub fn fallback_of(&self, n: PhoneNumber) -> Option<crate::core::Target> {
-        self.dir
-            .pool_of_number(n)
-            .and_then(|p| self.dir.spec(p).fallback.clone())
+        let dir = self.directory();
+        dir.pool_of_number(n)
+            .and_then(|p| dir.spec(p).fallback.clone())
     }
 
     /// Who a call would reach, decided as a `start` would, recording nothing.
@@ -185,21 +195,20 @@ impl Service {
     ) -> Result<(crate::core::Attribution, Option<String>), ServiceError> {
         let core = self.lock()?;
         let a = core.attribute(called, caller, code, at.unwrap_or_else(|| self.clock.now()));
-        let pool = a.pool.map(|p| self.dir.name(p).to_owned());
+        let pool = a.pool.map(|p| core.directory().name(p).to_owned());
         Ok((a, pool))
     }
 
     /// The name of the pool a called number (pool or shared number) belongs to.
     pub fn pool_of_number(&self, n: PhoneNumber) -> Option<String> {
-        self.dir
-            .pool_of_number(n)
-            .map(|p| self.dir.name(p).to_owned())
+        let dir = self.directory();
+        dir.pool_of_number(n).map(|p| dir.name(p).to_owned())
     }
 
     /// Allocates, or returns the caller's live lease extended; the flag is true for a new lease.
     pub async fn allocate(&self, req: AllocateRequest) -> Result<(LeaseView, bool), ServiceError> {
         let id = LeaseId::from_bytes(rand::thread_rng().gen());
-        let pool = self.dir.name(req.pool).to_owned();
+        let pool = self.directory().name(req.pool).to_owned();
         let res = self
             .write(|core, now, out| {
                 let a = core.allocate(req, now, id, out)?;
@@ -301,13 +310,14 @@ impl Service {
         let pass_id = PassId(rand::thread_rng().gen());
         let res = self
             .write(|core, now, out| {
+                let dir = Arc::clone(core.directory());
                 let allowed =
-                    |p: PoolId| pools.is_none_or(|list| list.iter().any(|n| n == self.dir.name(p)));
-                let allowed: Vec<bool> = self.dir.ids().map(allowed).collect();
+                    |p: PoolId| pools.is_none_or(|list| list.iter().any(|n| n == dir.name(p)));
+                let allowed: Vec<bool> = dir.ids().map(allowed).collect();
                 let (ticket, pass) =
                     core.redeem_ticket(code, tenant, |p| allowed[p.0 as usize], now, pass_id, out)?;
                 Ok(TicketView {
-                    pool: self.dir.name(ticket.pool).to_owned(),
+                    pool: dir.name(ticket.pool).to_owned(),
                     formula: core.formula(ticket.pool).cloned(),
                     pass: pass.map(|p| pass_view(core, p, now)),
                     ticket,
@@ -366,7 +376,7 @@ impl Service {
                 start.at = now;
             }
             let call = core.call_start(start, now, out)?;
-            let pool = call.attribution.pool.map(|p| self.dir.name(p).to_owned());
+            let pool = (call.attribution.pool).map(|p| core.directory().name(p).to_owned());
             Ok((call, pool))
         })
         .await
@@ -467,7 +477,7 @@ impl Service {
             return Ok(false);
         }
         let snapshot = self.store.load()?.snapshot;
-        let core = Allocator::restore(Arc::clone(&self.dir), snapshot)?;
+        let core = Allocator::restore(Arc::clone(&self.directory()), snapshot)?;
         let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
         *guard = core;
         self.core.clear_poison();
@@ -478,13 +488,57 @@ impl Service {
         Ok(true)
     }
 
+    /// Serves the pools `specs` from now on (a reload): new pools and numbers are leased at
+    /// once; a removed number or pool finishes its lease and quarantine and is never leased
+    /// again; every lease stays as it is. Refused, changing nothing, when the state forbids it
+    /// (a number moving between pools, a pool switching modes, a shared number changing under
+    /// held codes). Nothing is written: the configuration, not the store, is where pools live.
+    pub fn reconfigure(&self, specs: Vec<PoolSpec>) -> Result<Reconfigured, ServiceError> {
+        let mut core = self.lock()?;
+        let old = Arc::clone(core.directory());
+        let next = old.evolve(specs)?;
+        // The store first: effects already queued name pools of `old`, the same under `next`.
+        self.store.set_directory(Arc::clone(&next))?;
+        if let Err(e) = core.reconfigure(Arc::clone(&next)) {
+            self.store.set_directory(old)?;
+            return Err(e.into());
+        }
+        *self.dir.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
+        drop(core);
+        let mut changes = Reconfigured::default();
+        for p in next.ids() {
+            let known = old.specs().get(p.0 as usize);
+            let was = |slot: usize| {
+                known.is_some_and(|s| slot < s.numbers.len()) && !old.retired(p, slot as u32)
+            };
+            let numbers = next.spec(p).numbers.len();
+            let added = (0..numbers)
+                .filter(|&i| !was(i) && !next.retired(p, i as u32))
+                .count();
+            let retired = (0..numbers)
+                .filter(|&i| was(i) && next.retired(p, i as u32))
+                .count();
+            let name = next.name(p).to_owned();
+            if known.is_none() {
+                self.metrics.register_pool(&name);
+                changes.pools_added.push(name.clone());
+            } else if next.removed(p) && !old.removed(p) {
+                changes.pools_removed.push(name.clone());
+            }
+            if added + retired > 0 {
+                changes.numbers.push((name, added, retired));
+            }
+        }
+        Ok(changes)
+    }
+
     pub fn pools(&self) -> Result<Vec<PoolView>, ServiceError> {
         let core = self.lock()?;
-        Ok(self
-            .dir
-            .ids()
+        let dir = core.directory();
+        Ok(dir
+            .serving()
             .map(|p| PoolView {
-                name: self.dir.name(p).to_owned(),
+                name: dir.name(p).to_owned(),
                 stats: core.pool_stats(p),
             })
             .collect())
@@ -633,7 +687,7 @@ impl Service {
 
     /// Resolves what notices need from the core (names, counters) while the lock is held.
     fn describe(&self, core: &Allocator, notices: Vec<Notice>) -> Vec<Described> {
-        let name = |p: PoolId| self.dir.name(p).to_owned();
+        let name = |p: PoolId| core.directory().name(p).to_owned();
         notices
             .into_iter()
             .map(|n| {

@@ -30,7 +30,7 @@ pub async fn build_state_with(
     clock: Arc<dyn Clock>,
     wrap: impl FnOnce(Arc<Store>) -> Arc<dyn Backend>,
 ) -> anyhow::Result<AppState> {
-    let pools = Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
+    let mut pools = Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
         .context("the pools are inconsistent")?;
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir)
@@ -54,6 +54,18 @@ pub async fn build_state_with(
             records = recovered.orphans,
             "lease records of pools no longer configured are kept on disk but not served"
         );
+    }
+    // Numbers removed from the configuration while stopped finish the leases they hold, as
+    // after a reload; then they are never leased again.
+    let held = recovered.snapshot.held_unlisted(&pools);
+    if !held.is_empty() {
+        tracing::warn!(
+            numbers = held.len(),
+            "numbers no longer configured still hold leases: they finish them, then retire"
+        );
+        let retiring = pools.retiring(held).context("the pools are inconsistent")?;
+        store.set_directory(Arc::clone(&retiring))?;
+        pools = retiring;
     }
     let rewind = check_clock(&config.server, store.watermark(), clock.as_ref())?;
     let leases = recovered.snapshot.leases.len();
@@ -148,6 +160,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     connections: ConnectionLimits,
+    /// The configuration file and what it held at start, when reloads may read it again.
+    reloads: Option<(std::path::PathBuf, Config)>,
 }
 
 impl Application {
@@ -160,7 +174,14 @@ impl Application {
             listener,
             state,
             connections: config.server.connections,
+            reloads: None,
         })
+    }
+
+    /// Reloads `path` (which held `config` at start) on `SIGHUP` and `POST /v1/admin/reload`.
+    pub fn reloading(mut self, path: std::path::PathBuf, config: Config) -> Self {
+        self.reloads = Some((path, config));
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -196,6 +217,13 @@ impl Application {
             }
         });
         tracing::info!(addr = %self.local_addr(), "serving");
+        let routes: crate::server::Routes =
+            Arc::new(std::sync::RwLock::new(router(self.state.clone())));
+        let reloader = self.reloads.map(|(path, config)| {
+            let r =
+                crate::reload::Reloader::new(path, config, self.state.clone(), Arc::clone(&routes));
+            tokio::spawn(r.run(stop_tx.subscribe()))
+        });
         let service = Arc::clone(&self.state.service);
         let shutdown = async move {
             shutdown.await;
@@ -203,7 +231,7 @@ impl Application {
         };
         crate::server::serve(
             self.listener,
-            router(self.state.clone()),
+            routes,
             self.connections,
             Arc::clone(&self.state.trusted_proxies),
             Arc::clone(&self.state.metrics),
@@ -212,6 +240,9 @@ impl Application {
         .await;
         let _ = stop_tx.send(true);
         let _ = ticker.await;
+        if let Some(r) = reloader {
+            let _ = r.await;
+        }
         self.state
             .service
             .shutdown()

@@ -48,6 +48,20 @@ pub struct Snapshot {
     pub wheel: Vec<(u64, Due)>,
 }
 
+impl Snapshot {
+    /// Numbers that records still hold (leased or cooling) in a pool of `dir` that no longer
+    /// lists them: [`Directory::retiring`] keeps them until they are free, as a reload would.
+    pub fn held_unlisted(&self, dir: &Directory) -> Vec<(PoolId, PhoneNumber)> {
+        let pools = dir.specs().len();
+        self.leases
+            .iter()
+            .filter(|l| l.code.is_none() && (l.end.is_none() || !l.freed))
+            .filter(|l| (l.pool.0 as usize) < pools && dir.slot(l.number).is_none())
+            .map(|l| (l.pool, l.number))
+            .collect()
+    }
+}
+
 /// The whole allocation and attribution state of the service.
 #[derive(Debug)]
 pub struct Allocator {
@@ -101,6 +115,15 @@ impl Allocator {
             }
         }
         Ok(a)
+    }
+
+    /// Serves `next`, the directory a reload made of this one's ([`Directory::evolve`]):
+    /// new numbers and pools are free at once, removed ones finish what they hold. Refused,
+    /// changing nothing, where the state forbids it (see [`Leasing::reconfigure`]).
+    pub fn reconfigure(&mut self, next: Arc<Directory>) -> Result<(), CoreError> {
+        self.leasing.reconfigure(&self.dir, &next)?;
+        self.dir = next;
+        Ok(())
     }
 
     /// The directory of pools this allocator serves.

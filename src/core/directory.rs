@@ -1,7 +1,10 @@
-//! The pools as configured, built once and shared (`Arc`) by the core, the store, the service
-//! and the HTTP edge: names ↔ ids, which pool and slot each number is, which pool each shared
-//! number serves. Immutable: nothing here changes while serving, so it is read without the
-//! core's lock. Ids are positions in this run's configuration only; stored records name pools.
+//! The pools as configured, shared (`Arc`) by the core, the store, the service and the HTTP
+//! edge: names ↔ ids, which pool and slot each number is, which pool each shared number
+//! serves. Immutable: a reload builds the next one ([`Directory::evolve`]) and swaps it in,
+//! so it is read without the core's lock. Ids are positions in this process's configuration
+//! only (stored records name pools), stable across reloads: a reload appends new pools and
+//! numbers and retires removed ones in place, so an id or slot taken from one directory
+//! means the same pool and number in the next.
 
 use std::collections::HashMap as StdMap;
 use std::sync::Arc;
@@ -15,7 +18,15 @@ type HashMap<K, V> = StdMap<K, V, ahash::RandomState>;
 
 #[derive(Debug)]
 pub struct Directory {
+    /// Every pool of this process, by id. A spec's `numbers` are its slots' numbers: the
+    /// configured ones, and those a reload removed (retired).
     pub(super) pools: Vec<PoolSpec>,
+    /// Per pool, which slots are retired: no longer configured, they finish the lease and
+    /// quarantine they have and are never leased again. Empty: none.
+    retired: Vec<Vec<bool>>,
+    /// Pools a reload removed: still here for the leases they hold, found by no name.
+    removed: Vec<bool>,
+    /// Pools still configured, by name.
     by_name: HashMap<Arc<str>, PoolId>,
     /// Which pool and slot each pool number is.
     numbers: Slots,
@@ -26,6 +37,99 @@ pub struct Directory {
 impl Directory {
     /// Checks that names, numbers and shared numbers are each in one place only.
     pub fn new(specs: Vec<PoolSpec>) -> Result<Arc<Directory>, CoreError> {
+        Self::build(specs.into_iter().map(|s| (s, Vec::new(), false)).collect())
+    }
+
+    /// The directory a reload to `specs` makes of this one: pools keep their ids and their
+    /// numbers their slots; new numbers and pools are appended; a number or pool no longer
+    /// in `specs` is retired (its leases run their course, it is never leased again). A
+    /// retired number listed again is configured again. Refused: a number moving to another
+    /// pool (its lease in the first may still run), and a pool switching between dynamic and
+    /// ticketing (its records would change meaning).
+    pub fn evolve(&self, specs: Vec<PoolSpec>) -> Result<Arc<Directory>, CoreError> {
+        let mut given: HashMap<String, PoolSpec> = HashMap::default();
+        let mut added = Vec::new();
+        for spec in specs {
+            if self.by_name.contains_key(spec.name.as_str()) {
+                given.insert(spec.name.clone(), spec);
+            } else if self.pools.iter().any(|p| p.name == spec.name) {
+                return Err(CoreError::Corrupt(format!(
+                    "pool {} was removed by an earlier reload and still finishes its leases: \
+                     it can be added again after a restart",
+                    spec.name
+                )));
+            } else {
+                added.push(spec);
+            }
+        }
+        let mut next = Vec::with_capacity(self.pools.len() + added.len());
+        for (p, old) in self.pools.iter().enumerate() {
+            let Some(mut spec) = given.remove(&old.name).filter(|_| !self.removed[p]) else {
+                next.push((old.clone(), vec![true; old.numbers.len()], true));
+                continue;
+            };
+            if matches!(spec.mode, PoolMode::Ticketing(_))
+                != matches!(old.mode, PoolMode::Ticketing(_))
+            {
+                return Err(CoreError::Corrupt(format!(
+                    "pool {}: switching between dynamic and ticketing needs a restart",
+                    spec.name
+                )));
+            }
+            let configured: std::collections::HashSet<PhoneNumber> =
+                spec.numbers.iter().copied().collect();
+            let known: std::collections::HashSet<PhoneNumber> =
+                old.numbers.iter().copied().collect();
+            let mut numbers = old.numbers.clone();
+            let mut retired: Vec<bool> = numbers.iter().map(|n| !configured.contains(n)).collect();
+            for &n in spec.numbers.iter().filter(|n| !known.contains(n)) {
+                numbers.push(n);
+                retired.push(false);
+            }
+            if !retired.contains(&true) {
+                retired.clear();
+            }
+            spec.numbers = numbers;
+            next.push((spec, retired, false));
+        }
+        next.extend(added.into_iter().map(|s| (s, Vec::new(), false)));
+        Self::build(next).map_err(|e| match e {
+            CoreError::Corrupt(why) => CoreError::Corrupt(format!(
+                "{why}: a reload cannot move a number between pools while its lease may \
+                 still run (remove it, and add it to the other pool after a restart)"
+            )),
+            e => e,
+        })
+    }
+
+    /// This directory with `held` numbers added to their pools as retired slots: numbers the
+    /// stored state still holds though the configuration no longer lists them (removed while
+    /// the service was stopped). Their leases run their course, as after a reload.
+    pub fn retiring(
+        &self,
+        held: impl IntoIterator<Item = (PoolId, PhoneNumber)>,
+    ) -> Result<Arc<Directory>, CoreError> {
+        let mut next: Vec<(PoolSpec, Vec<bool>, bool)> = self
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(p, s)| (s.clone(), self.retired[p].clone(), self.removed[p]))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for (p, n) in held {
+            let (spec, retired, _) = &mut next[p.0 as usize];
+            if self.slot(n).is_some() || self.shared_pool(n).is_some() || !seen.insert(n) {
+                continue;
+            }
+            retired.resize(spec.numbers.len(), false);
+            spec.numbers.push(n);
+            retired.push(true);
+        }
+        Self::build(next)
+    }
+
+    /// From each pool's spec, retired slots (empty: none) and whether a reload removed it.
+    fn build(specs: Vec<(PoolSpec, Vec<bool>, bool)>) -> Result<Arc<Directory>, CoreError> {
         // The core's lease records hold a pool id in 16 bits.
         if specs.len() > usize::from(u16::MAX) + 1 {
             return Err(CoreError::Corrupt(format!(
@@ -36,7 +140,7 @@ impl Directory {
         let mut all: Vec<(PhoneNumber, PoolId, u32)> = specs
             .iter()
             .enumerate()
-            .flat_map(|(p, spec)| {
+            .flat_map(|(p, (spec, _, _))| {
                 let pid = PoolId(p as u32);
                 (spec.numbers.iter().enumerate()).map(move |(i, &n)| (n, pid, i as u32))
             })
@@ -50,15 +154,18 @@ impl Directory {
         }
         let mut d = Directory {
             pools: Vec::with_capacity(specs.len()),
+            retired: Vec::with_capacity(specs.len()),
+            removed: Vec::with_capacity(specs.len()),
             by_name: HashMap::default(),
             numbers: Slots::new(all),
             shared: HashMap::default(),
         };
-        for (p, spec) in specs.into_iter().enumerate() {
+        for (p, (spec, retired, removed)) in specs.into_iter().enumerate() {
             let pid = PoolId(p as u32);
-            if d.by_name
-                .insert(Arc::from(spec.name.as_str()), pid)
-                .is_some()
+            if !removed
+                && d.by_name
+                    .insert(Arc::from(spec.name.as_str()), pid)
+                    .is_some()
             {
                 return Err(CoreError::Corrupt(format!(
                     "pool {} defined twice",
@@ -73,8 +180,32 @@ impl Directory {
                 }
             }
             d.pools.push(spec);
+            d.retired.push(retired);
+            d.removed.push(removed);
         }
         Ok(Arc::new(d))
+    }
+
+    /// Whether slot `slot` of `pool` is retired: leased no more once its lease and quarantine
+    /// are over.
+    pub fn retired(&self, pool: PoolId, slot: u32) -> bool {
+        (self.retired[pool.0 as usize].get(slot as usize)).is_some_and(|&r| r)
+    }
+
+    /// Whether a reload removed `pool` (it only finishes its leases).
+    pub fn removed(&self, pool: PoolId) -> bool {
+        self.removed[pool.0 as usize]
+    }
+
+    /// Numbers configured in `pool` now (its slots but the retired ones).
+    pub fn configured(&self, pool: PoolId) -> usize {
+        let r = &self.retired[pool.0 as usize];
+        self.pools[pool.0 as usize].numbers.len() - r.iter().filter(|&&x| x).count()
+    }
+
+    /// The pools still configured (a reload's removed ones are left out).
+    pub fn serving(&self) -> impl Iterator<Item = PoolId> + '_ {
+        self.ids().filter(|&p| !self.removed(p))
     }
 
     pub fn id(&self, name: &str) -> Option<PoolId> {

@@ -758,3 +758,180 @@ fn a_lease_purged_before_its_old_deadline_fires_still_has_that_entry_deleted_by_
     assert_eq!(a.lease_count(), 1);
     a.check_invariants().unwrap();
 }
+
+/// The spec of pool `name` with `numbers` (the `allocator` helper's settings).
+fn spec_of(name: &str, numbers: Vec<PhoneNumber>) -> PoolSpec {
+    PoolSpec {
+        name: name.into(),
+        numbers,
+        settings: settings(),
+        on_exhausted: OnExhausted::Reject,
+        return_window: Duration::from_secs(30 * 86_400),
+        fallback: None,
+        mode: PoolMode::Dynamic,
+        access_ttl: Duration::ZERO,
+        limits: Default::default(),
+    }
+}
+
+/// `a` reloaded to `specs`, as the service does.
+fn reload(a: &mut Harness, specs: Vec<PoolSpec>) -> Result<(), CoreError> {
+    let next = a.a.directory().evolve(specs)?;
+    a.a.reconfigure(next)
+}
+
+#[test]
+fn a_reload_adds_numbers_and_pools_that_are_leased_at_once() {
+    let mut a = allocator(1);
+    let first = a.allocate(req("s1", None), at(0), id(1)).unwrap().lease;
+    assert!(matches!(
+        a.allocate(req("s2", None), at(0), id(2)),
+        Err(CoreError::Exhausted { .. })
+    ));
+    reload(
+        &mut a,
+        vec![
+            spec_of("fr", numbers(3)),
+            spec_of(
+                "be",
+                vec![PhoneNumber::from_digits(32_900_000_000).unwrap()],
+            ),
+        ],
+    )
+    .unwrap();
+    a.check_invariants().unwrap();
+    assert_eq!(stats(&a), (2, 1, 0), "two numbers added, the lease kept");
+    assert_eq!(a.lease(&id(1)).unwrap(), first);
+    let second = a.allocate(req("s2", None), at(1), id(2)).unwrap().lease;
+    assert_eq!(
+        second.number,
+        numbers(3)[1],
+        "added numbers are first in line"
+    );
+    let be = a.directory().id("be").unwrap();
+    let mut r = req("s3", None);
+    r.pool = be;
+    let third = a.allocate(r, at(1), id(3)).unwrap().lease;
+    assert_eq!(third.number.digits(), 32_900_000_000);
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_removed_number_finishes_its_lease_and_quarantine_and_is_never_leased_again() {
+    let mut a = allocator(2);
+    let held = a.allocate(req("s1", None), at(0), id(1)).unwrap().lease;
+    assert_eq!(held.number, numbers(2)[0]);
+    // Both numbers removed: the free one at once, the leased one once it is over.
+    reload(&mut a, vec![spec_of("fr", vec![numbers(3)[2]])]).unwrap();
+    a.check_invariants().unwrap();
+    assert_eq!(
+        stats(&a),
+        (1, 1, 0),
+        "the free removed number left the pool"
+    );
+    assert_eq!(a.pool_stats(PoolId(0)).size, 2);
+    // Its lease still takes its calls, and renews.
+    let call = a.attribute(held.number, None, None, at(5));
+    assert_eq!(call.lease, Some(held.id));
+    a.renew(&held.id, None, at(5)).unwrap();
+    // Nobody else gets it: the one configured number goes, then the pool is exhausted.
+    let other = a.allocate(req("s2", None), at(6), id(2)).unwrap().lease;
+    assert_eq!(other.number, numbers(3)[2]);
+    assert!(matches!(
+        a.allocate(req("s3", None), at(6), id(3)),
+        Err(CoreError::Exhausted { .. })
+    ));
+    // Expired at 20, grace until 25 (late calls still reach it), quarantine until 30.
+    a.tick(at(20));
+    assert_eq!(
+        a.attribute(held.number, None, None, at(22)).lease,
+        Some(held.id),
+        "grace still routes late calls to the last holder"
+    );
+    a.tick(at(30));
+    a.check_invariants().unwrap();
+    // The other lease expired at 21 and cools until 31; the removed number is gone.
+    assert_eq!(stats(&a), (0, 0, 1), "retired once its quarantine is over");
+    assert_eq!(a.pool_stats(PoolId(0)).size, 1);
+    a.tick(at(60));
+    let again = a.allocate(req("s4", None), at(60), id(4)).unwrap().lease;
+    assert_eq!(
+        again.number,
+        numbers(3)[2],
+        "only the configured number is leased"
+    );
+    assert!(matches!(
+        a.allocate(req("s5", None), at(60), id(5)),
+        Err(CoreError::Exhausted { .. })
+    ));
+    // Listed again, it is leased again.
+    reload(&mut a, vec![spec_of("fr", numbers(3))]).unwrap();
+    a.check_invariants().unwrap();
+    assert_eq!(stats(&a), (2, 1, 0));
+}
+
+#[test]
+fn a_removed_pool_finishes_its_leases_and_is_found_by_name_no_more() {
+    let mut a = allocator(2);
+    let held = a.allocate(req("s1", None), at(0), id(1)).unwrap().lease;
+    let be = spec_of(
+        "be",
+        vec![PhoneNumber::from_digits(32_900_000_000).unwrap()],
+    );
+    reload(&mut a, vec![be.clone()]).unwrap();
+    a.check_invariants().unwrap();
+    assert_eq!(a.directory().id("fr"), None);
+    assert!(a.directory().removed(PoolId(0)));
+    assert_eq!(a.directory().serving().collect::<Vec<_>>(), vec![PoolId(1)]);
+    assert_eq!(
+        a.attribute(held.number, None, None, at(1)).lease,
+        Some(held.id)
+    );
+    a.tick(at(30));
+    a.check_invariants().unwrap();
+    assert_eq!(
+        stats(&a),
+        (0, 0, 0),
+        "every number of the removed pool retired"
+    );
+    // Its name cannot come back before a restart (its records still name it).
+    let err = reload(&mut a, vec![be, spec_of("fr", numbers(2))]).unwrap_err();
+    assert!(err.to_string().contains("after a restart"), "{err}");
+}
+
+#[test]
+fn a_reload_that_the_state_forbids_changes_nothing() {
+    let mut a = allocator(2);
+    a.allocate(req("s1", None), at(0), id(1)).unwrap();
+    let before = std::sync::Arc::clone(a.directory());
+    // A number moving to another pool.
+    let moved = reload(
+        &mut a,
+        vec![
+            spec_of("fr", vec![numbers(2)[1]]),
+            spec_of("be", vec![numbers(2)[0]]),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        moved.to_string().contains("move a number between pools"),
+        "{moved}"
+    );
+    // A pool switching to ticketing.
+    let mut ticketing = spec_of("fr", numbers(2));
+    ticketing.mode = PoolMode::Ticketing(Formula {
+        calls_required: 1,
+        min_call_secs: 0,
+        window: Duration::from_secs(3600),
+        code_ttl: Duration::from_secs(600),
+        price: None,
+    });
+    let switched = reload(&mut a, vec![ticketing]).unwrap_err();
+    assert!(
+        switched.to_string().contains("dynamic and ticketing"),
+        "{switched}"
+    );
+    assert!(std::sync::Arc::ptr_eq(&before, a.directory()));
+    assert_eq!(stats(&a), (1, 1, 0));
+    a.check_invariants().unwrap();
+}

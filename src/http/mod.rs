@@ -66,6 +66,8 @@ pub struct Edge {
     pub demo: Option<Arc<crate::config::DemoConfig>>,
     /// A request (but an event stream) not answered within this gets 408 or 503 (`guard`).
     pub request_timeout: std::time::Duration,
+    /// Asks the reload task, when the process runs from a configuration file.
+    pub reload: crate::reload::Handle,
 }
 
 impl AppState {
@@ -93,6 +95,29 @@ impl AppState {
             demo: config.demo.clone().map(Arc::new),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             request_timeout: config.server.connections.request_timeout,
+            reload: crate::reload::Handle::default(),
+        }))
+    }
+
+    /// The edge for `config` after a reload, around the same service: keys, origins, Twilio
+    /// and the pages' limits are `config`'s. The abuse limiters' counts carry over unless
+    /// `[limits]` changed; `[server]` settings (proxies, timeouts) are the running ones.
+    pub fn rebuilt(&self, config: &crate::config::Config, limits_changed: bool) -> Self {
+        let fresh = AppState::new(Arc::clone(&self.service), Arc::clone(&self.metrics), config);
+        let keep = !limits_changed;
+        AppState(Arc::new(Edge {
+            service: Arc::clone(&self.service),
+            keys: Arc::clone(&fresh.keys),
+            metrics: Arc::clone(&self.metrics),
+            twilio: fresh.twilio.clone(),
+            limits: Arc::clone(if keep { &self.limits } else { &fresh.limits }),
+            pages: Arc::clone(&fresh.pages),
+            streams: Arc::clone(if keep { &self.streams } else { &fresh.streams }),
+            origins: Arc::clone(&fresh.origins),
+            trusted_proxies: Arc::clone(&self.trusted_proxies),
+            demo: fresh.demo.clone(),
+            request_timeout: self.request_timeout,
+            reload: self.reload.clone(),
         }))
     }
 }
@@ -140,6 +165,7 @@ fn routes() -> Router<AppState> {
             get(tickets::show_pass).delete(tickets::revoke_pass),
         )
         .route("/v1/pools", get(ops::pools))
+        .route("/v1/admin/reload", post(ops::reload))
         .route("/embed.js", get(site::embed_js))
         .route("/demo", get(site::demo))
         .route("/healthz", get(ops::healthz))

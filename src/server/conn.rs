@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::Router;
 use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -162,7 +161,7 @@ impl Drop for Open {
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
+    app: super::Routes,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -182,7 +181,7 @@ pub(super) async fn serve(
         let mut req = req.map(Body::new);
         // The client's address, as `axum::serve` would give it (per-address limits use it).
         req.extensions_mut().insert(ConnectInfo(peer));
-        let app = app.clone();
+        let app = app.read().unwrap_or_else(|p| p.into_inner()).clone();
         async move {
             let res = app.oneshot(req).await.unwrap_or_else(|e| match e {});
             Ok::<_, Infallible>(res.map(|body| Tracked {

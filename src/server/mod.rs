@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::Router;
+
+/// The router requests go to, swapped whole by a reload: each request takes the current one,
+/// so one on a connection opened before a reload already sees the new keys.
+pub type Routes = Arc<std::sync::RwLock<Router>>;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -107,7 +111,7 @@ impl Drop for ClientSlot {
 /// which carry many clients.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Routes,
     limits: ConnectionLimits,
     trusted: Arc<Vec<Cidr>>,
     metrics: Arc<Metrics>,
@@ -167,7 +171,7 @@ pub async fn serve(
                 conns.spawn(conn::serve(
                     stream,
                     peer,
-                    app.clone(),
+                    Arc::clone(&app),
                     limits,
                     Arc::clone(&metrics),
                     stop_rx.clone(),

@@ -170,6 +170,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Folds every durable change into a new snapshot now (at clean shutdown), waiting for it;
     /// `None` if nothing changed since the newest one.
     fn snapshot(&self) -> Result<Option<u64>, StoreError>;
+    /// Names pools by `pools` from now on (a reload; see [`Store::set_directory`]).
+    fn set_directory(&self, pools: Arc<Directory>) -> Result<(), StoreError>;
 }
 
 impl Backend for Store {
@@ -219,17 +221,48 @@ impl Storage for Store {
     fn snapshot(&self) -> Result<Option<u64>, StoreError> {
         self.compact()
     }
+
+    fn set_directory(&self, pools: Arc<Directory>) -> Result<(), StoreError> {
+        Store::set_directory(self, pools)
+    }
 }
 
 pub struct Store {
     /// The database, the folder and the log's counters, shared with the compaction thread.
     disk: Arc<Disk>,
-    /// The pools as configured: records name their pool; this maps names to this run's ids.
-    pools: Arc<Directory>,
-    /// Pools by the tag progress keys carry; tags by pool index.
-    pool_by_tag: HashMap<[u8; 8], PoolId>,
-    pool_tags: Vec<[u8; 8]>,
+    /// How records name pools, from the directory served (a reload swaps it).
+    names: RwLock<Arc<Names>>,
     compactor: compact::Compactor,
+}
+
+/// How records name pools, for one directory: records name their pool, and progress keys
+/// carry a tag of its name; these map both to this process's ids.
+struct Names {
+    pools: Arc<Directory>,
+    /// Pools by tag; tags by pool index.
+    by_tag: HashMap<[u8; 8], PoolId>,
+    tags: Vec<[u8; 8]>,
+}
+
+impl Names {
+    fn new(pools: Arc<Directory>) -> Result<Names, StoreError> {
+        let tags: Vec<[u8; 8]> = pools.ids().map(|p| pool_tag(pools.name(p))).collect();
+        let by_tag: HashMap<[u8; 8], PoolId> = tags
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, PoolId(i as u32)))
+            .collect();
+        if by_tag.len() != tags.len() {
+            return Err(StoreError::Corrupt(
+                "two pool names share a storage tag; rename one".into(),
+            ));
+        }
+        Ok(Names {
+            pools,
+            by_tag,
+            tags,
+        })
+    }
 }
 
 /// What the store shares with its compaction thread.
@@ -410,17 +443,7 @@ impl Store {
                 "removed snapshot files a crash left unfinished"
             );
         }
-        let pool_tags: Vec<[u8; 8]> = pool_names.iter().map(|n| pool_tag(n)).collect();
-        let pool_by_tag: HashMap<[u8; 8], PoolId> = pool_tags
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (*t, PoolId(i as u32)))
-            .collect();
-        if pool_by_tag.len() != pool_tags.len() {
-            return Err(StoreError::Corrupt(
-                "two pool names share a storage tag; rename one".into(),
-            ));
-        }
+        let names = RwLock::new(Arc::new(Names::new(pools)?));
         let last = last_seq(&db, dir)?;
         let disk = Arc::new(Disk {
             db: RwLock::new(Some(db)),
@@ -438,10 +461,20 @@ impl Store {
         Ok(Store {
             compactor: compact::Compactor::new(Arc::clone(&disk), policy),
             disk,
-            pools,
-            pool_by_tag,
-            pool_tags,
+            names,
         })
+    }
+
+    /// Names pools by `pools` from now on: the directory a reload made, whose ids extend the
+    /// current one's (so writes already queued name the same pools either way).
+    pub fn set_directory(&self, pools: Arc<Directory>) -> Result<(), StoreError> {
+        let names = Arc::new(Names::new(pools)?);
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        Ok(())
+    }
+
+    fn names(&self) -> Arc<Names> {
+        Arc::clone(&self.names.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Reads back what the core needs: every lease, return route, ticket, pass, progress,
@@ -592,7 +625,8 @@ impl Store {
     /// Adds one operation's effects: journal keys to `batch`, state changes to `entry`.
     /// Returns how many journal keys it added.
     fn add_to(&self, batch: &mut sled::Batch, entry: &mut log::Entry, effects: &[Effect]) -> usize {
-        let name = |p: PoolId| self.pools.name(p);
+        let names = self.names();
+        let name = |p: PoolId| names.pools.name(p);
         let mut journal = 0;
         for e in effects {
             match e {
@@ -676,7 +710,8 @@ impl Store {
                 hi = k.to_vec();
             }
         }
-        let pool_id = |name: &str| self.pools.id(name);
+        let names = self.names();
+        let pool_id = |name: &str| names.pools.id(name);
         let mut page = JournalPage::default();
         let db = self.disk.db()?;
         for item in db.range(lo.to_vec()..hi).rev() {
@@ -806,8 +841,8 @@ impl<'a> Loader<'a> {
     }
 
     fn entry(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
-        let pools = &self.store.pools;
-        let pool_id = |name: &str| pools.id(name);
+        let names = self.store.names();
+        let pool_id = |name: &str| names.pools.id(name);
         let snap = &mut self.out.snapshot;
         let (&kind, rest) = k
             .split_first()
@@ -951,7 +986,7 @@ impl Store {
     /// A progress record's id: its pool's tag, then the caller's digits.
     fn progress_id(&self, k: &ProgressKey) -> [u8; 16] {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.pool_tags[k.pool.0 as usize]);
+        id[..8].copy_from_slice(&self.names().tags[k.pool.0 as usize]);
         id[8..].copy_from_slice(&k.caller.digits().to_be_bytes());
         id
     }
@@ -965,7 +1000,8 @@ impl Store {
         let caller =
             PhoneNumber::from_digits(u64::from_be_bytes(fixed(&b[8..])?)).ok_or_else(bad)?;
         Ok(self
-            .pool_by_tag
+            .names()
+            .by_tag
             .get(&fixed::<8>(&b[..8])?)
             .map(|&pool| ProgressKey { pool, caller }))
     }

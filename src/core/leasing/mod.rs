@@ -40,14 +40,31 @@ enum SlotState {
     Free,
     Leased,
     Cooling,
+    /// Free, and no longer configured (a reload removed it): in no queue, never leased.
+    Retired,
 }
 
 impl SlotState {
-    fn queue(self) -> Queue {
+    fn queue(self) -> Option<Queue> {
         match self {
-            SlotState::Free => Queue::Free,
-            SlotState::Leased => Queue::Leased,
-            SlotState::Cooling => Queue::Cooling,
+            SlotState::Free => Some(Queue::Free),
+            SlotState::Leased => Some(Queue::Leased),
+            SlotState::Cooling => Some(Queue::Cooling),
+            SlotState::Retired => None,
+        }
+    }
+
+    /// Held by a lease (leased, or cooling after one).
+    fn held(self) -> bool {
+        matches!(self, SlotState::Leased | SlotState::Cooling)
+    }
+
+    /// What a slot becomes once no lease holds it.
+    fn unheld(retired: bool) -> Self {
+        if retired {
+            SlotState::Retired
+        } else {
+            SlotState::Free
         }
     }
 }
@@ -83,12 +100,45 @@ struct Pool {
 }
 
 impl Pool {
+    /// Pool `p`'s slots, each free or retired, with no free queue yet.
+    fn unqueued(dir: &Directory, p: PoolId) -> Self {
+        Pool {
+            slots: (0..dir.spec(p).numbers.len() as u32)
+                .map(|i| Slot {
+                    holder: NONE,
+                    head: NONE,
+                    state: SlotState::unheld(dir.retired(p, i)),
+                })
+                .collect(),
+            queues: Queues::default(),
+            codes: HashMap::default(),
+            code_ends: PriorityQueue::new(),
+            code_heads: HashMap::default(),
+            page_numbers: 0,
+            page_codes: 0,
+        }
+    }
+
+    /// Queues every free slot, as free since forever, in slot order.
+    fn queue_free(&mut self) {
+        let slots = &self.slots;
+        self.queues = Queues::new(slots.len(), |i| {
+            (slots[i as usize].state == SlotState::Free).then_some(Timestamp::ZERO)
+        });
+    }
+
+    /// A pool's numbers, retired ones included until their last lease is over.
     fn stats(&self) -> PoolStats {
+        let (free, leased, cooling) = (
+            self.queues.len(Queue::Free),
+            self.queues.len(Queue::Leased),
+            self.queues.len(Queue::Cooling),
+        );
         PoolStats {
-            size: self.slots.len(),
-            free: self.queues.len(Queue::Free),
-            leased: self.queues.len(Queue::Leased),
-            cooling: self.queues.len(Queue::Cooling),
+            size: free + leased + cooling,
+            free,
+            leased,
+            cooling,
             codes: self.codes.len(),
             page_numbers: self.page_numbers,
             page_codes: self.page_codes,
@@ -99,7 +149,7 @@ impl Pool {
     fn open_to_pages(&self, spec: &PoolSpec) -> (bool, bool) {
         let share = spec.limits.page_share;
         (
-            self.page_numbers < share.of(self.slots.len()),
+            self.page_numbers < share.of(self.stats().size),
             self.page_codes < share.of(usize::from(Code::SPACE)),
         )
     }
@@ -209,35 +259,14 @@ impl Leasing {
     pub(super) fn new(dir: &Directory) -> Self {
         let mut l = Self::unqueued(dir);
         for pool in &mut l.pools {
-            let n = pool.slots.len();
-            pool.queues = Queues::new(n, |_| Some(Timestamp::ZERO));
+            pool.queue_free();
         }
         l
     }
 
-    /// Pools and slots, every slot free but no free queue yet.
+    /// Pools and slots, every slot free (or retired) but no free queue yet.
     fn unqueued(dir: &Directory) -> Self {
-        let pools = dir
-            .specs()
-            .iter()
-            .map(|spec| Pool {
-                slots: spec
-                    .numbers
-                    .iter()
-                    .map(|_| Slot {
-                        holder: NONE,
-                        head: NONE,
-                        state: SlotState::Free,
-                    })
-                    .collect(),
-                queues: Queues::default(),
-                codes: HashMap::default(),
-                code_ends: PriorityQueue::new(),
-                code_heads: HashMap::default(),
-                page_numbers: 0,
-                page_codes: 0,
-            })
-            .collect();
+        let pools = dir.ids().map(|p| Pool::unqueued(dir, p)).collect();
         Leasing {
             pools,
             leases: Slab::default(),
@@ -249,6 +278,82 @@ impl Leasing {
             live_per_session: HashMap::default(),
             live_per_tenant: HashMap::default(),
         }
+    }
+
+    /// Takes on `next`, the directory a reload made of the current one
+    /// ([`Directory::evolve`]): new pools and numbers join the free queue as free since
+    /// forever (first in line); a retired number leaves it (a held one once its lease and
+    /// quarantine are over); a number configured again rejoins it. A line whose history was
+    /// a stray's (its number was not configured) is a slot's again. Refused, changing
+    /// nothing: a pool whose shared number changes while its codes are held.
+    pub(super) fn reconfigure(
+        &mut self,
+        now: &Directory,
+        next: &Directory,
+    ) -> Result<(), CoreError> {
+        for (p, pool) in self.pools.iter().enumerate() {
+            let p = PoolId(p as u32);
+            if !pool.codes.is_empty() && now.spec(p).shared_number() != next.spec(p).shared_number()
+            {
+                return Err(CoreError::Corrupt(format!(
+                    "pool {}: its shared number cannot change while {} of its codes are held",
+                    now.name(p),
+                    pool.codes.len()
+                )));
+            }
+        }
+        for p in next.ids() {
+            let known = self
+                .pools
+                .get(p.0 as usize)
+                .map_or(0, |pool| pool.slots.len());
+            for &n in next.spec(p).numbers.iter().skip(known) {
+                if let Some(&h) = self.stray_heads.get(&(n, None)) {
+                    let r = self.leases.get(h);
+                    if !r.ended() || !r.freed() {
+                        return Err(CoreError::Corrupt(format!(
+                            "number {n} is still held by lease {} of the configuration before \
+                             the last restart: add it once that lease and its quarantine are over",
+                            r.id
+                        )));
+                    }
+                }
+            }
+        }
+        for p in next.ids() {
+            let i = p.0 as usize;
+            if i == self.pools.len() {
+                let mut pool = Pool::unqueued(next, p);
+                pool.queue_free();
+                self.pools.push(pool);
+            }
+            let pool = &mut self.pools[i];
+            let numbers = &next.spec(p).numbers;
+            pool.queues.grow(numbers.len());
+            for (idx, &number) in numbers.iter().enumerate() {
+                if idx == pool.slots.len() {
+                    pool.slots.push(Slot {
+                        holder: NONE,
+                        head: self.stray_heads.remove(&(number, None)).unwrap_or(NONE),
+                        state: SlotState::Retired,
+                    });
+                }
+                let idx32 = idx as u32;
+                let slot = &mut pool.slots[idx];
+                match (slot.state, next.retired(p, idx32)) {
+                    (SlotState::Free, true) => {
+                        slot.state = SlotState::Retired;
+                        pool.queues.remove(Queue::Free, idx32);
+                    }
+                    (SlotState::Retired, false) => {
+                        slot.state = SlotState::Free;
+                        pool.queues.push(Queue::Free, idx32, Timestamp::ZERO);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rebuilds the state that a snapshot (as persisted) describes. Numbers no longer
@@ -310,7 +415,7 @@ impl Leasing {
                 let slot = &mut pool.slots[idx];
                 let idx = idx as u32;
                 if holds {
-                    if slot.state != SlotState::Free {
+                    if slot.state.held() {
                         return Err(CoreError::Corrupt(format!(
                             "number {} is held by two leases ({} and {})",
                             r.number,
@@ -331,7 +436,7 @@ impl Leasing {
                     let t = &mut freed_at[p][idx as usize];
                     if cool_until >= *t {
                         *t = cool_until;
-                        if slot.state == SlotState::Free {
+                        if !slot.state.held() {
                             slot.holder = i;
                         }
                     }
@@ -724,7 +829,7 @@ impl Leasing {
                 .try_get(i)
                 .ok_or_else(|| format!("{} names slot {i}, which holds no lease", what()))
         };
-        for (pool, spec) in self.pools.iter().zip(dir.specs()) {
+        for (p, (pool, spec)) in self.pools.iter().zip(dir.specs()).enumerate() {
             let s = pool.stats();
             if s.free + s.leased + s.cooling != s.size {
                 return Err(format!("pool {}: counts {s:?} do not add up", spec.name));
@@ -736,7 +841,18 @@ impl Leasing {
                 let number = spec.numbers[idx];
                 let idx = idx as u32;
                 let in_sets = Queue::ALL.map(|q| pool.queues.get(q, idx).is_some());
-                let expected = Queue::ALL.map(|q| q == slot.state.queue());
+                let expected = Queue::ALL.map(|q| Some(q) == slot.state.queue());
+                if (slot.state == SlotState::Retired)
+                    != (slot.state != SlotState::Leased
+                        && slot.state != SlotState::Cooling
+                        && dir.retired(PoolId(p as u32), idx))
+                {
+                    return Err(format!(
+                        "{number}: state {:?} but retired is {}",
+                        slot.state,
+                        dir.retired(PoolId(p as u32), idx)
+                    ));
+                }
                 if in_sets != expected {
                     return Err(format!(
                         "{number}: state {:?} but sets {in_sets:?}",
@@ -749,7 +865,7 @@ impl Leasing {
                         return Err(format!("{number} held by {holder:?}"));
                     }
                 }
-                if slot.state != SlotState::Free {
+                if slot.state.held() {
                     let lease = self
                         .leases
                         .try_get(slot.holder)
@@ -793,7 +909,7 @@ impl Leasing {
             let page_numbers = pool
                 .slots
                 .iter()
-                .filter(|s| s.state != SlotState::Free)
+                .filter(|s| s.state.held())
                 .filter_map(|s| self.leases.try_get(s.holder))
                 .filter(|l| l.by_page())
                 .count();
@@ -1382,9 +1498,11 @@ impl Leasing {
                     let pool = &mut self.pools[pid.0 as usize];
                     let slot = &mut pool.slots[idx as usize];
                     if slot.holder == i && slot.state == SlotState::Cooling {
-                        slot.state = SlotState::Free;
+                        slot.state = SlotState::unheld(dir.retired(pid, idx));
                         pool.queues.remove(Queue::Cooling, idx);
-                        pool.queues.push(Queue::Free, idx, at);
+                        if slot.state == SlotState::Free {
+                            pool.queues.push(Queue::Free, idx, at);
+                        }
                         pool.page_numbers -= page;
                     }
                 }

@@ -59,6 +59,13 @@ impl Queues {
         }
     }
 
+    /// Room for `slots` slots (a reload added numbers to the pool).
+    pub(super) fn grow(&mut self, slots: usize) {
+        if slots > self.pos.len() {
+            self.pos.resize(slots, 0);
+        }
+    }
+
     pub(super) fn len(&self, q: Queue) -> usize {
         self.heaps[q as usize].len()
     }

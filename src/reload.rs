@@ -1,0 +1,176 @@
+//! Runtime reload: `SIGHUP` or `POST /v1/admin/reload` re-reads the configuration file. New
+//! pools, numbers and keys take effect at once; a removed number or pool finishes its leases
+//! and quarantine and is never leased again (the core's [`Directory::evolve`]); a file that
+//! does not check out, or a change the state forbids, is refused with the reason and the
+//! running configuration is kept. `[server]` settings (addresses, folders, timeouts) need a
+//! restart: a reload that changes them says so and leaves them as they are.
+//!
+//! One task owns the reload, so reloads never overlap; the HTTP handler asks it through a
+//! channel (no reference cycle between the router and what rebuilds it).
+//!
+//! [`Directory::evolve`]: crate::core::Directory::evolve
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::server::Routes;
+
+/// What a reload did, as `POST /v1/admin/reload` answers it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    pub numbers: Vec<PoolNumbers>,
+    pub keys: usize,
+    /// Sections whose changes wait for a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolNumbers {
+    pub pool: String,
+    pub added: usize,
+    pub retired: usize,
+}
+
+/// A reload asked for, and where its outcome goes.
+pub type Ask = oneshot::Sender<Result<Report, String>>;
+
+/// The handle the HTTP edge keeps: asks the reload task, if there is one.
+#[derive(Clone, Default)]
+pub struct Handle(Arc<std::sync::OnceLock<mpsc::Sender<Ask>>>);
+
+impl Handle {
+    /// Asks for a reload and waits for its outcome; `None` when this process has no file to
+    /// reload from (embedded in tests).
+    pub async fn reload(&self) -> Option<Result<Report, String>> {
+        let tx = self.0.get()?;
+        let (reply, outcome) = oneshot::channel();
+        tx.send(reply).await.ok()?;
+        outcome.await.ok()
+    }
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    current: Config,
+    state: AppState,
+    routes: Routes,
+}
+
+impl Reloader {
+    /// Reloads of `path` for the service behind `state`, whose router `routes` serves; `current`
+    /// is the configuration it runs.
+    pub fn new(path: PathBuf, current: Config, state: AppState, routes: Routes) -> Self {
+        Reloader {
+            path,
+            current,
+            state,
+            routes,
+        }
+    }
+
+    /// Reads the file again and applies it, or keeps everything and says why not.
+    pub fn reload(&mut self) -> Result<Report, String> {
+        let mut next = Config::load(&self.path).map_err(|e| e.to_string())?;
+        // Given on the command line, not in the file.
+        next.server.accept_wall_clock = self.current.server.accept_wall_clock;
+        let changes = self
+            .state
+            .service
+            .reconfigure(next.pools.iter().map(|p| p.spec.clone()).collect())
+            .map_err(|e| e.to_string())?;
+        let mut needs_restart = Vec::new();
+        if format!("{:?}", next.server) != format!("{:?}", self.current.server) {
+            needs_restart.push("server");
+            // Keep what runs, so that the next reload compares against it too.
+            next.server = self.current.server.clone();
+        }
+        let limits_changed = format!("{:?}", next.limits) != format!("{:?}", self.current.limits);
+        let state = self.state.rebuilt(&next, limits_changed);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = router(state.clone());
+        self.state = state;
+        self.current = next;
+        Ok(Report {
+            pools_added: changes.pools_added,
+            pools_removed: changes.pools_removed,
+            numbers: (changes.numbers.into_iter())
+                .map(|(pool, added, retired)| PoolNumbers {
+                    pool,
+                    added,
+                    retired,
+                })
+                .collect(),
+            keys: self.current.keys.len(),
+            needs_restart,
+        })
+    }
+
+    /// Serves reloads until `stop` turns true: on `SIGHUP`, and when the edge asks.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let (tx, mut asks) = mpsc::channel::<Ask>(4);
+        let _ = self.state.reload.0.set(tx);
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let reply = tokio::select! {
+                _ = stop.changed() => return,
+                Some(_) = hangup => None,
+                Some(reply) = asks.recv() => Some(reply),
+            };
+            let outcome = self.reload_logged(if reply.is_some() { "api" } else { "sighup" });
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    fn reload_logged(&mut self, by: &'static str) -> Result<Report, String> {
+        let outcome = self.reload();
+        let metrics = &self.state.metrics;
+        match &outcome {
+            Ok(r) => {
+                metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    by,
+                    file = %self.path.display(),
+                    pools_added = ?r.pools_added,
+                    pools_removed = ?r.pools_removed,
+                    numbers = ?r.numbers.iter().map(|n| (&n.pool, n.added, n.retired)).collect::<Vec<_>>(),
+                    keys = r.keys,
+                    "configuration reloaded"
+                );
+                if !r.needs_restart.is_empty() {
+                    tracing::warn!(
+                        sections = ?r.needs_restart,
+                        "changed settings that take effect only after a restart: the running ones are kept"
+                    );
+                }
+            }
+            Err(why) => {
+                metrics.reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(
+                    by,
+                    file = %self.path.display(),
+                    reason = %why,
+                    "configuration reload refused: the running configuration is kept"
+                );
+            }
+        }
+        outcome
+    }
+}
