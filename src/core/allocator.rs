@@ -182,17 +182,17 @@ impl Allocator {
         blocking: f64,
         now: Timestamp,
     ) -> Result<Capacity, CoreError> {
-        let spec = self.dir.specs().get(pool.0 as usize).ok_or(CoreError::UnknownPool)?;
+        let spec = self
+            .dir
+            .specs()
+            .get(pool.0 as usize)
+            .ok_or(CoreError::UnknownPool)?;
         if self.dir.formula(pool).is_some() {
             return Err(CoreError::TicketingPool);
         }
-        Ok(self.traffic.capacity(
-            pool,
-            spec.numbers.len(),
-            &spec.settings,
-            blocking,
-            now,
-        ))
+        Ok(self
+            .traffic
+            .capacity(pool, spec.numbers.len(), &spec.settings, blocking, now))
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases

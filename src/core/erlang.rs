@@ -73,7 +73,11 @@ mod tests {
     fn the_recommended_size_is_the_tables_row() {
         for (n, target, load) in TABLE {
             assert_eq!(servers_for(load * 0.999, target), n, "{load} E at {target}");
-            assert_eq!(servers_for(load * 1.001, target), n + 1, "{load} E at {target}");
+            assert_eq!(
+                servers_for(load * 1.001, target),
+                n + 1,
+                "{load} E at {target}"
+            );
         }
         // The example: 10 Erlangs need 18 numbers for 1% (17 block 1.3%).
         assert_eq!(servers_for(10.0, 0.01), 18);

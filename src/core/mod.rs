@@ -32,7 +32,9 @@ pub use ticket::{
     TicketingAnswer,
 };
 pub use time::{retry_after_secs, Timestamp, TICK_MS};
-pub use traffic::{Bucket, Capacity, Lever, Load, BUCKET_MS, KEEP_BUCKETS, WINDOW_BUCKETS};
+pub use traffic::{
+    Bucket, Capacity, Lever, Load, BUCKET_MS, DEFAULT_BLOCKING, KEEP_BUCKETS, WINDOW_BUCKETS,
+};
 pub use types::{
     CallId, CallKey, Code, Due, LeaseId, ListingId, ParseError, PassId, PhoneNumber, PoolId,
     ProgressKey, ReturnKey, SessionId, Share, Target, TenantId, TicketCode, TicketId,

@@ -18,6 +18,9 @@ use super::time::Timestamp;
 use super::types::PoolId;
 use super::Effect;
 
+/// The blocking a pool is sized for unless asked otherwise: 1% of requests find no number.
+pub const DEFAULT_BLOCKING: f64 = 0.01;
+
 /// Width of a bucket: the step by which the busiest hour slides.
 pub const BUCKET_MS: u64 = 5 * 60 * 1000;
 /// Buckets in a window (an hour).
@@ -150,7 +153,10 @@ impl Capacity {
     /// protection against late callers).
     pub fn cheapest(&self) -> Lever {
         let (reveal, quarantine) = (self.with_click_to_reveal, self.with_shortest_quarantine);
-        match (reveal.min(quarantine) < self.recommended, reveal <= quarantine) {
+        match (
+            reveal.min(quarantine) < self.recommended,
+            reveal <= quarantine,
+        ) {
             (false, _) => Lever::None,
             (true, true) => Lever::ClickToReveal,
             (true, false) => Lever::ShorterQuarantine,
@@ -321,7 +327,10 @@ impl Traffic {
             never_called_share,
             with_click_to_reveal: servers_for(reveal, target),
             shortest_quarantine: shortest,
-            with_shortest_quarantine: servers_for(busiest.held(busiest.lifetime + shortest), target),
+            with_shortest_quarantine: servers_for(
+                busiest.held(busiest.lifetime + shortest),
+                target,
+            ),
             last_hour,
             busiest_hour: busiest,
         }
@@ -373,7 +382,11 @@ mod tests {
         // The last hour: the current bucket and the eleven before it, 57 minutes so far.
         let l = c.last_hour;
         assert_eq!((l.from, l.to), (at(5), at(62)));
-        assert_eq!(l.counts.requests(), 110, "the first bucket is out of the window");
+        assert_eq!(
+            l.counts.requests(),
+            110,
+            "the first bucket is out of the window"
+        );
         assert_eq!(l.lifetime, Duration::from_secs(20 * 60));
         assert_eq!(l.holding, Duration::from_secs(30 * 60));
         // 110 requests in 57 minutes, each holding a number 30 minutes.

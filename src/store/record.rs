@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    Attribution, Bucket, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId, ListingId, Pass,
-    PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason, ReturnKey, ReturnRoute,
-    SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent, TicketEventKind, TicketId,
-    TicketingAnswer, Timestamp,
+    Attribution, Bucket, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId,
+    ListingId, Pass, PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason,
+    ReturnKey, ReturnRoute, SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent,
+    TicketEventKind, TicketId, TicketingAnswer, Timestamp,
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
