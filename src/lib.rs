@@ -21,6 +21,7 @@ pub mod core;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod plan;
 pub mod server;
 pub mod service;
 pub mod startup;

@@ -229,6 +229,9 @@ async fn the_capacity_answer_counts_requests_refusals_and_the_peak() {
     assert_eq!(loose.status, 200, "{}", loose.text);
     assert!(loose.json["recommended_size"].as_u64().unwrap() <= recommended);
     assert_eq!(loose.json["blocking_target"], 0.2);
+    // A percentage reads too (`%` escaped in a URL).
+    let percent = capacity(&app, "small/capacity?blocking=20%25").await;
+    assert_eq!(percent.json["blocking_target"], 0.2, "{}", percent.text);
 
     // The levers: none of these leases has had a call, and grace is 5 of quarantine's 10 min.
     app.advance(Duration::from_secs(16 * 60)).await;
@@ -332,7 +335,7 @@ async fn shared_codes_are_counted_as_blocked_requests() {
 async fn bad_blocking_values_unknown_pools_and_wrong_keys_are_problems() {
     let app = TestApp::new().await;
     for bad in [
-        "0", "1", "0.0", "1.0", "-0.01", "1%", "abc", "NaN", "inf", "1e-2", "", "0x1", "2",
+        "0", "1", "0.0", "1.0", "-0.01", "100%25", "abc", "NaN", "inf", "1e-2", "", "0x1", "2",
         "0.01.0",
     ] {
         let r = capacity(&app, &format!("small/capacity?blocking={bad}")).await;
@@ -405,4 +408,68 @@ async fn a_ticketing_pool_has_no_capacity_answer() {
         .unwrap()
         .clone();
     assert!(tix["recommended_size"].is_null(), "{tix}");
+}
+
+#[test]
+fn the_plan_command_sizes_a_pool_offline_and_refuses_nonsense() {
+    let plan = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leaseline"))
+            .arg("plan")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = plan(&["--rate", "120/min", "--ttl", "15m", "--quarantine", "10m"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("offered load: 3000.0 Erlangs"), "{text}");
+    let needed = servers_for(3000.0, 0.01);
+    assert!(
+        text.contains(&format!("numbers needed for 1% blocking: {needed}\n")),
+        "{text}"
+    );
+    let out = plan(&[
+        "--rate",
+        "1/min",
+        "--ttl",
+        "6m",
+        "--quarantine",
+        "4m",
+        "--blocking",
+        "0.01",
+        "--numbers",
+        "18",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    // 10 Erlangs: the table's 18 numbers, which block 0.714%.
+    assert!(
+        text.contains("numbers needed for 1% blocking: 18\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("with 18 numbers: 0.714% of requests find none"),
+        "{text}"
+    );
+    for bad in [
+        &["--rate", "lots", "--ttl", "15m", "--quarantine", "10m"][..],
+        &[
+            "--rate",
+            "2/s",
+            "--ttl",
+            "15m",
+            "--quarantine",
+            "10m",
+            "--blocking",
+            "150%",
+        ],
+        &["--rate", "2/s", "--ttl", "soon", "--quarantine", "10m"],
+        &["--rate", "1000000/s", "--ttl", "1d", "--quarantine", "0s"],
+    ] {
+        let out = plan(bad);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error"),
+            "{bad:?}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::wire::{CapacityBody, PoolBody, PoolsBody};
 use super::AppState;
 use crate::core::DEFAULT_BLOCKING;
+use crate::plan::parse_blocking;
 
 /// Every pool's counts; an admin key scoped with `pools` sees only those.
 pub async fn pools(
@@ -48,22 +49,10 @@ pub async fn capacity(
     check_pool(&key, &name)?;
     let blocking = match p.blocking.as_deref() {
         None => DEFAULT_BLOCKING,
-        Some(b) => parse_blocking(b).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "blocking: {b:?} is not a probability between 0 and 1 (exclusive), such as 0.01 for 1%"
-            ))
-        })?,
+        Some(b) => parse_blocking(b).map_err(|e| ApiError::invalid(format!("blocking: {e}")))?,
     };
     let c = s.service.capacity(pool, blocking)?;
     Ok(Json(CapacityBody::new(name, &c)))
-}
-
-/// A blocking target: a decimal strictly between 0 and 1 (not NaN, not infinite, no `%`).
-fn parse_blocking(s: &str) -> Option<f64> {
-    let simple =
-        !s.is_empty() && s.len() <= 32 && s.bytes().all(|c| c.is_ascii_digit() || c == b'.');
-    let b: f64 = s.parse().ok().filter(|_| simple)?;
-    (b > 0.0 && b < 1.0).then_some(b)
 }
 
 pub async fn healthz() -> impl IntoResponse {
