@@ -295,8 +295,10 @@ async fn traffic_counts_survive_a_restart_and_the_busiest_hour_is_remembered() {
     assert_eq!(r["busiest_hour"]["requests"], 5);
     assert_eq!(r["busiest_hour"]["refused"], 2);
     assert_eq!(r["recommended_size"], before["recommended_size"]);
-    // And another restart keeps it (after the tick writes the new bucket).
+    // And another restart keeps it (after the tick writes the new bucket), from a snapshot
+    // this time (a clean shutdown writes one).
     app.advance(Duration::from_secs(1)).await;
+    app.state.service.shutdown().unwrap();
     let app = app.restart().await;
     let again = capacity(&app, "small/capacity").await.json;
     assert_eq!(again["busiest_hour"], r["busiest_hour"]);
