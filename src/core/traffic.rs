@@ -25,8 +25,10 @@ pub const DEFAULT_BLOCKING: f64 = 0.01;
 pub const BUCKET_MS: u64 = 5 * 60 * 1000;
 /// Buckets in a window (an hour).
 pub const WINDOW_BUCKETS: u64 = 12;
+/// Buckets in a week: the windows considered for the busiest hour end in the last week.
+pub const WEEK_BUCKETS: u64 = 7 * 24 * WINDOW_BUCKETS;
 /// Buckets kept: a week of windows' ends, and the hour before the first.
-pub const KEEP_BUCKETS: u64 = 7 * 24 * WINDOW_BUCKETS + WINDOW_BUCKETS;
+pub const KEEP_BUCKETS: u64 = WEEK_BUCKETS + WINDOW_BUCKETS;
 
 /// A pool's counts in one bucket. Kept and persisted as they are; the windows add them up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +63,16 @@ impl Bucket {
         self.held_ms = self.held_ms.saturating_add(o.held_ms);
         self.never_called = self.never_called.saturating_add(o.never_called);
         self.peak_in_use = self.peak_in_use.max(o.peak_in_use);
+    }
+
+    /// Takes `o`'s counts back out of a sum that holds them (not the peak, which no sum keeps).
+    fn sub(&mut self, o: &Bucket) {
+        self.granted = self.granted.saturating_sub(o.granted);
+        self.shared = self.shared.saturating_sub(o.shared);
+        self.refused = self.refused.saturating_sub(o.refused);
+        self.ended = self.ended.saturating_sub(o.ended);
+        self.held_ms = self.held_ms.saturating_sub(o.held_ms);
+        self.never_called = self.never_called.saturating_sub(o.never_called);
     }
 }
 
@@ -269,26 +281,21 @@ impl Traffic {
     ) -> Capacity {
         let t = &self.pools[pool.0 as usize];
         let cur = bucket_of(now);
-        let first = (cur + 1).saturating_sub(KEEP_BUCKETS);
+        let oldest = (cur + 1).saturating_sub(KEEP_BUCKETS);
         let mut week = Bucket::default();
-        for b in t.buckets.range(first..=cur).map(|(_, b)| b) {
+        for b in t.buckets.range(oldest..=cur).map(|(_, b)| b) {
             week.add(b);
         }
         let week_lifetime = (week.ended > 0).then(|| mean_ms(week.held_ms, week.ended));
-        let load = |last: u64| {
-            let from_bucket = (last + 1).saturating_sub(WINDOW_BUCKETS);
-            let mut counts = Bucket::default();
-            for (_, b) in t.buckets.range(from_bucket..=last) {
-                counts.add(b);
-            }
+        // The load of the window ending with bucket `last`, whose buckets add up to `counts`.
+        let load_of = |last: u64, counts: Bucket| {
             let lifetime = match counts.ended {
                 0 => week_lifetime.unwrap_or(settings.ttl),
                 n => mean_ms(counts.held_ms, n),
             };
-            let to = start_of(last + 1).min(now);
             let mut l = Load {
-                from: start_of(from_bucket),
-                to,
+                from: start_of((last + 1).saturating_sub(WINDOW_BUCKETS)),
+                to: start_of(last + 1).min(now),
                 counts,
                 lifetime,
                 holding: lifetime + settings.quarantine,
@@ -297,21 +304,42 @@ impl Traffic {
             l.erlangs = l.held(l.holding);
             l
         };
-        let last_hour = load(cur);
-        // Only windows holding a bucket can beat an empty one: each bucket ends the windows of
-        // the hour after it.
-        let mut busiest = last_hour;
-        let mut seen = std::collections::BTreeSet::new();
-        for (&b, _) in t.buckets.range(first..cur) {
-            for last in b..(b + WINDOW_BUCKETS).min(cur) {
-                if seen.insert(last) {
-                    let l = load(last);
-                    if l.erlangs > busiest.erlangs {
-                        busiest = l;
-                    }
+        let window = |last: u64| {
+            let mut counts = Bucket::default();
+            for (_, b) in t
+                .buckets
+                .range((last + 1).saturating_sub(WINDOW_BUCKETS)..=last)
+            {
+                counts.add(b);
+            }
+            load_of(last, counts)
+        };
+        let last_hour = window(cur);
+        // Every earlier window ending in the week, its sums slid a bucket at a time (a bucket
+        // enters at its end, leaves an hour later): one pass over the buckets, whatever their
+        // number. The first with the most Erlangs wins; the last hour unless one beats it.
+        let mut best = (last_hour.erlangs, cur);
+        let mut sum = Bucket::default();
+        let mut entering = t.buckets.range(oldest..cur).peekable();
+        let mut leaving = t.buckets.range(oldest..cur).peekable();
+        for last in (cur + 1).saturating_sub(WEEK_BUCKETS)..cur {
+            while let Some((_, b)) = entering.next_if(|(&i, _)| i <= last) {
+                sum.add(b);
+            }
+            while let Some((_, b)) = leaving.next_if(|(&i, _)| i + WINDOW_BUCKETS <= last) {
+                sum.sub(b);
+            }
+            if sum.requests() > 0 {
+                let erlangs = load_of(last, sum).erlangs;
+                if erlangs > best.0 {
+                    best = (erlangs, last);
                 }
             }
         }
+        let busiest = match best.1 == cur {
+            true => last_hour,
+            false => window(best.1),
+        };
         let recommended = servers_for(busiest.erlangs, target);
         let never_called_share =
             (week.ended > 0).then(|| f64::from(week.never_called) / f64::from(week.ended));
@@ -472,5 +500,65 @@ mod tests {
         let restored = Traffic::restore(2, vec![(PoolId(1), index, b)]);
         let c = restored.capacity(PoolId(1), 3, &settings(), 0.01, at(7));
         assert_eq!(c.last_hour.counts, b);
+    }
+
+    #[test]
+    fn the_sliding_sums_find_the_busiest_hour_that_adding_each_window_up_finds() {
+        let (p, q) = (PoolId(0), settings().quarantine);
+        let mut t = Traffic::new(1);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let span = 8 * 24 * 60;
+        for _ in 0..4000 {
+            let m = next() % span;
+            match next() % 3 {
+                0 => t.asked(p, Asked::Granted, (next() % 50) as usize, at(m)),
+                1 => t.asked(p, Asked::Refused, 50, at(m)),
+                _ => t.ended(
+                    p,
+                    at(m),
+                    Duration::from_secs(next() % 3600),
+                    next() % 2 == 0,
+                ),
+            }
+        }
+        let now = at(span + 2);
+        let c = t.capacity(p, 50, &settings(), 0.01, now);
+        // Each window of the week added up on its own.
+        let buckets = &t.pools[0].buckets;
+        let cur = bucket_of(now);
+        let week: Vec<&Bucket> = buckets
+            .range((cur + 1 - KEEP_BUCKETS)..=cur)
+            .map(|(_, b)| b)
+            .collect();
+        let ended: u64 = week.iter().map(|b| u64::from(b.ended)).sum();
+        let held: u64 = week.iter().map(|b| b.held_ms).sum();
+        let mut most = 0.0f64;
+        for last in (cur + 1 - WEEK_BUCKETS)..=cur {
+            let w: Vec<&Bucket> = buckets
+                .range((last + 1 - WINDOW_BUCKETS)..=last)
+                .map(|(_, b)| b)
+                .collect();
+            let requests: u64 = w.iter().map(|b| b.requests()).sum();
+            let n: u64 = w.iter().map(|b| u64::from(b.ended)).sum();
+            let h: u64 = w.iter().map(|b| b.held_ms).sum();
+            let lifetime_ms = if n > 0 { h / n } else { held / ended };
+            let to = ((last + 1) * BUCKET_MS).min(now.as_millis());
+            let secs = (to - (last + 1 - WINDOW_BUCKETS) * BUCKET_MS) as f64 / 1000.0;
+            let erlangs = requests as f64 / secs * (lifetime_ms as f64 / 1000.0 + q.as_secs_f64());
+            most = most.max(erlangs);
+        }
+        assert!(most > 0.0);
+        assert!(
+            (c.busiest_hour.erlangs - most).abs() < 1e-9 * most,
+            "{} vs {most}",
+            c.busiest_hour.erlangs
+        );
+        assert!(c.busiest_hour.erlangs >= c.last_hour.erlangs);
     }
 }
