@@ -547,7 +547,7 @@ mod tests {
             let requests: u64 = w.iter().map(|b| b.requests()).sum();
             let n: u64 = w.iter().map(|b| u64::from(b.ended)).sum();
             let h: u64 = w.iter().map(|b| b.held_ms).sum();
-            let lifetime_ms = if n > 0 { h / n } else { held / ended };
+            let lifetime_ms = h.checked_div(n).unwrap_or(held / ended);
             let to = ((last + 1) * BUCKET_MS).min(now.as_millis());
             let secs = (to - (last + 1 - WINDOW_BUCKETS) * BUCKET_MS) as f64 / 1000.0;
             let erlangs = requests as f64 / secs * (lifetime_ms as f64 / 1000.0 + q.as_secs_f64());
