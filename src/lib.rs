@@ -23,6 +23,7 @@ pub mod core;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod plan;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use leaseline::clock::SteadyClock;
-use leaseline::config::{fmt_duration, Config, LogFormat, TariffUnit};
+use leaseline::config::{fmt_duration, parse_duration, Config, LogFormat, TariffUnit};
 use leaseline::core::OnExhausted;
+use leaseline::plan::{parse_blocking, parse_rate, Plan};
 use leaseline::startup::{shutdown_signal, Application};
 
 /// jemalloc instead of glibc's malloc: the request path makes many short-lived allocations
@@ -43,6 +44,25 @@ enum Command {
     Check {
         #[arg(long, default_value = "pool.toml")]
         config: PathBuf,
+    },
+    /// Size a pool before buying numbers: the load a request rate offers, and the numbers
+    /// Erlang-B says keep blocking under a target. Offline: reads no config, asks no server.
+    Plan {
+        /// Requests for a new number at the busiest hour: "120/min", "2/s", "5000/h".
+        #[arg(long, value_parser = parse_rate)]
+        rate: f64,
+        /// How long a lease lasts on average (its ttl, or less if pages release early).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// How long a number rests after its lease ends.
+        #[arg(long, value_parser = parse_duration)]
+        quarantine: std::time::Duration,
+        /// Share of requests allowed to find no number: "1%" or "0.01".
+        #[arg(long, default_value = "1%", value_parser = parse_blocking)]
+        blocking: f64,
+        /// Also say what this many numbers would block.
+        #[arg(long)]
+        numbers: Option<u64>,
     },
     /// Export records from a running Leaseline (for billing reconciliation).
     Export {
@@ -85,6 +105,27 @@ fn main() -> ExitCode {
     });
     match command {
         Command::Check { config } => check(&config),
+        Command::Plan {
+            rate,
+            ttl,
+            quarantine,
+            blocking,
+            numbers,
+        } => {
+            let plan = Plan {
+                rate,
+                ttl,
+                quarantine,
+                blocking,
+                numbers,
+            };
+            if let Err(e) = plan.check() {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            print!("{}", plan.render());
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             config,
             accept_wall_clock,

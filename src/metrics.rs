@@ -11,6 +11,8 @@ pub struct Metrics {
     pub pool_numbers: IntGaugeVec,
     pub pool_size: IntGaugeVec,
     pub pool_saturation: GaugeVec,
+    pub pool_offered: GaugeVec,
+    pub pool_recommended: IntGaugeVec,
     pub allocations: IntCounterVec,
     pub renewals: IntCounterVec,
     pub releases: IntCounterVec,
@@ -78,6 +80,24 @@ impl Dropped {
     }
 }
 
+/// Which hour `leaseline_pool_offered_erlangs` measures: the `window` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    LastHour,
+    BusiestHour,
+}
+
+impl Window {
+    pub const ALL: [Window; 2] = [Window::LastHour, Window::BusiestHour];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::LastHour => "last_hour",
+            Window::BusiestHour => "busiest_hour",
+        }
+    }
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
@@ -124,6 +144,28 @@ impl Metrics {
                     opts(
                         "leaseline_pool_saturation_ratio",
                         "Share of a pool's numbers not free (leased or cooling), 0 to 1.",
+                    ),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            pool_offered: reg(
+                r,
+                GaugeVec::new(
+                    opts(
+                        "leaseline_pool_offered_erlangs",
+                        "Load offered to a pool in Erlangs (requests for a new number a second times the mean time a number is held: lifetime plus quarantine), by window (last_hour, busiest_hour of the last 7 days).",
+                    ),
+                    &["pool", "window"],
+                )
+                .unwrap(),
+            ),
+            pool_recommended: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "leaseline_pool_recommended_size",
+                        "Fewest numbers that keep a pool's blocking under 1% at the busiest hour of the last 7 days (Erlang-B); compare with leaseline_pool_size.",
                     ),
                     &["pool"],
                 )
@@ -441,6 +483,11 @@ impl Metrics {
         self.first_call.with_label_values(&[pool]);
         self.pool_size.with_label_values(&[pool]);
         self.pool_saturation.with_label_values(&[pool]);
+        for window in Window::ALL {
+            self.pool_offered
+                .with_label_values(&[pool, window.as_str()]);
+        }
+        self.pool_recommended.with_label_values(&[pool]);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -13,12 +13,13 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::core::{
-    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
-    Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId,
-    PhoneNumber, PoolId, PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp,
-    TICK_MS,
+    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, Capacity, CoreError, Directory,
+    EndReason, Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass,
+    PassId, PhoneNumber, PoolId, PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode,
+    Timestamp, DEFAULT_BLOCKING, TICK_MS,
 };
 use crate::metrics::Metrics;
+use crate::metrics::Window;
 use crate::store::{Committer, JournalPage, JournalQuery, Storage, StoreError};
 
 #[derive(Debug, Error)]
@@ -57,6 +58,8 @@ pub struct Reconfigured {
 pub struct PoolView {
     pub name: String,
     pub stats: PoolStats,
+    /// What its traffic says of its size at the default blocking (none for a ticketing pool).
+    pub capacity: Option<Capacity>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,14 +537,21 @@ impl Service {
 
     pub fn pools(&self) -> Result<Vec<PoolView>, ServiceError> {
         let core = self.lock()?;
+        let now = self.clock.now();
         let dir = core.directory();
         Ok(dir
             .serving()
             .map(|p| PoolView {
                 name: dir.name(p).to_owned(),
                 stats: core.pool_stats(p),
+                capacity: core.capacity(p, DEFAULT_BLOCKING, now).ok(),
             })
             .collect())
+    }
+
+    /// What pool `pool`'s traffic says of its size, aiming at `blocking` (0 to 1, exclusive).
+    pub fn capacity(&self, pool: PoolId, blocking: f64) -> Result<Capacity, ServiceError> {
+        Ok(self.lock()?.capacity(pool, blocking, self.clock.now())?)
     }
 
     /// Ready when the store works and the wheel is at most two ticks behind the clock.
@@ -578,6 +588,19 @@ impl Service {
                 m.pool_size.with_label_values(&[&p.name]).set(s.size as i64);
                 let busy = (s.leased + s.cooling) as f64 / s.size.max(1) as f64;
                 m.pool_saturation.with_label_values(&[&p.name]).set(busy);
+                if let Some(c) = &p.capacity {
+                    for (w, load) in [
+                        (Window::LastHour, &c.last_hour),
+                        (Window::BusiestHour, &c.busiest_hour),
+                    ] {
+                        m.pool_offered
+                            .with_label_values(&[&p.name, w.as_str()])
+                            .set(load.erlangs);
+                    }
+                    m.pool_recommended
+                        .with_label_values(&[&p.name])
+                        .set(c.recommended.min(i64::MAX as u64) as i64);
+                }
             }
         }
         if let Ok(core) = self.lock() {

@@ -240,6 +240,10 @@ impl Application {
         .await;
         let _ = stop_tx.send(true);
         let _ = ticker.await;
+        // One last tick writes the traffic counts changed since the previous one.
+        if let Err(e) = self.state.service.tick().await {
+            tracing::warn!(error = %e, "no last tick at shutdown; the last second's traffic counts are lost");
+        }
         if let Some(r) = reloader {
             let _ = r.await;
         }

@@ -327,5 +327,5 @@ shared_number = "+41900199999""#,
     let loaded = rules["data"]["groups"][0]["rules"]
         .as_array()
         .map_or(0, Vec::len);
-    assert_eq!(loaded, 8, "{rules}");
+    assert_eq!(loaded, 9, "{rules}");
 }

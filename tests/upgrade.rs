@@ -509,3 +509,26 @@ fn the_binary_serves_release_1_data_with_release_1_config() {
         .collect();
     assert_eq!(names, [POOL, "videos"]);
 }
+
+async fn capacity(app: &TestApp) -> Value {
+    let r = get(app, &format!("/v1/pools/{POOL}/capacity"), ADMIN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json
+}
+
+#[tokio::test]
+async fn release_1_data_starts_with_no_traffic_and_counts_from_the_upgrade_on() {
+    let fx = fixture();
+    let app = fx.open().await;
+    // Release 1 kept no traffic counts: none, not an error.
+    let c = capacity(&app).await;
+    assert_eq!(c["busiest_hour"]["requests"], 0, "{c}");
+    assert_eq!(c["recommended_size"], 0);
+    // A request from now on is counted, and the count is kept across a restart.
+    let r = app.allocate(POOL, "after-upgrade").await;
+    assert!(r.status == 201 || r.status == 503, "{}", r.text);
+    app.advance(Duration::from_secs(1)).await;
+    let app = app.restart().await;
+    let c = capacity(&app).await;
+    assert_eq!(c["last_hour"]["requests"], 1, "{c}");
+}

@@ -17,6 +17,7 @@ use super::schedule::{Cx, Fired, Schedule};
 use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
 use super::tickets::Ticketing;
 use super::time::Timestamp;
+use super::traffic::{Asked, Bucket, Capacity, Traffic};
 use super::types::{
     CallId, Code, Due, LeaseId, ListingId, PassId, PhoneNumber, PoolId, Target, TenantId,
     TicketCode,
@@ -30,6 +31,7 @@ macro_rules! cx {
         &mut Cx {
             dir: &$a.dir,
             sched: &mut $a.schedule,
+            traffic: &mut $a.traffic,
             out: $out,
         }
     };
@@ -46,6 +48,8 @@ pub struct Snapshot {
     pub progress: Vec<Progress>,
     pub listings: Vec<(TenantId, ListingId, Target)>,
     pub wheel: Vec<(u64, Due)>,
+    /// Pools' traffic buckets, by index.
+    pub traffic: Vec<(PoolId, u64, Bucket)>,
 }
 
 impl Snapshot {
@@ -75,6 +79,8 @@ pub struct Allocator {
     ticketing: Ticketing,
     /// Every record's next deadline.
     schedule: Schedule,
+    /// What each pool was asked for and how long its numbers were held, for capacity.
+    traffic: Traffic,
 }
 
 impl Allocator {
@@ -87,6 +93,7 @@ impl Allocator {
     pub fn with(dir: Arc<Directory>) -> Result<Self, CoreError> {
         Ok(Allocator {
             leasing: Leasing::new(&dir),
+            traffic: Traffic::new(dir.specs().len()),
             dir,
             calls: Calls::default(),
             ticketing: Ticketing::default(),
@@ -100,6 +107,7 @@ impl Allocator {
         let leasing = Leasing::restore(&dir, snapshot.leases, snapshot.listings)?;
         let mut a = Allocator {
             leasing,
+            traffic: Traffic::restore(dir.specs().len(), snapshot.traffic),
             dir,
             calls: Calls::restore(snapshot.calls, snapshot.returns),
             ticketing: Ticketing::restore(snapshot.tickets, snapshot.passes, snapshot.progress),
@@ -122,6 +130,7 @@ impl Allocator {
     /// changing nothing, where the state forbids it (see [`Leasing::reconfigure`]).
     pub fn reconfigure(&mut self, next: Arc<Directory>) -> Result<(), CoreError> {
         self.leasing.reconfigure(&self.dir, &next)?;
+        self.traffic.grow(next.specs().len());
         self.dir = next;
         Ok(())
     }
@@ -173,7 +182,41 @@ impl Allocator {
         new_id: LeaseId,
         out: &mut Outbox,
     ) -> Result<Allocated, CoreError> {
-        self.leasing.allocate(cx!(self, out), req, now, new_id)
+        let pool = req.pool;
+        let res = self.leasing.allocate(cx!(self, out), req, now, new_id);
+        // What the pool was offered: every request for a new number, however answered.
+        let asked = match &res {
+            Ok(a) if !a.fresh => None,
+            Ok(a) if a.lease.code.is_some() => Some(Asked::Shared),
+            Ok(_) => Some(Asked::Granted),
+            Err(CoreError::Exhausted { .. }) => Some(Asked::Refused),
+            Err(_) => None,
+        };
+        if let Some(how) = asked {
+            let s = self.leasing.pool_stats(pool);
+            self.traffic.asked(pool, how, s.leased + s.cooling, now);
+        }
+        res
+    }
+
+    /// What `pool`'s traffic says of its size, aiming at `blocking` (0 to 1, exclusive).
+    pub fn capacity(
+        &self,
+        pool: PoolId,
+        blocking: f64,
+        now: Timestamp,
+    ) -> Result<Capacity, CoreError> {
+        let spec = self
+            .dir
+            .specs()
+            .get(pool.0 as usize)
+            .ok_or(CoreError::UnknownPool)?;
+        if self.dir.formula(pool).is_some() {
+            return Err(CoreError::TicketingPool);
+        }
+        Ok(self
+            .traffic
+            .capacity(pool, spec.numbers.len(), &spec.settings, blocking, now))
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
@@ -411,7 +454,9 @@ impl Allocator {
     }
 
     /// Fires every wheel entry due at `now`: expiries, ends of quarantine, purges of old
-    /// records. Stale entries (a renewed lease's old deadline) do nothing but go away.
+    /// records. Stale entries (a renewed lease's old deadline) do nothing but go away. Then
+    /// writes the traffic buckets changed since the last tick (and drops those over a week
+    /// old), so counting a request costs its operation no write.
     pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
         for (tick, fired) in self.schedule.due(now) {
             match fired {
@@ -428,6 +473,7 @@ impl Allocator {
                 }
             }
         }
+        self.traffic.flush(now, out);
     }
 
     /// Runs on from `now` although the state was last written at `mark`, later than `now` (the

@@ -6,6 +6,7 @@ mod allocator;
 mod call;
 mod calls;
 mod directory;
+mod erlang;
 mod lease;
 mod leasing;
 mod outbox;
@@ -13,12 +14,14 @@ mod schedule;
 mod ticket;
 mod tickets;
 mod time;
+mod traffic;
 mod types;
 mod wheel;
 
 pub use allocator::{Allocator, Snapshot};
 pub use call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use directory::Directory;
+pub use erlang::{erlang_b, servers_for, MAX_SERVERS};
 pub use lease::{
     AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, OnExhausted,
     PoolLimits, PoolSpec, PoolStats,
@@ -29,6 +32,9 @@ pub use ticket::{
     TicketingAnswer,
 };
 pub use time::{retry_after_secs, Timestamp, TICK_MS};
+pub use traffic::{
+    Bucket, Capacity, Lever, Load, BUCKET_MS, DEFAULT_BLOCKING, KEEP_BUCKETS, WINDOW_BUCKETS,
+};
 pub use types::{
     CallId, CallKey, Code, Due, LeaseId, ListingId, ParseError, PassId, PhoneNumber, PoolId,
     ProgressKey, ReturnKey, SessionId, Share, Target, TenantId, TicketCode, TicketId,
@@ -61,6 +67,11 @@ pub enum Effect {
     /// A wheel entry: at this tick, look at this record again.
     PutWheel(u64, Due),
     DelWheel(u64, Due),
+    /// A pool's traffic counts in one bucket (by index: its start over
+    /// [`BUCKET_MS`]), written by the tick after they changed.
+    PutTraffic(PoolId, u64, Bucket),
+    /// A bucket older than a week of windows.
+    DelTraffic(PoolId, u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -8,6 +8,7 @@
 use super::directory::Directory;
 use super::outbox::Outbox;
 use super::time::Timestamp;
+use super::traffic::Traffic;
 use super::types::{Due, LeaseId};
 use super::wheel::Wheel;
 use super::Effect;
@@ -103,9 +104,11 @@ impl Schedule {
 }
 
 /// What a part needs to make a change: the pools as configured, the schedule to file
-/// deadlines in, and the outbox its effects and notices go to, in order.
+/// deadlines in, the pools' traffic counts, and the outbox its effects and notices go to, in
+/// order.
 pub(super) struct Cx<'a> {
     pub(super) dir: &'a Directory,
     pub(super) sched: &'a mut Schedule,
+    pub(super) traffic: &'a mut Traffic,
     pub(super) out: &'a mut Outbox,
 }

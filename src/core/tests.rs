@@ -814,6 +814,9 @@ fn a_reload_adds_numbers_and_pools_that_are_leased_at_once() {
     let third = a.allocate(r, at(1), id(3)).unwrap().lease;
     assert_eq!(third.number.digits(), 32_900_000_000);
     a.check_invariants().unwrap();
+    // The new pool's traffic is counted too.
+    let c = a.capacity(be, 0.01, at(2)).unwrap();
+    assert_eq!(c.last_hour.counts.requests(), 1);
 }
 
 #[test]

@@ -166,6 +166,7 @@ fn routes() -> Router<AppState> {
         )
         .route("/v1/pools", get(ops::pools))
         .route("/v1/admin/reload", post(ops::reload))
+        .route("/v1/pools/{name}/capacity", get(ops::capacity))
         .route("/embed.js", get(site::embed_js))
         .route("/demo", get(site::demo))
         .route("/healthz", get(ops::healthz))

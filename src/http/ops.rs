@@ -1,14 +1,16 @@
 //! Operator endpoints: pool counts, liveness, readiness, Prometheus metrics.
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
 use super::auth::{check_pool, Admin, Need};
 use super::error::ApiError;
-use super::wire::{PoolBody, PoolsBody};
+use super::wire::{CapacityBody, PoolBody, PoolsBody};
 use super::AppState;
+use crate::core::DEFAULT_BLOCKING;
+use crate::plan::parse_blocking;
 
 /// Every pool's counts; an admin key scoped with `pools` sees only those.
 pub async fn pools(
@@ -50,6 +52,34 @@ pub async fn reload(
             "this process was not started from a configuration file it can read again",
         )),
     }
+}
+
+#[derive(serde::Deserialize)]
+pub struct CapacityParams {
+    blocking: Option<String>,
+}
+
+/// What a pool's traffic says of its size: load now and at the busiest hour of the week, the
+/// Erlang-B recommendation for `blocking` (default 0.01), and the levers besides buying.
+pub async fn capacity(
+    State(s): State<AppState>,
+    Need(key, _): Need<Admin>,
+    Path(name): Path<String>,
+    params: Result<Query<CapacityParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CapacityBody>, ApiError> {
+    let Query(p) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text()))?;
+    let pool = s
+        .service
+        .pool_id(&name)
+        .ok_or_else(|| ApiError::unknown_pool(&name))?;
+    check_pool(&key, &name)?;
+    let blocking = match p.blocking.as_deref() {
+        None => DEFAULT_BLOCKING,
+        Some(b) => parse_blocking(b).map_err(|e| ApiError::invalid(format!("blocking: {e}")))?,
+    };
+    let c = s.service.capacity(pool, blocking)?;
+    Ok(Json(CapacityBody::new(name, &c)))
 }
 
 pub async fn healthz() -> impl IntoResponse {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Attribution, Call, TicketingAnswer, Timestamp};
+use crate::core::{erlang_b, Attribution, Call, Capacity, Load, TicketingAnswer, Timestamp};
 use crate::service::{LeaseView, PoolView};
 use crate::service::{PassView, TicketView};
 use crate::store::JournalRow as StoredRow;
@@ -103,6 +103,9 @@ pub struct PoolBody {
     pub cooling: usize,
     /// Share of numbers not free (leased or cooling), 0 to 1.
     pub saturation: f64,
+    /// Fewest numbers keeping blocking under 1% at the busiest hour of the last 7 days (see
+    /// `GET /v1/pools/{name}/capacity`); null for a ticketing pool.
+    pub recommended_size: Option<u64>,
 }
 
 impl From<&PoolView> for PoolBody {
@@ -115,8 +118,121 @@ impl From<&PoolView> for PoolBody {
             leased: s.leased,
             cooling: s.cooling,
             saturation: (s.leased + s.cooling) as f64 / s.size.max(1) as f64,
+            recommended_size: p.capacity.as_ref().map(|c| c.recommended),
         }
     }
+}
+
+/// `GET /v1/pools/{name}/capacity`: what a pool's traffic says of its size.
+#[derive(Serialize)]
+pub struct CapacityBody {
+    pub pool: String,
+    pub size: u64,
+    /// The blocking aimed at (the `blocking` parameter, default 0.01).
+    pub blocking_target: f64,
+    /// Numbers that keep blocking at the busiest hour under the target (Erlang-B).
+    pub recommended_size: u64,
+    pub last_hour: LoadBody,
+    pub busiest_hour: LoadBody,
+    pub levers: LeversBody,
+}
+
+/// A window's traffic: the load offered, what Erlang-B says the pool's size blocks of it, and
+/// what happened to the requests.
+#[derive(Serialize)]
+pub struct LoadBody {
+    pub from: String,
+    pub to: String,
+    /// Requests for a new number a second times `holding_secs`.
+    pub offered_erlangs: f64,
+    /// Erlang-B blocking of the pool's size at this load.
+    pub blocking: f64,
+    /// Numbers that keep blocking at this load under the target.
+    pub recommended_size: u64,
+    /// Requests for a new number (sticky re-asks are not new numbers), and how they ended.
+    pub requests: u64,
+    pub granted: u64,
+    pub shared_code: u64,
+    pub refused: u64,
+    /// The most numbers held (leased or cooling) seen at a request in the window.
+    pub peak_in_use: u32,
+    /// Mean lease lifetime (of the leases that ended in the window, else in the week, else
+    /// the pool's ttl) plus the quarantine: how long a number is held per lease.
+    pub lifetime_secs: f64,
+    pub holding_secs: f64,
+}
+
+impl LoadBody {
+    fn new(l: &Load, size: u64, target: f64) -> Self {
+        LoadBody {
+            from: rfc3339(l.from),
+            to: rfc3339(l.to),
+            offered_erlangs: round(l.erlangs, 1e3),
+            blocking: round(erlang_b(size, l.erlangs), 1e6),
+            recommended_size: crate::core::servers_for(l.erlangs, target),
+            requests: l.counts.requests(),
+            granted: u64::from(l.counts.granted),
+            shared_code: u64::from(l.counts.shared),
+            refused: u64::from(l.counts.refused),
+            peak_in_use: l.counts.peak_in_use,
+            lifetime_secs: round(l.lifetime.as_secs_f64(), 1e3),
+            holding_secs: round(l.holding.as_secs_f64(), 1e3),
+        }
+    }
+}
+
+/// What would lower the recommendation besides buying numbers, at the busiest hour's load.
+#[derive(Serialize)]
+pub struct LeversBody {
+    /// `click_to_reveal`, `shorter_quarantine`, or `none` (neither saves a number).
+    pub cheapest: &'static str,
+    pub click_to_reveal: RevealBody,
+    pub shorter_quarantine: QuarantineBody,
+}
+
+#[derive(Serialize)]
+pub struct RevealBody {
+    /// Of the week's leases on pool numbers, the share that had no call by their end (null:
+    /// none ended yet). Allocating only when a visitor clicks to reveal the number would
+    /// spare those leases.
+    pub never_called_share: Option<f64>,
+    pub recommended_size: u64,
+}
+
+#[derive(Serialize)]
+pub struct QuarantineBody {
+    /// The shortest quarantine allowed: the pool's grace.
+    pub quarantine_secs: u64,
+    pub recommended_size: u64,
+}
+
+impl CapacityBody {
+    pub fn new(pool: String, c: &Capacity) -> Self {
+        CapacityBody {
+            pool,
+            size: c.size,
+            blocking_target: c.target,
+            recommended_size: c.recommended,
+            last_hour: LoadBody::new(&c.last_hour, c.size, c.target),
+            busiest_hour: LoadBody::new(&c.busiest_hour, c.size, c.target),
+            levers: LeversBody {
+                cheapest: c.cheapest().as_str(),
+                click_to_reveal: RevealBody {
+                    never_called_share: c.never_called_share.map(|s| round(s, 1e4)),
+                    recommended_size: c.with_click_to_reveal,
+                },
+                shorter_quarantine: QuarantineBody {
+                    quarantine_secs: c.shortest_quarantine.as_secs(),
+                    recommended_size: c.with_shortest_quarantine,
+                },
+            },
+        }
+    }
+}
+
+/// `x` to the nearest 1/`scale`: estimates read better without 17 digits.
+fn round(x: f64, scale: f64) -> f64 {
+    (x * scale).round() / scale
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,8 @@
 //!   first bytes of SHA-256 of the pool's name, so reordering pools moves nothing) + caller
 //!   digits (8 bytes) → a caller's progress through a ticketing formula.
 //! - `Q` + tenant + 0 + listing → where that listing's calls go (a target).
+//! - `S` + pool tag (8 bytes) + bucket index (8 bytes, big-endian: its start over five
+//!   minutes) → a pool's traffic counts in that bucket (for capacity planning).
 //! - `W` + due tick (8 bytes, big-endian) + kind (1 byte: L, C, R, T, P, G) + id (16 bytes) → empty:
 //!   a wheel entry. Big-endian ticks make byte order time order.
 //!
@@ -64,8 +66,10 @@ const PROGRESS: u8 = b'G';
 const EVENT: u8 = b'E';
 const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
-/// The kinds of state keys: what the log and snapshots hold (sled held them as keys until
-/// format 3).
+/// Traffic buckets; new in this release, within format 3 (older stores simply have none).
+const TRAFFIC: u8 = b'S';
+/// The kinds of state keys that format 2 held as sled keys, which migration moves into the
+/// log (traffic buckets came later, in the log from the start).
 const STATE_KINDS: [u8; 7] = [PROGRESS, LEASE, PASS, LISTING, RETURN, TICKET, WHEEL];
 const FORMAT_KEY: &[u8] = b"Mformat";
 const WATERMARK_KEY: &[u8] = b"Mnow";
@@ -673,6 +677,13 @@ impl Store {
                 Effect::DelReturn(k) => entry.del(&return_key(k)),
                 Effect::PutWheel(t, due) => entry.put(&self.wheel_key(*t, due), &[]),
                 Effect::DelWheel(t, due) => entry.del(&self.wheel_key(*t, due)),
+                Effect::PutTraffic(p, index, b) => entry.put(
+                    &prefixed(TRAFFIC, &self.traffic_id(*p, *index)),
+                    &record::encode_traffic(b),
+                ),
+                Effect::DelTraffic(p, index) => {
+                    entry.del(&prefixed(TRAFFIC, &self.traffic_id(*p, *index)))
+                }
             }
         }
         journal
@@ -888,6 +899,19 @@ impl<'a> Loader<'a> {
                     .push(record::decode_progress(key, v).map_err(corrupt)?),
                 None => self.out.orphans += 1,
             },
+            TRAFFIC => {
+                if rest.len() != 16 {
+                    return Err(StoreError::Corrupt("malformed traffic key".into()));
+                }
+                let index = u64::from_be_bytes(fixed(&rest[8..])?);
+                match self.store.names().by_tag.get(&fixed::<8>(&rest[..8])?) {
+                    Some(&pool) => {
+                        let b = record::decode_traffic(v).map_err(corrupt)?;
+                        snap.traffic.push((pool, index, b));
+                    }
+                    None => self.out.orphans += 1,
+                }
+            }
             WHEEL => {
                 if k.len() != 26 {
                     return Err(StoreError::Corrupt("malformed wheel key".into()));
@@ -988,6 +1012,15 @@ impl Store {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.names().tags[k.pool.0 as usize]);
         id[8..].copy_from_slice(&k.caller.digits().to_be_bytes());
+        id
+    }
+
+    /// A traffic bucket's id: its pool's tag, then its index (big-endian: byte order is time
+    /// order within a pool).
+    fn traffic_id(&self, pool: PoolId, index: u64) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.names().tags[pool.0 as usize]);
+        id[8..].copy_from_slice(&index.to_be_bytes());
         id
     }
 

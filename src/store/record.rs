@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    Attribution, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId, ListingId, Pass,
-    PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason, ReturnKey, ReturnRoute,
-    SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent, TicketEventKind, TicketId,
-    TicketingAnswer, Timestamp,
+    Attribution, Bucket, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId,
+    ListingId, Pass, PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason,
+    ReturnKey, ReturnRoute, SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent,
+    TicketEventKind, TicketId, TicketingAnswer, Timestamp,
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
@@ -476,6 +476,45 @@ pub fn decode_progress(key: ProgressKey, bytes: &[u8]) -> Result<Progress, Decod
         key,
         calls_done: r.calls_done,
         window_start: Timestamp::from_millis(r.window_start),
+    })
+}
+
+// ---- traffic -----------------------------------------------------------------------------
+
+/// A pool's traffic counts in one bucket (the key names the pool and the bucket).
+#[derive(Serialize, Deserialize)]
+struct TrafficRecordV1 {
+    granted: u32,
+    shared: u32,
+    refused: u32,
+    ended: u32,
+    held_ms: u64,
+    never_called: u32,
+    peak_in_use: u32,
+}
+
+pub fn encode_traffic(b: &Bucket) -> Vec<u8> {
+    wrap(&TrafficRecordV1 {
+        granted: b.granted,
+        shared: b.shared,
+        refused: b.refused,
+        ended: b.ended,
+        held_ms: b.held_ms,
+        never_called: b.never_called,
+        peak_in_use: b.peak_in_use,
+    })
+}
+
+pub fn decode_traffic(bytes: &[u8]) -> Result<Bucket, DecodeError> {
+    let r: TrafficRecordV1 = unwrap("traffic", bytes)?;
+    Ok(Bucket {
+        granted: r.granted,
+        shared: r.shared,
+        refused: r.refused,
+        ended: r.ended,
+        held_ms: r.held_ms,
+        never_called: r.never_called,
+        peak_in_use: r.peak_in_use,
     })
 }
 

@@ -1429,12 +1429,17 @@ impl Leasing {
         let dir = cx.dir;
         let lease = self.leases.get_mut(i);
         lease.set_end(LeaseEnd { at, reason });
+        let lived = at.since(lease.created_at);
         cx.out.notices.push(Notice::Ended {
             lease: lease.id,
             pool: lease.pool(),
             reason,
-            lived: at.since(lease.created_at),
+            lived,
         });
+        if lease.code().is_none() {
+            let called = lease.first_call_at().is_some();
+            cx.traffic.ended(lease.pool(), at, lived, called);
+        }
         let hash = sticky_hash(&self.fingerprint, &self.leases, i);
         if let Ok(entry) = self.sticky.find_entry(hash, |&j| j == i) {
             entry.remove();
