@@ -14,7 +14,9 @@
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`startup`]: wiring, tick task, graceful shutdown.
 //! - [`clock`]: the system clock and a manual one for tests.
+//! - [`client`]: the outgoing HTTP client (TLS through rustls), for `leaseline export`.
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;

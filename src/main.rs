@@ -80,9 +80,13 @@ enum Export {
     /// The call journal, newest first, as CSV on stdout. Without --url, asks the server at
     /// the configuration's `listen` address.
     Calls {
-        /// Ask this base URL instead (e.g. http://127.0.0.1:8080).
+        /// Ask this base URL instead (http:// or https://, e.g. https://leaseline.example.com).
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+        /// Also trust the certificate authorities in this PEM file for https:// (a private CA,
+        /// a proxy's self-signed certificate), besides the bundled Mozilla roots.
+        #[arg(long, env = "LEASELINE_CA_FILE", value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         /// An admin key's token (or set LEASELINE_ADMIN_KEY, which keeps it out of `ps`).
         #[arg(long, env = "LEASELINE_ADMIN_KEY", hide_env_values = true)]
         key: String,
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
             what:
                 Export::Calls {
                     url,
+                    ca_file,
                     key,
                     since,
                     until,
@@ -147,7 +152,7 @@ fn main() -> ExitCode {
                     Err(code) => return code,
                 },
             };
-            match export_calls(&base, &key, since, until, pool) {
+            match export_calls(&base, ca_file.as_deref(), &key, since, until, pool) {
                 Ok(n) => {
                     eprintln!("exported {n} calls");
                     ExitCode::SUCCESS
@@ -164,15 +169,14 @@ fn main() -> ExitCode {
 /// Pages through `GET /v1/calls?format=csv`, writing one header and every row to stdout.
 fn export_calls(
     base: &str,
+    ca_file: Option<&std::path::Path>,
     key: &str,
     since: Option<String>,
     until: Option<String>,
     pool: Option<String>,
 ) -> Result<usize, String> {
     use std::io::Write;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(60))
-        .build();
+    let agent = leaseline::client::agent(ca_file, std::time::Duration::from_secs(60))?;
     let mut out = std::io::stdout().lock();
     let mut cursor: Option<String> = None;
     let mut rows = 0;
@@ -198,7 +202,15 @@ fn export_calls(
                 let body = r.into_string().unwrap_or_default();
                 return Err(format!("the server answered {code}: {body}"));
             }
-            Err(e) => return Err(format!("cannot reach {base}: {e}")),
+            Err(e) => {
+                let hint = if e.to_string().contains("certificate") {
+                    " (a private CA or a self-signed certificate: name it with --ca-file or \
+                     LEASELINE_CA_FILE)"
+                } else {
+                    ""
+                };
+                return Err(format!("cannot reach {base}: {e}{hint}"));
+            }
         };
         let next = res.header("x-next-cursor").map(str::to_owned);
         let body = res.into_string().map_err(|e| e.to_string())?;
