@@ -30,6 +30,9 @@ need_apt prometheus
 # Real SIP peers for the telephony tests: Kamailio (with http_client and json) and sipp.
 need_apt kamailio kamailio-utils-modules kamailio-json-modules sip-tester
 
+# systemd-analyze verifies the shipped unit (packaging/leaseline.service); never started.
+command -v systemd-analyze >/dev/null || need_apt systemd
+
 # libfaketime: the clock tests run the real binary with its wall clock shifted (LD_PRELOAD).
 need_apt faketime
 
