@@ -30,6 +30,13 @@ need_apt prometheus
 # Real SIP peers for the telephony tests: Kamailio (with http_client and json) and sipp.
 need_apt kamailio kamailio-utils-modules kamailio-json-modules sip-tester
 
+# systemd-analyze verifies the shipped unit (packaging/leaseline.service); never started.
+command -v systemd-analyze >/dev/null || need_apt systemd
+
+# The OpenAPI test validates docs/openapi.json and the README's examples with Debian's python3
+# and python3-jsonschema (tests/openapi_check.py).
+need_apt python3 python3-jsonschema
+
 # libfaketime: the clock tests run the real binary with its wall clock shifted (LD_PRELOAD).
 need_apt faketime
 

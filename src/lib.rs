@@ -16,7 +16,9 @@
 //! - [`reload`]: `SIGHUP` and `POST /v1/admin/reload`: the configuration read again, applied
 //!   or refused whole.
 //! - [`clock`]: the system clock and a manual one for tests.
+//! - [`client`]: the outgoing HTTP client (TLS through rustls), for `leaseline export`.
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use leaseline::clock::SteadyClock;
 use leaseline::config::{fmt_duration, parse_duration, Config, LogFormat, TariffUnit};
 use leaseline::core::OnExhausted;
@@ -17,34 +17,58 @@ use leaseline::startup::{shutdown_signal, Application};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Exit statuses (README, "Command line"): 0 done, 1 failed (start-up, the store, a run that
+/// stopped on an error, an export the server refused), 2 a command-line mistake (clap's own),
+/// 78 the configuration cannot be read or is invalid (`EX_CONFIG` of sysexits.h: the unit's
+/// `RestartPreventExitStatus`, since restarting cannot fix it).
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 78;
+
 #[derive(Parser)]
 #[command(
     name = "leaseline",
     version,
-    about = "Leases phone numbers to website visitors and attributes their calls."
+    about = "Leases phone numbers to website visitors and attributes their calls.",
+    after_help = "Without a subcommand, serves (as `leaseline serve`).\n\
+                  Exit status: 0 done, 1 failed, 2 a command-line mistake, 78 the configuration \
+                  cannot be read or is invalid."
 )]
 struct Cli {
+    /// The configuration file, for every subcommand (relative paths in it, such as data_dir,
+    /// are resolved against its folder).
+    #[arg(
+        long,
+        global = true,
+        env = "LEASELINE_CONFIG",
+        default_value = "pool.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+    /// Serving without a subcommand takes `serve`'s options (`leaseline --accept-wall-clock`).
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Start although the wall clock is behind the last time Leaseline ran by more than
+    /// [server] max_clock_rewind, trusting the wall clock: leases over by then, or made
+    /// while the clock was ahead, end at once; no lease is revived.
+    #[arg(long)]
+    accept_wall_clock: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
     Serve {
-        #[arg(long, default_value = "pool.toml")]
-        config: PathBuf,
-        /// Start although the wall clock is behind the last time Leaseline ran by more than
-        /// [server] max_clock_rewind, trusting the wall clock: leases over by then, or made
-        /// while the clock was ahead, end at once; no lease is revived.
-        #[arg(long)]
-        accept_wall_clock: bool,
+        #[command(flatten)]
+        args: ServeArgs,
     },
-    /// Validate a config and print what it would serve.
-    Check {
-        #[arg(long, default_value = "pool.toml")]
-        config: PathBuf,
-    },
+    /// Validate the configuration and print what it would serve.
+    Check,
     /// Size a pool before buying numbers: the load a request rate offers, and the numbers
     /// Erlang-B says keep blocking under a target. Offline: reads no config, asks no server.
     Plan {
@@ -73,25 +97,29 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Export {
-    /// The call journal, oldest page last (newest first), as CSV on stdout.
+    /// The call journal, newest first, as CSV on stdout. Without --url, asks the server at
+    /// the configuration's `listen` address.
     Calls {
-        /// The server's config: its `listen` address is where to ask.
-        #[arg(long, default_value = "pool.toml")]
-        config: PathBuf,
-        /// Ask this base URL instead (e.g. http://127.0.0.1:8080).
-        #[arg(long)]
+        /// Ask this base URL instead (http:// or https://, e.g. https://leaseline.example.com).
+        #[arg(long, value_name = "URL")]
         url: Option<String>,
-        /// An admin key's token (or set LEASELINE_ADMIN_KEY).
+        /// Also trust the certificate authorities in this PEM file for https:// (a private CA,
+        /// a proxy's self-signed certificate), besides the bundled Mozilla roots.
+        #[arg(long, env = "LEASELINE_CA_FILE", value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// An admin key's token (or set LEASELINE_ADMIN_KEY, which keeps it out of `ps`).
         #[arg(long, env = "LEASELINE_ADMIN_KEY", hide_env_values = true)]
         key: String,
         /// Calls started at or after this RFC 3339 time.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         since: Option<String>,
         /// Calls started before this RFC 3339 time.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         until: Option<String>,
-        #[arg(long)]
+        /// Only this pool's calls.
+        #[arg(long, value_name = "NAME")]
         pool: Option<String>,
+        /// The output format (CSV only, for now).
         #[arg(long, default_value = "csv", value_parser = ["csv"])]
         format: String,
     },
@@ -99,12 +127,28 @@ enum Export {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = cli.config;
     let command = cli.command.unwrap_or(Command::Serve {
-        config: PathBuf::from("pool.toml"),
-        accept_wall_clock: false,
+        args: ServeArgs {
+            accept_wall_clock: false,
+        },
     });
+    if cli.serve.accept_wall_clock && !matches!(command, Command::Serve { .. }) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--accept-wall-clock is an option of `serve` only",
+            )
+            .exit();
+    }
+    if !matches!(command, Command::Serve { .. }) {
+        // A report piped into `head` ends quietly when the reader leaves, as other commands
+        // do, instead of panicking on a closed stdout. The server keeps SIGPIPE ignored.
+        // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match command {
-        Command::Check { config } => check(&config),
+        Command::Check => check(&config),
         Command::Plan {
             rate,
             ttl,
@@ -126,15 +170,15 @@ fn main() -> ExitCode {
             print!("{}", plan.render());
             ExitCode::SUCCESS
         }
-        Command::Serve {
-            config,
-            accept_wall_clock,
-        } => serve(&config, accept_wall_clock),
+        Command::Serve { args } => serve(
+            &config,
+            args.accept_wall_clock || cli.serve.accept_wall_clock,
+        ),
         Command::Export {
             what:
                 Export::Calls {
-                    config,
                     url,
+                    ca_file,
                     key,
                     since,
                     until,
@@ -145,18 +189,18 @@ fn main() -> ExitCode {
             let base = match url {
                 Some(u) => u,
                 None => match load(&config) {
-                    Some(c) => format!("http://{}", c.server.listen),
-                    None => return ExitCode::FAILURE,
+                    Ok(c) => format!("http://{}", c.server.listen),
+                    Err(code) => return code,
                 },
             };
-            match export_calls(&base, &key, since, until, pool) {
+            match export_calls(&base, ca_file.as_deref(), &key, since, until, pool) {
                 Ok(n) => {
                     eprintln!("exported {n} calls");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(EXIT_FAILED)
                 }
             }
         }
@@ -166,15 +210,14 @@ fn main() -> ExitCode {
 /// Pages through `GET /v1/calls?format=csv`, writing one header and every row to stdout.
 fn export_calls(
     base: &str,
+    ca_file: Option<&std::path::Path>,
     key: &str,
     since: Option<String>,
     until: Option<String>,
     pool: Option<String>,
 ) -> Result<usize, String> {
     use std::io::Write;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(60))
-        .build();
+    let agent = leaseline::client::agent(ca_file, std::time::Duration::from_secs(60))?;
     let mut out = std::io::stdout().lock();
     let mut cursor: Option<String> = None;
     let mut rows = 0;
@@ -200,7 +243,15 @@ fn export_calls(
                 let body = r.into_string().unwrap_or_default();
                 return Err(format!("the server answered {code}: {body}"));
             }
-            Err(e) => return Err(format!("cannot reach {base}: {e}")),
+            Err(e) => {
+                let hint = if e.to_string().contains("certificate") {
+                    " (a private CA or a self-signed certificate: name it with --ca-file or \
+                     LEASELINE_CA_FILE)"
+                } else {
+                    ""
+                };
+                return Err(format!("cannot reach {base}: {e}{hint}"));
+            }
         };
         let next = res.header("x-next-cursor").map(str::to_owned);
         let body = res.into_string().map_err(|e| e.to_string())?;
@@ -220,19 +271,18 @@ fn export_calls(
     }
 }
 
-fn load(path: &std::path::Path) -> Option<Config> {
-    match Config::load(path) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("error: {e}");
-            None
-        }
-    }
+/// The configuration, or the exit status for one that cannot be used (its reason printed).
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let Some(c) = load(path) else {
-        return ExitCode::FAILURE;
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     println!("{}: OK", path.display());
     for w in &c.warnings {
@@ -352,11 +402,18 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
-    let Some(mut config) = load(path) else {
-        return ExitCode::FAILURE;
+    let mut config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     config.server.accept_wall_clock = accept_wall_clock;
     init_logging(config.server.log_format);
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %file.display(),
+        "leaseline starting"
+    );
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -366,8 +423,8 @@ fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
         }
     };
     let result = rt.block_on(async {
@@ -378,19 +435,24 @@ fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged once, by the logger already writing to stderr (as JSON lines if so configured).
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
+/// Logs to stderr; colours only when it is a terminal and `NO_COLOR` is unset or empty
+/// (no-color.org), so a file, a pipe or journald gets plain text.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEASELINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

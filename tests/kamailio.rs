@@ -128,12 +128,28 @@ fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    // Kamailio's own telephony key, which it reads from leaseline-local.cfg beside its
+    // config (as the README tells operators), not from its command line.
+    let kamailio_key = "kamailio-key-from-a-file";
     let config = binary_config(
         dir.path(),
-        r#"[[pool]]
-name = "p"
-numbers = ["+33899100000..=+33899100009"]"#,
+        &format!(
+            "[[pool]]\nname = \"p\"\nnumbers = [\"+33899100000..=+33899100009\"]\n{}",
+            key("kamailio", "telephony", kamailio_key)
+        ),
     );
+    let kam_dir = dir.path().join("kamailio");
+    std::fs::create_dir_all(&kam_dir).unwrap();
+    std::fs::copy(
+        repo("telephony/kamailio/kamailio.cfg"),
+        kam_dir.join("kamailio.cfg"),
+    )
+    .unwrap();
+    std::fs::write(
+        kam_dir.join("leaseline-local.cfg"),
+        format!("#!define LEASELINE_KEY \"{kamailio_key}\"\n"),
+    )
+    .unwrap();
     let server = Server::start(&config);
     let gateway_port = udp_port();
     let kamailio_port = udp_port();
@@ -142,15 +158,13 @@ numbers = ["+33899100000..=+33899100009"]"#,
     let kam_log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
     let mut cmd = Command::new(kamailio);
     cmd.arg("-f")
-        .arg(repo("telephony/kamailio/kamailio.cfg"))
+        .arg(kam_dir.join("kamailio.cfg"))
         .args(["-DD", "-E", "-m", "128", "-Y"])
         .arg(&run)
         .arg("-A")
         .arg(format!("LISTEN=udp:127.0.0.1:{kamailio_port}"))
         .arg("-A")
         .arg(format!("LEASELINE_URL=\"http://{}\"", server.addr))
-        .arg("-A")
-        .arg(format!("LEASELINE_KEY=\"{TELEPHONY}\""))
         .arg("-A")
         .arg(format!("GATEWAY=\"127.0.0.1:{gateway_port}\""))
         .stdout(Stdio::null())

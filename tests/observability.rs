@@ -329,3 +329,96 @@ shared_number = "+41900199999""#,
         .map_or(0, Vec::len);
     assert_eq!(loaded, 9, "{rules}");
 }
+
+/// A panel whose axis is in seconds shows every count on a second axis of its own, on the
+/// right, so a count (pending entries, writes per flush) never reads as a latency.
+#[test]
+fn counts_never_share_a_seconds_axis_with_latencies() {
+    let d = dashboard();
+    let mut checked = 0;
+    for p in d["panels"].as_array().unwrap() {
+        if p["fieldConfig"]["defaults"]["unit"] != "s" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            if expr.contains("_seconds") {
+                continue;
+            }
+            let reference = &t["refId"];
+            let override_ = p["fieldConfig"]["overrides"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| {
+                    o["matcher"]["id"] == "byFrameRefID" && o["matcher"]["options"] == *reference
+                })
+                .unwrap_or_else(|| panic!("{title}: the count {expr} is on the seconds axis"));
+            let property = |id: &str| {
+                override_["properties"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x["id"] == id)
+                    .map(|x| x["value"].clone())
+                    .unwrap_or(Value::Null)
+            };
+            let unit = property("unit");
+            assert!(
+                unit.is_string() && unit != "s",
+                "{title}: {expr} has unit {unit}"
+            );
+            assert_eq!(property("custom.axisPlacement"), "right", "{title}: {expr}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "the wheel and flush panels each chart a count"
+    );
+}
+
+/// A first call a few seconds after the lease lands in a bucket a few seconds wide, not in
+/// one bucket holding every call.
+#[tokio::test]
+async fn the_first_call_histogram_resolves_calls_made_within_seconds() {
+    let app = TestApp::new().await;
+    let lease = app.allocate("small", "s1").await;
+    assert_eq!(lease.status, 201, "{}", lease.text);
+    app.advance(Duration::from_secs(3)).await;
+    let body = json!({"call_id": "c1", "event": "start",
+                      "called": lease.json["number"], "caller": "+33612345678"})
+    .to_string();
+    let call = app
+        .call("POST", "/v1/calls", Some(TELEPHONY), Some(&body))
+        .await;
+    assert_eq!(call.json["reason"], "active", "{}", call.text);
+    let metrics = app.call("GET", "/metrics", None, None).await.text;
+    // (le, count) of the pool's first-call buckets, in order.
+    let buckets: Vec<(f64, u64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("leaseline_lease_first_call_seconds_bucket{"))
+        .filter(|l| l.contains("pool=\"small\""))
+        .map(|l| {
+            let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            (le, l.rsplit(' ').next().unwrap().parse().unwrap())
+        })
+        .collect();
+    let (i, &(upper, _)) = buckets
+        .iter()
+        .enumerate()
+        .find(|(_, &(_, n))| n == 1)
+        .unwrap_or_else(|| panic!("no bucket holds the call: {buckets:?}"));
+    assert!(i > 0, "the lowest bucket holds a call 3 s in: {buckets:?}");
+    let lower = buckets[i - 1].0;
+    assert!(
+        lower < 3.0 && upper >= 3.0 && upper - lower <= 2.0,
+        "the call at 3 s lies in ({lower}, {upper}]"
+    );
+}

@@ -172,6 +172,7 @@ fn routes() -> Router<AppState> {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -201,7 +202,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no-route",
-        "no such endpoint; see the README for the v1 API",
+        "no such endpoint; GET /openapi.json lists them (docs/api.md explains them)",
     )
 }
 

@@ -103,3 +103,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         s.metrics.render(),
     )
 }
+
+/// The OpenAPI 3.1 description of every endpoint: `docs/openapi.json`, kept by hand and held
+/// to the router, to the README's examples and to the OpenAPI schema by `tests/openapi.rs`.
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../docs/openapi.json"),
+    )
+}

@@ -293,6 +293,8 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub config: PathBuf,
+    /// Every line the server has written to stderr so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -303,11 +305,18 @@ impl Server {
 
     /// As [`Server::start`], with more arguments to `serve` and more environment variables.
     pub fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_leaseline"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leaseline"));
+        cmd.args(["serve", "--config"])
             .arg(config)
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::launch(cmd, config)
+    }
+
+    /// Runs `cmd` (the binary, with whatever arguments and environment a test chose), which
+    /// must serve `config` with JSON logs, and waits until it is ready.
+    pub fn launch(mut cmd: Command, config: &Path) -> Server {
+        let mut child = cmd
             .env("LEASELINE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -315,6 +324,8 @@ impl Server {
             .expect("the binary starts");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -326,6 +337,7 @@ impl Server {
                         }
                     }
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -335,6 +347,7 @@ impl Server {
             child,
             addr,
             config: config.to_owned(),
+            log,
         };
         server.wait_ready();
         server
