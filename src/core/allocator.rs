@@ -173,7 +173,12 @@ impl Allocator {
         new_id: LeaseId,
         out: &mut Outbox,
     ) -> Result<Allocated, CoreError> {
-        self.leasing.allocate(cx!(self, out), req, now, new_id)
+        let pool = req.pool;
+        let res = self.leasing.allocate(cx!(self, out), req, now, new_id);
+        if let Err(CoreError::Exhausted { .. }) = res {
+            out.notices.push(Notice::Exhausted { pool });
+        }
+        res
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
@@ -229,6 +234,7 @@ impl Allocator {
         let lease = self
             .leasing
             .mark_redeemed(id, now, pass.as_ref().map(|p| p.id), out);
+        out.notices.push(Notice::Redeemed { lease: *id });
         Ok((lease, pass))
     }
 

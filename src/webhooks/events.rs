@@ -1,0 +1,231 @@
+//! From what a core operation did to the deliveries it causes: each notice (and the ticket
+//! event it names) becomes at most one event, with the same object the API shows for it,
+//! fanned out to every endpoint that takes its type and may see its tenant. Called by the
+//! service under the core's lock, so the objects are as the operation left them; the store
+//! writes the deliveries in the operation's own batch.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+
+use super::{Endpoint, EventType};
+use crate::core::{
+    Allocator, Effect, Notice, Outbox, PoolId, TenantId, TicketEvent, TicketEventKind, TicketId,
+    Timestamp,
+};
+use crate::http::wire::{self, JournalRow, LeaseBody, PassBody, PoolBody, TicketBody};
+use crate::service::{self, PoolView, TicketView};
+use crate::store::{CallRow, Delivery, DeliveryId, JournalRow as StoredRow};
+
+/// `pool.exhausted` is sent at most this often per pool: a pool turning visitors away does so
+/// many times a second.
+pub const EXHAUSTED_EVERY: Duration = Duration::from_secs(60);
+
+/// Which endpoints get what.
+pub struct Router {
+    endpoints: Vec<Endpoint>,
+    /// When each pool last sent `pool.exhausted` (in memory: a restart may send one early).
+    exhausted: Mutex<HashMap<PoolId, Timestamp>>,
+}
+
+/// The body posted: `{id, type, created_at, data}`, in that order.
+#[derive(Serialize)]
+struct Payload<'a, T: Serialize> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    created_at: String,
+    data: T,
+}
+
+impl Router {
+    pub fn new(endpoints: Vec<Endpoint>) -> Router {
+        Router {
+            endpoints,
+            exhausted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The deliveries caused by what `out` holds, created at `now`.
+    pub fn derive(&self, core: &Allocator, out: &Outbox, now: Timestamp) -> Vec<Delivery> {
+        let mut sent = Vec::new();
+        if self.endpoints.is_empty() {
+            return sent;
+        }
+        let mut emit = |kind: EventType, tenant: Option<&TenantId>, data: &dyn Fn() -> Data| {
+            let wanted: Vec<&Endpoint> = self
+                .endpoints
+                .iter()
+                .filter(|e| e.takes(kind) && e.tenant.as_ref().is_none_or(|t| Some(t) == tenant))
+                .collect();
+            if wanted.is_empty() {
+                return;
+            }
+            let mut event = [0u8; 16];
+            event[..8].copy_from_slice(&now.as_millis().to_be_bytes());
+            rand::thread_rng().fill(&mut event[8..]);
+            let Some(body) = data().body(Payload {
+                id: hex::encode(event),
+                kind: kind.as_str(),
+                created_at: wire::rfc3339(now),
+                data: (),
+            }) else {
+                return;
+            };
+            for e in wanted {
+                let id = DeliveryId::new(event, e.tag());
+                sent.push(Delivery::new(id, &e.name, kind.as_str(), now, body.clone()));
+            }
+        };
+        let lease = |id| core.lease(id);
+        for n in &out.notices {
+            match n {
+                Notice::Ended { lease: id, reason, .. } => {
+                    let kind = match reason {
+                        crate::core::EndReason::Expired => EventType::LeaseExpired,
+                        crate::core::EndReason::Released => EventType::LeaseReleased,
+                    };
+                    if let Some(l) = lease(id) {
+                        emit(kind, Some(&l.tenant), &|| lease_data(core, id, now));
+                    }
+                }
+                Notice::Paid { lease: id } | Notice::Redeemed { lease: id } => {
+                    let kind = match n {
+                        Notice::Paid { .. } => EventType::LeasePaid,
+                        _ => EventType::LeaseRedeemed,
+                    };
+                    if let Some(l) = lease(id) {
+                        emit(kind, Some(&l.tenant), &|| lease_data(core, id, now));
+                    }
+                }
+                Notice::CallStarted { lease: id, call } | Notice::CallEnded { lease: id, call, .. } => {
+                    let kind = match n {
+                        Notice::CallStarted { .. } => EventType::CallStarted,
+                        _ => EventType::CallEnded,
+                    };
+                    if let Some(l) = lease(id) {
+                        emit(kind, Some(&l.tenant), &|| match core.call(call) {
+                            Some(c) => Data::of(JournalRow::new(&StoredRow::Call(CallRow {
+                                pool: c.attribution.pool.map(|p| core.directory().name(p).to_owned()),
+                                call: c.clone(),
+                            }))),
+                            None => Data::None,
+                        });
+                    }
+                }
+                Notice::TicketIssued { ticket, .. } => {
+                    emit(EventType::TicketIssued, None, &|| {
+                        ticket_data(core, out, ticket, TicketEventKind::Issued, now)
+                    });
+                }
+                Notice::TicketRedeemed { ticket, tenant } => {
+                    emit(EventType::TicketRedeemed, Some(tenant), &|| {
+                        ticket_data(core, out, ticket, TicketEventKind::Redeemed, now)
+                    });
+                }
+                Notice::PassRevoked { pass } => {
+                    if let Some(p) = core.pass(pass) {
+                        emit(EventType::PassRevoked, Some(&p.tenant), &|| {
+                            Data::of(PassBody::from(&service::pass_view(core, p.clone(), now)))
+                        });
+                    }
+                }
+                Notice::Exhausted { pool } => {
+                    if self.exhausted_due(*pool, now) {
+                        emit(EventType::PoolExhausted, None, &|| {
+                            Data::of(PoolBody::from(&PoolView {
+                                name: core.directory().name(*pool).to_owned(),
+                                stats: core.pool_stats(*pool),
+                            }))
+                        });
+                    }
+                }
+                Notice::Attributed { .. } | Notice::Purged { .. } => {}
+            }
+        }
+        sent
+    }
+
+    /// Whether `pool.exhausted` may be sent for `pool` now (and, if so, notes that it is).
+    fn exhausted_due(&self, pool: PoolId, now: Timestamp) -> bool {
+        let mut last = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(&pool) {
+            Some(t) if now < t.saturating_add(EXHAUSTED_EVERY) => false,
+            _ => {
+                last.insert(pool, now);
+                true
+            }
+        }
+    }
+}
+
+/// An event's `data`, serialised once.
+enum Data {
+    Json(serde_json::Value),
+    None,
+}
+
+impl Data {
+    fn of(v: impl Serialize) -> Data {
+        serde_json::to_value(v).map_or(Data::None, Data::Json)
+    }
+
+    fn body(self, head: Payload<'_, ()>) -> Option<Vec<u8>> {
+        let Data::Json(data) = self else {
+            return None;
+        };
+        serde_json::to_vec(&Payload {
+            id: head.id,
+            kind: head.kind,
+            created_at: head.created_at,
+            data,
+        })
+        .ok()
+    }
+}
+
+/// A lease as its tenant's `GET /v1/leases/{id}` shows it.
+fn lease_data(core: &Allocator, id: &crate::core::LeaseId, now: Timestamp) -> Data {
+    match core.lease(id) {
+        Some(l) => Data::of(LeaseBody::new(&service::view(core, l, now), true)),
+        None => Data::None,
+    }
+}
+
+/// A ticket as the redeem answer shows it, from the ticket event the operation journaled.
+fn ticket_data(
+    core: &Allocator,
+    out: &Outbox,
+    id: &TicketId,
+    kind: TicketEventKind,
+    now: Timestamp,
+) -> Data {
+    let ticket = out.effects.iter().find_map(|e| match e {
+        Effect::TicketEvent(TicketEvent { kind: k, ticket, .. })
+            if *k == kind && ticket.id == *id =>
+        {
+            Some(ticket)
+        }
+        _ => None,
+    });
+    let Some(t) = ticket else {
+        return Data::None;
+    };
+    let view = TicketView {
+        pool: core.directory().name(t.pool).to_owned(),
+        formula: core.formula(t.pool).cloned(),
+        pass: t
+            .pass
+            .and_then(|p| core.pass(&p))
+            .map(|p| service::pass_view(core, p.clone(), now)),
+        ticket: t.clone(),
+    };
+    Data::of(TicketBody::from(&view))
+}
