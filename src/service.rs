@@ -888,6 +888,16 @@ impl Service {
     }
 }
 
+impl Drop for Service {
+    fn drop(&mut self) {
+        // The worker's threads hold it only while they work, but in turns: tell them to end,
+        // so the store closes.
+        if let Some(h) = &self.hooks {
+            h.stop();
+        }
+    }
+}
+
 /// The live event channels of the leases someone follows.
 #[derive(Default)]
 struct Streams {
