@@ -18,14 +18,16 @@ const OTHER_SECRET: &str = "whsec_other_0123456789";
 
 fn webhook(name: &str, url: &str, secret: &str, events: &[&str], extra: &str) -> String {
     let events: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
-    format!(
-        "\n[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{secret}\"\nevents = [{}]\ntimeout = \"2s\"\n{}\n",
-        events.join(", "),
-        if extra.contains("backoff") {
-            extra.to_owned()
-        } else {
-            format!("backoff = \"1s\"\n{extra}")
+    // Retries a second apart and 2 s per attempt, unless `extra` says otherwise.
+    let mut settings = extra.to_owned();
+    for (key, default) in [("backoff", "1s"), ("timeout", "2s")] {
+        if !extra.contains(key) {
+            settings.push_str(&format!("\n{key} = \"{default}\""));
         }
+    }
+    format!(
+        "\n[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{secret}\"\nevents = [{}]\n{settings}\n",
+        events.join(", "),
     )
 }
 
@@ -435,4 +437,46 @@ fn webhook_sections_are_checked_with_the_reason() {
         let e = leaseline::config::Config::parse(&format!("{base}{hook}"), dir.path()).unwrap_err();
         assert!(e.contains(needle), "{e}");
     }
+}
+
+#[tokio::test]
+async fn a_receiver_that_hangs_never_holds_up_the_api() {
+    // Accepts connections and never answers; one delivery at a time, each allowed 60 s.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", hang.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hang.incoming().take(1) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let app = app_with(webhook(
+        "slow",
+        &url,
+        SECRET,
+        &["lease.released"],
+        "timeout = \"60s\"\nconcurrency = 1",
+    ))
+    .await;
+    // If the API waited for deliveries, these 20 releases would take 20 minutes.
+    let started = Instant::now();
+    for s in 0..20 {
+        let l = app.allocate("ch", &format!("s{s}")).await.json;
+        let id = l["lease_id"].as_str().unwrap();
+        let r = app
+            .call("DELETE", &format!("/v1/leases/{id}"), Some(SITE), None)
+            .await;
+        assert_eq!(r.status, 204);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the API waited for the receiver: {:?}",
+        started.elapsed()
+    );
+    let r = app
+        .call("GET", "/v1/webhooks/deliveries?status=pending", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.json["deliveries"].as_array().unwrap().len(), 20);
+    drop(held);
 }
