@@ -316,7 +316,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             events.join(", "),
             w.tenant
                 .as_ref()
-                .map_or("every tenant".to_string(), |t| format!("tenant {}", t.as_str())),
+                .map_or("every tenant".to_string(), |t| format!(
+                    "tenant {}",
+                    t.as_str()
+                )),
             fmt_duration(w.max_age)
         );
     }

@@ -428,7 +428,14 @@ fn webhook_events_of_acknowledged_changes_survive_kill_9() {
     let acked = acked.lock().unwrap();
     let agent = agent();
     let state = |id: &str| {
-        let (status, v) = http(&agent, "GET", &server.url(&format!("/v1/leases/{id}")), None, None).unwrap();
+        let (status, v) = http(
+            &agent,
+            "GET",
+            &server.url(&format!("/v1/leases/{id}")),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(status, 200, "lease {id}: {v}");
         v["state"].as_str().unwrap().to_owned()
     };
@@ -444,7 +451,10 @@ fn webhook_events_of_acknowledged_changes_survive_kill_9() {
         .filter(|(_, lease)| !lease.is_empty())
         .map(|(c, l)| (c.clone(), l.clone()))
         .collect();
-    assert!(released.len() + started.len() > cycles, "too little happened to mean anything");
+    assert!(
+        released.len() + started.len() > cycles,
+        "too little happened to mean anything"
+    );
     // Every event of every acknowledged change arrives (retries carry on after the restart).
     let events = || -> Vec<Value> {
         receiver
@@ -469,12 +479,21 @@ fn webhook_events_of_acknowledged_changes_survive_kill_9() {
             .filter(|e| e["type"] == "call.started")
             .map(|e| e["data"]["call_id"].as_str().unwrap())
             .collect();
-        let missing = released.iter().filter(|l| !got_released.contains(l.as_str())).count()
-            + started.keys().filter(|c| !got_started.contains(c.as_str())).count();
+        let missing = released
+            .iter()
+            .filter(|l| !got_released.contains(l.as_str()))
+            .count()
+            + started
+                .keys()
+                .filter(|c| !got_started.contains(c.as_str()))
+                .count();
         if missing == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{missing} acknowledged events never arrived");
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged events never arrived"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // None invented: every event describes what the store holds after the crashes (changes
@@ -504,7 +523,11 @@ fn webhook_events_of_acknowledged_changes_survive_kill_9() {
         match e["type"].as_str().unwrap() {
             "lease.released" => {
                 let id = data["lease_id"].as_str().unwrap();
-                assert_eq!(state(id), "released", "an event for a release the store lost: {e}");
+                assert_eq!(
+                    state(id),
+                    "released",
+                    "an event for a release the store lost: {e}"
+                );
             }
             "call.started" => {
                 let call = data["call_id"].as_str().unwrap();

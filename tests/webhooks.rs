@@ -109,7 +109,12 @@ async fn every_event_arrives_signed_despite_failures_with_one_id_each() {
         assert_eq!(app.allocate("small", s).await.status, 503);
     }
     let r = app
-        .call("DELETE", &format!("/v1/leases/{released}"), Some(SITE), None)
+        .call(
+            "DELETE",
+            &format!("/v1/leases/{released}"),
+            Some(SITE),
+            None,
+        )
         .await;
     assert_eq!(r.status, 204);
     app.advance(Duration::from_secs(16 * 60)).await;
@@ -175,9 +180,8 @@ async fn every_event_arrives_signed_despite_failures_with_one_id_each() {
     assert_eq!(list.len(), 8);
     assert!(list.iter().any(|d| d["attempts"].as_u64().unwrap() > 1));
     let metrics = app.call("GET", "/metrics", None, None).await.text;
-    assert!(metrics.contains(
-        "leaseline_webhook_deliveries_total{endpoint=\"shop\",outcome=\"delivered\"} 8"
-    ));
+    assert!(metrics
+        .contains("leaseline_webhook_deliveries_total{endpoint=\"shop\",outcome=\"delivered\"} 8"));
     assert!(metrics.contains("leaseline_webhook_queue_depth{endpoint=\"shop\"} 0"));
 }
 
@@ -185,7 +189,13 @@ async fn every_event_arrives_signed_despite_failures_with_one_id_each() {
 async fn a_tenants_endpoint_gets_only_its_tenants_objects() {
     let (mine, theirs, admin) = (Receiver::start(0), Receiver::start(0), Receiver::start(0));
     let hooks = [
-        webhook("mine", &mine.url(), SECRET, &["lease.released"], "tenant = \"site\""),
+        webhook(
+            "mine",
+            &mine.url(),
+            SECRET,
+            &["lease.released"],
+            "tenant = \"site\"",
+        ),
         webhook(
             "theirs",
             &theirs.url(),
@@ -199,9 +209,14 @@ async fn a_tenants_endpoint_gets_only_its_tenants_objects() {
     let app = app_with(hooks).await;
     let mut ids = HashMap::new();
     for (key, who) in [(SITE, "site"), (OTHER_SITE, "other")] {
-        let l = post(&app, "/v1/leases", key, json!({"pool": "ch", "session": who}))
-            .await
-            .json;
+        let l = post(
+            &app,
+            "/v1/leases",
+            key,
+            json!({"pool": "ch", "session": who}),
+        )
+        .await
+        .json;
         let id = l["lease_id"].as_str().unwrap().to_owned();
         let r = app
             .call("DELETE", &format!("/v1/leases/{id}"), Some(key), None)
@@ -301,7 +316,10 @@ async fn failed_deliveries_are_listed_and_retried_by_an_admin() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.json["status"], "pending");
-    until(&app, "the retried delivery", || !receiver.accepted().is_empty()).await;
+    until(&app, "the retried delivery", || {
+        !receiver.accepted().is_empty()
+    })
+    .await;
     let event = receiver.accepted()[0].json();
     assert_eq!(event["id"], d["event_id"]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -475,7 +493,12 @@ async fn a_receiver_that_hangs_never_holds_up_the_api() {
         started.elapsed()
     );
     let r = app
-        .call("GET", "/v1/webhooks/deliveries?status=pending", Some(ADMIN), None)
+        .call(
+            "GET",
+            "/v1/webhooks/deliveries?status=pending",
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(r.json["deliveries"].as_array().unwrap().len(), 20);
     drop(held);

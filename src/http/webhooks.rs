@@ -103,9 +103,7 @@ pub async fn list(
     })?;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be 1 to {MAX_PAGE}"
-        )));
+        return Err(ApiError::invalid(format!("limit: must be 1 to {MAX_PAGE}")));
     }
     let cursor = match &p.cursor {
         Some(c) => Some(DeliveryId::parse(c).ok_or_else(|| {

@@ -33,12 +33,12 @@ pub struct Router {
 
 /// The body posted: `{id, type, created_at, data}`, in that order.
 #[derive(Serialize)]
-struct Payload<'a, T: Serialize> {
+struct Payload<'a> {
     id: String,
     #[serde(rename = "type")]
     kind: &'a str,
     created_at: String,
-    data: T,
+    data: serde_json::Value,
 }
 
 impl Router {
@@ -71,12 +71,8 @@ impl Router {
             let mut event = [0u8; 16];
             event[..8].copy_from_slice(&now.as_millis().to_be_bytes());
             rand::thread_rng().fill(&mut event[8..]);
-            let Some(body) = data().body(Payload {
-                id: hex::encode(event),
-                kind: kind.as_str(),
-                created_at: wire::rfc3339(now),
-                data: (),
-            }) else {
+            let head = (hex::encode(event), kind.as_str(), wire::rfc3339(now));
+            let Some(body) = data().body(head) else {
                 return;
             };
             for e in wanted {
@@ -87,7 +83,9 @@ impl Router {
         let lease = |id| core.lease(id);
         for n in &out.notices {
             match n {
-                Notice::Ended { lease: id, reason, .. } => {
+                Notice::Ended {
+                    lease: id, reason, ..
+                } => {
                     let kind = match reason {
                         crate::core::EndReason::Expired => EventType::LeaseExpired,
                         crate::core::EndReason::Released => EventType::LeaseReleased,
@@ -105,7 +103,10 @@ impl Router {
                         emit(kind, Some(&l.tenant), &|| lease_data(core, id, now));
                     }
                 }
-                Notice::CallStarted { lease: id, call } | Notice::CallEnded { lease: id, call, .. } => {
+                Notice::CallStarted { lease: id, call }
+                | Notice::CallEnded {
+                    lease: id, call, ..
+                } => {
                     let kind = match n {
                         Notice::CallStarted { .. } => EventType::CallStarted,
                         _ => EventType::CallEnded,
@@ -113,7 +114,10 @@ impl Router {
                     if let Some(l) = lease(id) {
                         emit(kind, Some(&l.tenant), &|| match core.call(call) {
                             Some(c) => Data::of(JournalRow::new(&StoredRow::Call(CallRow {
-                                pool: c.attribution.pool.map(|p| core.directory().name(p).to_owned()),
+                                pool: c
+                                    .attribution
+                                    .pool
+                                    .map(|p| core.directory().name(p).to_owned()),
                                 call: c.clone(),
                             }))),
                             None => Data::None,
@@ -177,14 +181,15 @@ impl Data {
         serde_json::to_value(v).map_or(Data::None, Data::Json)
     }
 
-    fn body(self, head: Payload<'_, ()>) -> Option<Vec<u8>> {
+    /// The posted body: `{id, type, created_at, data}`.
+    fn body(self, (id, kind, created_at): (String, &str, String)) -> Option<Vec<u8>> {
         let Data::Json(data) = self else {
             return None;
         };
         serde_json::to_vec(&Payload {
-            id: head.id,
-            kind: head.kind,
-            created_at: head.created_at,
+            id,
+            kind,
+            created_at,
             data,
         })
         .ok()
@@ -208,11 +213,9 @@ fn ticket_data(
     now: Timestamp,
 ) -> Data {
     let ticket = out.effects.iter().find_map(|e| match e {
-        Effect::TicketEvent(TicketEvent { kind: k, ticket, .. })
-            if *k == kind && ticket.id == *id =>
-        {
-            Some(ticket)
-        }
+        Effect::TicketEvent(TicketEvent {
+            kind: k, ticket, ..
+        }) if *k == kind && ticket.id == *id => Some(ticket),
         _ => None,
     });
     let Some(t) = ticket else {

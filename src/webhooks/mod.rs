@@ -136,7 +136,9 @@ pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
 /// so receivers coming back are not hit by every sender at once.
 pub fn retry_delay(backoff: Duration, attempts: u32, jitter: f64) -> Duration {
     let doubled = backoff.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-    doubled.min(MAX_DELAY).mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    doubled
+        .min(MAX_DELAY)
+        .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 /// A `[[webhook]]` section as written.

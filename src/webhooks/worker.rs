@@ -162,10 +162,8 @@ impl Dispatcher {
                 None => {
                     d.status = DeliveryStatus::Failed;
                     d.done_at = Some(now);
-                    d.last_error = Some(format!(
-                        "endpoint {:?} is no longer configured",
-                        d.endpoint
-                    ));
+                    d.last_error =
+                        Some(format!("endpoint {:?} is no longer configured", d.endpoint));
                     self.log.update_delivery(DeliveryStatus::Pending, &d)?;
                 }
             }
@@ -199,7 +197,9 @@ impl Dispatcher {
         d.next_at = now;
         d.window_from = now;
         d.done_at = None;
-        self.log.update_delivery(was, &d).map_err(RetryError::Store)?;
+        self.log
+            .update_delivery(was, &d)
+            .map_err(RetryError::Store)?;
         self.dirty.store(true, Ordering::Release);
         q.insert(d.id, now);
         drop(q);

@@ -66,8 +66,11 @@ impl Receiver {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (got, fail_first, failing) =
-                    (Arc::clone(&got), Arc::clone(&fail_first), Arc::clone(&failing));
+                let (got, fail_first, failing) = (
+                    Arc::clone(&got),
+                    Arc::clone(&fail_first),
+                    Arc::clone(&failing),
+                );
                 std::thread::spawn(move || {
                     let fail = failing.load(Ordering::Acquire)
                         || fail_first
@@ -162,6 +165,7 @@ pub fn verify(secret: &str, r: &Received) -> Result<u64, String> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.").as_bytes());
     mac.update(&r.body);
-    mac.verify_slice(&v1).map_err(|_| "signature mismatch".to_owned())?;
+    mac.verify_slice(&v1)
+        .map_err(|_| "signature mismatch".to_owned())?;
     Ok(t)
 }
