@@ -232,3 +232,100 @@ fn ticket_data(
     };
     Data::of(TicketBody::from(&view))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::{AllocateRequest, CoreError, LeaseId, SessionId};
+
+    const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
+
+    /// A one-number pool and `hooks` (`[[webhook]]` sections).
+    fn setup(hooks: &str) -> (Allocator, Router) {
+        let text = format!("[[pool]]\nname = \"p\"\nnumbers = [\"+33899100000\"]\n{hooks}");
+        let c = Config::parse(&text, std::path::Path::new("/tmp")).unwrap();
+        let core = Allocator::new(c.pools.iter().map(|p| p.spec.clone()).collect()).unwrap();
+        (core, Router::new(c.webhooks))
+    }
+
+    fn hook(name: &str, events: &str, tenant: &str) -> String {
+        format!("[[webhook]]\nname = \"{name}\"\nurl = \"https://h.example.com/\"\nsecret = \"whsec_0123456789abcdef\"\nevents = [{events}]\n{tenant}\n")
+    }
+
+    fn allocate(
+        core: &mut Allocator,
+        tenant: &str,
+        n: u8,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<LeaseId, CoreError> {
+        let req = AllocateRequest {
+            tenant: TenantId::parse(tenant).unwrap(),
+            pool: PoolId(0),
+            session: SessionId::parse(&format!("s{n}")).unwrap(),
+            listing: None,
+            target: None,
+            caller: None,
+            ttl: None,
+            calls_required: 1,
+            min_call_secs: 0,
+            from_page: false,
+        };
+        core.allocate(req, now, LeaseId::from_bytes([n; 16]), out)
+            .map(|a| a.lease.id)
+    }
+
+    #[test]
+    fn an_event_goes_to_every_endpoint_that_takes_it_and_may_see_its_tenant() {
+        let hooks = [
+            hook("mine", "\"lease.released\"", "tenant = \"site-a\""),
+            hook("theirs", "\"lease.released\"", "tenant = \"site-b\""),
+            hook("ops", "\"lease.released\", \"call.ended\"", ""),
+            hook("calls", "\"call.ended\"", ""),
+        ]
+        .concat();
+        let (mut core, router) = setup(&hooks);
+        let mut out = Outbox::new();
+        let id = allocate(&mut core, "site-a", 1, T0, &mut out).unwrap();
+        assert!(
+            router.derive(&core, &out, T0).is_empty(),
+            "nobody takes allocations"
+        );
+        let mut out = Outbox::new();
+        core.release(&id, T0, &mut out).unwrap();
+        let sent = router.derive(&core, &out, T0);
+        let to: Vec<&str> = sent.iter().map(|d| d.endpoint.as_str()).collect();
+        assert_eq!(to, ["mine", "ops"]);
+        // One event: one id and one body for both endpoints, one delivery id each.
+        assert_eq!(sent[0].id.event(), sent[1].id.event());
+        assert_ne!(sent[0].id, sent[1].id);
+        assert_eq!(sent[0].body, sent[1].body);
+        let v: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+        assert_eq!(v["type"], "lease.released");
+        assert_eq!(v["id"], hex::encode(sent[0].id.event()));
+        assert_eq!(v["data"]["lease_id"], id.to_string());
+        assert_eq!(v["created_at"], "2026-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn pool_exhausted_is_sent_at_most_once_a_minute_per_pool() {
+        let (mut core, router) = setup(&hook("ops", "\"pool.exhausted\"", ""));
+        let mut out = Outbox::new();
+        allocate(&mut core, "t", 1, T0, &mut out).unwrap();
+        let exhausted = |core: &mut Allocator, n: u8, now: Timestamp| {
+            let mut out = Outbox::new();
+            assert!(allocate(core, "t", n, now, &mut out).is_err());
+            router.derive(core, &out, now).len()
+        };
+        assert_eq!(exhausted(&mut core, 2, T0), 1);
+        assert_eq!(
+            exhausted(&mut core, 3, T0.saturating_add(Duration::from_secs(59))),
+            0
+        );
+        assert_eq!(
+            exhausted(&mut core, 4, T0.saturating_add(Duration::from_secs(60))),
+            1
+        );
+    }
+}
