@@ -530,6 +530,30 @@ async fn leaseline_alloc(addr: &str, clients: usize, secs: f64, tag: &'static st
     .await
 }
 
+/// Allocate, then release: with an endpoint taking `lease.released`, every operation sends a
+/// webhook.
+async fn leaseline_alloc_release(addr: &str, clients: usize, secs: f64, tag: &'static str) -> Cell {
+    let addr = addr.to_owned();
+    drive(
+        clients,
+        secs,
+        |_| Http::connect(&addr),
+        move |h: &mut Http, c, i| {
+            Box::pin(async move {
+                let body = format!("{{\"pool\":\"p\",\"session\":\"{tag}-{c}-{i}\"}}");
+                assert_eq!(h.send(&post("/v1/leases", SITE, &body)).await, 201);
+                let at = find(&h.buf, b"\"lease_id\":\"").unwrap() + 12;
+                let id = std::str::from_utf8(&h.buf[at..at + 32]).unwrap().to_owned();
+                let release = format!(
+                    "DELETE /v1/leases/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SITE}\r\n\r\n"
+                );
+                assert_eq!(h.send(release.as_bytes()).await, 204);
+            })
+        },
+    )
+    .await
+}
+
 async fn leaseline_lookup(addr: &str, clients: usize, secs: f64, leased: u64) -> Cell {
     let addr = addr.to_owned();
     drive(
@@ -857,6 +881,46 @@ fn main() {
     println!(
         "| **ratio group / per_request** | 50 | **{:.2}x** | | | |",
         modes[0].per_sec / modes[1].per_sec
+    );
+
+    // Webhooks: the same allocations and releases with no endpoint, and with one receiver that
+    // accepts connections and never answers (each release is an event for it). Deliveries run
+    // on their own threads: the API's latency should not move.
+    println!();
+    println!("| webhook endpoints | clients | allocate+release/s | p50 ms | p99 ms | p99.9 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming() {
+            held.push(c);
+        }
+    });
+    let mut hooks = Vec::new();
+    for (what, extra) in [
+        ("none", String::new()),
+        (
+            "one that hangs",
+            format!(
+                "[[webhook]]\nname = \"dead\"\nurl = \"{hang_url}\"\nsecret = \"whsec_bench_0123456789\"\nevents = [\"lease.released\"]\ntimeout = \"30s\"\n"
+            ),
+        ),
+    ] {
+        let name = if extra.is_empty() { "hooks-none" } else { "hooks-dead" };
+        let cfg = dir.path().join(format!("{name}.toml"));
+        let text = leaseline_config(&dir.path().join(name), POOL, "group") + &extra;
+        std::fs::write(&cfg, text).unwrap();
+        let (_p, addr, _) = start_leaseline(&cfg);
+        let cell = rt.block_on(leaseline_alloc_release(&addr, 50, secs, "w"));
+        row(what, 50, cell);
+        hooks.push(cell);
+    }
+    println!(
+        "| **ratio one that hangs / none** | 50 | **{:.2}x** | {:.2}x | {:.2}x | |",
+        hooks[1].per_sec / hooks[0].per_sec,
+        hooks[1].p50 / hooks[0].p50,
+        hooks[1].p99 / hooks[0].p99
     );
 
     // Restart, memory and disk with `fill` live leases.

@@ -47,6 +47,8 @@ pub struct Config {
     pub twilio: Option<TwilioConfig>,
     pub limits: LimitsConfig,
     pub demo: Option<DemoConfig>,
+    /// `[[webhook]]` endpoints (see [`crate::webhooks`]).
+    pub webhooks: Vec<crate::webhooks::Endpoint>,
     /// Settings accepted but no longer used (kept so an upgrade never refuses a file that
     /// worked): `check` prints them, `serve` logs them.
     pub warnings: Vec<String>,
@@ -268,6 +270,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     demo: Option<RawDemo>,
+    #[serde(default, rename = "webhook")]
+    webhooks: Vec<crate::webhooks::RawEndpoint>,
 }
 
 #[derive(Deserialize, Default)]
@@ -465,6 +469,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         }
         _ => None,
     };
+    let webhooks = crate::webhooks::validate(raw.webhooks, |var| std::env::var(var).ok())?;
     Ok(Config {
         server,
         pools,
@@ -472,6 +477,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         twilio,
         limits,
         demo,
+        webhooks,
         warnings,
     })
 }

@@ -15,6 +15,8 @@
 //! - [`startup`]: wiring, tick task, graceful shutdown.
 //! - [`reload`]: `SIGHUP` and `POST /v1/admin/reload`: the configuration read again, applied
 //!   or refused whole.
+//! - [`webhooks`]: signed webhooks: endpoints, the events an operation causes (written with
+//!   it), the delivery worker with retries.
 //! - [`clock`]: the system clock and a manual one for tests.
 //! - [`client`]: the outgoing HTTP client (TLS through rustls), for `leaseline export`.
 
@@ -32,3 +34,4 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telephony;
+pub mod webhooks;

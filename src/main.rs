@@ -398,6 +398,22 @@ fn check(path: &std::path::Path) -> ExitCode {
             k.tenant.as_str()
         );
     }
+    for w in &c.webhooks {
+        let events: Vec<&str> = w.events().map(|e| e.as_str()).collect();
+        println!(
+            "webhook {}: {} ({}), {}, retried up to {}",
+            w.name,
+            w.url,
+            events.join(", "),
+            w.tenant
+                .as_ref()
+                .map_or("every tenant".to_string(), |t| format!(
+                    "tenant {}",
+                    t.as_str()
+                )),
+            fmt_duration(w.max_age)
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -38,6 +38,37 @@ pub struct Metrics {
     pub connections: IntGauge,
     pub connections_dropped: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_queue: IntGaugeVec,
+    pub webhook_oldest: GaugeVec,
+}
+
+/// What one webhook attempt came to: the `outcome` label of
+/// `leaseline_webhook_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It failed (non-2xx, timeout, connection error); another attempt is scheduled.
+    Retried,
+    /// It failed and `max_age` is reached: given up (an operator may retry it).
+    Failed,
+}
+
+impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 3] = [
+        WebhookOutcome::Delivered,
+        WebhookOutcome::Retried,
+        WebhookOutcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retried => "retried",
+            WebhookOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// Why the connection layer closed a connection on its own: the `reason` label of
@@ -371,6 +402,39 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            webhook_deliveries: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_webhook_deliveries_total",
+                        "Webhook delivery attempts by endpoint and outcome (delivered, retried, failed: given up).",
+                    ),
+                    &["endpoint", "outcome"],
+                )
+                .unwrap(),
+            ),
+            webhook_queue: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "leaseline_webhook_queue_depth",
+                        "Webhook deliveries pending per endpoint.",
+                    ),
+                    &["endpoint"],
+                )
+                .unwrap(),
+            ),
+            webhook_oldest: reg(
+                r,
+                GaugeVec::new(
+                    opts(
+                        "leaseline_webhook_oldest_pending_seconds",
+                        "Age of the oldest pending webhook delivery per endpoint (0 when none).",
+                    ),
+                    &["endpoint"],
+                )
+                .unwrap(),
+            ),
             reloads: reg(
                 r,
                 IntCounterVec::new(
@@ -494,6 +558,16 @@ impl Metrics {
                 .with_label_values(&[pool, window.as_str()]);
         }
         self.pool_recommended.with_label_values(&[pool]);
+    }
+
+    /// Creates a webhook endpoint's series at zero (names come from pool.toml: bounded).
+    pub fn register_webhook(&self, endpoint: &str) {
+        for o in WebhookOutcome::ALL {
+            self.webhook_deliveries
+                .with_label_values(&[endpoint, o.as_str()]);
+        }
+        self.webhook_queue.with_label_values(&[endpoint]);
+        self.webhook_oldest.with_label_values(&[endpoint]);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -20,7 +20,8 @@ use crate::core::{
 };
 use crate::metrics::Metrics;
 use crate::metrics::Window;
-use crate::store::{Committer, JournalPage, JournalQuery, Storage, StoreError};
+use crate::store::{Committer, DeliveryId, Group, JournalPage, JournalQuery, Storage, StoreError};
+use crate::webhooks::Dispatcher;
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -122,6 +123,9 @@ pub struct Service {
     next_event: AtomicU64,
     /// Becomes true when shutdown starts, so long-lived streams end and draining can finish.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Webhooks, when `[[webhook]]` endpoints are configured: each write's events are derived
+    /// under the lock, written in its batch, and handed to the worker once durable.
+    hooks: Option<Arc<Dispatcher>>,
 }
 
 impl Service {
@@ -149,7 +153,19 @@ impl Service {
             backlog: Mutex::new(HashMap::new()),
             next_event: AtomicU64::new(first_event),
             closing: tokio::sync::watch::channel(false).0,
+            hooks: None,
         }
+    }
+
+    /// Sends webhooks through `hooks` from now on.
+    pub fn with_webhooks(mut self, hooks: Arc<Dispatcher>) -> Service {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// The webhook worker, if endpoints are configured.
+    pub fn webhooks(&self) -> Option<&Arc<Dispatcher>> {
+        self.hooks.as_ref()
     }
 
     pub fn now(&self) -> Timestamp {
@@ -487,6 +503,12 @@ impl Service {
         self.commit.reset();
         self.failed.store(false, Ordering::Release);
         drop(guard);
+        if let Some(h) = &self.hooks {
+            // A round written but never confirmed may be on disk, its events with it.
+            if let Err(e) = h.rescan() {
+                tracing::warn!(error = %e, "webhook deliveries not rescanned after healing");
+            }
+        }
         tracing::warn!("storage works again: state reloaded from disk, serving again");
         Ok(true)
     }
@@ -614,6 +636,9 @@ impl Service {
         self.metrics
             .store_size
             .set(self.store.size_on_disk() as i64);
+        if let Some(h) = &self.hooks {
+            h.refresh_gauges();
+        }
     }
 
     /// Checks the core's invariants (for tests and drills); `Err` names the broken one.
@@ -637,6 +662,9 @@ impl Service {
         {
             let _core = self.lock()?;
             self.commit.flush_now()?;
+        }
+        if let Some(h) = &self.hooks {
+            h.stop();
         }
         // Everything is on disk already: a snapshot that fails costs the next start time only.
         let started = std::time::Instant::now();
@@ -673,16 +701,25 @@ impl Service {
         &self,
         op: impl FnOnce(&mut Allocator, Timestamp, &mut Outbox) -> Result<R, CoreError>,
     ) -> Result<R, ServiceError> {
-        let (res, seq, notices) = {
+        let (res, seq, notices, queued) = {
             let mut core = self.lock()?;
             let now = self.clock.now();
             let mut out = Outbox::new();
             let res = op(&mut core, now, &mut out);
+            let deliveries = match &self.hooks {
+                Some(h) => h.router().derive(&core, &out, now),
+                None => Vec::new(),
+            };
+            let queued: Vec<(DeliveryId, Timestamp)> =
+                deliveries.iter().map(|d| (d.id, d.next_at)).collect();
             let Outbox { effects, notices } = out;
-            let seq = if effects.is_empty() {
+            let seq = if effects.is_empty() && deliveries.is_empty() {
                 None
             } else {
-                match self.commit.submit(effects) {
+                match self.commit.submit(Group {
+                    effects,
+                    deliveries,
+                }) {
                     Ok(seq) => Some(seq),
                     Err(e) => {
                         self.failed.store(true, Ordering::Release);
@@ -696,13 +733,16 @@ impl Service {
                 }
             };
             let notices = self.describe(&core, notices);
-            (res, seq, notices)
+            (res, seq, notices, queued)
         };
         if let Some(seq) = seq {
             if let Err(e) = self.commit.durable(seq).await {
                 self.failed.store(true, Ordering::Release);
                 return Err(e.into());
             }
+        }
+        if let (Some(h), false) = (&self.hooks, queued.is_empty()) {
+            h.enqueue(&queued);
         }
         self.publish(notices);
         Ok(res?)
@@ -732,12 +772,16 @@ impl Service {
                         pool: pool.map(name),
                         notice: n,
                     },
-                    Notice::TicketIssued { pool } => Described {
+                    Notice::TicketIssued { pool, .. } => Described {
                         counters: None,
                         pool: Some(name(*pool)),
                         notice: n,
                     },
-                    Notice::Purged { .. } => Described {
+                    Notice::Purged { .. }
+                    | Notice::Redeemed { .. }
+                    | Notice::TicketRedeemed { .. }
+                    | Notice::PassRevoked { .. }
+                    | Notice::Exhausted { .. } => Described {
                         counters: None,
                         pool: None,
                         notice: n,
@@ -846,6 +890,12 @@ impl Service {
                         .with_label_values(&[&pool])
                         .inc();
                 }
+                // Counted where they happen (redeem outcomes, rejected allocations); for
+                // webhooks only.
+                Notice::Redeemed { .. }
+                | Notice::TicketRedeemed { .. }
+                | Notice::PassRevoked { .. }
+                | Notice::Exhausted { .. } => {}
                 Notice::Purged { lease } => {
                     if let Ok(mut b) = self.backlog.lock() {
                         b.remove(&lease);
@@ -857,6 +907,16 @@ impl Service {
                         .remove(&lease);
                 }
             }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // The worker's threads hold it only while they work, but in turns: tell them to end,
+        // so the store closes.
+        if let Some(h) = &self.hooks {
+            h.stop();
         }
     }
 }
@@ -918,7 +978,7 @@ pub struct TicketView {
     pub pass: Option<PassView>,
 }
 
-fn pass_view(core: &Allocator, pass: Pass, now: Timestamp) -> PassView {
+pub(crate) fn pass_view(core: &Allocator, pass: Pass, now: Timestamp) -> PassView {
     PassView {
         pool: core.directory().name(pass.pool).to_owned(),
         valid: pass.valid(now),
@@ -943,7 +1003,7 @@ fn owned(core: &Allocator, id: &LeaseId, owner: &TenantId) -> Result<(), CoreErr
     }
 }
 
-fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
+pub(crate) fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
     LeaseView {
         pool: core.directory().name(lease.pool).to_owned(),
         state: lease.state(now),

@@ -81,13 +81,24 @@ pub async fn build_state_with(
         config.server.commit,
         Arc::clone(&metrics),
     );
-    let service = Arc::new(Service::new(
+    let mut service = Service::new(
         core,
-        store,
+        Arc::clone(&store) as Arc<dyn crate::store::Storage>,
         commit,
-        clock,
+        Arc::clone(&clock),
         Arc::clone(&metrics),
-    ));
+    );
+    if !config.webhooks.is_empty() {
+        let hooks = crate::webhooks::Dispatcher::start(
+            crate::webhooks::Router::new(config.webhooks.clone()),
+            store,
+            clock,
+            Arc::clone(&metrics),
+        )
+        .context("cannot read the webhook deliveries")?;
+        service = service.with_webhooks(hooks);
+    }
+    let service = Arc::new(service);
     if let Some(mark) = rewind {
         let ended = service
             .rewind_to(mark)

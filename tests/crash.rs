@@ -8,6 +8,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+
+use common::receiver::{verify as verify_signature, Receiver};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +24,11 @@ const CLIENTS: usize = 6;
 const TTL_SECS: u64 = 4;
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    write_config_with(dir, "")
+}
+
+/// The torture's config, then `extra` (sections after the pool).
+fn write_config_with(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     // The first two lines go to [server]: a snapshot every 100 changes under this load, so
     // kills land before, during and after compactions.
     binary_config(
@@ -39,7 +46,8 @@ retention = "1h"
 
 [[pool]]
 name = "p"
-numbers = ["+33899100000..=+33899100299"]"#
+numbers = ["+33899100000..=+33899100299"]
+{extra}"#
         ),
     )
 }
@@ -375,4 +383,172 @@ fn sigterm_drains_in_flight_requests_flushes_and_exits_0() {
         .unwrap();
         assert_eq!(status, 200, "lease {id} answered before SIGTERM was lost");
     }
+}
+
+/// Webhooks across kill -9: a receiver runs through every cycle; after the last restart,
+/// every acknowledged release and attributed call start has reached it at least once, and
+/// nothing it got describes a change the store does not hold. Bounded for CI:
+/// `LEASELINE_WEBHOOK_CRASH_CYCLES` (default 6).
+#[test]
+fn webhook_events_of_acknowledged_changes_survive_kill_9() {
+    const SECRET: &str = "whsec_crash_0123456789";
+    let cycles: usize = std::env::var("LEASELINE_WEBHOOK_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let receiver = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &format!(
+            "\n[[webhook]]\nname = \"shop\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"lease.released\", \"call.started\"]\nbackoff = \"100ms\"\ntimeout = \"2s\"\n",
+            receiver.url()
+        ),
+    );
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let mut rng = rand::thread_rng();
+    for cycle in 0..cycles {
+        let server = Server::start(&config);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (url, acked, stop) = (server.url(""), Arc::clone(&acked), Arc::clone(&stop));
+                let tag = format!("w{cycle}-{c}");
+                std::thread::spawn(move || client(url, acked, stop, tag))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..400)));
+        server.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+    let server = Server::start(&config);
+    let acked = acked.lock().unwrap();
+    let agent = agent();
+    let state = |id: &str| {
+        let (status, v) = http(
+            &agent,
+            "GET",
+            &server.url(&format!("/v1/leases/{id}")),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "lease {id}: {v}");
+        v["state"].as_str().unwrap().to_owned()
+    };
+    let released: HashSet<String> = acked
+        .released
+        .iter()
+        .filter(|id| state(id) == "released")
+        .cloned()
+        .collect();
+    let started: HashMap<String, String> = acked
+        .calls
+        .iter()
+        .filter(|(_, lease)| !lease.is_empty())
+        .map(|(c, l)| (c.clone(), l.clone()))
+        .collect();
+    assert!(
+        released.len() + started.len() > cycles,
+        "too little happened to mean anything"
+    );
+    // Every event of every acknowledged change arrives (retries carry on after the restart).
+    let events = || -> Vec<Value> {
+        receiver
+            .accepted()
+            .iter()
+            .map(|r| {
+                verify_signature(SECRET, r).unwrap();
+                r.json()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = events();
+        let got_released: HashSet<&str> = got
+            .iter()
+            .filter(|e| e["type"] == "lease.released")
+            .map(|e| e["data"]["lease_id"].as_str().unwrap())
+            .collect();
+        let got_started: HashSet<&str> = got
+            .iter()
+            .filter(|e| e["type"] == "call.started")
+            .map(|e| e["data"]["call_id"].as_str().unwrap())
+            .collect();
+        let missing = released
+            .iter()
+            .filter(|l| !got_released.contains(l.as_str()))
+            .count()
+            + started
+                .keys()
+                .filter(|c| !got_started.contains(c.as_str()))
+                .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged events never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // None invented: every event describes what the store holds after the crashes (changes
+    // made durable but unanswered may have events too: they are in the store as well).
+    let mut journal: HashMap<String, String> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/v1/calls?limit=1000".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (_, page) = http(&agent, "GET", &server.url(&path), Some(ADMIN), None).unwrap();
+        for c in page["calls"].as_array().unwrap() {
+            journal.insert(
+                c["call_id"].as_str().unwrap().to_owned(),
+                c["lease_id"].as_str().unwrap_or("").to_owned(),
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut ids: HashMap<String, Value> = HashMap::new();
+    for e in events() {
+        let data = &e["data"];
+        match e["type"].as_str().unwrap() {
+            "lease.released" => {
+                let id = data["lease_id"].as_str().unwrap();
+                assert_eq!(
+                    state(id),
+                    "released",
+                    "an event for a release the store lost: {e}"
+                );
+            }
+            "call.started" => {
+                let call = data["call_id"].as_str().unwrap();
+                assert_eq!(
+                    journal.get(call).map(String::as_str),
+                    data["lease_id"].as_str(),
+                    "an event for a call the store does not hold so: {e}"
+                );
+            }
+            other => panic!("not subscribed: {other}"),
+        }
+        let id = e["id"].as_str().unwrap().to_owned();
+        if let Some(before) = ids.insert(id, e.clone()) {
+            assert_eq!(before, e, "one id, two events");
+        }
+    }
+    eprintln!(
+        "{cycles} kill -9 cycles with a receiver: {} releases and {} call starts acknowledged, {} events received ({} distinct)",
+        released.len(),
+        started.len(),
+        receiver.accepted().len(),
+        ids.len()
+    );
 }

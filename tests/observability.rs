@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+/// A webhook endpoint nobody listens on (`PORT`: a free one): its series exist and its
+/// deliveries fail and are retried.
+const DEAD_WEBHOOK: &str = "
+[[webhook]]
+name = \"shop\"
+url = \"http://127.0.0.1:PORT/hook\"
+secret = \"whsec_observability_0123\"
+events = [\"lease.released\", \"call.started\"]
+backoff = \"1s\"
+";
+
 fn dashboard() -> Value {
     serde_json::from_str(
         &std::fs::read_to_string(repo("grafana/dashboards/leaseline.json")).unwrap(),
@@ -78,7 +89,15 @@ fn the_dashboard_is_well_formed() {
 /// The dashboard and the alerts use exactly the metric names the binary exports.
 #[tokio::test]
 async fn dashboard_and_alerts_use_only_exported_metric_names() {
-    let app = TestApp::new().await;
+    // With a webhook endpoint, so its series exist.
+    let app = TestApp::with_config(|data| {
+        format!(
+            "{}{}",
+            config_text(data, ""),
+            DEAD_WEBHOOK.replace("PORT", &free_port().to_string())
+        )
+    })
+    .await;
     app.call("GET", "/healthz", None, None).await; // so the HTTP histogram has a series
     let text = app.call("GET", "/metrics", None, None).await.text;
     let exported: BTreeSet<String> = text
@@ -184,7 +203,8 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let config = binary_config(
         dir.path(),
-        r#"[[pool]]
+        &format!(
+            r#"[[pool]]
 name = "ex"
 numbers = ["+33899100000", "+33899100001"]
 grace = "1s"
@@ -193,7 +213,10 @@ quarantine = "1s"
 name = "sh"
 numbers = ["+41900100000"]
 on_exhausted = "shared"
-shared_number = "+41900199999""#,
+shared_number = "+41900199999"
+{webhook}"#,
+            webhook = DEAD_WEBHOOK.replace("PORT", &free_port().to_string())
+        ),
     );
     let server = Server::start(&config);
     let port = free_port();
@@ -327,7 +350,7 @@ shared_number = "+41900199999""#,
     let loaded = rules["data"]["groups"][0]["rules"]
         .as_array()
         .map_or(0, Vec::len);
-    assert_eq!(loaded, 9, "{rules}");
+    assert_eq!(loaded, 10, "{rules}");
 }
 
 /// A panel whose axis is in seconds shows every count on a second axis of its own, on the

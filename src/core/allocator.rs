@@ -184,6 +184,9 @@ impl Allocator {
     ) -> Result<Allocated, CoreError> {
         let pool = req.pool;
         let res = self.leasing.allocate(cx!(self, out), req, now, new_id);
+        if let Err(CoreError::Exhausted { .. }) = res {
+            out.notices.push(Notice::Exhausted { pool });
+        }
         // What the pool was offered: every request for a new number, however answered.
         let asked = match &res {
             Ok(a) if !a.fresh => None,
@@ -272,6 +275,7 @@ impl Allocator {
         let lease = self
             .leasing
             .mark_redeemed(id, now, pass.as_ref().map(|p| p.id), out);
+        out.notices.push(Notice::Redeemed { lease: *id });
         Ok((lease, pass))
     }
 

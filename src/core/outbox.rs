@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::call::Reason;
 use super::lease::EndReason;
-use super::types::{CallId, LeaseId, PoolId};
+use super::types::{CallId, LeaseId, PassId, PoolId, TenantId, TicketId};
 use super::Effect;
 
 #[derive(Debug, Default)]
@@ -23,7 +23,8 @@ impl Outbox {
     }
 }
 
-/// Something that happened, for metrics and live event streams; not persisted.
+/// Something that happened, for metrics, live event streams and webhooks; not persisted
+/// itself (the service derives what it writes for webhooks from it, in the same batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     Ended {
@@ -53,6 +54,24 @@ pub enum Notice {
         lease: LeaseId,
     },
     TicketIssued {
+        pool: PoolId,
+        ticket: TicketId,
+    },
+    /// A paid lease was redeemed by its tenant (once).
+    Redeemed {
+        lease: LeaseId,
+    },
+    /// An access code was redeemed, by this tenant.
+    TicketRedeemed {
+        ticket: TicketId,
+        tenant: TenantId,
+    },
+    /// A pass was revoked (the first time only).
+    PassRevoked {
+        pass: PassId,
+    },
+    /// An allocation found no number (nor code) to give.
+    Exhausted {
         pool: PoolId,
     },
     /// The record is gone (retention over): nothing more will happen to it.

@@ -168,7 +168,10 @@ impl Ticketing {
             at: now,
             ticket: ticket.clone(),
         }));
-        cx.out.notices.push(Notice::TicketIssued { pool });
+        cx.out.notices.push(Notice::TicketIssued {
+            pool,
+            ticket: ticket.id,
+        });
         cx.sched
             .at(ticket.expires_at, Due::Ticket(ticket.id), cx.out);
         ticket
@@ -211,6 +214,10 @@ impl Ticketing {
             at: now,
             ticket: t.clone(),
         }));
+        cx.out.notices.push(Notice::TicketRedeemed {
+            ticket: id,
+            tenant: tenant.clone(),
+        });
         let retention = cx.dir.spec(pool).settings.retention;
         cx.sched
             .at(now.saturating_add(retention), Due::Ticket(id), cx.out);
@@ -264,6 +271,7 @@ impl Ticketing {
             pass.revoked_at = Some(now);
             let pass = pass.clone();
             cx.out.effects.push(Effect::PutPass(pass.clone()));
+            cx.out.notices.push(Notice::PassRevoked { pass: *id });
             cx.sched
                 .at(Self::pass_purge_at(cx.dir, &pass), Due::Pass(*id), cx.out);
         }

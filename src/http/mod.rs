@@ -11,7 +11,8 @@ mod ops;
 mod site;
 mod tickets;
 mod twilio;
-mod wire;
+mod webhooks;
+pub(crate) mod wire;
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -167,6 +168,8 @@ fn routes() -> Router<AppState> {
         .route("/v1/pools", get(ops::pools))
         .route("/v1/admin/reload", post(ops::reload))
         .route("/v1/pools/{name}/capacity", get(ops::capacity))
+        .route("/v1/webhooks/deliveries", get(webhooks::list))
+        .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
         .route("/embed.js", get(site::embed_js))
         .route("/demo", get(site::demo))
         .route("/healthz", get(ops::healthz))

@@ -10,9 +10,8 @@ use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
-use super::{Backend, StoreError};
+use super::{Backend, Group, StoreError};
 use crate::config::CommitMode;
-use crate::core::Effect;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,7 +38,7 @@ pub struct Pending {
 /// last submission.
 #[derive(Default)]
 struct Queue {
-    groups: Vec<Vec<Effect>>,
+    groups: Vec<Group>,
     last: u64,
 }
 
@@ -85,7 +84,8 @@ impl Committer {
 
     /// Hands over one operation's effects; call it under the core's lock, so submissions keep
     /// the core's order. Returns the number to wait for with [`Committer::durable`].
-    pub fn submit(&self, effects: Vec<Effect>) -> Result<Pending, StoreError> {
+    pub fn submit(&self, group: impl Into<Group>) -> Result<Pending, StoreError> {
+        let group = group.into();
         let (failed, epoch) = {
             let d = self.durable.borrow();
             (d.failed, d.epoch)
@@ -95,12 +95,12 @@ impl Committer {
         }
         let seq = match self.mode {
             CommitMode::PerRequest => {
-                self.store.apply_groups(std::slice::from_ref(&effects))?;
+                self.store.write_groups(std::slice::from_ref(&group))?;
                 self.written.fetch_add(1, Ordering::AcqRel) + 1
             }
             CommitMode::Group => {
                 let mut q = self.queue.lock().expect("queue lock");
-                q.groups.push(effects);
+                q.groups.push(group);
                 q.last += 1;
                 q.last
             }
@@ -143,7 +143,7 @@ impl Committer {
     /// Writes and flushes everything submitted so far, now (used at shutdown).
     pub fn flush_now(&self) -> Result<(), StoreError> {
         let (groups, last) = self.take();
-        self.store.apply_groups(&groups)?;
+        self.store.write_groups(&groups)?;
         self.store.flush()?;
         self.durable.send_modify(|d| d.upto = d.upto.max(last));
         Ok(())
@@ -183,7 +183,7 @@ impl Committer {
         self.store.probe()
     }
 
-    fn take(&self) -> (Vec<Vec<Effect>>, u64) {
+    fn take(&self) -> (Vec<Group>, u64) {
         let mut q = self.queue.lock().expect("queue lock");
         (std::mem::take(&mut q.groups), q.last)
     }
@@ -213,7 +213,7 @@ impl Committer {
             self.writing_since.store(wall_ms(), Ordering::Release);
             let store = Arc::clone(&self.store);
             let res = match tokio::task::spawn_blocking(move || {
-                store.apply_groups(&groups)?;
+                store.write_groups(&groups)?;
                 store.flush()
             })
             .await
@@ -272,7 +272,7 @@ mod tests {
     }
 
     impl Backend for Flaky {
-        fn apply_groups(&self, _: &[Vec<Effect>]) -> Result<(), StoreError> {
+        fn write_groups(&self, _: &[Group]) -> Result<(), StoreError> {
             self.check()
         }
         fn flush(&self) -> Result<(), StoreError> {
@@ -299,9 +299,9 @@ mod tests {
         });
         let c = Committer::start(disk.clone(), CommitMode::Group, Arc::new(Metrics::new()));
         // A is submitted; its waiter is slow to run.
-        let a = c.submit(Vec::new()).unwrap();
+        let a = c.submit(Group::default()).unwrap();
         // Another writer drives the failing flush and sees the failure.
-        let b = c.submit(Vec::new()).unwrap();
+        let b = c.submit(Group::default()).unwrap();
         assert!(c.durable(b).await.is_err());
         // The disk comes back; the service heals and resets the committer.
         disk.failing.store(false, Ordering::Release);
@@ -309,7 +309,7 @@ mod tests {
         // Only now does A's waiter run: its write was dropped, so it is not confirmed.
         assert!(c.durable(a).await.is_err());
         // Writes after the reset are confirmed again.
-        let n = c.submit(Vec::new()).unwrap();
+        let n = c.submit(Group::default()).unwrap();
         assert!(c.durable(n).await.is_ok());
     }
 }

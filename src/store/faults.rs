@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Backend, Store, StoreError};
-use crate::core::Effect;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -67,9 +66,9 @@ impl Faulty {
 }
 
 impl Backend for Faulty {
-    fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
+    fn write_groups(&self, groups: &[super::Group]) -> Result<(), StoreError> {
         self.gate(false)?;
-        self.inner.apply_groups(groups)
+        self.inner.write_groups(groups)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -25,6 +25,8 @@
 //!   or `E`): the journal's time index.
 //! - `E` + ticket id (15 bytes) + event kind → a ticket event (issued, redeemed, expired),
 //!   indexed in the journal like calls.
+//! - `H` + status + delivery id → a webhook delivery ([`deliveries`]): written in the batch of
+//!   the change that caused its event, then moved between statuses by the delivery worker.
 //! - `M` + name → metadata: `Mformat` (the store format, checked on open; older formats are
 //!   migrated, see [`migrate`]), `Mnow` (the time watermark), `Mlogstart` (the first log seq
 //!   still held), `Mprobe`.
@@ -33,6 +35,7 @@
 
 mod commit;
 mod compact;
+mod deliveries;
 mod faults;
 mod log;
 mod migrate;
@@ -41,6 +44,7 @@ mod snapshot;
 
 pub use commit::Committer;
 pub use compact::Policy;
+pub use deliveries::{Delivery, DeliveryId, DeliveryLog, DeliveryStatus, Group};
 pub use faults::{Fault, Faulty};
 pub use record::{CallRow, TicketRow};
 
@@ -149,8 +153,9 @@ pub struct JournalQuery {
 
 /// What the committer writes through: the store itself, or a wrapper that injects faults.
 pub trait Backend: Send + Sync + 'static {
-    /// Writes many operations' effects, each operation atomically, in order.
-    fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError>;
+    /// Writes many operations' effects (and the webhook deliveries they caused), each
+    /// operation atomically, in order.
+    fn write_groups(&self, groups: &[Group]) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// After a failure: checks that a write and a flush work again, repairing what can be
@@ -179,8 +184,8 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 impl Backend for Store {
-    fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
-        Store::apply_groups(self, groups)
+    fn write_groups(&self, groups: &[Group]) -> Result<(), StoreError> {
+        self.write(groups.iter().map(|g| (&g.effects[..], &g.deliveries[..])))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -569,17 +574,20 @@ impl Store {
     /// Writes the effects of one core operation atomically (not yet durable: see
     /// [`Committer`]).
     pub fn apply(&self, effects: &[Effect]) -> Result<(), StoreError> {
-        self.write(std::iter::once(effects))
+        self.write(std::iter::once((effects, &[][..])))
     }
 
     /// Writes the effects of many operations, in order: the journal's keys and one log entry
     /// of the state changes, in one sled batch. A huge round is split, only ever between two
     /// operations, so each operation stays atomic.
     pub fn apply_groups(&self, groups: &[Vec<Effect>]) -> Result<(), StoreError> {
-        self.write(groups.iter().map(Vec::as_slice))
+        self.write(groups.iter().map(|g| (g.as_slice(), &[][..])))
     }
 
-    fn write<'a>(&self, groups: impl Iterator<Item = &'a [Effect]>) -> Result<(), StoreError> {
+    fn write<'a>(
+        &self,
+        groups: impl Iterator<Item = (&'a [Effect], &'a [Delivery])>,
+    ) -> Result<(), StoreError> {
         /// Past this many changes or bytes, the entry (and its batch) is written and a new
         /// one started.
         const ENTRY_CHANGES: usize = 4096;
@@ -590,8 +598,9 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut entry = log::Entry::default();
         let mut journal = 0;
-        for g in groups {
-            journal += self.add_to(&mut batch, &mut entry, g);
+        for (effects, sent) in groups {
+            journal += self.add_to(&mut batch, &mut entry, effects);
+            journal += deliveries::add_to(&mut batch, sent);
             if entry.ops() + journal >= ENTRY_CHANGES || entry.bytes().len() >= ENTRY_BYTES {
                 self.commit(&db, &mut next, std::mem::take(&mut batch), entry)?;
                 entry = log::Entry::default();

@@ -2,6 +2,7 @@
 //! real binary started on a free loopback port.
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod upgrade;
 
 use std::io::{BufRead, BufReader};
