@@ -15,7 +15,8 @@ use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
     Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId,
-    PhoneNumber, PoolId, PoolStats, Target, TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
+    PhoneNumber, PoolId, PoolStats, Target, Tariff, TenantId, Ticket, TicketCode, Timestamp,
+    TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Storage, StoreError};
@@ -40,6 +41,8 @@ pub struct LeaseView {
     pub state: LeaseState,
     /// The access pass its redeem granted, if any.
     pub pass: Option<PassView>,
+    /// Its pool's tariff, so a page can show the price beside the number.
+    pub tariff: Option<Tariff>,
 }
 
 /// One pool's counts, for `/v1/pools` and the gauges.
@@ -398,7 +401,23 @@ impl Service {
         if self.failed.load(Ordering::Acquire) {
             return Err(ServiceError::Unavailable);
         }
-        Ok(self.store.journal(q)?)
+        let mut page = self.store.journal(q)?;
+        // Calls recorded before amounts were (store format's call record 1) are priced now,
+        // from their pool's tariff, when their pool is still configured.
+        for row in &mut page.rows {
+            if let crate::store::JournalRow::Call(c) = row {
+                if let (None, Some(end), Some(pool)) =
+                    (c.call.charge, c.call.end, c.call.attribution.pool)
+                {
+                    c.call.charge = self
+                        .dir
+                        .spec(pool)
+                        .tariff
+                        .map(|t| t.charge(end.duration_secs));
+                }
+            }
+        }
+        Ok(page)
     }
 
     /// Events of lease `id` after `last_seen`, and a receiver for those still to come.
@@ -869,6 +888,7 @@ fn owned(core: &Allocator, id: &LeaseId, owner: &TenantId) -> Result<(), CoreErr
 fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
     LeaseView {
         pool: core.directory().name(lease.pool).to_owned(),
+        tariff: core.directory().spec(lease.pool).tariff,
         state: lease.state(now),
         pass: lease
             .pass

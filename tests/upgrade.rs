@@ -89,7 +89,7 @@ async fn assert_journal_keeps_release_1(app: &TestApp, fx: &Fixture) {
             .iter()
             .find(|row| key(row) == key(was))
             .unwrap_or_else(|| panic!("release 1's journal row {was} is gone"));
-        fx.assert_keeps("journal row", was, is);
+        fx.assert_keeps_row("journal row", was, is);
     }
     for (id, call) in fx.manifest["calls"].as_object().unwrap() {
         let row = now

@@ -12,6 +12,7 @@ use super::calls::{Calls, Ending};
 use super::directory::Directory;
 use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
 use super::leasing::Leasing;
+use super::money::Money;
 use super::outbox::Notice;
 use super::schedule::{Cx, Fired, Schedule};
 use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
@@ -224,6 +225,29 @@ impl Allocator {
             .redeem_ticket(cx!(self, out), code, tenant, allowed, now, pass_id)
     }
 
+    /// Records a refund of part or all of what a paid lease of `tenant` was paid, and revokes
+    /// the pass its redeem granted, if any (still valid or not).
+    pub fn refund(
+        &mut self,
+        id: &LeaseId,
+        tenant: &TenantId,
+        amount: Money,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(Lease, Option<Pass>), CoreError> {
+        let lease = self.leasing.refund(id, tenant, amount, out)?;
+        let pass = match lease.pass {
+            Some(p) => match self.ticketing.revoke_pass(cx!(self, out), &p, tenant, now) {
+                Ok(pass) => Some(pass),
+                // A pass already purged (its access long over) has nothing left to revoke.
+                Err(CoreError::UnknownPass) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok((lease, pass))
+    }
+
     /// Ends a pass now (refund, abuse); only its tenant may.
     pub fn revoke_pass(
         &mut self,
@@ -268,6 +292,7 @@ impl Allocator {
             started_at: start.at,
             attribution,
             end: None,
+            charge: None,
             counted: false,
             ticketing: None,
         };
@@ -305,7 +330,7 @@ impl Allocator {
                 call: call.id.clone(),
             });
             if counts_now {
-                self.leasing.count_call(id, out);
+                self.leasing.credit(id, true, Money::ZERO, out);
                 call.counted = true;
             } else {
                 self.leasing.put(id, out);
@@ -342,6 +367,11 @@ impl Allocator {
             Ending::Retried(call) => return Ok(call),
             Ending::Fresh(call) => call,
         };
+        call.charge = call
+            .attribution
+            .pool
+            .and_then(|p| self.dir.spec(p).tariff)
+            .map(|t| t.charge(end.duration_secs));
         let formula = call
             .attribution
             .pool
@@ -369,10 +399,16 @@ impl Allocator {
                 duration_secs: end.duration_secs,
                 counted: call.counted || counts_now,
             });
-            if counts_now {
-                self.leasing.count_call(lease_id, out);
-                call.counted = true;
+            // A counted call pays its lease what it cost, whether it counted at its start
+            // (no minimum length) or counts now.
+            let paid = match call.counted || counts_now {
+                true => call.charge.map_or(Money::ZERO, |c| c.amount),
+                false => Money::ZERO,
+            };
+            if counts_now || paid != Money::ZERO {
+                self.leasing.credit(lease_id, counts_now, paid, out);
             }
+            call.counted |= counts_now;
         }
         self.calls.remember_end(&call, out);
         Ok(call)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::money::{Money, Tariff};
 use super::ticket::PoolMode;
 use super::time::Timestamp;
 use super::types::{
@@ -56,6 +57,8 @@ pub struct PoolSpec {
     pub access_ttl: Duration,
     /// Caps on live leases, so one visitor or one site cannot drain the pool.
     pub limits: PoolLimits,
+    /// What its calls cost the caller; `None`: calls carry no amount.
+    pub tariff: Option<Tariff>,
 }
 
 /// Caps on live leases of a pool; 0 means no cap.
@@ -94,6 +97,9 @@ pub struct AllocateRequest {
     pub ttl: Option<Duration>,
     pub calls_required: u32,
     pub min_call_secs: u32,
+    /// What the merchant asks, in the pool's currency: paid once the counted calls' amounts
+    /// reach it (and `calls_required` calls were counted).
+    pub amount: Option<Money>,
     /// Made with a publishable key, from a page: bound by the pool's `page_share` and
     /// `page_max_ttl`.
     pub from_page: bool,
@@ -165,6 +171,12 @@ pub struct Lease {
     pub calls_required: u32,
     pub min_call_secs: u32,
     pub calls: u32,
+    /// What the merchant asks (see [`AllocateRequest::amount`]).
+    pub amount: Option<Money>,
+    /// The sum of the amounts of the calls counted for it.
+    pub amount_paid: Money,
+    /// The sum of the refunds recorded on it.
+    pub refunded: Money,
     pub redeemed_at: Option<Timestamp>,
     /// On a shared number: the code the caller types.
     pub code: Option<Code>,
@@ -184,8 +196,18 @@ impl Lease {
     }
 
     pub fn paid(&self) -> bool {
-        self.calls >= self.calls_required
+        paid(
+            self.calls,
+            self.calls_required,
+            self.amount_paid,
+            self.amount,
+        )
     }
+}
+
+/// Paid: enough calls counted and, when an amount is asked, enough paid by them.
+pub(crate) fn paid(calls: u32, required: u32, amount_paid: Money, asked: Option<Money>) -> bool {
+    calls >= required && asked.is_none_or(|a| amount_paid >= a)
 }
 
 /// What a call is placed on: a pool number, or a shared number with a code.

@@ -8,6 +8,7 @@ mod calls;
 mod directory;
 mod lease;
 mod leasing;
+mod money;
 mod outbox;
 mod schedule;
 mod ticket;
@@ -23,6 +24,7 @@ pub use lease::{
     AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, OnExhausted,
     PoolLimits, PoolSpec, PoolStats,
 };
+pub use money::{Charge, Currency, Money, Rate, Tariff, TariffUnit};
 pub use outbox::{Notice, Outbox};
 pub use ticket::{
     Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,
@@ -73,8 +75,15 @@ pub enum CoreError {
     LeaseEnded(LeaseState),
     #[error("no number is free in this pool; retry in {retry_after_secs} s")]
     Exhausted { retry_after_secs: u64 },
-    #[error("the lease is not paid yet: {calls} of {calls_required} calls")]
-    NotPaid { calls: u32, calls_required: u32 },
+    #[error("the lease is not paid yet: {calls} of {calls_required} calls{}", .amount.map_or(String::new(), |(paid, asked)| format!(", {paid} of {asked} paid")))]
+    NotPaid {
+        calls: u32,
+        calls_required: u32,
+        /// (amount paid, amount asked), when the lease asks for an amount.
+        amount: Option<(Money, Money)>,
+    },
+    #[error("a refund of {asked} is more than the {refundable} paid and not yet refunded")]
+    RefundTooLarge { asked: Money, refundable: Money },
     #[error("the lease was already redeemed")]
     AlreadyRedeemed,
     #[error("no such call")]

@@ -13,7 +13,7 @@ use super::site::ClientIp;
 use super::wire::{AllocateBody, LeaseBody, ListingBody, RenewBody};
 use super::AppState;
 use crate::config::Role;
-use crate::core::{AllocateRequest, LeaseId, ListingId, PhoneNumber, SessionId, Target};
+use crate::core::{AllocateRequest, LeaseId, ListingId, Money, PhoneNumber, SessionId, Target};
 
 /// Bounds on what a site may ask for; beyond them the request is refused, not clamped.
 const MAX_CALLS_REQUIRED: u32 = 100;
@@ -56,6 +56,35 @@ pub async fn create(
             "calls_required: must be 1 to {MAX_CALLS_REQUIRED}"
         )));
     }
+    let amount = match &b.amount {
+        None => None,
+        Some(_) if key.role == Role::Publishable => {
+            return Err(ApiError::invalid(
+                "amount: a page may not set the price; the site's server asks for an amount",
+            ))
+        }
+        Some(a) => {
+            let serde_json::Value::String(a) = a else {
+                return Err(ApiError::invalid(
+                    "amount: must be a decimal string such as \"2.99\"; a JSON number would pass through floating point",
+                ));
+            };
+            let a = field("amount", Money::parse(a))?;
+            let Some(tariff) = s.service.directory().spec(pool).tariff else {
+                return Err(ApiError::invalid(format!(
+                    "amount: pool {:?} has no tariff, so its calls pay no amount",
+                    b.pool
+                )));
+            };
+            if a == Money::ZERO {
+                return Err(ApiError::invalid(format!(
+                    "amount: must be more than 0.00 {}",
+                    tariff.currency
+                )));
+            }
+            Some(a)
+        }
+    };
     let min_call_secs = b.min_call_secs.unwrap_or(0);
     if min_call_secs > MAX_MIN_CALL_SECS {
         return Err(ApiError::invalid(format!(
@@ -81,6 +110,7 @@ pub async fn create(
         ttl: ttl(b.ttl_secs)?,
         calls_required,
         min_call_secs,
+        amount,
         from_page: page,
     };
     if page {

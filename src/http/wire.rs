@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Attribution, Call, TicketingAnswer, Timestamp};
+use crate::core::{Attribution, Call, Tariff, TariffUnit, TicketingAnswer, Timestamp};
 use crate::service::{LeaseView, PoolView};
 use crate::service::{PassView, TicketView};
 use crate::store::JournalRow as StoredRow;
@@ -27,6 +27,9 @@ pub struct AllocateBody {
     pub ttl_secs: Option<u64>,
     pub calls_required: Option<u32>,
     pub min_call_secs: Option<u32>,
+    /// What the merchant asks, a decimal string in the pool's currency (`"4.50"`); read as a
+    /// JSON value so that a number gets a precise 422 rather than a parser's message.
+    pub amount: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -63,6 +66,47 @@ pub struct LeaseBody {
     /// Set once redeemed, when the pool grants access for a period (`access_ttl`).
     pub pass_id: Option<String>,
     pub access_until: Option<String>,
+    /// What the merchant asked, when the lease was created with an amount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// The sum of the amounts of the calls counted for it.
+    pub amount_paid: String,
+    /// The sum of the refunds recorded on it.
+    pub refunded: String,
+    /// The pool's currency (`null` when the pool has no tariff).
+    pub currency: Option<String>,
+    /// The pool's tariff, to show the price beside the number.
+    pub tariff: Option<TariffBody>,
+}
+
+/// A pool's tariff as `pool.toml` writes it: `{"per_call": "2.99", "currency": "EUR"}` or
+/// `{"per_minute": "3.13", "currency": "CHF", "increment_secs": 20}`.
+#[derive(Serialize)]
+pub struct TariffBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_call: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<String>,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub increment_secs: Option<u32>,
+}
+
+impl From<&Tariff> for TariffBody {
+    fn from(t: &Tariff) -> Self {
+        let (per_call, per_minute, increment_secs) = match t.unit {
+            TariffUnit::PerCall => (Some(t.rate.to_string()), None, None),
+            TariffUnit::PerMinute { increment_secs } => {
+                (None, Some(t.rate.to_string()), Some(increment_secs))
+            }
+        };
+        TariffBody {
+            per_call,
+            per_minute,
+            currency: t.currency.to_string(),
+            increment_secs,
+        }
+    }
 }
 
 impl LeaseBody {
@@ -90,6 +134,11 @@ impl LeaseBody {
             redeemed_at: l.redeemed_at.map(rfc3339),
             pass_id: v.pass.as_ref().map(|p| p.pass.id.to_string()),
             access_until: v.pass.as_ref().map(|p| rfc3339(p.pass.access_until)),
+            amount: l.amount.map(|a| a.to_string()),
+            amount_paid: l.amount_paid.to_string(),
+            refunded: l.refunded.to_string(),
+            currency: v.tariff.map(|t| t.currency.to_string()),
+            tariff: v.tariff.as_ref().map(TariffBody::from),
         }
     }
 }
@@ -203,6 +252,13 @@ pub struct CallEndAnswer {
     pub lease_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticketing: Option<TicketingBody>,
+    /// What the call cost under its pool's tariff (absent without a tariff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billed_secs: Option<u32>,
 }
 
 /// One row of the journal: a call (`kind` = call) or a ticket event (`ticket_issued`,
@@ -227,6 +283,9 @@ pub struct JournalRow {
     pub ticket_id: Option<String>,
     pub amount: Option<String>,
     pub currency: Option<String>,
+    /// A call's duration rounded up to its tariff's increment (JSON only: the CSV's columns
+    /// are kept as they were).
+    pub billed_secs: Option<u32>,
 }
 
 impl JournalRow {
@@ -252,7 +311,9 @@ impl JournalRow {
                     duration_secs: c.end.map(|e| e.duration_secs),
                     counted: c.counted,
                     ticket_id: c.ticketing.and_then(|t| t.ticket).map(|t| t.to_string()),
-                    ..JournalRow::default()
+                    billed_secs: c.charge.map(|x| x.billed_secs),
+                    amount: c.charge.map(|x| x.amount.to_string()),
+                    currency: c.charge.map(|x| x.currency.to_string()),
                 }
             }
             StoredRow::Ticket(t) => {

@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    Attribution, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId, ListingId, Pass,
-    PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason, ReturnKey, ReturnRoute,
-    SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent, TicketEventKind, TicketId,
-    TicketingAnswer, Timestamp,
+    Attribution, Call, CallEnd, CallId, Charge, Code, Currency, EndReason, Lease, LeaseEnd,
+    LeaseId, ListingId, Money, Pass, PassId, PassSource, PhoneNumber, PoolId, Progress,
+    ProgressKey, Reason, ReturnKey, ReturnRoute, SessionId, Target, TenantId, Ticket, TicketCode,
+    TicketEvent, TicketEventKind, TicketId, TicketingAnswer, Timestamp,
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
@@ -113,7 +113,18 @@ struct LeaseRecordV2 {
     from_page: bool,
 }
 
-const LEASE_VERSION: u8 = 2;
+/// Version 3 of a lease: version 2's, then money: the amount asked (cents), the amount its
+/// counted calls paid and the refunds recorded. Older records read as asking no amount,
+/// nothing paid or refunded.
+#[derive(Serialize, Deserialize)]
+struct LeaseRecordV3 {
+    v2: LeaseRecordV2,
+    amount: Option<i64>,
+    amount_paid: i64,
+    refunded: i64,
+}
+
+const LEASE_VERSION: u8 = 3;
 
 pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
     let v1 = LeaseRecordV1 {
@@ -144,9 +155,14 @@ pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
     };
     wrap_as(
         LEASE_VERSION,
-        &LeaseRecordV2 {
-            v1,
-            from_page: lease.from_page,
+        &LeaseRecordV3 {
+            v2: LeaseRecordV2 {
+                v1,
+                from_page: lease.from_page,
+            },
+            amount: lease.amount.map(Money::cents),
+            amount_paid: lease.amount_paid.cents(),
+            refunded: lease.refunded.cents(),
         },
     )
 }
@@ -158,11 +174,23 @@ pub fn decode_lease(
 ) -> Result<Lease, DecodeError> {
     let what = format!("lease {id}");
     let what = what.as_str();
-    let LeaseRecordV2 { v1: r, from_page } = match split(what, bytes)? {
-        (1, b) => LeaseRecordV2 {
+    let money = |v2| LeaseRecordV3 {
+        v2,
+        amount: None,
+        amount_paid: 0,
+        refunded: 0,
+    };
+    let LeaseRecordV3 {
+        v2: LeaseRecordV2 { v1: r, from_page },
+        amount,
+        amount_paid,
+        refunded,
+    } = match split(what, bytes)? {
+        (1, b) => money(LeaseRecordV2 {
             v1: body(what, b)?,
             from_page: false,
-        },
+        }),
+        (2, b) => money(body(what, b)?),
         (LEASE_VERSION, b) => body(what, b)?,
         (v, _) => return Err(unknown_version(what, v)),
     };
@@ -197,6 +225,9 @@ pub fn decode_lease(
         calls_required: r.calls_required,
         min_call_secs: r.min_call_secs,
         calls: r.calls,
+        amount: amount.map(Money::from_cents),
+        amount_paid: Money::from_cents(amount_paid),
+        refunded: Money::from_cents(refunded),
         redeemed_at: r.redeemed_at.map(Timestamp::from_millis),
         code: r
             .code
@@ -231,6 +262,17 @@ struct CallRecordV1 {
 /// (calls_done, calls_missing, code, ticket id)
 type TicketingRecordV1 = (u32, u32, Option<u32>, Option<[u8; 16]>);
 
+/// Version 2 of a call: version 1's fields, then what it cost once ended, as (billed
+/// seconds, cents, currency). Version 1 records (written before amounts) read with none: the
+/// journal computes theirs from the pool's tariff where it can.
+#[derive(Serialize, Deserialize)]
+struct CallRecordV2 {
+    v1: CallRecordV1,
+    charge: Option<(u32, i64, [u8; 3])>,
+}
+
+const CALL_VERSION: u8 = 2;
+
 /// A journal row: a call as stored, with its pool by name (it may no longer be configured).
 #[derive(Clone, Debug)]
 pub struct CallRow {
@@ -240,7 +282,7 @@ pub struct CallRow {
 
 pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
     let a = &call.attribution;
-    wrap(&CallRecordV1 {
+    let v1 = CallRecordV1 {
         id: call.id.as_str().to_owned(),
         pool: pool_name.map(str::to_owned),
         called: call.called.digits(),
@@ -261,7 +303,12 @@ pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
                 t.ticket.map(|x| x.0),
             )
         }),
-    })
+    };
+    let charge = call.charge.map(|c| {
+        let cur = c.currency.as_str().as_bytes();
+        (c.billed_secs, c.amount.cents(), [cur[0], cur[1], cur[2]])
+    });
+    wrap_as(CALL_VERSION, &CallRecordV2 { v1, charge })
 }
 
 /// Decodes a call; its attribution's pool id is `None` if the pool is no longer configured.
@@ -269,9 +316,29 @@ pub fn decode_call(
     bytes: &[u8],
     pool_id: impl Fn(&str) -> Option<PoolId>,
 ) -> Result<CallRow, DecodeError> {
-    let r: CallRecordV1 = unwrap("call", bytes)?;
+    let CallRecordV2 { v1: r, charge } = match split("call", bytes)? {
+        (1, b) => CallRecordV2 {
+            v1: body("call", b)?,
+            charge: None,
+        },
+        (CALL_VERSION, b) => body("call", b)?,
+        (v, _) => return Err(unknown_version("call", v)),
+    };
     let what = format!("call {:?}", r.id);
     let what = what.as_str();
+    let charge = charge
+        .map(|(billed_secs, cents, cur)| {
+            let currency = std::str::from_utf8(&cur)
+                .ok()
+                .and_then(|c| Currency::parse(c).ok())
+                .ok_or_else(|| invalid(what, "bad currency"))?;
+            Ok::<_, DecodeError>(Charge {
+                billed_secs,
+                amount: Money::from_cents(cents),
+                currency,
+            })
+        })
+        .transpose()?;
     Ok(CallRow {
         call: Call {
             id: CallId::parse(&r.id).map_err(|e| invalid(what, e))?,
@@ -293,6 +360,7 @@ pub fn decode_call(
                 at: Timestamp::from_millis(at),
                 duration_secs: d,
             }),
+            charge,
             counted: r.counted,
             ticketing: r
                 .ticketing
@@ -566,6 +634,9 @@ mod tests {
             calls_required: 1,
             min_call_secs: 0,
             calls: 0,
+            amount: None,
+            amount_paid: crate::core::Money::ZERO,
+            refunded: crate::core::Money::ZERO,
             redeemed_at: None,
             code: None,
             first_call_at: None,
@@ -609,5 +680,72 @@ mod tests {
             decode_lease(l.id, &future, pool),
             Err(DecodeError::Invalid(m)) if m.contains("version 9")
         ));
+    }
+
+    #[test]
+    fn a_lease_keeps_its_money_and_older_versions_read_as_owing_none() {
+        let l = Lease {
+            amount: Some(Money::from_cents(500)),
+            amount_paid: Money::from_cents(522),
+            refunded: Money::from_cents(100),
+            ..lease(false)
+        };
+        let v3 = encode_lease(&l, "fr");
+        assert_eq!(v3[0], 3);
+        assert_eq!(decode_lease(l.id, &v3, pool).unwrap(), l);
+        let LeaseRecordV3 { v2, .. } = postcard::from_bytes(&v3[1..]).unwrap();
+        let read = decode_lease(l.id, &wrap_as(2, &v2), pool).unwrap();
+        assert_eq!(
+            read,
+            Lease {
+                amount: None,
+                amount_paid: Money::ZERO,
+                refunded: Money::ZERO,
+                ..l
+            }
+        );
+    }
+
+    fn call(charge: Option<Charge>) -> Call {
+        Call {
+            id: CallId::parse("c-1").unwrap(),
+            called: PhoneNumber::parse("+33899100042").unwrap(),
+            caller: PhoneNumber::parse("+33612345678").ok(),
+            code: None,
+            started_at: Timestamp::from_millis(1_000),
+            attribution: Attribution {
+                reason: Reason::NotLeased,
+                pool: Some(PoolId(0)),
+                lease: None,
+                target: None,
+                listing: None,
+            },
+            end: Some(CallEnd {
+                at: Timestamp::from_millis(61_000),
+                duration_secs: 60,
+            }),
+            charge,
+            counted: false,
+            ticketing: None,
+        }
+    }
+
+    #[test]
+    fn a_call_keeps_its_charge_and_version_1_calls_read_without_one() {
+        let priced = call(Some(Charge {
+            billed_secs: 60,
+            amount: Money::from_cents(313),
+            currency: Currency::parse("CHF").unwrap(),
+        }));
+        let v2 = encode_call(&priced, Some("fr"));
+        assert_eq!(v2[0], 2);
+        assert_eq!(decode_call(&v2, pool).unwrap().call, priced);
+        let CallRecordV2 { v1, .. } = postcard::from_bytes(&v2[1..]).unwrap();
+        let read = decode_call(&wrap_as(1, &v1), pool).unwrap();
+        assert_eq!(read.call, call(None));
+        let mut bad = v2.clone();
+        let n = bad.len();
+        bad[n - 3..].copy_from_slice(b"e\x00r");
+        assert!(decode_call(&bad, pool).is_err());
     }
 }

@@ -21,9 +21,10 @@ use priority_queue::PriorityQueue;
 
 use super::directory::Directory;
 use super::lease::{
-    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, Line,
+    paid, AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, Line,
     OnExhausted, PoolLimits, PoolSpec, PoolStats,
 };
+use super::money::Money;
 use super::outbox::{Notice, Outbox};
 use super::schedule::Cx;
 use super::ticket::PoolMode;
@@ -521,6 +522,9 @@ impl Leasing {
             calls_required: req.calls_required.max(1),
             min_call_secs: req.min_call_secs,
             calls: 0,
+            amount: req.amount,
+            amount_paid: Money::ZERO,
+            refunded: Money::ZERO,
             redeemed_at: None,
             code,
             first_call_at: None,
@@ -642,13 +646,55 @@ impl Leasing {
         if r.redeemed_at().is_some() {
             return Err(CoreError::AlreadyRedeemed);
         }
-        if r.calls() < t.calls_required {
+        if !self.is_paid(i) {
             return Err(CoreError::NotPaid {
                 calls: r.calls(),
                 calls_required: t.calls_required,
+                amount: t.amount.map(|a| (r.amount_paid(), a)),
             });
         }
         Ok((r.pool(), t.tenant.clone()))
+    }
+
+    fn is_paid(&self, i: u32) -> bool {
+        let r = self.leases.get(i);
+        let t = self.leases.terms(r);
+        paid(r.calls(), t.calls_required, r.amount_paid(), t.amount)
+    }
+
+    /// Records a refund of `amount` on a paid lease of `tenant`: never more than was paid and
+    /// not yet refunded. Returns the lease as it now stands.
+    pub(super) fn refund(
+        &mut self,
+        id: &LeaseId,
+        tenant: &TenantId,
+        amount: Money,
+        out: &mut Outbox,
+    ) -> Result<Lease, CoreError> {
+        let i = self.leases.find(id).ok_or(CoreError::UnknownLease)?;
+        let r = self.leases.get(i);
+        if &self.leases.terms(r).tenant != tenant {
+            return Err(CoreError::UnknownLease);
+        }
+        if !self.is_paid(i) {
+            let t = self.leases.terms(r);
+            return Err(CoreError::NotPaid {
+                calls: r.calls(),
+                calls_required: t.calls_required,
+                amount: t.amount.map(|a| (r.amount_paid(), a)),
+            });
+        }
+        let refundable = r.amount_paid().saturating_sub(r.refunded());
+        if amount > refundable {
+            return Err(CoreError::RefundTooLarge {
+                asked: amount,
+                refundable,
+            });
+        }
+        self.leases.get_mut(i).add_refund(amount);
+        let lease = self.leases.lease(i);
+        out.effects.push(Effect::PutLease(lease.clone()));
+        Ok(lease)
     }
 
     /// Marks a lease redeemed at `now`, with the pass it granted if any.
@@ -1054,14 +1100,19 @@ impl Leasing {
         None
     }
 
-    /// Counts a call toward its lease (once), noting when the lease becomes paid.
-    pub(super) fn count_call(&mut self, id: LeaseId, out: &mut Outbox) {
+    /// Credits a lease with a call counted toward it (`count`, once per call) and what a
+    /// counted call cost (`amount`, once its duration is known), noting when it becomes paid.
+    pub(super) fn credit(&mut self, id: LeaseId, count: bool, amount: Money, out: &mut Outbox) {
         let i = self.leases.find(&id).expect("caller checked");
-        let required = self.leases.terms(self.leases.get(i)).calls_required;
+        let was_paid = self.is_paid(i);
         let l = self.leases.get_mut(i);
-        let was_paid = l.calls() >= required;
-        l.count_call();
-        if !was_paid && l.calls() >= required {
+        if count {
+            l.count_call();
+        }
+        if amount != Money::ZERO {
+            l.add_paid(amount);
+        }
+        if !was_paid && self.is_paid(i) {
             out.notices.push(Notice::Paid { lease: id });
         }
         out.effects.push(Effect::PutLease(self.leases.lease(i)));

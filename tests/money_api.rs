@@ -1,0 +1,231 @@
+//! Money from the outside: amounts asked on leases and what calls pay them, the tariff in lease
+//! answers, refunds, the transactions list and the statistics, on a manual clock.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use serde_json::{json, Value};
+
+const PAGE: &str = "page-key";
+const ORIGIN: &str = "https://shop.example";
+
+/// "eur": 2.99 EUR per call; "chf": 3.13 CHF a minute by 20 s pulses; "free": no tariff.
+fn config(data: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{}"
+
+[[pool]]
+name = "eur"
+numbers = ["+33899100000..=+33899100009"]
+tariff = {{ per_call = "2.99", currency = "EUR" }}
+access_ttl = "1d"
+
+[[pool]]
+name = "chf"
+numbers = ["+41900100000..=+41900100009"]
+tariff = {{ per_minute = "3.13", currency = "CHF", increment = "20s" }}
+
+[[pool]]
+name = "free"
+numbers = ["+33899200000..=+33899200009"]
+
+{}{}{}{}{}
+[[key]]
+name = "page"
+role = "publishable"
+tenant = "site"
+sha256 = "{}"
+origins = ["{ORIGIN}"]
+
+[[key]]
+name = "eur-admin"
+role = "admin"
+sha256 = "{}"
+pools = ["eur"]
+"#,
+        data.display(),
+        key("site", "site", SITE),
+        key("other", "site", OTHER_SITE),
+        key("tel", "telephony", TELEPHONY),
+        key("admin", "admin", ADMIN),
+        "",
+        sha(PAGE),
+        sha(CH_ONLY),
+    )
+}
+
+/// An admin key of the "eur" pool only.
+#[allow(dead_code)] // used by the transactions and statistics tests
+const EUR_ADMIN: &str = CH_ONLY;
+
+async fn allocate(app: &TestApp, key: &str, body: Value) -> Reply {
+    app.call("POST", "/v1/leases", Some(key), Some(&body.to_string()))
+        .await
+}
+
+async fn call(app: &TestApp, id: &str, called: &str, secs: u32) {
+    let start =
+        json!({"call_id": id, "event": "start", "called": called, "caller": "+33612345678"});
+    let r = app
+        .call(
+            "POST",
+            "/v1/calls",
+            Some(TELEPHONY),
+            Some(&start.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    app.advance(Duration::from_secs(u64::from(secs))).await;
+    let end = json!({"call_id": id, "event": "end", "duration_secs": secs});
+    let r = app
+        .call("POST", "/v1/calls", Some(TELEPHONY), Some(&end.to_string()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+async fn lease(app: &TestApp, id: &str) -> Value {
+    let r = app
+        .call("GET", &format!("/v1/leases/{id}"), Some(SITE), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json
+}
+
+#[tokio::test]
+async fn lease_answers_carry_the_pools_tariff_and_what_was_paid() {
+    let app = TestApp::with_config(config).await;
+    let eur = allocate(&app, SITE, json!({"pool": "eur", "session": "a"})).await;
+    assert_eq!(eur.status, 201, "{}", eur.text);
+    assert_eq!(
+        eur.json["tariff"],
+        json!({"per_call": "2.99", "currency": "EUR"})
+    );
+    assert_eq!(eur.json["amount_paid"], "0.00");
+    assert_eq!(eur.json["refunded"], "0.00");
+    assert_eq!(eur.json["currency"], "EUR");
+    assert!(eur.json.get("amount").is_none(), "{}", eur.text);
+
+    let chf = allocate(
+        &app,
+        SITE,
+        json!({"pool": "chf", "session": "a", "amount": "5"}),
+    )
+    .await;
+    assert_eq!(chf.status, 201, "{}", chf.text);
+    assert_eq!(
+        chf.json["tariff"],
+        json!({"per_minute": "3.13", "currency": "CHF", "increment_secs": 20})
+    );
+    assert_eq!(chf.json["amount"], "5.00");
+    assert_eq!(chf.json["paid"], false);
+
+    let free = allocate(&app, SITE, json!({"pool": "free", "session": "a"})).await;
+    assert_eq!(free.json["tariff"], Value::Null);
+    assert_eq!(free.json["currency"], Value::Null);
+
+    // A page sees the price too (French rules want it beside the number).
+    let page = app
+        .send(
+            Request::post("/v1/leases")
+                .header("authorization", format!("Bearer {PAGE}"))
+                .header("origin", ORIGIN)
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"pool": "eur", "session": "p"}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(page.status, 201, "{}", page.text);
+    assert_eq!(page.json["tariff"]["per_call"], "2.99");
+}
+
+#[tokio::test]
+async fn bad_amounts_are_refused_precisely() {
+    let app = TestApp::with_config(config).await;
+    for (amount, status, needle) in [
+        (json!("2,99"), 422, "amount: \"2,99\" is not an amount"),
+        (json!("-1"), 422, "is not an amount"),
+        (json!("1.999"), 422, "at most two decimals"),
+        (json!("1e3"), 422, "is not an amount"),
+        (json!("99999999999"), 422, "at most 10000000"),
+        (json!("0.00"), 422, "must be more than 0.00 EUR"),
+        (json!(""), 422, "is not an amount"),
+        (json!(2.99), 422, "amount"),
+    ] {
+        let r = allocate(
+            &app,
+            SITE,
+            json!({"pool": "eur", "session": "a", "amount": amount}),
+        )
+        .await;
+        r.assert_problem(status, needle);
+    }
+    allocate(
+        &app,
+        SITE,
+        json!({"pool": "free", "session": "a", "amount": "1.00"}),
+    )
+    .await
+    .assert_problem(422, "pool \"free\" has no tariff");
+    // A page's key is public: it may not lower the price a merchant's server checks.
+    let page = app
+        .send(
+            Request::post("/v1/leases")
+                .header("authorization", format!("Bearer {PAGE}"))
+                .header("origin", ORIGIN)
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"pool": "eur", "session": "p", "amount": "0.01"}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    page.assert_problem(422, "a page may not set the price");
+}
+
+#[tokio::test]
+async fn a_lease_paid_by_amount_survives_a_restart_and_redeems_once() {
+    let app = TestApp::with_config(config).await;
+    let l = allocate(
+        &app,
+        SITE,
+        json!({"pool": "chf", "session": "a", "amount": "4.00"}),
+    )
+    .await;
+    let (id, number) = (
+        l.json["lease_id"].as_str().unwrap().to_owned(),
+        l.json["number"].as_str().unwrap().to_owned(),
+    );
+    // 41 s bill three pulses of 20 s: 3.13
+    call(&app, "c1", &number, 41).await;
+    let r = app
+        .call("POST", &format!("/v1/leases/{id}/redeem"), Some(SITE), None)
+        .await;
+    r.assert_problem(402, "3.13 of 4.00 paid");
+    let app = app.restart().await;
+    let l = lease(&app, &id).await;
+    assert_eq!(
+        (l["amount_paid"].as_str(), l["paid"].as_bool()),
+        (Some("3.13"), Some(false))
+    );
+    // one pulse more: 1.04; 4.17 ≥ 4.00
+    call(&app, "c2", &number, 5).await;
+    let l = lease(&app, &id).await;
+    assert_eq!(
+        (l["amount_paid"].as_str(), l["paid"].as_bool()),
+        (Some("4.17"), Some(true))
+    );
+    let r = app
+        .call("POST", &format!("/v1/leases/{id}/redeem"), Some(SITE), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
