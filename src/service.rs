@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
-    Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass, PassId,
+    Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Money, Notice, Outbox, Pass, PassId,
     PhoneNumber, PoolId, PoolStats, Target, Tariff, TenantId, Ticket, TicketCode, Timestamp,
     TICK_MS,
 };
@@ -278,6 +278,22 @@ impl Service {
             .with_label_values(&[&pool, outcome])
             .inc();
         res
+    }
+
+    /// Records a refund on a paid lease of `owner` and revokes the pass its redeem granted.
+    pub async fn refund(
+        &self,
+        id: LeaseId,
+        owner: &TenantId,
+        amount: Money,
+        reason: String,
+    ) -> Result<LeaseView, ServiceError> {
+        let event_id: [u8; 16] = rand::thread_rng().gen();
+        self.write(|core, now, out| {
+            let (lease, _) = core.refund(&id, owner, amount, reason, event_id, now, out)?;
+            Ok(view(core, lease, now))
+        })
+        .await
     }
 
     /// Registers (or forgets, with `None`) where `tenant`'s listing sends its calls.

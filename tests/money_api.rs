@@ -157,7 +157,7 @@ async fn bad_amounts_are_refused_precisely() {
         (json!("1.999"), 422, "at most two decimals"),
         (json!("1e3"), 422, "is not an amount"),
         (json!("99999999999"), 422, "at most 10000000"),
-        (json!("0.00"), 422, "must be more than 0.00 EUR"),
+        (json!("0.00"), 422, "must be more than 0.00"),
         (json!(""), 422, "is not an amount"),
         (json!(2.99), 422, "amount"),
     ] {
@@ -228,4 +228,140 @@ async fn a_lease_paid_by_amount_survives_a_restart_and_redeems_once() {
         .call("POST", &format!("/v1/leases/{id}/redeem"), Some(SITE), None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+}
+
+async fn journal(app: &TestApp) -> Vec<Value> {
+    let r = app.call("GET", "/v1/calls", Some(ADMIN), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["calls"].as_array().unwrap().clone()
+}
+
+async fn refund(app: &TestApp, key: &str, id: &str, body: Value) -> Reply {
+    app.call(
+        "POST",
+        &format!("/v1/leases/{id}/refund"),
+        Some(key),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn refunds_are_bounded_by_what_was_paid_revoke_the_pass_and_are_journalled() {
+    let app = TestApp::with_config(config).await;
+    let l = allocate(
+        &app,
+        SITE,
+        json!({"pool": "eur", "session": "a", "listing": "film-7"}),
+    )
+    .await;
+    let (id, number) = (
+        l.json["lease_id"].as_str().unwrap().to_owned(),
+        l.json["number"].as_str().unwrap().to_owned(),
+    );
+    let body = json!({"amount": "1.00", "reason": "too early"});
+    refund(&app, SITE, &id, body.clone())
+        .await
+        .assert_problem(409, "only a paid lease can be refunded");
+
+    call(&app, "c1", &number, 30).await;
+    let r = app
+        .call("POST", &format!("/v1/leases/{id}/redeem"), Some(SITE), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let pass = r.json["pass_id"].as_str().unwrap().to_owned();
+
+    refund(&app, OTHER_SITE, &id, body.clone())
+        .await
+        .assert_problem(404, "no lease");
+    refund(&app, TELEPHONY, &id, body.clone())
+        .await
+        .assert_problem(403, "site");
+    for (bad, needle) in [
+        (json!({"amount": 1.0, "reason": "x"}), "decimal string"),
+        (json!({"amount": "-1", "reason": "x"}), "is not an amount"),
+        (json!({"amount": "0", "reason": "x"}), "more than 0.00"),
+        (json!({"amount": "1.00", "reason": "  "}), "reason"),
+        (json!({"amount": "1.00", "reason": "a\u{0}b"}), "control"),
+        (
+            json!({"amount": "1.00", "reason": "x".repeat(501)}),
+            "reason",
+        ),
+    ] {
+        refund(&app, SITE, &id, bad)
+            .await
+            .assert_problem(422, needle);
+    }
+    refund(&app, SITE, &id, json!({"amount": "3.00", "reason": "x"}))
+        .await
+        .assert_problem(
+            409,
+            "a refund of 3.00 is more than the 2.99 paid and not yet refunded",
+        );
+
+    app.advance(Duration::from_secs(60)).await;
+    let r = refund(
+        &app,
+        SITE,
+        &id,
+        json!({"amount": "1.00", "reason": "customer complaint"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["refunded"], "1.00");
+    let p = app
+        .call("GET", &format!("/v1/passes/{pass}"), None, None)
+        .await;
+    assert_eq!(p.json["valid"], false, "{}", p.text);
+
+    let app = app.restart().await;
+    app.advance(Duration::from_secs(60)).await;
+    refund(&app, SITE, &id, json!({"amount": "2.00", "reason": "x"}))
+        .await
+        .assert_problem(409, "more than the 1.99 paid and not yet refunded");
+    let r = refund(
+        &app,
+        SITE,
+        &id,
+        json!({"amount": "1.99", "reason": "the rest"}),
+    )
+    .await;
+    assert_eq!(r.json["refunded"], "2.99", "{}", r.text);
+
+    // The journal alone settles a dispute: the call, the redeem, each refund, the pass.
+    let rows = journal(&app).await;
+    // Newest first; the first refund and the revocation it caused share an instant.
+    let kinds: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds[0], "lease_refunded", "{rows:?}");
+    let mut same_instant = [kinds[1], kinds[2]];
+    same_instant.sort();
+    assert_eq!(same_instant, ["lease_refunded", "pass_revoked"], "{rows:?}");
+    assert_eq!(&kinds[3..], ["lease_redeemed", "call"], "{rows:?}");
+    let (second, redeemed) = (&rows[0], &rows[3]);
+    let first = &rows[1 + usize::from(kinds[1] == "pass_revoked")];
+    let revoked = &rows[1 + usize::from(kinds[1] != "pass_revoked")];
+    assert_eq!(
+        (redeemed["amount"].as_str(), redeemed["currency"].as_str()),
+        (Some("2.99"), Some("EUR"))
+    );
+    assert_eq!(redeemed["lease_id"], id.as_str());
+    assert_eq!(redeemed["listing"], "film-7");
+    assert_eq!(redeemed["pass_id"], pass.as_str());
+    assert_eq!(
+        (first["amount"].as_str(), first["note"].as_str()),
+        (Some("1.00"), Some("customer complaint"))
+    );
+    assert_eq!(second["amount"], "1.99");
+    assert_eq!(revoked["pass_id"], pass.as_str());
+    assert_eq!(revoked["lease_id"], id.as_str());
+    let csv = app
+        .call("GET", "/v1/calls?format=csv", Some(ADMIN), None)
+        .await;
+    assert!(
+        csv.text
+            .lines()
+            .any(|l| l.contains(",lease_refunded,") && l.ends_with(",1.00,EUR")),
+        "{}",
+        csv.text
+    );
 }

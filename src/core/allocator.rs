@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::calls::{Calls, Ending};
 use super::directory::Directory;
+use super::journal::{derived_id, EventKind, JournalEvent};
 use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
 use super::leasing::Leasing;
 use super::money::Money;
@@ -207,7 +208,27 @@ impl Allocator {
         let lease = self
             .leasing
             .mark_redeemed(id, now, pass.as_ref().map(|p| p.id), out);
+        let mut e = self.lease_event(&lease, EventKind::LeaseRedeemed, now);
+        e.amount = e.currency.map(|_| lease.amount_paid);
+        out.effects.push(Effect::JournalEvent(e));
         Ok((lease, pass))
+    }
+
+    /// A journal event about `lease`, its amount and note left for the caller to set.
+    fn lease_event(&self, lease: &Lease, kind: EventKind, now: Timestamp) -> JournalEvent {
+        JournalEvent {
+            id: derived_id(*lease.id.as_bytes(), kind),
+            kind,
+            at: now,
+            pool: lease.pool,
+            tenant: lease.tenant.clone(),
+            lease: Some(lease.id),
+            pass: lease.pass,
+            listing: lease.listing.clone(),
+            amount: None,
+            currency: self.dir.spec(lease.pool).tariff.map(|t| t.currency),
+            note: None,
+        }
     }
 
     /// Redeems an access code once, for a site allowed on the ticket's pool. Grants a pass
@@ -225,17 +246,26 @@ impl Allocator {
             .redeem_ticket(cx!(self, out), code, tenant, allowed, now, pass_id)
     }
 
-    /// Records a refund of part or all of what a paid lease of `tenant` was paid, and revokes
-    /// the pass its redeem granted, if any (still valid or not).
+    /// Records a refund of part or all of what a paid lease of `tenant` was paid (journalled
+    /// with `reason`, under `event_id`, fresh randomness from the caller), and revokes the pass
+    /// its redeem granted, if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn refund(
         &mut self,
         id: &LeaseId,
         tenant: &TenantId,
         amount: Money,
+        reason: String,
+        event_id: [u8; 16],
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<(Lease, Option<Pass>), CoreError> {
         let lease = self.leasing.refund(id, tenant, amount, out)?;
+        let mut e = self.lease_event(&lease, EventKind::LeaseRefunded, now);
+        e.id = event_id;
+        e.amount = Some(amount);
+        e.note = Some(reason);
+        out.effects.push(Effect::JournalEvent(e));
         let pass = match lease.pass {
             Some(p) => match self.ticketing.revoke_pass(cx!(self, out), &p, tenant, now) {
                 Ok(pass) => Some(pass),

@@ -6,6 +6,7 @@ mod allocator;
 mod call;
 mod calls;
 mod directory;
+mod journal;
 mod lease;
 mod leasing;
 mod money;
@@ -20,6 +21,7 @@ mod wheel;
 pub use allocator::{Allocator, Snapshot};
 pub use call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use directory::Directory;
+pub use journal::{EventKind, JournalEvent};
 pub use lease::{
     AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, OnExhausted,
     PoolLimits, PoolSpec, PoolStats,
@@ -57,6 +59,8 @@ pub enum Effect {
     DelProgress(ProgressKey),
     /// A line of the journal about a ticket (issued, redeemed, expired).
     TicketEvent(TicketEvent),
+    /// A line of the journal about a lease or a pass (redeemed, refunded, pass revoked).
+    JournalEvent(JournalEvent),
     /// Where a tenant's listing sends calls.
     PutListing(TenantId, ListingId, Target),
     DelListing(TenantId, ListingId),

@@ -125,6 +125,7 @@ fn routes() -> Router<AppState> {
         .route("/v1/leases/{id}", get(leases::show).delete(leases::release))
         .route("/v1/leases/{id}/renew", post(leases::renew))
         .route("/v1/leases/{id}/redeem", post(leases::redeem))
+        .route("/v1/leases/{id}/refund", post(leases::refund))
         .route("/v1/leases/{id}/events", get(events::stream))
         .route("/v1/calls", post(calls::event).get(calls::journal))
         .route("/v1/attribution", get(calls::lookup))

@@ -32,6 +32,14 @@ pub struct AllocateBody {
     pub amount: Option<serde_json::Value>,
 }
 
+/// `POST /v1/leases/{id}/refund`: how much (a decimal string) and why.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount: serde_json::Value,
+    pub reason: String,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
@@ -283,9 +291,15 @@ pub struct JournalRow {
     pub ticket_id: Option<String>,
     pub amount: Option<String>,
     pub currency: Option<String>,
-    /// A call's duration rounded up to its tariff's increment (JSON only: the CSV's columns
-    /// are kept as they were).
+    /// A call's duration rounded up to its tariff's increment (JSON only, like `pass_id` and
+    /// `note`: the CSV's columns are kept as they were).
     pub billed_secs: Option<u32>,
+    /// The pass a lease or pass event concerns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_id: Option<String>,
+    /// Why: a refund's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl JournalRow {
@@ -314,6 +328,22 @@ impl JournalRow {
                     billed_secs: c.charge.map(|x| x.billed_secs),
                     amount: c.charge.map(|x| x.amount.to_string()),
                     currency: c.charge.map(|x| x.currency.to_string()),
+                    ..JournalRow::default()
+                }
+            }
+            StoredRow::Event(row) => {
+                let e = &row.event;
+                JournalRow {
+                    kind: e.kind.as_str(),
+                    pool: Some(row.pool.clone()),
+                    started_at: rfc3339(e.at),
+                    lease_id: e.lease.map(|l| l.to_string()),
+                    listing: e.listing.as_ref().map(|l| l.as_str().to_owned()),
+                    amount: e.amount.map(|a| a.to_string()),
+                    currency: e.currency.map(|c| c.to_string()),
+                    pass_id: e.pass.map(|p| p.to_string()),
+                    note: e.note.clone(),
+                    ..JournalRow::default()
                 }
             }
             StoredRow::Ticket(t) => {

@@ -40,7 +40,7 @@ mod snapshot;
 pub use commit::Committer;
 pub use compact::Policy;
 pub use faults::{Fault, Faulty};
-pub use record::{CallRow, TicketRow};
+pub use record::{CallRow, EventRow, TicketRow};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -62,6 +62,8 @@ const TICKET: u8 = b'T';
 const PASS: u8 = b'P';
 const PROGRESS: u8 = b'G';
 const EVENT: u8 = b'E';
+/// A lease or pass event (redeemed, refunded, pass revoked): journal, like calls.
+const LEASE_EVENT: u8 = b'V';
 const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
 /// The kinds of state keys: what the log and snapshots hold (sled held them as keys until
@@ -108,6 +110,7 @@ pub struct Recovered {
 pub enum JournalRow {
     Call(CallRow),
     Ticket(TicketRow),
+    Event(EventRow),
 }
 
 impl JournalRow {
@@ -115,6 +118,7 @@ impl JournalRow {
         match self {
             JournalRow::Call(c) => c.pool.as_deref(),
             JournalRow::Ticket(t) => Some(&t.pool),
+            JournalRow::Event(e) => Some(&e.pool),
         }
     }
 }
@@ -635,6 +639,14 @@ impl Store {
                     batch.insert(&journal_key(e.at, &id)[..], &[EVENT][..]);
                     journal += 2;
                 }
+                Effect::JournalEvent(e) => {
+                    batch.insert(
+                        &prefixed(LEASE_EVENT, &e.id)[..],
+                        record::encode_journal_event(e, name(e.pool)),
+                    );
+                    batch.insert(&journal_key(e.at, &e.id)[..], &[LEASE_EVENT][..]);
+                    journal += 2;
+                }
                 Effect::PutReturn(r) => entry.put(&return_key(&r.key), &record::encode_return(r)),
                 Effect::DelReturn(k) => entry.del(&return_key(k)),
                 Effect::PutWheel(t, due) => entry.put(&self.wheel_key(*t, due), &[]),
@@ -688,6 +700,14 @@ impl Store {
                         continue;
                     };
                     JournalRow::Ticket(record::decode_ticket_event(&v, pool_id).map_err(corrupt)?)
+                }
+                Some(&LEASE_EVENT) => {
+                    let Some(v) = db.get(prefixed(LEASE_EVENT, &id))? else {
+                        continue;
+                    };
+                    JournalRow::Event(
+                        record::decode_journal_event(id, &v, pool_id).map_err(corrupt)?,
+                    )
                 }
                 _ => {
                     let Some(v) = db.get(call_key(&CallKey(id)))? else {

@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    Attribution, Call, CallEnd, CallId, Charge, Code, Currency, EndReason, Lease, LeaseEnd,
-    LeaseId, ListingId, Money, Pass, PassId, PassSource, PhoneNumber, PoolId, Progress,
-    ProgressKey, Reason, ReturnKey, ReturnRoute, SessionId, Target, TenantId, Ticket, TicketCode,
-    TicketEvent, TicketEventKind, TicketId, TicketingAnswer, Timestamp,
+    Attribution, Call, CallEnd, CallId, Charge, Code, Currency, EndReason, EventKind, JournalEvent,
+    Lease, LeaseEnd, LeaseId, ListingId, Money, Pass, PassId, PassSource, PhoneNumber, PoolId,
+    Progress, ProgressKey, Reason, ReturnKey, ReturnRoute, SessionId, Target, TenantId, Ticket,
+    TicketCode, TicketEvent, TicketEventKind, TicketId, TicketingAnswer, Timestamp,
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
@@ -304,10 +304,9 @@ pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
             )
         }),
     };
-    let charge = call.charge.map(|c| {
-        let cur = c.currency.as_str().as_bytes();
-        (c.billed_secs, c.amount.cents(), [cur[0], cur[1], cur[2]])
-    });
+    let charge = call
+        .charge
+        .map(|c| (c.billed_secs, c.amount.cents(), currency_bytes(c.currency)));
     wrap_as(CALL_VERSION, &CallRecordV2 { v1, charge })
 }
 
@@ -328,10 +327,7 @@ pub fn decode_call(
     let what = what.as_str();
     let charge = charge
         .map(|(billed_secs, cents, cur)| {
-            let currency = std::str::from_utf8(&cur)
-                .ok()
-                .and_then(|c| Currency::parse(c).ok())
-                .ok_or_else(|| invalid(what, "bad currency"))?;
+            let currency = currency_from(what, cur)?;
             Ok::<_, DecodeError>(Charge {
                 billed_secs,
                 amount: Money::from_cents(cents),
@@ -599,6 +595,83 @@ pub fn decode_ticket_event(
             at: Timestamp::from_millis(r.at),
             ticket,
         },
+    })
+}
+
+// ---- lease and pass events -------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct JournalEventRecordV1 {
+    kind: u8,
+    at: u64,
+    pool: String,
+    tenant: String,
+    lease: Option<[u8; 16]>,
+    pass: Option<[u8; 16]>,
+    listing: Option<String>,
+    amount: Option<i64>,
+    currency: Option<[u8; 3]>,
+    note: Option<String>,
+}
+
+/// A journal row about a lease or a pass, with its pool by name.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub pool: String,
+    pub event: JournalEvent,
+}
+
+fn currency_bytes(c: Currency) -> [u8; 3] {
+    let b = c.as_str().as_bytes();
+    [b[0], b[1], b[2]]
+}
+
+fn currency_from(what: &str, b: [u8; 3]) -> Result<Currency, DecodeError> {
+    std::str::from_utf8(&b)
+        .ok()
+        .and_then(|c| Currency::parse(c).ok())
+        .ok_or_else(|| invalid(what, "bad currency"))
+}
+
+pub fn encode_journal_event(e: &JournalEvent, pool: &str) -> Vec<u8> {
+    wrap(&JournalEventRecordV1 {
+        kind: e.kind.code(),
+        at: e.at.as_millis(),
+        pool: pool.to_owned(),
+        tenant: e.tenant.as_str().to_owned(),
+        lease: e.lease.map(|l| *l.as_bytes()),
+        pass: e.pass.map(|p| p.0),
+        listing: e.listing.as_ref().map(|l| l.as_str().to_owned()),
+        amount: e.amount.map(Money::cents),
+        currency: e.currency.map(currency_bytes),
+        note: e.note.clone(),
+    })
+}
+
+/// Decodes a lease or pass event, under its journal id; its pool may no longer be configured
+/// (then its id is `PoolId(u32::MAX)`; the row names it by `pool`).
+pub fn decode_journal_event(
+    id: [u8; 16],
+    bytes: &[u8],
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<EventRow, DecodeError> {
+    let what = "journal event";
+    let r: JournalEventRecordV1 = unwrap(what, bytes)?;
+    Ok(EventRow {
+        event: JournalEvent {
+            id,
+            kind: EventKind::from_code(r.kind).ok_or_else(|| invalid(what, "bad kind"))?,
+            at: Timestamp::from_millis(r.at),
+            pool: pool_id(&r.pool).unwrap_or(PoolId(u32::MAX)),
+            tenant: TenantId::parse(&r.tenant).map_err(|e| invalid(what, e))?,
+            lease: r.lease.map(LeaseId::from_bytes),
+            pass: r.pass.map(PassId),
+            listing: listing(what, r.listing)?,
+            amount: r.amount.map(Money::from_cents),
+            currency: r.currency.map(|c| currency_from(what, c)).transpose()?,
+            note: r.note,
+        },
+        pool: r.pool,
     })
 }
 
