@@ -14,9 +14,9 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::core::{
     AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
-    Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Money, Notice, Outbox, Pass, PassId,
-    PhoneNumber, PoolId, PoolStats, Target, Tariff, TenantId, Ticket, TicketCode, Timestamp,
-    TICK_MS,
+    Entropy, Formula, Lease, LeaseId, LeaseQuery, LeaseState, ListingId, Money, Notice, Outbox,
+    Pass, PassId, PhoneNumber, PoolId, PoolStats, Target, Tariff, TenantId, Ticket, TicketCode,
+    Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Storage, StoreError};
@@ -225,6 +225,19 @@ impl Service {
     }
 
     /// The lease `id` as it stands now.
+    /// A page of leases (transactions), newest first, as views.
+    pub fn leases(&self, q: &LeaseQuery) -> Result<(Vec<LeaseView>, bool), ServiceError> {
+        let core = self.lock()?;
+        let now = self.clock.now();
+        let page = core.leases(q, now);
+        let views = page
+            .leases
+            .into_iter()
+            .map(|l| view(&core, l, now))
+            .collect();
+        Ok((views, page.more))
+    }
+
     pub fn get(&self, id: &LeaseId) -> Result<LeaseView, ServiceError> {
         let core = self.lock()?;
         let lease = core.lease(id).ok_or(CoreError::UnknownLease)?;

@@ -63,7 +63,6 @@ pools = ["eur"]
 }
 
 /// An admin key of the "eur" pool only.
-#[allow(dead_code)] // used by the transactions and statistics tests
 const EUR_ADMIN: &str = CH_ONLY;
 
 async fn allocate(app: &TestApp, key: &str, body: Value) -> Reply {
@@ -364,4 +363,146 @@ async fn refunds_are_bounded_by_what_was_paid_revoke_the_pass_and_are_journalled
         "{}",
         csv.text
     );
+}
+
+async fn list(app: &TestApp, key: &str, query: &str) -> Reply {
+    app.call("GET", &format!("/v1/leases{query}"), Some(key), None)
+        .await
+}
+
+fn ids(r: &Reply) -> Vec<String> {
+    r.json["leases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.text))
+        .iter()
+        .map(|l| l["lease_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn transactions_list_a_tenants_leases_newest_first_and_never_anothers() {
+    let app = TestApp::with_config(config).await;
+    let mut mine = Vec::new();
+    for (pool, session, listing) in [
+        ("eur", "a", "film-1"),
+        ("eur", "b", "film-2"),
+        ("chf", "c", "film-1"),
+        ("eur", "d", "film-1"),
+    ] {
+        let r = allocate(
+            &app,
+            SITE,
+            json!({"pool": pool, "session": session, "listing": listing}),
+        )
+        .await;
+        mine.push(r.json["lease_id"].as_str().unwrap().to_owned());
+        app.advance(Duration::from_secs(1)).await;
+    }
+    let mut theirs = Vec::new();
+    for session in ["x", "y"] {
+        let r = allocate(&app, OTHER_SITE, json!({"pool": "eur", "session": session})).await;
+        theirs.push(r.json["lease_id"].as_str().unwrap().to_owned());
+        app.advance(Duration::from_secs(1)).await;
+    }
+    let newest_first = |v: &[String]| v.iter().rev().cloned().collect::<Vec<_>>();
+
+    let r = list(&app, SITE, "").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(ids(&r), newest_first(&mine));
+    assert_eq!(r.json["next_cursor"], Value::Null);
+    assert_eq!(r.json["leases"][0]["tariff"]["per_call"], "2.99");
+    assert_eq!(
+        ids(&list(&app, OTHER_SITE, "").await),
+        newest_first(&theirs)
+    );
+
+    // Pages of two, by cursor.
+    let first = list(&app, SITE, "?limit=2").await;
+    assert_eq!(ids(&first), newest_first(&mine)[..2]);
+    let cursor = first.json["next_cursor"].as_str().unwrap().to_owned();
+    let second = list(&app, SITE, &format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&second), newest_first(&mine)[2..]);
+    assert_eq!(second.json["next_cursor"], Value::Null);
+
+    // Filters.
+    assert_eq!(ids(&list(&app, SITE, "?pool=chf").await), [mine[2].clone()]);
+    assert_eq!(
+        ids(&list(&app, SITE, "?listing=film-1").await),
+        [mine[3].clone(), mine[2].clone(), mine[0].clone()]
+    );
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/v1/leases/{}", mine[1]),
+            Some(SITE),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        ids(&list(&app, SITE, "?state=released").await),
+        [mine[1].clone()]
+    );
+    assert_eq!(ids(&list(&app, SITE, "?state=active").await).len(), 3);
+    let since = leaseline::http::rfc3339(T0.saturating_add(Duration::from_secs(1)));
+    let until = leaseline::http::rfc3339(T0.saturating_add(Duration::from_secs(3)));
+    assert_eq!(
+        ids(&list(&app, SITE, &format!("?since={since}&until={until}")).await),
+        [mine[2].clone(), mine[1].clone()]
+    );
+
+    // An admin of the "eur" pool sees every tenant's leases there, and nothing else.
+    let r = list(&app, EUR_ADMIN, "").await;
+    let mut want: Vec<String> = newest_first(&theirs);
+    want.extend([mine[3].clone(), mine[1].clone(), mine[0].clone()]);
+    assert_eq!(ids(&r), want);
+    list(&app, EUR_ADMIN, "?pool=chf")
+        .await
+        .assert_problem(403, "may not use pool");
+    assert_eq!(ids(&list(&app, ADMIN, "").await).len(), 6);
+
+    // CSV, with the same rows.
+    let csv = list(&app, SITE, "?format=csv").await;
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    let lines: Vec<&str> = csv.text.lines().collect();
+    assert!(
+        lines[0].starts_with("lease_id,pool,number,session,listing,state"),
+        "{}",
+        csv.text
+    );
+    assert_eq!(lines.len(), 5, "{}", csv.text);
+    assert!(
+        lines[1].starts_with(&format!("{},eur,+33899100", mine[3])),
+        "{}",
+        csv.text
+    );
+    assert!(lines[1].contains(",0.00,0.00,EUR,"), "{}", csv.text);
+
+    // Refusals.
+    list(&app, TELEPHONY, "").await.assert_problem(403, "site");
+    let page = app
+        .send(
+            Request::get("/v1/leases")
+                .header("authorization", format!("Bearer {PAGE}"))
+                .header("origin", ORIGIN)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(page.status, 403, "{}", page.text);
+    list(&app, SITE, "?cursor=zz")
+        .await
+        .assert_problem(400, "cursor");
+    list(&app, SITE, "?state=paid")
+        .await
+        .assert_problem(422, "state");
+    list(&app, SITE, "?limit=0")
+        .await
+        .assert_problem(422, "limit");
+    list(&app, SITE, "?pool=nope")
+        .await
+        .assert_problem(404, "no pool");
+    list(&app, SITE, "?format=xml")
+        .await
+        .assert_problem(422, "format");
 }

@@ -11,7 +11,7 @@ use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::calls::{Calls, Ending};
 use super::directory::Directory;
 use super::journal::{derived_id, EventKind, JournalEvent};
-use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
+use super::lease::{AllocateRequest, Allocated, Lease, LeasePage, LeaseQuery, PoolSpec, PoolStats};
 use super::leasing::Leasing;
 use super::money::Money;
 use super::outbox::Notice;
@@ -121,6 +121,11 @@ impl Allocator {
     /// The lease `id` as it stands (built from the core's compact record: owned).
     pub fn lease(&self, id: &LeaseId) -> Option<Lease> {
         self.leasing.lease(id)
+    }
+
+    /// A page of leases (transactions), newest first; see [`LeaseQuery`].
+    pub fn leases(&self, q: &LeaseQuery, now: Timestamp) -> LeasePage {
+        self.leasing.list(q, now)
     }
 
     pub fn lease_count(&self) -> usize {

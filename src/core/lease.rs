@@ -205,6 +205,31 @@ impl Lease {
     }
 }
 
+/// Which leases a transactions page holds: filters, and where the previous page stopped.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseQuery {
+    /// Only this tenant's (a site key's view); `None`: every tenant's (an admin's).
+    pub tenant: Option<TenantId>,
+    /// Only these pools'; `None`: every pool's.
+    pub pools: Option<Vec<PoolId>>,
+    pub state: Option<LeaseState>,
+    pub listing: Option<ListingId>,
+    /// Created at or after.
+    pub since: Option<Timestamp>,
+    /// Created before.
+    pub until: Option<Timestamp>,
+    /// Strictly older than this (creation, id): the last lease of the previous page.
+    pub before: Option<(Timestamp, LeaseId)>,
+    pub limit: usize,
+}
+
+/// A page of leases, newest first, and whether older ones match too.
+#[derive(Clone, Debug, Default)]
+pub struct LeasePage {
+    pub leases: Vec<Lease>,
+    pub more: bool,
+}
+
 /// Paid: enough calls counted and, when an amount is asked, enough paid by them.
 pub(crate) fn paid(calls: u32, required: u32, amount_paid: Money, asked: Option<Money>) -> bool {
     calls >= required && asked.is_none_or(|a| amount_paid >= a)

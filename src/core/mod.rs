@@ -23,8 +23,8 @@ pub use call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use directory::Directory;
 pub use journal::{EventKind, JournalEvent};
 pub use lease::{
-    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, OnExhausted,
-    PoolLimits, PoolSpec, PoolStats,
+    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeasePage, LeaseQuery, LeaseSettings,
+    LeaseState, OnExhausted, PoolLimits, PoolSpec, PoolStats,
 };
 pub use money::{Charge, Currency, Money, Rate, Tariff, TariffUnit};
 pub use outbox::{Notice, Outbox};

@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod json;
 mod leases;
+mod money;
 mod ops;
 mod site;
 mod tickets;
@@ -121,7 +122,7 @@ pub fn router(state: AppState) -> Router {
 
 fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/leases", post(leases::create))
+        .route("/v1/leases", post(leases::create).get(money::transactions))
         .route("/v1/leases/{id}", get(leases::show).delete(leases::release))
         .route("/v1/leases/{id}/renew", post(leases::renew))
         .route("/v1/leases/{id}/redeem", post(leases::redeem))

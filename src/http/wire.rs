@@ -87,6 +87,55 @@ pub struct LeaseBody {
     pub tariff: Option<TariffBody>,
 }
 
+impl LeaseBody {
+    pub const CSV_HEADER: &'static str = "lease_id,pool,number,session,listing,state,created_at,expires_at,calls,calls_required,paid,amount,amount_paid,refunded,currency,redeemed_at";
+
+    /// One CSV line of a transactions export; text cells through [`csv_cell`].
+    pub fn csv(&self) -> String {
+        let q = csv_cell;
+        let o = |v: &Option<String>| v.as_deref().map(q).unwrap_or_default();
+        [
+            q(&self.lease_id),
+            q(&self.pool),
+            q(&self.number),
+            q(&self.session),
+            o(&self.listing),
+            self.state.to_owned(),
+            q(&self.created_at),
+            q(&self.expires_at),
+            self.calls.to_string(),
+            self.calls_required.to_string(),
+            self.paid.to_string(),
+            o(&self.amount),
+            q(&self.amount_paid),
+            q(&self.refunded),
+            o(&self.currency),
+            o(&self.redeemed_at),
+        ]
+        .join(",")
+    }
+}
+
+/// `GET /v1/leases`: a page of transactions.
+#[derive(Serialize)]
+pub struct LeasesBody {
+    pub leases: Vec<LeaseBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesParams {
+    pub pool: Option<String>,
+    pub state: Option<String>,
+    pub listing: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+    pub format: Option<String>,
+}
+
 /// A pool's tariff as `pool.toml` writes it: `{"per_call": "2.99", "currency": "EUR"}` or
 /// `{"per_minute": "3.13", "currency": "CHF", "increment_secs": 20}`.
 #[derive(Serialize)]

@@ -13,6 +13,7 @@ mod queues;
 mod slab;
 
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap as StdMap;
 use std::time::Duration;
 
@@ -21,8 +22,8 @@ use priority_queue::PriorityQueue;
 
 use super::directory::Directory;
 use super::lease::{
-    paid, AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, Line,
-    OnExhausted, PoolLimits, PoolSpec, PoolStats,
+    paid, AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeasePage, LeaseQuery,
+    LeaseSettings, LeaseState, Line, OnExhausted, PoolLimits, PoolSpec, PoolStats,
 };
 use super::money::Money;
 use super::outbox::{Notice, Outbox};
@@ -660,6 +661,46 @@ impl Leasing {
         let r = self.leases.get(i);
         let t = self.leases.terms(r);
         paid(r.calls(), t.calls_required, r.amount_paid(), t.amount)
+    }
+
+    /// The leases `q` asks for, newest first (by creation, then id): one pass over the records,
+    /// keeping only the `limit + 1` newest that match.
+    pub(super) fn list(&self, q: &LeaseQuery, now: Timestamp) -> LeasePage {
+        let mut newest: BinaryHeap<Reverse<(Timestamp, LeaseId, u32)>> = BinaryHeap::new();
+        for (i, r) in self.leases.iter() {
+            let key = (r.created_at, r.id);
+            if q.before.is_some_and(|b| key >= b)
+                || q.since.is_some_and(|t| r.created_at < t)
+                || q.until.is_some_and(|t| r.created_at >= t)
+                || q.pools.as_ref().is_some_and(|p| !p.contains(&r.pool()))
+                || q.state.is_some_and(|s| r.state(now) != s)
+            {
+                continue;
+            }
+            let t = self.leases.terms(r);
+            if q.tenant.as_ref().is_some_and(|x| x != &t.tenant)
+                || q.listing
+                    .as_ref()
+                    .is_some_and(|l| t.listing.as_ref() != Some(l))
+            {
+                continue;
+            }
+            newest.push(Reverse((key.0, key.1, i)));
+            if newest.len() > q.limit + 1 {
+                newest.pop();
+            }
+        }
+        let mut found: Vec<_> = newest.into_iter().map(|Reverse(k)| k).collect();
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        let more = found.len() > q.limit;
+        found.truncate(q.limit);
+        LeasePage {
+            leases: found
+                .into_iter()
+                .map(|(_, _, i)| self.leases.lease(i))
+                .collect(),
+            more,
+        }
     }
 
     /// Records a refund of `amount` on a paid lease of `tenant`: never more than was paid and
