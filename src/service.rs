@@ -13,10 +13,10 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::core::{
-    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Directory, EndReason,
-    Entropy, Formula, Lease, LeaseId, LeaseQuery, LeaseState, ListingId, Money, Notice, Outbox,
-    Pass, PassId, PhoneNumber, PoolId, PoolStats, Target, Tariff, TenantId, Ticket, TicketCode,
-    Timestamp, TICK_MS,
+    day_start, AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, CoreError, Counts,
+    Currency, Directory, EndReason, Entropy, Formula, Lease, LeaseId, LeaseQuery, LeaseState,
+    ListingId, Money, Notice, Outbox, Pass, PassId, PhoneNumber, PoolId, PoolStats, Target, Tariff,
+    TenantId, Ticket, TicketCode, Timestamp, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::store::{Committer, JournalPage, JournalQuery, Storage, StoreError};
@@ -43,6 +43,23 @@ pub struct LeaseView {
     pub pass: Option<PassView>,
     /// Its pool's tariff, so a page can show the price beside the number.
     pub tariff: Option<Tariff>,
+}
+
+/// How statistics are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsBy {
+    Day,
+    Listing,
+    Pool,
+}
+
+/// One row of statistics: a group's counters, in one currency.
+#[derive(Clone, Debug)]
+pub struct StatRow {
+    /// The day (`2026-01-31`), the listing (`None`: calls and leases of no listing) or the pool.
+    pub key: Option<String>,
+    pub currency: Option<Currency>,
+    pub counts: Counts,
 }
 
 /// One pool's counts, for `/v1/pools` and the gauges.
@@ -225,6 +242,53 @@ impl Service {
     }
 
     /// The lease `id` as it stands now.
+    /// Statistics of the UTC days `from..=to` (days since 1970-01-01) for `pools` (`None`:
+    /// every configured pool), grouped `by` day, listing or pool and by currency, in key
+    /// order. Read from the store's index: the cells of the range, never the journal.
+    pub fn stats(
+        &self,
+        from: u32,
+        to: u32,
+        pools: Option<&[PoolId]>,
+        by: StatsBy,
+    ) -> Result<Vec<StatRow>, ServiceError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(ServiceError::Unavailable);
+        }
+        let mut groups: std::collections::BTreeMap<(Option<String>, Option<Currency>), Counts> =
+            Default::default();
+        for cell in self.store.stats(from, to)? {
+            let Some(pool) = cell.pool else { continue };
+            if pools.is_some_and(|p| !p.contains(&pool)) {
+                continue;
+            }
+            let key = match by {
+                StatsBy::Day => Some(
+                    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(
+                        day_start(cell.day).as_millis() as i64,
+                    )
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d")
+                    .to_string(),
+                ),
+                StatsBy::Listing => cell.listing,
+                StatsBy::Pool => Some(self.dir.name(pool).to_owned()),
+            };
+            groups
+                .entry((key, cell.currency))
+                .or_default()
+                .add(&cell.counts);
+        }
+        Ok(groups
+            .into_iter()
+            .map(|((key, currency), counts)| StatRow {
+                key,
+                currency,
+                counts,
+            })
+            .collect())
+    }
+
     /// A page of leases (transactions), newest first, as views.
     pub fn leases(&self, q: &LeaseQuery) -> Result<(Vec<LeaseView>, bool), ServiceError> {
         let core = self.lock()?;

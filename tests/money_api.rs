@@ -506,3 +506,154 @@ async fn transactions_list_a_tenants_leases_newest_first_and_never_anothers() {
         .await
         .assert_problem(422, "format");
 }
+
+async fn stats(app: &TestApp, key: &str, query: &str) -> Reply {
+    app.call("GET", &format!("/v1/stats{query}"), Some(key), None)
+        .await
+}
+
+fn row(r: &Reply, key: Value, currency: &str) -> Value {
+    r.json["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.text))
+        .iter()
+        .find(|x| x["key"] == key && x["currency"] == currency)
+        .unwrap_or_else(|| panic!("no row {key} {currency}: {}", r.text))
+        .clone()
+}
+
+#[tokio::test]
+async fn statistics_count_calls_amounts_and_leases_by_day_listing_and_pool() {
+    let app = TestApp::with_config(config).await;
+    let a = allocate(
+        &app,
+        SITE,
+        json!({"pool": "eur", "session": "a", "listing": "film-1"}),
+    )
+    .await;
+    call(&app, "a1", a.json["number"].as_str().unwrap(), 30).await;
+    call(&app, "nobody", "+33899100009", 0).await;
+    let b = allocate(
+        &app,
+        SITE,
+        json!({"pool": "chf", "session": "b", "listing": "film-2"}),
+    )
+    .await;
+    call(&app, "b1", b.json["number"].as_str().unwrap(), 41).await;
+    allocate(&app, OTHER_SITE, json!({"pool": "eur", "session": "x"})).await;
+    app.advance(Duration::from_secs(86_400)).await;
+    let c = allocate(
+        &app,
+        SITE,
+        json!({"pool": "eur", "session": "c", "listing": "film-1"}),
+    )
+    .await;
+    call(&app, "c1", c.json["number"].as_str().unwrap(), 10).await;
+
+    let range = "since=2026-01-01T00:00:00Z&until=2026-01-03T00:00:00Z";
+    let by_day = stats(&app, ADMIN, &format!("?by=day&{range}")).await;
+    assert_eq!(by_day.status, 200, "{}", by_day.text);
+    assert_eq!(
+        by_day.json["rows"].as_array().unwrap().len(),
+        3,
+        "{}",
+        by_day.text
+    );
+    assert_eq!(
+        row(&by_day, json!("2026-01-01"), "EUR"),
+        json!({"key": "2026-01-01", "calls": 2, "attributed": 1, "answered": 1,
+               "billed_seconds": 30, "amount": "2.99", "currency": "EUR",
+               "leases": 2, "paid_leases": 1})
+    );
+    assert_eq!(
+        row(&by_day, json!("2026-01-01"), "CHF"),
+        json!({"key": "2026-01-01", "calls": 1, "attributed": 1, "answered": 1,
+               "billed_seconds": 60, "amount": "3.13", "currency": "CHF",
+               "leases": 1, "paid_leases": 1})
+    );
+    let day2 = row(&by_day, json!("2026-01-02"), "EUR");
+    assert_eq!(
+        (day2["calls"].as_u64(), day2["amount"].as_str()),
+        (Some(1), Some("2.99"))
+    );
+
+    let by_pool = stats(&app, ADMIN, &format!("?by=pool&{range}")).await;
+    let eur = row(&by_pool, json!("eur"), "EUR");
+    assert_eq!(
+        (
+            eur["calls"].as_u64(),
+            eur["amount"].as_str(),
+            eur["leases"].as_u64()
+        ),
+        (Some(3), Some("5.98"), Some(3))
+    );
+    let by_listing = stats(&app, ADMIN, &format!("?by=listing&{range}")).await;
+    let film = row(&by_listing, json!("film-1"), "EUR");
+    assert_eq!(
+        (
+            film["calls"].as_u64(),
+            film["amount"].as_str(),
+            film["paid_leases"].as_u64()
+        ),
+        (Some(2), Some("5.98"), Some(2))
+    );
+    let none = row(&by_listing, Value::Null, "EUR");
+    assert_eq!(
+        (none["calls"].as_u64(), none["attributed"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // One day only; the default range (the last 30 days) holds everything.
+    let one = stats(
+        &app,
+        ADMIN,
+        "?since=2026-01-02T00:00:00Z&until=2026-01-03T00:00:00Z",
+    )
+    .await;
+    assert_eq!(
+        one.json["rows"].as_array().unwrap().len(),
+        1,
+        "{}",
+        one.text
+    );
+    let default = stats(&app, ADMIN, "?by=pool").await;
+    assert_eq!(
+        row(&default, json!("eur"), "EUR")["calls"],
+        3,
+        "{}",
+        default.text
+    );
+
+    // The statistics are on disk: a restart keeps them.
+    let app = app.restart().await;
+    assert_eq!(
+        stats(&app, ADMIN, &format!("?by=day&{range}")).await.json,
+        by_day.json
+    );
+
+    // An admin of one pool sees its pool only.
+    let scoped = stats(&app, EUR_ADMIN, &format!("?by=pool&{range}")).await;
+    assert_eq!(
+        scoped.json["rows"].as_array().unwrap().len(),
+        1,
+        "{}",
+        scoped.text
+    );
+    stats(&app, EUR_ADMIN, "?pool=chf")
+        .await
+        .assert_problem(403, "may not use pool");
+    stats(&app, SITE, "").await.assert_problem(403, "admin");
+    stats(&app, ADMIN, "?by=week")
+        .await
+        .assert_problem(422, "by");
+    stats(
+        &app,
+        ADMIN,
+        "?since=2026-01-03T00:00:00Z&until=2026-01-01T00:00:00Z",
+    )
+    .await
+    .assert_problem(422, "before until");
+    stats(&app, ADMIN, "?pool=nope")
+        .await
+        .assert_problem(404, "no pool");
+}

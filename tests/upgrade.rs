@@ -509,3 +509,40 @@ fn the_binary_serves_release_1_data_with_release_1_config() {
         .collect();
     assert_eq!(names, [POOL, "videos"]);
 }
+
+#[tokio::test]
+async fn statistics_of_release_1_calls_are_built_from_its_journal() {
+    let fx = fixture();
+    let app = fx.open().await;
+    let r = get(&app, "/v1/calls?limit=1000", ADMIN).await;
+    let calls: Vec<&Value> = r.json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "call" && c["pool"] == POOL)
+        .collect();
+    assert!(!calls.is_empty());
+    let answered = calls
+        .iter()
+        .filter(|c| c["duration_secs"].as_u64().is_some_and(|d| d >= 1))
+        .count();
+    let s = get(
+        &app,
+        "/v1/stats?by=pool&since=2020-01-01T00:00:00Z&until=2030-01-01T00:00:00Z",
+        ADMIN,
+    )
+    .await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    let row = s.json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == POOL)
+        .unwrap_or_else(|| panic!("{}", s.text))
+        .clone();
+    assert_eq!(row["calls"], calls.len(), "{}", s.text);
+    assert_eq!(row["answered"], answered, "{}", s.text);
+    assert_eq!(row["currency"], "EUR");
+    let cents = 299 * answered;
+    assert_eq!(row["amount"], format!("{}.{:02}", cents / 100, cents % 100));
+}

@@ -16,6 +16,7 @@ use super::leasing::Leasing;
 use super::money::Money;
 use super::outbox::Notice;
 use super::schedule::{Cx, Fired, Schedule};
+use super::stats::{day_of, Counts, Tally};
 use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
 use super::tickets::Ticketing;
 use super::time::Timestamp;
@@ -157,7 +158,52 @@ impl Allocator {
         new_id: LeaseId,
         out: &mut Outbox,
     ) -> Result<Allocated, CoreError> {
-        self.leasing.allocate(cx!(self, out), req, now, new_id)
+        let a = self.leasing.allocate(cx!(self, out), req, now, new_id)?;
+        if a.fresh {
+            let l = &a.lease;
+            let counts = Counts {
+                leases: 1,
+                ..Counts::default()
+            };
+            self.tally(l.pool, l.created_at, l.listing.clone(), counts, out);
+        }
+        Ok(a)
+    }
+
+    /// Adds `counts` to the statistics of `pool` on the day of `at`, for `listing`.
+    fn tally(
+        &self,
+        pool: PoolId,
+        at: Timestamp,
+        listing: Option<ListingId>,
+        counts: Counts,
+        out: &mut Outbox,
+    ) {
+        out.effects.push(Effect::Tally(Tally {
+            day: day_of(at),
+            pool,
+            currency: self.dir.spec(pool).tariff.map(|t| t.currency),
+            listing,
+            counts,
+        }));
+    }
+
+    /// Credits a lease (see `Leasing::credit`), counting it paid in the statistics of the day
+    /// it was created when it just became paid.
+    fn credit(&mut self, lease: &Lease, count: bool, amount: Money, out: &mut Outbox) {
+        if self.leasing.credit(lease.id, count, amount, out) {
+            let counts = Counts {
+                paid_leases: 1,
+                ..Counts::default()
+            };
+            self.tally(
+                lease.pool,
+                lease.created_at,
+                lease.listing.clone(),
+                counts,
+                out,
+            );
+        }
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
@@ -355,7 +401,7 @@ impl Allocator {
             .lease
             .and_then(|id| self.leasing.lease(&id))
         {
-            let (id, listing, target) = (lease.id, lease.listing, lease.target);
+            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
             let counts_now = lease.min_call_secs == 0;
             first_call_after =
                 self.leasing
@@ -365,7 +411,7 @@ impl Allocator {
                 call: call.id.clone(),
             });
             if counts_now {
-                self.leasing.credit(id, true, Money::ZERO, out);
+                self.credit(&lease, true, Money::ZERO, out);
                 call.counted = true;
             } else {
                 self.leasing.put(id, out);
@@ -383,6 +429,15 @@ impl Allocator {
             reason,
             first_call_after,
         });
+        if let Some(pool) = call.attribution.pool {
+            let counts = Counts {
+                calls: 1,
+                attributed: u64::from(reason.attributed()),
+                ..Counts::default()
+            };
+            let listing = call.attribution.listing.clone();
+            self.tally(pool, call.started_at, listing, counts, out);
+        }
         self.calls.remember_start(cx!(self, out), &call, now);
         Ok(call)
     }
@@ -441,9 +496,21 @@ impl Allocator {
                 false => Money::ZERO,
             };
             if counts_now || paid != Money::ZERO {
-                self.leasing.credit(lease_id, counts_now, paid, out);
+                self.credit(&lease, counts_now, paid, out);
             }
             call.counted |= counts_now;
+        }
+        if let Some(pool) = call.attribution.pool {
+            let counts = Counts {
+                answered: u64::from(end.duration_secs >= 1),
+                billed_secs: call
+                    .charge
+                    .map_or(u64::from(end.duration_secs), |c| u64::from(c.billed_secs)),
+                amount: call.charge.map_or(0, |c| c.amount.cents()),
+                ..Counts::default()
+            };
+            let listing = call.attribution.listing.clone();
+            self.tally(pool, call.started_at, listing, counts, out);
         }
         self.calls.remember_end(&call, out);
         Ok(call)

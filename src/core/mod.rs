@@ -12,6 +12,7 @@ mod leasing;
 mod money;
 mod outbox;
 mod schedule;
+mod stats;
 mod ticket;
 mod tickets;
 mod time;
@@ -28,6 +29,7 @@ pub use lease::{
 };
 pub use money::{Charge, Currency, Money, Rate, Tariff, TariffUnit};
 pub use outbox::{Notice, Outbox};
+pub use stats::{day_of, day_start, Counts, Tally};
 pub use ticket::{
     Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,
     TicketingAnswer,
@@ -61,6 +63,8 @@ pub enum Effect {
     TicketEvent(TicketEvent),
     /// A line of the journal about a lease or a pass (redeemed, refunded, pass revoked).
     JournalEvent(JournalEvent),
+    /// What to add to the statistics' index.
+    Tally(Tally),
     /// Where a tenant's listing sends calls.
     PutListing(TenantId, ListingId, Target),
     DelListing(TenantId, ListingId),

@@ -142,6 +142,7 @@ fn routes() -> Router<AppState> {
             get(tickets::show_pass).delete(tickets::revoke_pass),
         )
         .route("/v1/pools", get(ops::pools))
+        .route("/v1/stats", get(money::stats))
         .route("/embed.js", get(site::embed_js))
         .route("/demo", get(site::demo))
         .route("/healthz", get(ops::healthz))

@@ -6,12 +6,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::auth::{check_pool, Need, SiteOrAdmin};
+use super::auth::{check_pool, Admin, Need, SiteOrAdmin};
 use super::error::ApiError;
-use super::wire::{parse_time, LeaseBody, LeasesBody, LeasesParams};
+use super::wire::{
+    parse_time, rfc3339, LeaseBody, LeasesBody, LeasesParams, StatRowBody, StatsBody, StatsParams,
+};
 use super::AppState;
 use crate::config::Role;
-use crate::core::{LeaseId, LeaseQuery, LeaseState, ListingId, Timestamp};
+use crate::core::{day_of, LeaseId, LeaseQuery, LeaseState, ListingId, Timestamp};
+use crate::service::StatsBy;
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -131,4 +134,60 @@ pub async fn transactions(
             "format: {other:?}; expected \"json\" or \"csv\""
         ))),
     }
+}
+
+/// How far back statistics go when `since` is not given.
+const DEFAULT_STATS_DAYS: u64 = 30;
+
+/// Statistics (admin): calls, attributed, answered, billed seconds, amount, leases and paid
+/// leases, by UTC day, listing or pool (and currency), over whole UTC days from `since`'s to
+/// the one before `until` (default: the last 30 days, today included), for the key's pools.
+pub async fn stats(
+    State(s): State<AppState>,
+    Need(key, _): Need<Admin>,
+    params: Result<Query<StatsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<StatsBody>, ApiError> {
+    let Query(p) = params.map_err(bad_query)?;
+    let dir = s.service.directory();
+    let pools: Option<Vec<_>> = match &p.pool {
+        Some(name) => {
+            let id = dir.id(name).ok_or_else(|| ApiError::unknown_pool(name))?;
+            check_pool(&key, name)?;
+            Some(vec![id])
+        }
+        None => key
+            .pools
+            .as_ref()
+            .map(|names| names.iter().filter_map(|n| dir.id(n)).collect()),
+    };
+    let (by, by_name) = match p.by.as_deref().unwrap_or("day") {
+        "day" => (StatsBy::Day, "day"),
+        "listing" => (StatsBy::Listing, "listing"),
+        "pool" => (StatsBy::Pool, "pool"),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "by: {other:?}; expected \"day\", \"listing\" or \"pool\""
+            )))
+        }
+    };
+    let now = s.service.now();
+    let until =
+        time("until", &p.until)?.unwrap_or(now.saturating_add(std::time::Duration::from_millis(1)));
+    let since = time("since", &p.since)?.unwrap_or_else(|| {
+        crate::core::day_start(day_of(now).saturating_sub(DEFAULT_STATS_DAYS as u32 - 1))
+    });
+    if since >= until {
+        return Err(ApiError::invalid("since: must be before until"));
+    }
+    let (from, to) = (
+        day_of(since),
+        day_of(Timestamp::from_millis(until.as_millis() - 1)),
+    );
+    let rows = s.service.stats(from, to, pools.as_deref(), by)?;
+    Ok(Json(StatsBody {
+        by: by_name,
+        since: rfc3339(crate::core::day_start(from)),
+        until: rfc3339(crate::core::day_start(to.saturating_add(1))),
+        rows: rows.iter().map(StatRowBody::from).collect(),
+    }))
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::{Attribution, Call, Tariff, TariffUnit, TicketingAnswer, Timestamp};
-use crate::service::{LeaseView, PoolView};
+use crate::service::{LeaseView, PoolView, StatRow};
 use crate::service::{PassView, TicketView};
 use crate::store::JournalRow as StoredRow;
 
@@ -114,6 +114,54 @@ impl LeaseBody {
         ]
         .join(",")
     }
+}
+
+/// `GET /v1/stats`: one row per group and currency.
+#[derive(Serialize)]
+pub struct StatsBody {
+    pub by: &'static str,
+    pub since: String,
+    pub until: String,
+    pub rows: Vec<StatRowBody>,
+}
+
+#[derive(Serialize)]
+pub struct StatRowBody {
+    pub key: Option<String>,
+    pub calls: u64,
+    pub attributed: u64,
+    pub answered: u64,
+    pub billed_seconds: u64,
+    pub amount: String,
+    pub currency: Option<String>,
+    pub leases: u64,
+    pub paid_leases: u64,
+}
+
+impl From<&StatRow> for StatRowBody {
+    fn from(r: &StatRow) -> Self {
+        let c = &r.counts;
+        StatRowBody {
+            key: r.key.clone(),
+            calls: c.calls,
+            attributed: c.attributed,
+            answered: c.answered,
+            billed_seconds: c.billed_secs,
+            amount: c.amount().to_string(),
+            currency: r.currency.map(|c| c.to_string()),
+            leases: c.leases,
+            paid_leases: c.paid_leases,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsParams {
+    pub pool: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub by: Option<String>,
 }
 
 /// `GET /v1/leases`: a page of transactions.

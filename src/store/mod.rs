@@ -36,11 +36,13 @@ mod log;
 mod migrate;
 mod record;
 mod snapshot;
+mod stats;
 
 pub use commit::Committer;
 pub use compact::Policy;
 pub use faults::{Fault, Faulty};
 pub use record::{CallRow, EventRow, TicketRow};
+pub use stats::Cell;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -166,6 +168,8 @@ pub trait Storage: Send + Sync + 'static {
     fn load(&self) -> Result<Recovered, StoreError>;
     /// One page of the call journal, newest first.
     fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError>;
+    /// The statistics' cells of the UTC days `from..=to` (days since 1970-01-01).
+    fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError>;
     /// The last instant a running Leaseline recorded.
     fn watermark(&self) -> Option<Timestamp>;
     /// Records how far time has got; made durable by the next flush.
@@ -206,6 +210,10 @@ impl Storage for Store {
 
     fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError> {
         Store::journal(self, q)
+    }
+
+    fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError> {
+        Store::stats(self, from, to)
     }
 
     fn watermark(&self) -> Option<Timestamp> {
@@ -425,6 +433,10 @@ impl Store {
                 "two pool names share a storage tag; rename one".into(),
             ));
         }
+        let counted = stats::build(&db, &pools)?;
+        if counted > 0 {
+            tracing::info!(calls = counted, "statistics index built from the journal");
+        }
         let last = last_seq(&db, dir)?;
         let disk = Arc::new(Disk {
             db: RwLock::new(Some(db)),
@@ -556,16 +568,19 @@ impl Store {
         let db = self.disk.db()?;
         let mut batch = sled::Batch::default();
         let mut entry = log::Entry::default();
+        let mut tallies = stats::Pending::new();
         let mut journal = 0;
         for g in groups {
-            journal += self.add_to(&mut batch, &mut entry, g);
+            journal += self.add_to(&mut batch, &mut entry, &mut tallies, g);
             if entry.ops() + journal >= ENTRY_CHANGES || entry.bytes().len() >= ENTRY_BYTES {
+                stats::merge_into(&db, &mut batch, std::mem::take(&mut tallies))?;
                 self.commit(&db, &mut next, std::mem::take(&mut batch), entry)?;
                 entry = log::Entry::default();
                 journal = 0;
             }
         }
-        if entry.ops() + journal > 0 {
+        if entry.ops() + journal > 0 || !tallies.is_empty() {
+            stats::merge_into(&db, &mut batch, tallies)?;
             self.commit(&db, &mut next, batch, entry)?;
         }
         Ok(())
@@ -595,7 +610,13 @@ impl Store {
 
     /// Adds one operation's effects: journal keys to `batch`, state changes to `entry`.
     /// Returns how many journal keys it added.
-    fn add_to(&self, batch: &mut sled::Batch, entry: &mut log::Entry, effects: &[Effect]) -> usize {
+    fn add_to(
+        &self,
+        batch: &mut sled::Batch,
+        entry: &mut log::Entry,
+        tallies: &mut stats::Pending,
+        effects: &[Effect],
+    ) -> usize {
         let name = |p: PoolId| self.pools.name(p);
         let mut journal = 0;
         for e in effects {
@@ -647,6 +668,7 @@ impl Store {
                     batch.insert(&journal_key(e.at, &e.id)[..], &[LEASE_EVENT][..]);
                     journal += 2;
                 }
+                Effect::Tally(t) => stats::add(tallies, t, name(t.pool)),
                 Effect::PutReturn(r) => entry.put(&return_key(&r.key), &record::encode_return(r)),
                 Effect::DelReturn(k) => entry.del(&return_key(k)),
                 Effect::PutWheel(t, due) => entry.put(&self.wheel_key(*t, due), &[]),
@@ -669,6 +691,23 @@ impl Store {
     #[doc(hidden)]
     pub fn compact_torn_for_tests(&self) -> Result<Option<u64>, StoreError> {
         self.compactor.now(false)
+    }
+
+    /// The statistics' cells of the UTC days `from..=to`: one key per (day, pool, currency,
+    /// listing) that saw anything, read in key order.
+    pub fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError> {
+        let lo = [&[stats::STATS][..], &from.to_be_bytes()].concat();
+        let hi = match to.checked_add(1) {
+            Some(d) => [&[stats::STATS][..], &d.to_be_bytes()].concat(),
+            None => vec![stats::STATS + 1],
+        };
+        let db = self.disk.db()?;
+        db.range(lo..hi)
+            .map(|item| {
+                let (k, v) = item?;
+                stats::cell(&k, &v, &self.pool_by_tag)
+            })
+            .collect()
     }
 
     /// One page of the call journal, newest first.

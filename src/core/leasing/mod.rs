@@ -1143,7 +1143,14 @@ impl Leasing {
 
     /// Credits a lease with a call counted toward it (`count`, once per call) and what a
     /// counted call cost (`amount`, once its duration is known), noting when it becomes paid.
-    pub(super) fn credit(&mut self, id: LeaseId, count: bool, amount: Money, out: &mut Outbox) {
+    /// Returns whether it just became paid.
+    pub(super) fn credit(
+        &mut self,
+        id: LeaseId,
+        count: bool,
+        amount: Money,
+        out: &mut Outbox,
+    ) -> bool {
         let i = self.leases.find(&id).expect("caller checked");
         let was_paid = self.is_paid(i);
         let l = self.leases.get_mut(i);
@@ -1153,10 +1160,12 @@ impl Leasing {
         if amount != Money::ZERO {
             l.add_paid(amount);
         }
-        if !was_paid && self.is_paid(i) {
+        let became = !was_paid && self.is_paid(i);
+        if became {
             out.notices.push(Notice::Paid { lease: id });
         }
         out.effects.push(Effect::PutLease(self.leases.lease(i)));
+        became
     }
 
     /// Writes the lease as it stands.
