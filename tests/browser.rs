@@ -44,6 +44,12 @@ log_format = "json"
 name = "fr"
 numbers = ["+33899100000..=+33899100099"]
 fallback_target = "+33100000000"
+tariff = {{ per_call = "2.99", currency = "EUR" }}
+
+[[pool]]
+name = "ch"
+numbers = ["+41900100000..=+41900100009"]
+tariff = {{ per_minute = "3.13", currency = "CHF", increment = "20s" }}
 
 [[pool]]
 name = "tiny"
