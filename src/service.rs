@@ -141,7 +141,8 @@ impl Service {
         let first_event = clock.now().as_millis() * 1000;
         let dir = Arc::clone(core.directory());
         for p in dir.ids() {
-            metrics.register_pool(dir.name(p));
+            let currency = dir.spec(p).tariff.map(|t| t.currency);
+            metrics.register_pool(dir.name(p), currency.as_ref().map(Currency::as_str));
         }
         Service {
             core: Mutex::new(core),
@@ -767,7 +768,7 @@ impl Service {
                         pool: pool.map(name),
                         notice: n,
                     },
-                    Notice::TicketIssued { pool } => Described {
+                    Notice::Charged { pool, .. } | Notice::TicketIssued { pool } => Described {
                         counters: None,
                         pool: Some(name(*pool)),
                         notice: n,
@@ -873,6 +874,19 @@ impl Service {
                 Notice::Paid { lease } => {
                     self.metrics.paid.with_label_values(&[&pool]).inc();
                     event(lease, EventKind::Paid, None, None, None)
+                }
+                Notice::Charged { charge, .. } => {
+                    let pool = d.pool.unwrap_or_default();
+                    self.metrics
+                        .billed_seconds
+                        .with_label_values(&[&pool])
+                        .inc_by(u64::from(charge.billed_secs));
+                    if let Ok(cents) = u64::try_from(charge.amount.cents()) {
+                        self.metrics
+                            .amount
+                            .with_label_values(&[&pool, charge.currency.as_str()])
+                            .inc_by(cents);
+                    }
                 }
                 Notice::TicketIssued { .. } => {
                     let pool = d.pool.unwrap_or_default();

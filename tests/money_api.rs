@@ -657,3 +657,31 @@ async fn statistics_count_calls_amounts_and_leases_by_day_listing_and_pool() {
         .await
         .assert_problem(404, "no pool");
 }
+
+#[tokio::test]
+async fn revenue_metrics_count_cents_and_billed_seconds() {
+    let app = TestApp::with_config(config).await;
+    let text = app.call("GET", "/metrics", None, None).await.text;
+    assert!(
+        text.contains("leaseline_amount_total{currency=\"EUR\",pool=\"eur\"} 0"),
+        "{text}"
+    );
+    let a = allocate(&app, SITE, json!({"pool": "eur", "session": "a"})).await;
+    call(&app, "a1", a.json["number"].as_str().unwrap(), 30).await;
+    let b = allocate(&app, SITE, json!({"pool": "chf", "session": "b"})).await;
+    call(&app, "b1", b.json["number"].as_str().unwrap(), 41).await;
+    let text = app.call("GET", "/metrics", None, None).await.text;
+    for line in [
+        "leaseline_amount_total{currency=\"EUR\",pool=\"eur\"} 299",
+        "leaseline_amount_total{currency=\"CHF\",pool=\"chf\"} 313",
+        "leaseline_billed_seconds_total{pool=\"eur\"} 30",
+        "leaseline_billed_seconds_total{pool=\"chf\"} 60",
+        "leaseline_billed_seconds_total{pool=\"free\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("leaseline_amount_total{currency=\"\""),
+        "{text}"
+    );
+}

@@ -78,7 +78,14 @@ fn the_dashboard_is_well_formed() {
 /// The dashboard and the alerts use exactly the metric names the binary exports.
 #[tokio::test]
 async fn dashboard_and_alerts_use_only_exported_metric_names() {
-    let app = TestApp::new().await;
+    // A priced pool, so that the revenue counter has a series.
+    let app = TestApp::with_config(|d| {
+        config_text(d, "").replace(
+            "name = \"ch\"\n",
+            "name = \"ch\"\ntariff = { per_minute = \"3.13\", currency = \"CHF\" }\n",
+        )
+    })
+    .await;
     app.call("GET", "/healthz", None, None).await; // so the HTTP histogram has a series
     let text = app.call("GET", "/metrics", None, None).await.text;
     let exported: BTreeSet<String> = text
@@ -187,6 +194,7 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
         r#"[[pool]]
 name = "ex"
 numbers = ["+33899100000", "+33899100001"]
+tariff = { per_call = "2.99", currency = "EUR" }
 grace = "1s"
 quarantine = "1s"
 [[pool]]

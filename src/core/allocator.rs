@@ -500,6 +500,9 @@ impl Allocator {
             }
             call.counted |= counts_now;
         }
+        if let (Some(pool), Some(charge)) = (call.attribution.pool, call.charge) {
+            out.notices.push(Notice::Charged { pool, charge });
+        }
         if let Some(pool) = call.attribution.pool {
             let counts = Counts {
                 answered: u64::from(end.duration_secs >= 1),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::call::Reason;
 use super::lease::EndReason;
+use super::money::Charge;
 use super::types::{CallId, LeaseId, PoolId};
 use super::Effect;
 
@@ -54,6 +55,11 @@ pub enum Notice {
     },
     TicketIssued {
         pool: PoolId,
+    },
+    /// A call of `pool` ended and was priced by its tariff.
+    Charged {
+        pool: PoolId,
+        charge: Charge,
     },
     /// The record is gone (retention over): nothing more will happen to it.
     Purged {
