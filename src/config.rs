@@ -120,6 +120,9 @@ pub struct ServerConfig {
     pub snapshot_after_changes: u64,
     /// No two background snapshots closer than this (each rewrites the whole state).
     pub snapshot_min_interval: Duration,
+    /// Past this age, callers' numbers in the journal are replaced by keyed hashes (data
+    /// protection); amounts and everything else stay.
+    pub journal_retention: Duration,
     pub log_format: LogFormat,
     /// A wall clock found behind the store's last recorded instant by at most this much at
     /// start-up is raised to that instant (time never runs backwards); by more, Leaseline
@@ -301,6 +304,7 @@ struct RawServer {
     commit: Option<String>,
     snapshot_after_changes: Option<u64>,
     snapshot_min_interval: Option<String>,
+    journal_retention: Option<String>,
     log_format: Option<String>,
     max_clock_rewind: Option<String>,
     header_timeout: Option<String>,
@@ -404,6 +408,19 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
             return Err(format!("pool {:?} is defined twice", pool.spec.name));
         }
         pools.push(pool);
+    }
+    // A call stays in memory for its pool's retention (for its `end`, which writes the record
+    // again): the journal may only hide its caller after that.
+    if let Some(p) = pools
+        .iter()
+        .find(|p| p.spec.settings.retention >= server.journal_retention)
+    {
+        return Err(format!(
+            "[server] journal_retention = {} must be longer than pool {:?}'s retention ({})",
+            fmt_duration(server.journal_retention),
+            p.spec.name,
+            fmt_duration(p.spec.settings.retention)
+        ));
     }
     let mut keys: Vec<KeyConfig> = Vec::new();
     for k in raw.keys {
@@ -597,6 +614,13 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         secs(0),
         secs(86_400),
     )?;
+    let journal_retention = bounded(
+        "journal_retention",
+        &raw.journal_retention,
+        secs(365 * 86_400),
+        secs(86_400),
+        secs(100 * 365 * 86_400),
+    )?;
     let trusted_proxies = raw
         .trusted_proxies
         .unwrap_or_default()
@@ -613,6 +637,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         commit,
         snapshot_after_changes,
         snapshot_min_interval,
+        journal_retention,
         log_format,
         max_clock_rewind,
         accept_wall_clock: false,
@@ -1136,6 +1161,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
+            "y" => 365 * 86_400_000,
             _ => return Err(expected.into()),
         };
         rest = &rest[unit_len..];

@@ -33,6 +33,11 @@ pub enum ServiceError {
     Unavailable,
 }
 
+/// How long callers' numbers stay in the journal by default: a year.
+pub const DEFAULT_JOURNAL_RETENTION: Duration = Duration::from_secs(365 * 86_400);
+/// Journal rows looked at per tick when replacing callers' numbers.
+const PSEUDONYMIZE_PER_TICK: usize = 10_000;
+
 /// A lease as seen at one instant, with the names the edges need.
 #[derive(Clone, Debug)]
 pub struct LeaseView {
@@ -128,6 +133,8 @@ pub struct Service {
     next_event: AtomicU64,
     /// Becomes true when shutdown starts, so long-lived streams end and draining can finish.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Past this age, callers' numbers in the journal are replaced by keyed hashes.
+    journal_retention: Duration,
 }
 
 impl Service {
@@ -156,7 +163,14 @@ impl Service {
             backlog: Mutex::new(HashMap::new()),
             next_event: AtomicU64::new(first_event),
             closing: tokio::sync::watch::channel(false).0,
+            journal_retention: DEFAULT_JOURNAL_RETENTION,
         }
+    }
+
+    /// How long callers' numbers stay readable in the journal (`[server] journal_retention`).
+    pub fn with_journal_retention(mut self, retention: Duration) -> Service {
+        self.journal_retention = retention;
+        self
     }
 
     pub fn now(&self) -> Timestamp {
@@ -556,7 +570,17 @@ impl Service {
             .await?;
         self.metrics.wheel_pending.set(pending as i64);
         self.metrics.wheel_lag.set((lag * TICK_MS) as f64 / 1000.0);
-        self.store.set_watermark(self.clock.now());
+        let now = self.clock.now();
+        self.store.set_watermark(now);
+        // Callers' numbers past the journal's retention become pseudonyms, a bounded batch a
+        // tick so a first pass over an old journal never holds the writers for long.
+        if let Some(before) = now
+            .as_millis()
+            .checked_sub(self.journal_retention.as_millis() as u64)
+        {
+            self.store
+                .pseudonymize(Timestamp::from_millis(before), PSEUDONYMIZE_PER_TICK)?;
+        }
         Ok(())
     }
 

@@ -69,13 +69,10 @@ pub async fn build_state_with(
         config.server.commit,
         Arc::clone(&metrics),
     );
-    let service = Arc::new(Service::new(
-        core,
-        store,
-        commit,
-        clock,
-        Arc::clone(&metrics),
-    ));
+    let service = Arc::new(
+        Service::new(core, store, commit, clock, Arc::clone(&metrics))
+            .with_journal_retention(config.server.journal_retention),
+    );
     if let Some(mark) = rewind {
         let ended = service
             .rewind_to(mark)

@@ -685,3 +685,100 @@ async fn revenue_metrics_count_cents_and_billed_seconds() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn past_journal_retention_callers_become_pseudonyms_and_amounts_stay() {
+    let app = TestApp::with_config(|d| {
+        config(d).replace("data_dir = ", "journal_retention = \"2d\"\ndata_dir = ")
+    })
+    .await;
+    let a = allocate(&app, SITE, json!({"pool": "eur", "session": "a"})).await;
+    let number = a.json["number"].as_str().unwrap().to_owned();
+    let start = |id: &str, caller: &str| {
+        json!({"call_id": id, "event": "start", "called": number, "caller": caller}).to_string()
+    };
+    for (id, caller) in [
+        ("c1", "+33611111111"),
+        ("c2", "+33611111111"),
+        ("c3", "+33622222222"),
+    ] {
+        app.call(
+            "POST",
+            "/v1/calls",
+            Some(TELEPHONY),
+            Some(&start(id, caller)),
+        )
+        .await;
+        let end = json!({"call_id": id, "event": "end", "duration_secs": 20}).to_string();
+        app.call("POST", "/v1/calls", Some(TELEPHONY), Some(&end))
+            .await;
+    }
+    let before = journal(&app).await;
+    assert!(before
+        .iter()
+        .all(|r| r["caller"].as_str().unwrap().starts_with("+336")));
+
+    // A day later, still within retention: numbers stay.
+    app.advance(Duration::from_secs(86_400)).await;
+    let rows = journal(&app).await;
+    assert_eq!(rows, before);
+    // Past two days: every old caller is a pseudonym; a new call keeps its number.
+    app.advance(Duration::from_secs(86_400 + 60)).await;
+    app.call(
+        "POST",
+        "/v1/calls",
+        Some(TELEPHONY),
+        Some(&start("c4", "+33633333333")),
+    )
+    .await;
+    let app = app.restart().await;
+    app.advance(Duration::from_secs(1)).await;
+    let rows = journal(&app).await;
+    let caller = |id: &str| {
+        let r = rows.iter().find(|r| r["call_id"] == id).unwrap();
+        (
+            r["caller"].as_str().unwrap().to_owned(),
+            r["amount"].clone(),
+        )
+    };
+    let (c1, c2, c3, c4) = (caller("c1"), caller("c2"), caller("c3"), caller("c4"));
+    assert!(c1.0.starts_with("anon:") && c1.0.len() == 5 + 24, "{c1:?}");
+    assert_eq!(c1.0, c2.0, "one caller, one pseudonym: rows still group");
+    assert_ne!(c1.0, c3.0);
+    assert_eq!((c1.1, c3.1), (json!("2.99"), json!("2.99")), "amounts stay");
+    assert_eq!(c4.0, "+33633333333");
+    let csv = app
+        .call("GET", "/v1/calls?format=csv", Some(ADMIN), None)
+        .await;
+    assert!(!csv.text.contains("+33611111111"), "{}", csv.text);
+    assert!(csv.text.contains(&c1.0), "{}", csv.text);
+    // Statistics are untouched.
+    let s = stats(&app, ADMIN, "?by=pool").await;
+    assert_eq!(row(&s, json!("eur"), "EUR")["amount"], "8.97", "{}", s.text);
+}
+
+#[test]
+fn journal_retention_must_outlast_the_calls_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&dir.path().join("data"));
+    let with = |r: &str| {
+        leaseline::config::Config::parse(
+            &text.replace(
+                "data_dir = ",
+                &format!("journal_retention = \"{r}\"\ndata_dir = "),
+            ),
+            dir.path(),
+        )
+    };
+    assert_eq!(
+        with("1y").unwrap().server.journal_retention,
+        Duration::from_secs(365 * 86_400)
+    );
+    let e = with("1d").unwrap_err().to_string();
+    assert!(
+        e.contains("must be longer than pool \"eur\"'s retention"),
+        "{e}"
+    );
+    let e = with("1h").unwrap_err().to_string();
+    assert!(e.contains("journal_retention"), "{e}");
+}

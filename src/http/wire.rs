@@ -410,7 +410,10 @@ impl JournalRow {
                     call_id: Some(c.id.as_str().to_owned()),
                     pool: row.pool.clone(),
                     called: Some(c.called.to_string()),
-                    caller: c.caller.map(|n| n.to_string()),
+                    caller: c
+                        .caller
+                        .map(|n| n.to_string())
+                        .or(row.caller_hash.map(pseudonym)),
                     code: c.code.map(|x| x.to_string()),
                     started_at: rfc3339(c.started_at),
                     reason: Some(a.reason.as_str()),
@@ -449,7 +452,11 @@ impl JournalRow {
                 JournalRow {
                     kind: e.kind.as_str(),
                     pool: Some(t.pool.clone()),
-                    caller: e.ticket.caller.map(|n| n.to_string()),
+                    caller: e
+                        .ticket
+                        .caller
+                        .map(|n| n.to_string())
+                        .or(t.caller_hash.map(pseudonym)),
                     started_at: rfc3339(e.at),
                     ticket_id: Some(e.ticket.id.to_string()),
                     amount,
@@ -492,6 +499,11 @@ impl JournalRow {
         ]
         .join(",")
     }
+}
+
+/// A caller's number replaced by the journal's retention: `anon:` and the keyed hash in hex.
+fn pseudonym(h: crate::store::Pseudonym) -> String {
+    format!("anon:{}", hex::encode(h))
 }
 
 /// One CSV cell, safe to open in a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`,

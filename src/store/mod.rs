@@ -41,7 +41,7 @@ mod stats;
 pub use commit::Committer;
 pub use compact::Policy;
 pub use faults::{Fault, Faulty};
-pub use record::{CallRow, EventRow, TicketRow};
+pub use record::{CallRow, EventRow, Pseudonym, TicketRow};
 pub use stats::Cell;
 
 use std::collections::{HashMap, HashSet};
@@ -75,6 +75,11 @@ const FORMAT_KEY: &[u8] = b"Mformat";
 const WATERMARK_KEY: &[u8] = b"Mnow";
 /// The first log seq the log still holds (every entry from it on is there); absent: 1.
 const LOG_START_KEY: &[u8] = b"Mlogstart";
+/// The key of the callers' pseudonyms (32 random bytes, made at first open): HMAC keys them,
+/// so a pseudonym cannot be reversed by hashing every possible number.
+const PSEUDONYM_KEY: &[u8] = b"Mpseudokey";
+/// The journal key up to which callers' numbers were replaced (exclusive).
+const PSEUDONYMIZED_KEY: &[u8] = b"Mpseudoupto";
 /// Written by the probe that checks a failed disk takes writes again.
 const PROBE_KEY: &[u8] = b"Mprobe";
 const FORMAT: &[u8] = b"leaseline-store-3";
@@ -170,6 +175,9 @@ pub trait Storage: Send + Sync + 'static {
     fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError>;
     /// The statistics' cells of the UTC days `from..=to` (days since 1970-01-01).
     fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError>;
+    /// Replaces callers' numbers in the journal's calls started before `before` by keyed
+    /// hashes, at most `max` rows at a time (see [`Store::pseudonymize`]).
+    fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError>;
     /// The last instant a running Leaseline recorded.
     fn watermark(&self) -> Option<Timestamp>;
     /// Records how far time has got; made durable by the next flush.
@@ -214,6 +222,10 @@ impl Storage for Store {
 
     fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError> {
         Store::stats(self, from, to)
+    }
+
+    fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
+        Store::pseudonymize(self, before, max)
     }
 
     fn watermark(&self) -> Option<Timestamp> {
@@ -708,6 +720,69 @@ impl Store {
                 stats::cell(&k, &v, &self.pool_by_tag)
             })
             .collect()
+    }
+
+    /// Replaces the callers' numbers of the journal's calls started before `before` by their
+    /// pseudonyms (a keyed hash), at most `max` rows a call, resuming where the last call
+    /// stopped; amounts, durations and everything else stay. Returns how many rows changed.
+    /// Under the writers' lock, so it never interleaves with a commit or a reopen.
+    pub fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
+        use hmac::Mac;
+        let _writer = self.disk.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.disk.db()?;
+        let key = match db.get(PSEUDONYM_KEY)? {
+            Some(k) => k.to_vec(),
+            None => {
+                let k: [u8; 32] = rand::random();
+                db.insert(PSEUDONYM_KEY, &k[..])?;
+                k.to_vec()
+            }
+        };
+        let hash = |digits: u64| -> record::Pseudonym {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key");
+            mac.update(&digits.to_be_bytes());
+            let out = mac.finalize().into_bytes();
+            out[..12].try_into().expect("12 bytes")
+        };
+        let from = match db.get(PSEUDONYMIZED_KEY)? {
+            Some(k) => k.to_vec(),
+            None => vec![JOURNAL],
+        };
+        let to = journal_bound(before).to_vec();
+        if from >= to {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let (mut seen, mut changed, mut upto) = (0, 0, None);
+        for item in db.range(from..to.clone()) {
+            let (k, kind) = item?;
+            if seen == max {
+                upto = Some(k.to_vec());
+                break;
+            }
+            seen += 1;
+            let id: [u8; 16] = fixed(&k[9..])?;
+            let (rk, hidden) = match kind.first() {
+                Some(&CALL) => {
+                    let rk = call_key(&CallKey(id)).to_vec();
+                    let Some(v) = db.get(&rk)? else { continue };
+                    (rk, record::pseudonymize_call(&v, hash))
+                }
+                Some(&EVENT) => {
+                    let rk = prefixed(EVENT, &id);
+                    let Some(v) = db.get(&rk)? else { continue };
+                    (rk, record::pseudonymize_ticket_event(&v, hash))
+                }
+                _ => continue,
+            };
+            if let Some(hidden) = hidden.map_err(corrupt)? {
+                batch.insert(rk, hidden);
+                changed += 1;
+            }
+        }
+        batch.insert(PSEUDONYMIZED_KEY, upto.unwrap_or(to));
+        db.apply_batch(batch)?;
+        Ok(changed)
     }
 
     /// One page of the call journal, newest first.

@@ -263,21 +263,57 @@ struct CallRecordV1 {
 type TicketingRecordV1 = (u32, u32, Option<u32>, Option<[u8; 16]>);
 
 /// Version 2 of a call: version 1's fields, then what it cost once ended, as (billed
-/// seconds, cents, currency). Version 1 records (written before amounts) read with none: the
-/// journal computes theirs from the pool's tariff where it can.
+/// seconds, cents, currency), and the caller's pseudonym once the journal's retention has
+/// replaced the caller's number (then `v1.caller` is `None`). Version 1 records (written
+/// before amounts) read with no charge: the journal computes theirs from the pool's tariff
+/// where it can.
 #[derive(Serialize, Deserialize)]
 struct CallRecordV2 {
     v1: CallRecordV1,
     charge: Option<(u32, i64, [u8; 3])>,
+    caller_hash: Option<Pseudonym>,
 }
 
 const CALL_VERSION: u8 = 2;
+
+/// A caller's number once the journal's retention is over: a keyed hash (HMAC-SHA256 under
+/// the store's own key, first 12 bytes): the same caller always gets the same pseudonym, so
+/// rows still group by caller, but the number cannot be read back from it.
+pub type Pseudonym = [u8; 12];
 
 /// A journal row: a call as stored, with its pool by name (it may no longer be configured).
 #[derive(Clone, Debug)]
 pub struct CallRow {
     pub pool: Option<String>,
     pub call: Call,
+    /// The caller's pseudonym, when retention replaced the number (`call.caller` is `None`).
+    pub caller_hash: Option<Pseudonym>,
+}
+
+fn call_record(bytes: &[u8]) -> Result<CallRecordV2, DecodeError> {
+    match split("call", bytes)? {
+        (1, b) => Ok(CallRecordV2 {
+            v1: body("call", b)?,
+            charge: None,
+            caller_hash: None,
+        }),
+        (CALL_VERSION, b) => body("call", b),
+        (v, _) => Err(unknown_version("call", v)),
+    }
+}
+
+/// The call record `bytes` with its caller's number replaced by `hash(number)`; `None` when
+/// it holds no number (none given, or already replaced).
+pub fn pseudonymize_call(
+    bytes: &[u8],
+    hash: impl Fn(u64) -> Pseudonym,
+) -> Result<Option<Vec<u8>>, DecodeError> {
+    let mut r = call_record(bytes)?;
+    let Some(caller) = r.v1.caller.take() else {
+        return Ok(None);
+    };
+    r.caller_hash = Some(hash(caller));
+    Ok(Some(wrap_as(CALL_VERSION, &r)))
 }
 
 pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
@@ -307,7 +343,14 @@ pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
     let charge = call
         .charge
         .map(|c| (c.billed_secs, c.amount.cents(), currency_bytes(c.currency)));
-    wrap_as(CALL_VERSION, &CallRecordV2 { v1, charge })
+    wrap_as(
+        CALL_VERSION,
+        &CallRecordV2 {
+            v1,
+            charge,
+            caller_hash: None,
+        },
+    )
 }
 
 /// Decodes a call; its attribution's pool id is `None` if the pool is no longer configured.
@@ -315,14 +358,11 @@ pub fn decode_call(
     bytes: &[u8],
     pool_id: impl Fn(&str) -> Option<PoolId>,
 ) -> Result<CallRow, DecodeError> {
-    let CallRecordV2 { v1: r, charge } = match split("call", bytes)? {
-        (1, b) => CallRecordV2 {
-            v1: body("call", b)?,
-            charge: None,
-        },
-        (CALL_VERSION, b) => body("call", b)?,
-        (v, _) => return Err(unknown_version("call", v)),
-    };
+    let CallRecordV2 {
+        v1: r,
+        charge,
+        caller_hash,
+    } = call_record(bytes)?;
     let what = format!("call {:?}", r.id);
     let what = what.as_str();
     let charge = charge
@@ -336,6 +376,7 @@ pub fn decode_call(
         })
         .transpose()?;
     Ok(CallRow {
+        caller_hash,
         call: Call {
             id: CallId::parse(&r.id).map_err(|e| invalid(what, e))?,
             called: number(what, r.called)?,
@@ -551,11 +592,45 @@ struct TicketEventRecordV1 {
     ticket: TicketRecordV1,
 }
 
+/// Version 2 of a ticket event: version 1's, then the caller's pseudonym once the journal's
+/// retention has replaced the number (then `ticket.caller` is `None`).
+#[derive(Serialize, Deserialize)]
+struct TicketEventRecordV2 {
+    v1: TicketEventRecordV1,
+    caller_hash: Option<Pseudonym>,
+}
+
+fn ticket_event_record(bytes: &[u8]) -> Result<TicketEventRecordV2, DecodeError> {
+    match split("ticket event", bytes)? {
+        (1, b) => Ok(TicketEventRecordV2 {
+            v1: body("ticket event", b)?,
+            caller_hash: None,
+        }),
+        (2, b) => body("ticket event", b),
+        (v, _) => Err(unknown_version("ticket event", v)),
+    }
+}
+
+/// As [`pseudonymize_call`], for a ticket event.
+pub fn pseudonymize_ticket_event(
+    bytes: &[u8],
+    hash: impl Fn(u64) -> Pseudonym,
+) -> Result<Option<Vec<u8>>, DecodeError> {
+    let mut r = ticket_event_record(bytes)?;
+    let Some(caller) = r.v1.ticket.caller.take() else {
+        return Ok(None);
+    };
+    r.caller_hash = Some(hash(caller));
+    Ok(Some(wrap_as(2, &r)))
+}
+
 /// A journal row about a ticket, with its pool by name.
 #[derive(Clone, Debug)]
 pub struct TicketRow {
     pub pool: String,
     pub event: TicketEvent,
+    /// The caller's pseudonym, when retention replaced the number.
+    pub caller_hash: Option<Pseudonym>,
 }
 
 pub fn encode_ticket_event(e: &TicketEvent, pool: &str) -> Vec<u8> {
@@ -577,7 +652,7 @@ pub fn decode_ticket_event(
     bytes: &[u8],
     pool_id: impl Fn(&str) -> Option<PoolId>,
 ) -> Result<TicketRow, DecodeError> {
-    let r: TicketEventRecordV1 = unwrap("ticket event", bytes)?;
+    let TicketEventRecordV2 { v1: r, caller_hash } = ticket_event_record(bytes)?;
     let pool = r.ticket.pool.clone();
     let kind = match r.kind {
         0 => TicketEventKind::Issued,
@@ -590,6 +665,7 @@ pub fn decode_ticket_event(
     })?;
     Ok(TicketRow {
         pool,
+        caller_hash,
         event: TicketEvent {
             kind,
             at: Timestamp::from_millis(r.at),
@@ -816,9 +892,24 @@ mod tests {
         let CallRecordV2 { v1, .. } = postcard::from_bytes(&v2[1..]).unwrap();
         let read = decode_call(&wrap_as(1, &v1), pool).unwrap();
         assert_eq!(read.call, call(None));
+        // Retention replaces the number by its pseudonym, once; the rest stays.
+        let hidden = pseudonymize_call(&v2, |d| {
+            assert_eq!(d, 33612345678);
+            [7; 12]
+        })
+        .unwrap()
+        .unwrap();
+        let read = decode_call(&hidden, pool).unwrap();
+        assert_eq!((read.call.caller, read.caller_hash), (None, Some([7; 12])));
+        assert_eq!(read.call.charge, priced.charge);
+        assert_eq!(pseudonymize_call(&hidden, |_| [8; 12]).unwrap(), None);
+        assert!(pseudonymize_call(&wrap_as(1, &v1), |_| [9; 12])
+            .unwrap()
+            .is_some());
         let mut bad = v2.clone();
         let n = bad.len();
-        bad[n - 3..].copy_from_slice(b"e\x00r");
+        // the currency's three bytes, before the (absent) pseudonym's one
+        bad[n - 4..n - 1].copy_from_slice(b"e\x00r");
         assert!(decode_call(&bad, pool).is_err());
     }
 }
