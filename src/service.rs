@@ -615,6 +615,16 @@ impl Service {
         Ok(true)
     }
 
+    /// A page of a pool's numbers with their state and holder.
+    pub fn numbers(
+        &self,
+        pool: PoolId,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::core::NumberView>, ServiceError> {
+        Ok(self.lock()?.numbers(pool, offset, limit))
+    }
+
     pub fn pools(&self) -> Result<Vec<PoolView>, ServiceError> {
         let core = self.lock()?;
         Ok(self

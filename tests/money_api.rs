@@ -782,3 +782,75 @@ fn journal_retention_must_outlast_the_calls_memory() {
     let e = with("1h").unwrap_err().to_string();
     assert!(e.contains("journal_retention"), "{e}");
 }
+
+#[tokio::test]
+async fn the_back_office_page_is_served_locked_down_with_pools_numbers_and_settings() {
+    let app = TestApp::with_config(config).await;
+    let page = app.call("GET", "/admin", None, None).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    let text = page.text.replace("http://www.w3.org/2000/svg", "");
+    assert!(
+        !text.contains("http://") && !text.contains("https://") && !text.contains("<script src"),
+        "no CDN, nothing loaded from elsewhere"
+    );
+
+    let l = allocate(
+        &app,
+        SITE,
+        json!({"pool": "eur", "session": "a", "listing": "film-1"}),
+    )
+    .await;
+    let pools = app.call("GET", "/v1/pools", Some(ADMIN), None).await;
+    let eur = &pools.json["pools"][0];
+    assert_eq!(
+        eur["settings"]["tariff"]["per_call"], "2.99",
+        "{}",
+        pools.text
+    );
+    assert_eq!(eur["settings"]["ttl_secs"], 900);
+    assert_eq!(eur["settings"]["on_exhausted"], "reject");
+
+    let n = app
+        .call("GET", "/v1/pools/eur/numbers?limit=3", Some(ADMIN), None)
+        .await;
+    assert_eq!(n.status, 200, "{}", n.text);
+    assert_eq!(n.json["size"], 10);
+    let numbers = n.json["numbers"].as_array().unwrap();
+    assert_eq!(numbers.len(), 3);
+    let held = numbers
+        .iter()
+        .find(|x| x["number"] == l.json["number"])
+        .unwrap();
+    assert_eq!(held["state"], "leased");
+    assert_eq!(held["lease_id"], l.json["lease_id"]);
+    assert_eq!(held["listing"], "film-1");
+    assert!(numbers
+        .iter()
+        .filter(|x| x["state"] == "free")
+        .all(|x| x["lease_id"].is_null()));
+    let last = app
+        .call("GET", "/v1/pools/eur/numbers?offset=9", Some(ADMIN), None)
+        .await;
+    assert_eq!(last.json["numbers"].as_array().unwrap().len(), 1);
+    app.call("GET", "/v1/pools/eur/numbers?limit=0", Some(ADMIN), None)
+        .await
+        .assert_problem(422, "limit");
+    app.call("GET", "/v1/pools/nope/numbers", Some(ADMIN), None)
+        .await
+        .assert_problem(404, "no pool");
+    app.call("GET", "/v1/pools/chf/numbers", Some(EUR_ADMIN), None)
+        .await
+        .assert_problem(403, "may not use pool");
+    app.call("GET", "/v1/pools/eur/numbers", Some(SITE), None)
+        .await
+        .assert_problem(403, "admin");
+}

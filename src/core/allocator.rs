@@ -11,7 +11,9 @@ use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::calls::{Calls, Ending};
 use super::directory::Directory;
 use super::journal::{derived_id, EventKind, JournalEvent};
-use super::lease::{AllocateRequest, Allocated, Lease, LeasePage, LeaseQuery, PoolSpec, PoolStats};
+use super::lease::{
+    AllocateRequest, Allocated, Lease, LeasePage, LeaseQuery, NumberView, PoolSpec, PoolStats,
+};
 use super::leasing::Leasing;
 use super::money::Money;
 use super::outbox::Notice;
@@ -113,6 +115,11 @@ impl Allocator {
 
     pub fn pool_spec(&self, pool: PoolId) -> &PoolSpec {
         self.dir.spec(pool)
+    }
+
+    /// A page of `pool`'s numbers with their state and holder (see `Leasing::numbers`).
+    pub fn numbers(&self, pool: PoolId, offset: usize, limit: usize) -> Vec<NumberView> {
+        self.leasing.numbers(&self.dir, pool, offset, limit)
     }
 
     pub fn pool_stats(&self, pool: PoolId) -> PoolStats {

@@ -223,6 +223,33 @@ pub struct LeaseQuery {
     pub limit: usize,
 }
 
+/// Where a pool number is in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumberState {
+    Free,
+    Leased,
+    Cooling,
+}
+
+impl NumberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberState::Free => "free",
+            NumberState::Leased => "leased",
+            NumberState::Cooling => "cooling",
+        }
+    }
+}
+
+/// A pool number as the back-office shows it: its state, and the lease holding it (leased or
+/// cooling).
+#[derive(Clone, Debug)]
+pub struct NumberView {
+    pub number: PhoneNumber,
+    pub state: NumberState,
+    pub holder: Option<Lease>,
+}
+
 /// A page of leases, newest first, and whether older ones match too.
 #[derive(Clone, Debug, Default)]
 pub struct LeasePage {

@@ -25,7 +25,7 @@ pub use directory::Directory;
 pub use journal::{EventKind, JournalEvent};
 pub use lease::{
     AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeasePage, LeaseQuery, LeaseSettings,
-    LeaseState, OnExhausted, PoolLimits, PoolSpec, PoolStats,
+    LeaseState, NumberState, NumberView, OnExhausted, PoolLimits, PoolSpec, PoolStats,
 };
 pub use money::{Charge, Currency, Money, Rate, Tariff, TariffUnit};
 pub use outbox::{Notice, Outbox};

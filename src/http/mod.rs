@@ -1,6 +1,7 @@
 //! The HTTP edge: the axum router of the v1 contract, request logging and metrics.
 //! Handlers parse and authorise, call the [`Service`], and turn its answer into JSON.
 
+mod admin;
 mod auth;
 mod calls;
 mod error;
@@ -142,9 +143,11 @@ fn routes() -> Router<AppState> {
             get(tickets::show_pass).delete(tickets::revoke_pass),
         )
         .route("/v1/pools", get(ops::pools))
+        .route("/v1/pools/{pool}/numbers", get(ops::numbers))
         .route("/v1/stats", get(money::stats))
         .route("/embed.js", get(site::embed_js))
         .route("/demo", get(site::demo))
+        .route("/admin", get(admin::page))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

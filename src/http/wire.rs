@@ -4,7 +4,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Attribution, Call, Tariff, TariffUnit, TicketingAnswer, Timestamp};
+use crate::core::{
+    Attribution, Call, NumberView, OnExhausted, PoolMode, PoolSpec, Tariff, TariffUnit,
+    TicketingAnswer, Timestamp,
+};
 use crate::service::{LeaseView, PoolView, StatRow};
 use crate::service::{PassView, TicketView};
 use crate::store::JournalRow as StoredRow;
@@ -257,11 +260,29 @@ pub struct PoolBody {
     pub cooling: usize,
     /// Share of numbers not free (leased or cooling), 0 to 1.
     pub saturation: f64,
+    /// The pool's settings, for the back-office.
+    pub settings: PoolSettingsBody,
 }
 
-impl From<&PoolView> for PoolBody {
-    fn from(p: &PoolView) -> Self {
+#[derive(Serialize)]
+pub struct PoolSettingsBody {
+    pub tariff: Option<TariffBody>,
+    /// `dynamic` or `ticketing`.
+    pub mode: &'static str,
+    /// `reject` or `shared`.
+    pub on_exhausted: &'static str,
+    pub shared_number: Option<String>,
+    pub ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    pub grace_secs: u64,
+    pub quarantine_secs: u64,
+    pub retention_secs: u64,
+}
+
+impl PoolBody {
+    pub fn new(p: &PoolView, spec: &PoolSpec) -> Self {
         let s = p.stats;
+        let t = &spec.settings;
         PoolBody {
             name: p.name.clone(),
             size: s.size,
@@ -269,8 +290,66 @@ impl From<&PoolView> for PoolBody {
             leased: s.leased,
             cooling: s.cooling,
             saturation: (s.leased + s.cooling) as f64 / s.size.max(1) as f64,
+            settings: PoolSettingsBody {
+                tariff: spec.tariff.as_ref().map(TariffBody::from),
+                mode: match spec.mode {
+                    PoolMode::Dynamic => "dynamic",
+                    PoolMode::Ticketing(_) => "ticketing",
+                },
+                on_exhausted: match spec.on_exhausted {
+                    OnExhausted::Reject => "reject",
+                    OnExhausted::Shared { .. } => "shared",
+                },
+                shared_number: spec.shared_number().map(|n| n.to_string()),
+                ttl_secs: t.ttl.as_secs(),
+                max_ttl_secs: t.max_ttl.as_secs(),
+                grace_secs: t.grace.as_secs(),
+                quarantine_secs: t.quarantine.as_secs(),
+                retention_secs: t.retention.as_secs(),
+            },
         }
     }
+}
+
+/// `GET /v1/pools/{pool}/numbers`: a page of a pool's numbers.
+#[derive(Serialize)]
+pub struct NumbersBody {
+    pub pool: String,
+    pub size: usize,
+    pub offset: usize,
+    pub numbers: Vec<NumberBody>,
+}
+
+#[derive(Serialize)]
+pub struct NumberBody {
+    pub number: String,
+    pub display: String,
+    /// `free`, `leased` or `cooling`.
+    pub state: &'static str,
+    pub lease_id: Option<String>,
+    pub listing: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+impl From<&NumberView> for NumberBody {
+    fn from(n: &NumberView) -> Self {
+        let h = n.holder.as_ref();
+        NumberBody {
+            number: n.number.to_string(),
+            display: n.number.display(),
+            state: n.state.as_str(),
+            lease_id: h.map(|l| l.id.to_string()),
+            listing: h.and_then(|l| l.listing.as_ref().map(|x| x.as_str().to_owned())),
+            expires_at: h.map(|l| rfc3339(l.expires_at)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumbersParams {
+    pub offset: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 #[derive(Serialize)]

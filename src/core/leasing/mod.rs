@@ -23,7 +23,8 @@ use priority_queue::PriorityQueue;
 use super::directory::Directory;
 use super::lease::{
     paid, AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeasePage, LeaseQuery,
-    LeaseSettings, LeaseState, Line, OnExhausted, PoolLimits, PoolSpec, PoolStats,
+    LeaseSettings, LeaseState, Line, NumberState, NumberView, OnExhausted, PoolLimits, PoolSpec,
+    PoolStats,
 };
 use super::money::Money;
 use super::outbox::{Notice, Outbox};
@@ -361,6 +362,39 @@ impl Leasing {
             a.listings.insert((tenant, listing), target);
         }
         Ok(a)
+    }
+
+    /// The numbers of `pool` from position `offset`, at most `limit`, in the configured order,
+    /// with their state and holder.
+    pub(super) fn numbers(
+        &self,
+        dir: &Directory,
+        pool: PoolId,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<NumberView> {
+        let spec = dir.spec(pool);
+        self.pools[pool.0 as usize]
+            .slots
+            .iter()
+            .enumerate()
+            .skip(offset)
+            .take(limit)
+            .map(|(i, slot)| {
+                let state = match slot.state {
+                    SlotState::Free => NumberState::Free,
+                    SlotState::Leased => NumberState::Leased,
+                    SlotState::Cooling => NumberState::Cooling,
+                };
+                let holder = (state != NumberState::Free && slot.holder != NONE)
+                    .then(|| self.leases.lease(slot.holder));
+                NumberView {
+                    number: spec.numbers[i],
+                    state,
+                    holder,
+                }
+            })
+            .collect()
     }
 
     pub(super) fn pool_stats(&self, pool: PoolId) -> PoolStats {
