@@ -304,17 +304,35 @@ impl Service {
             .collect())
     }
 
-    /// A page of leases (transactions), newest first, as views.
+    /// A page of leases (transactions), newest first, as views: the leases the core holds,
+    /// merged with the purged ones the store keeps (the history), by (creation, id).
     pub fn leases(&self, q: &LeaseQuery) -> Result<(Vec<LeaseView>, bool), ServiceError> {
-        let core = self.lock()?;
         let now = self.clock.now();
-        let page = core.leases(q, now);
-        let views = page
-            .leases
-            .into_iter()
-            .map(|l| view(&core, l, now))
-            .collect();
-        Ok((views, page.more))
+        let held = {
+            let core = self.lock()?;
+            core.leases(q, now)
+        };
+        let keep = |l: &Lease| {
+            q.tenant.as_ref().is_none_or(|t| t == &l.tenant)
+                && q.pools.as_ref().is_none_or(|p| p.contains(&l.pool))
+                && q.listing
+                    .as_ref()
+                    .is_none_or(|x| l.listing.as_ref() == Some(x))
+                && q.state.is_none_or(|s| l.state(now) == s)
+        };
+        let archived = self
+            .store
+            .lease_history(q.before, q.since, q.until, &keep, q.limit + 1)?;
+        let mut all: Vec<Lease> = held.leases;
+        all.extend(archived);
+        all.sort_unstable_by_key(|l| std::cmp::Reverse((l.created_at, l.id)));
+        // A lease purged between the two reads is in both.
+        all.dedup_by_key(|l| l.id);
+        let more = held.more || all.len() > q.limit;
+        all.truncate(q.limit);
+        let core = self.lock()?;
+        let views = all.into_iter().map(|l| view(&core, l, now)).collect();
+        Ok((views, more))
     }
 
     pub fn get(&self, id: &LeaseId) -> Result<LeaseView, ServiceError> {

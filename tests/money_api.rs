@@ -854,3 +854,59 @@ async fn the_back_office_page_is_served_locked_down_with_pools_numbers_and_setti
         .await
         .assert_problem(403, "admin");
 }
+
+#[tokio::test]
+async fn ended_transactions_stay_listed_after_their_records_are_purged() {
+    let app = TestApp::with_config(config).await;
+    let mut made = Vec::new();
+    for (key, session) in [(SITE, "a"), (OTHER_SITE, "x"), (SITE, "b")] {
+        let r = allocate(
+            &app,
+            key,
+            json!({"pool": "eur", "session": session, "listing": "film-1"}),
+        )
+        .await;
+        made.push(r.json["lease_id"].as_str().unwrap().to_owned());
+        app.advance(Duration::from_secs(1)).await;
+    }
+    let first_number = lease(&app, &made[0]).await["number"].clone();
+    call(&app, "p1", first_number.as_str().unwrap(), 30).await;
+    // Past expiry, quarantine and the pool's retention (1 day): the core forgets them.
+    app.advance(Duration::from_secs(2 * 86_400)).await;
+    app.call("GET", &format!("/v1/leases/{}", made[0]), Some(SITE), None)
+        .await
+        .assert_problem(404, "no lease");
+    let app = app.restart().await;
+    // A new one, live, among them.
+    let live = allocate(&app, SITE, json!({"pool": "eur", "session": "c"})).await;
+    let live = live.json["lease_id"].as_str().unwrap().to_owned();
+
+    let r = list(&app, SITE, "").await;
+    assert_eq!(
+        ids(&r),
+        [live.clone(), made[2].clone(), made[0].clone()],
+        "{}",
+        r.text
+    );
+    let old = &r.json["leases"][2];
+    assert_eq!(
+        (&old["state"], &old["amount_paid"], &old["paid"]),
+        (&json!("expired"), &json!("2.99"), &json!(true)),
+        "{}",
+        r.text
+    );
+    assert_eq!(ids(&list(&app, OTHER_SITE, "").await), [made[1].clone()]);
+    let active = ids(&list(&app, SITE, "?state=active").await);
+    assert_eq!(active, [live.as_str()]);
+    assert_eq!(
+        ids(&list(&app, SITE, "?state=expired&listing=film-1").await),
+        [made[2].clone(), made[0].clone()]
+    );
+    // Paging runs on from the live leases into the history.
+    let first = list(&app, SITE, "?limit=2").await;
+    assert_eq!(ids(&first), [live, made[2].clone()]);
+    let cursor = first.json["next_cursor"].as_str().unwrap().to_owned();
+    let second = list(&app, SITE, &format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&second), [made[0].clone()]);
+    assert_eq!(second.json["next_cursor"], Value::Null);
+}

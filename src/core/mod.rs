@@ -49,6 +49,8 @@ use thiserror::Error;
 pub enum Effect {
     PutLease(Lease),
     DelLease(LeaseId),
+    /// A purged lease as it last stood, for the transactions' history (journal, like calls).
+    ArchiveLease(Lease),
     /// A call record; it stays on disk (the journal) after memory forgets it.
     PutCall(Call),
     PutReturn(ReturnRoute),

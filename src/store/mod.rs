@@ -52,8 +52,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
 
 use crate::core::{
-    CallKey, Directory, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey,
-    ReturnKey, Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
+    CallKey, Directory, Due, Effect, Lease, LeaseId, ListingId, PassId, PhoneNumber, PoolId,
+    ProgressKey, ReturnKey, Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
 };
 
 const LEASE: u8 = b'L';
@@ -64,6 +64,8 @@ const TICKET: u8 = b'T';
 const PASS: u8 = b'P';
 const PROGRESS: u8 = b'G';
 const EVENT: u8 = b'E';
+/// A purged lease as it last stood, by creation time: the transactions' history.
+const HISTORY: u8 = b'H';
 /// A lease or pass event (redeemed, refunded, pass revoked): journal, like calls.
 const LEASE_EVENT: u8 = b'V';
 const LISTING: u8 = b'Q';
@@ -178,6 +180,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Replaces callers' numbers in the journal's calls started before `before` by keyed
     /// hashes, at most `max` rows at a time (see [`Store::pseudonymize`]).
     fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError>;
+    /// Purged leases, newest first (see [`Store::lease_history`]).
+    fn lease_history(
+        &self,
+        before: Option<(Timestamp, LeaseId)>,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        keep: &dyn Fn(&Lease) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError>;
     /// The last instant a running Leaseline recorded.
     fn watermark(&self) -> Option<Timestamp>;
     /// Records how far time has got; made durable by the next flush.
@@ -226,6 +237,17 @@ impl Storage for Store {
 
     fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
         Store::pseudonymize(self, before, max)
+    }
+
+    fn lease_history(
+        &self,
+        before: Option<(Timestamp, LeaseId)>,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        keep: &dyn Fn(&Lease) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        Store::lease_history(self, before, since, until, keep, limit)
     }
 
     fn watermark(&self) -> Option<Timestamp> {
@@ -637,6 +659,13 @@ impl Store {
                     entry.put(&lease_key(&l.id), &record::encode_lease(l, name(l.pool)))
                 }
                 Effect::DelLease(id) => entry.del(&lease_key(id)),
+                Effect::ArchiveLease(l) => {
+                    batch.insert(
+                        history_key(l.created_at, &l.id).to_vec(),
+                        record::encode_lease(l, name(l.pool)),
+                    );
+                    journal += 1;
+                }
                 Effect::PutCall(c) => {
                     let key = c.id.key();
                     let pool = c.attribution.pool.map(name);
@@ -720,6 +749,48 @@ impl Store {
                 stats::cell(&k, &v, &self.pool_by_tag)
             })
             .collect()
+    }
+
+    /// Purged leases (the transactions' history), newest first by (creation, id), strictly
+    /// before `before` and created in `since..until`, that `keep` accepts: at most `limit`.
+    /// Leases of pools no longer configured are left out.
+    pub fn lease_history(
+        &self,
+        before: Option<(Timestamp, LeaseId)>,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        keep: &dyn Fn(&Lease) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let lo = history_key(
+            since.unwrap_or(Timestamp::ZERO),
+            &LeaseId::from_bytes([0; 16]),
+        );
+        let mut hi = match until {
+            Some(t) => history_key(t, &LeaseId::from_bytes([0; 16])).to_vec(),
+            None => vec![HISTORY + 1],
+        };
+        if let Some((t, id)) = before {
+            let b = history_key(t, &id).to_vec();
+            if b < hi {
+                hi = b;
+            }
+        }
+        let db = self.disk.db()?;
+        let mut out = Vec::new();
+        for item in db.range(lo.to_vec()..hi).rev() {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = item?;
+            let id = LeaseId::from_bytes(fixed(&k[9..])?);
+            match record::decode_lease(id, &v, |n| self.pools.id(n)) {
+                Ok(l) if keep(&l) => out.push(l),
+                Ok(_) | Err(record::DecodeError::UnknownPool) => {}
+                Err(e) => return Err(corrupt(e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Replaces the callers' numbers of the journal's calls started before `before` by their
@@ -1048,6 +1119,14 @@ fn journal_key(at: Timestamp, id: &[u8; 16]) -> [u8; 25] {
 }
 
 /// The smallest journal key at `at`.
+fn history_key(created_at: Timestamp, id: &LeaseId) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = HISTORY;
+    k[1..9].copy_from_slice(&created_at.as_millis().to_be_bytes());
+    k[9..].copy_from_slice(id.as_bytes());
+    k
+}
+
 fn journal_bound(at: Timestamp) -> [u8; 25] {
     let mut k = [0u8; 25];
     k[0] = JOURNAL;

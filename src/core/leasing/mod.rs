@@ -1426,10 +1426,12 @@ impl Leasing {
                     break;
                 }
                 let id = lease.id;
+                let last = self.leases.lease(i);
                 self.unlink(dir, i);
                 self.forget_last_holder(dir, i);
                 self.leases.purge(i);
                 cx.out.effects.push(Effect::DelLease(id));
+                cx.out.effects.push(Effect::ArchiveLease(last));
                 cx.out.notices.push(Notice::Purged { lease: id });
                 return;
             }
