@@ -13,12 +13,16 @@ use std::time::{Duration, Instant};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use leaseline::clock::ManualClock;
 use leaseline::config::Config;
-use leaseline::core::{day_of, Counts, Directory, Effect, ListingId, PoolId, Tally, Timestamp};
+use leaseline::core::{
+    day_of, Counts, Directory, Effect, ListingId, PoolId, Tally, TenantId, Timestamp,
+};
 use leaseline::service::StatsBy;
 use leaseline::store::Store;
 
 const DAYS: u64 = 30;
 const LISTINGS: u64 = 2_000;
+/// Sites sharing the pool; each listing is one site's.
+const TENANTS: u64 = 20;
 const ROUND: usize = 10_000;
 /// 2026-01-01T00:00:00Z.
 const START_MS: u64 = 1_767_225_600_000;
@@ -50,6 +54,9 @@ fn fill(config: &Config, calls: u64) {
     let listings: Vec<ListingId> = (0..LISTINGS)
         .map(|i| ListingId::parse(&format!("listing-{i}")).unwrap())
         .collect();
+    let tenants: Vec<TenantId> = (0..TENANTS)
+        .map(|i| TenantId::parse(&format!("site-{i}")).unwrap())
+        .collect();
     let mut round: Vec<Vec<Effect>> = Vec::with_capacity(ROUND);
     for i in 0..calls {
         let at = Timestamp::from_millis(START_MS + (i * DAYS * 86_400_000) / calls);
@@ -71,6 +78,9 @@ fn fill(config: &Config, calls: u64) {
             day: day_of(at),
             pool: PoolId(0),
             currency: Some(charge.currency),
+            // A call that reached no lease has no tenant.
+            tenant: (counts.attributed == 1)
+                .then(|| tenants[(i * 7919 % LISTINGS % TENANTS) as usize].clone()),
             listing: Some(listings[(i * 7919 % LISTINGS) as usize].clone()),
             counts,
         })]);
@@ -104,7 +114,7 @@ fn bench(c: &mut Criterion) {
     );
     for by in [StatsBy::Day, StatsBy::Listing, StatsBy::Pool] {
         let t = Instant::now();
-        let rows = state.service.stats(from, to, None, by).unwrap();
+        let rows = state.service.stats(from, to, None, None, by).unwrap();
         let took = t.elapsed();
         let counted: u64 = rows.iter().map(|r| r.counts.calls).sum();
         assert_eq!(counted, calls, "every call is counted");
@@ -122,9 +132,20 @@ fn bench(c: &mut Criterion) {
         ("by_pool", StatsBy::Pool),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| black_box(state.service.stats(from, to, None, by).unwrap()))
+            b.iter(|| black_box(state.service.stats(from, to, None, None, by).unwrap()))
         });
     }
+    let site = TenantId::parse("site-7").unwrap();
+    g.bench_function("one_site_by_day", |b| {
+        b.iter(|| {
+            black_box(
+                state
+                    .service
+                    .stats(from, to, None, Some(&site), StatsBy::Day)
+                    .unwrap(),
+            )
+        })
+    });
     g.finish();
 }
 

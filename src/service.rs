@@ -258,15 +258,18 @@ impl Service {
 
     /// The lease `id` as it stands now.
     /// Statistics of the UTC days `from..=to` (days since 1970-01-01) for `pools` (`None`:
-    /// every configured pool), grouped `by` day, listing or pool and by currency, in key
+    /// every configured pool) and `tenant` (`None`: every tenant's, and calls that reached no
+    /// lease), grouped `by` day, listing or pool and by currency, in key
     /// order. Read from the store's index: the cells of the range, never the journal.
     pub fn stats(
         &self,
         from: u32,
         to: u32,
         pools: Option<&[PoolId]>,
+        tenant: Option<&TenantId>,
         by: StatsBy,
     ) -> Result<Vec<StatRow>, ServiceError> {
+        let tenant = tenant.map(crate::store::tenant_tag);
         if self.failed.load(Ordering::Acquire) {
             return Err(ServiceError::Unavailable);
         }
@@ -274,7 +277,9 @@ impl Service {
             Default::default();
         for cell in self.store.stats(from, to)? {
             let Some(pool) = cell.pool else { continue };
-            if pools.is_some_and(|p| !p.contains(&pool)) {
+            if pools.is_some_and(|p| !p.contains(&pool))
+                || tenant.is_some_and(|t| cell.tenant != Some(t))
+            {
                 continue;
             }
             let key = match by {

@@ -642,7 +642,29 @@ async fn statistics_count_calls_amounts_and_leases_by_day_listing_and_pool() {
     stats(&app, EUR_ADMIN, "?pool=chf")
         .await
         .assert_problem(403, "may not use pool");
-    stats(&app, SITE, "").await.assert_problem(403, "admin");
+    // A site sees its own leases and the calls they took, nothing of the others' nor of calls
+    // that reached no lease.
+    let mine = stats(&app, SITE, &format!("?by=pool&{range}")).await;
+    assert_eq!(mine.status, 200, "{}", mine.text);
+    let eur = row(&mine, json!("eur"), "EUR");
+    assert_eq!(
+        (
+            eur["calls"].as_u64(),
+            eur["attributed"].as_u64(),
+            eur["leases"].as_u64(),
+            eur["amount"].as_str()
+        ),
+        (Some(2), Some(2), Some(2), Some("5.98")),
+        "{}",
+        mine.text
+    );
+    let theirs = stats(&app, OTHER_SITE, &format!("?by=pool&{range}")).await;
+    let eur = row(&theirs, json!("eur"), "EUR");
+    assert_eq!(
+        (eur["calls"].as_u64(), eur["leases"].as_u64()),
+        (Some(0), Some(1))
+    );
+    stats(&app, TELEPHONY, "").await.assert_problem(403, "site");
     stats(&app, ADMIN, "?by=week")
         .await
         .assert_problem(422, "by");

@@ -172,17 +172,19 @@ impl Allocator {
                 leases: 1,
                 ..Counts::default()
             };
-            self.tally(l.pool, l.created_at, l.listing.clone(), counts, out);
+            let who = (Some(l.tenant.clone()), l.listing.clone());
+            self.tally(l.pool, l.created_at, who, counts, out);
         }
         Ok(a)
     }
 
-    /// Adds `counts` to the statistics of `pool` on the day of `at`, for `listing`.
+    /// Adds `counts` to the statistics of `pool` on the day of `at`, for `who`: the tenant
+    /// and listing of the lease concerned (none for a call that reached no lease).
     fn tally(
         &self,
         pool: PoolId,
         at: Timestamp,
-        listing: Option<ListingId>,
+        who: (Option<TenantId>, Option<ListingId>),
         counts: Counts,
         out: &mut Outbox,
     ) {
@@ -190,9 +192,20 @@ impl Allocator {
             day: day_of(at),
             pool,
             currency: self.dir.spec(pool).tariff.map(|t| t.currency),
-            listing,
+            tenant: who.0,
+            listing: who.1,
             counts,
         }));
+    }
+
+    /// Whose a call is, for the statistics: its lease's tenant (if the lease is still held)
+    /// and its listing.
+    fn call_owner(&self, call: &Call) -> (Option<TenantId>, Option<ListingId>) {
+        let tenant = call
+            .attribution
+            .lease
+            .and_then(|id| self.leasing.tenant_of(&id));
+        (tenant, call.attribution.listing.clone())
     }
 
     /// Credits a lease (see `Leasing::credit`), counting it paid in the statistics of the day
@@ -203,13 +216,8 @@ impl Allocator {
                 paid_leases: 1,
                 ..Counts::default()
             };
-            self.tally(
-                lease.pool,
-                lease.created_at,
-                lease.listing.clone(),
-                counts,
-                out,
-            );
+            let who = (Some(lease.tenant.clone()), lease.listing.clone());
+            self.tally(lease.pool, lease.created_at, who, counts, out);
         }
     }
 
@@ -442,8 +450,8 @@ impl Allocator {
                 attributed: u64::from(reason.attributed()),
                 ..Counts::default()
             };
-            let listing = call.attribution.listing.clone();
-            self.tally(pool, call.started_at, listing, counts, out);
+            let who = self.call_owner(&call);
+            self.tally(pool, call.started_at, who, counts, out);
         }
         self.calls.remember_start(cx!(self, out), &call, now);
         Ok(call)
@@ -519,8 +527,8 @@ impl Allocator {
                 amount: call.charge.map_or(0, |c| c.amount.cents()),
                 ..Counts::default()
             };
-            let listing = call.attribution.listing.clone();
-            self.tally(pool, call.started_at, listing, counts, out);
+            let who = self.call_owner(&call);
+            self.tally(pool, call.started_at, who, counts, out);
         }
         self.calls.remember_end(&call, out);
         Ok(call)

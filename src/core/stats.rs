@@ -1,10 +1,10 @@
 //! Statistics as data: what one operation adds to the counters of a (UTC day, pool, currency,
-//! listing) cell. The core emits a [`Tally`] beside the change that caused it; the store adds
+//! tenant, listing) cell. The core emits a [`Tally`] beside the change that caused it; the store adds
 //! it to its index in the same batch, so the statistics always agree with the journal.
 
 use super::money::{Currency, Money};
 use super::time::Timestamp;
-use super::types::{ListingId, PoolId};
+use super::types::{ListingId, PoolId, TenantId};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -51,6 +51,9 @@ pub struct Tally {
     pub pool: PoolId,
     /// The pool's tariff's currency (amounts of different currencies never add up).
     pub currency: Option<Currency>,
+    /// The tenant of the lease concerned; `None` for calls that reached no lease (or whose
+    /// lease was purged already, a return caller's say): those count for admins only.
+    pub tenant: Option<TenantId>,
     pub listing: Option<ListingId>,
     pub counts: Counts,
 }

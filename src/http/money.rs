@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::auth::{check_pool, Admin, Need, SiteOrAdmin};
+use super::auth::{check_pool, Need, SiteOrAdmin};
 use super::error::ApiError;
 use super::wire::{
     parse_time, rfc3339, LeaseBody, LeasesBody, LeasesParams, StatRowBody, StatsBody, StatsParams,
@@ -139,12 +139,12 @@ pub async fn transactions(
 /// How far back statistics go when `since` is not given.
 const DEFAULT_STATS_DAYS: u64 = 30;
 
-/// Statistics (admin): calls, attributed, answered, billed seconds, amount, leases and paid
+/// Statistics (admin: its pools'; site: its own leases' and their calls): calls, attributed, answered, billed seconds, amount, leases and paid
 /// leases, by UTC day, listing or pool (and currency), over whole UTC days from `since`'s to
 /// the one before `until` (default: the last 30 days, today included), for the key's pools.
 pub async fn stats(
     State(s): State<AppState>,
-    Need(key, _): Need<Admin>,
+    Need(key, _): Need<SiteOrAdmin>,
     params: Result<Query<StatsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<StatsBody>, ApiError> {
     let Query(p) = params.map_err(bad_query)?;
@@ -183,7 +183,9 @@ pub async fn stats(
         day_of(since),
         day_of(Timestamp::from_millis(until.as_millis() - 1)),
     );
-    let rows = s.service.stats(from, to, pools.as_deref(), by)?;
+    // A site sees the calls and leases of its own leases.
+    let tenant = (key.role == Role::Site).then_some(&key.tenant);
+    let rows = s.service.stats(from, to, pools.as_deref(), tenant, by)?;
     Ok(Json(StatsBody {
         by: by_name,
         since: rfc3339(crate::core::day_start(from)),

@@ -42,7 +42,7 @@ pub use commit::Committer;
 pub use compact::Policy;
 pub use faults::{Fault, Faulty};
 pub use record::{CallRow, EventRow, Pseudonym, TicketRow};
-pub use stats::Cell;
+pub use stats::{tenant_tag, Cell};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
-//! The statistics' index: counters per (UTC day, pool, currency, listing), sled keys beside the
-//! journal (`S` + day + pool tag + currency + listing), added to in the same batch as the
+//! The statistics' index: counters per (UTC day, pool, currency, tenant, listing), sled keys
+//! beside the journal (`S` + day + pool tag + currency + tenant tag + listing), added to in the same batch as the
 //! journal rows they count, so they always agree with it; a query reads one key per cell of
 //! the range asked, never the journal itself. Stores written before the index existed get it
 //! built from their calls on first open (`Mstats` marks it done).
@@ -9,11 +9,18 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{pool_tag, record, StoreError};
-use crate::core::{day_of, Counts, Currency, Directory, ListingId, PoolId, Tally};
+use crate::core::{day_of, Counts, Currency, Directory, ListingId, PoolId, Tally, TenantId};
 
 pub(super) const STATS: u8 = b'S';
 pub(super) const BUILT_KEY: &[u8] = b"Mstats";
 const NO_CURRENCY: [u8; 3] = [0; 3];
+/// The tenant tag of calls that reached no lease.
+const NO_TENANT: [u8; 8] = [0; 8];
+
+/// A tenant's 8-byte tag in keys (the first bytes of SHA-256 of its name, as pools').
+pub fn tenant_tag(t: &TenantId) -> [u8; 8] {
+    pool_tag(t.as_str())
+}
 
 /// What the store accumulates in a batch before adding it to the index: key → counts.
 pub(super) type Pending = HashMap<Vec<u8>, Counts>;
@@ -22,9 +29,10 @@ pub(super) fn key(
     day: u32,
     tag: [u8; 8],
     currency: Option<Currency>,
+    tenant: Option<&TenantId>,
     listing: Option<&str>,
 ) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + listing.map_or(0, str::len));
+    let mut k = Vec::with_capacity(24 + listing.map_or(0, str::len));
     k.push(STATS);
     k.extend_from_slice(&day.to_be_bytes());
     k.extend_from_slice(&tag);
@@ -33,6 +41,7 @@ pub(super) fn key(
             .as_ref()
             .map_or(&NO_CURRENCY[..], |c| c.as_str().as_bytes()),
     );
+    k.extend_from_slice(&tenant.map_or(NO_TENANT, tenant_tag));
     k.extend_from_slice(listing.unwrap_or_default().as_bytes());
     k
 }
@@ -42,6 +51,7 @@ pub(super) fn add(pending: &mut Pending, t: &Tally, pool_name: &str) {
         t.day,
         pool_tag(pool_name),
         t.currency,
+        t.tenant.as_ref(),
         t.listing.as_ref().map(ListingId::as_str),
     );
     pending.entry(k).or_default().add(&t.counts);
@@ -113,6 +123,8 @@ pub struct Cell {
     /// `None` when the pool is no longer configured.
     pub pool: Option<PoolId>,
     pub currency: Option<Currency>,
+    /// The tenant's tag (see [`tenant_tag`]); `None`: calls that reached no lease.
+    pub tenant: Option<[u8; 8]>,
     pub listing: Option<String>,
     pub counts: Counts,
 }
@@ -123,7 +135,7 @@ pub(super) fn cell(
     pool_by_tag: &HashMap<[u8; 8], PoolId>,
 ) -> Result<Cell, StoreError> {
     let bad = || StoreError::Corrupt("statistics: bad key".into());
-    if k.len() < 16 {
+    if k.len() < 24 {
         return Err(bad());
     }
     let day = u32::from_be_bytes(k[1..5].try_into().map_err(|_| bad())?);
@@ -137,7 +149,8 @@ pub(super) fn cell(
                 .ok_or_else(bad)?,
         ),
     };
-    let listing = match &k[16..] {
+    let tenant: [u8; 8] = k[16..24].try_into().map_err(|_| bad())?;
+    let listing = match &k[24..] {
         [] => None,
         l => Some(String::from_utf8(l.to_vec()).map_err(|_| bad())?),
     };
@@ -145,6 +158,7 @@ pub(super) fn cell(
         day,
         pool: pool_by_tag.get(&tag).copied(),
         currency,
+        tenant: (tenant != NO_TENANT).then_some(tenant),
         listing,
         counts: decode(v)?,
     })
@@ -186,6 +200,9 @@ pub(super) fn build(db: &sled::Db, pools: &Directory) -> Result<usize, StoreErro
             day: day_of(c.started_at),
             pool,
             currency: charge.map(|x| x.currency).or(tariff.map(|t| t.currency)),
+            // An older store's calls count for admins only: their leases' tenants are not
+            // read at open.
+            tenant: None,
             listing: c.attribution.listing.clone(),
             counts,
         };

@@ -91,11 +91,16 @@ test("an admin signs in and sees the call's amount, statistics, numbers, and dow
   await c.close();
 });
 
-test("a site key sees its own transactions only; a wrong key is refused", async () => {
+test("a site key sees its own transactions and statistics only; a wrong key is refused", async () => {
   const { c, p } = await signIn(SITE_KEY, "en-GB");
   await p.waitForSelector("body[data-ready=site]");
   assert.ok(await p.locator(`#tx tr[data-lease="${lease.lease_id}"]`).isVisible());
-  assert.equal(await p.locator("#stats").isVisible(), false);
+  assert.equal(await p.locator("#calls").isVisible(), false, "the call journal is for admins");
+  assert.equal(await p.locator("#pools").isVisible(), false);
+  // Its own statistics (its pages' leases count too: they share its tenant): the call's amount.
+  assert.ok(await p.locator("#stats").isVisible());
+  assert.equal(await p.locator("#chart svg rect.bar").count(), 30);
+  assert.match(await p.textContent("#totals tbody"), /^fr\d+.*€2\.99/);
   assert.ok(await p.locator("#site-note").isVisible());
   await c.close();
 

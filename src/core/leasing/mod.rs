@@ -406,6 +406,12 @@ impl Leasing {
         self.leases.find(id).map(|i| self.leases.lease(i))
     }
 
+    /// The tenant of lease `id`, if it is still held.
+    pub(super) fn tenant_of(&self, id: &LeaseId) -> Option<TenantId> {
+        let i = self.leases.find(id)?;
+        Some(self.leases.terms(self.leases.get(i)).tenant.clone())
+    }
+
     pub(super) fn lease_count(&self) -> usize {
         self.leases.len()
     }
