@@ -76,6 +76,7 @@ fn memory_and_restore(sizes: &[u64]) {
                 ttl: None,
                 calls_required: 1,
                 min_call_secs: 0,
+                amount: None,
                 from_page: false,
             };
             a.allocate(req, t0, id(i), &mut out).unwrap();
@@ -209,6 +210,7 @@ fn allocator(size: u64) -> Allocator {
         mode: PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
         limits: Default::default(),
+        tariff: None,
     }])
     .unwrap()
 }
@@ -236,6 +238,7 @@ impl Fixture {
             ttl: None,
             calls_required: 1,
             min_call_secs: 0,
+            amount: None,
             from_page: false,
         }
     }

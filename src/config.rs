@@ -14,8 +14,8 @@ use crate::limits::{BackoffPolicy, Cidr};
 use thiserror::Error;
 
 use crate::core::{
-    Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec, Share,
-    Target, TenantId,
+    Currency, Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec,
+    Rate, Share, Target, Tariff, TariffUnit, TenantId,
 };
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub snapshot_after_changes: u64,
     /// No two background snapshots closer than this (each rewrites the whole state).
     pub snapshot_min_interval: Duration,
+    /// Past this age, callers' numbers in the journal are replaced by keyed hashes (data
+    /// protection); amounts and everything else stay.
+    pub journal_retention: Duration,
     pub log_format: LogFormat,
     /// A wall clock found behind the store's last recorded instant by at most this much at
     /// start-up is raised to that instant (time never runs backwards); by more, Leaseline
@@ -178,25 +181,10 @@ impl Default for ConnectionLimits {
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
+    /// The pool as the core serves it (its tariff included).
     pub spec: PoolSpec,
-    pub tariff: Option<Tariff>,
     /// Allocations one key may make per minute in this pool (0: no limit).
     pub allocations_per_minute_per_key: u32,
-}
-
-/// What a call costs the caller; informational (billing is the operator's), shown by `check`
-/// and carried in exports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tariff {
-    pub amount: String,
-    pub unit: TariffUnit,
-    pub currency: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TariffUnit {
-    PerCall,
-    PerMinute,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -320,6 +308,7 @@ struct RawServer {
     commit: Option<String>,
     snapshot_after_changes: Option<u64>,
     snapshot_min_interval: Option<String>,
+    journal_retention: Option<String>,
     log_format: Option<String>,
     max_clock_rewind: Option<String>,
     header_timeout: Option<String>,
@@ -385,6 +374,8 @@ struct RawTariff {
     per_call: Option<String>,
     per_minute: Option<String>,
     currency: String,
+    /// Per-minute tariffs bill the duration rounded up to a multiple of this (default 1s).
+    increment: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +412,19 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
             return Err(format!("pool {:?} is defined twice", pool.spec.name));
         }
         pools.push(pool);
+    }
+    // A call stays in memory for its pool's retention (for its `end`, which writes the record
+    // again): the journal may only hide its caller after that.
+    if let Some(p) = pools
+        .iter()
+        .find(|p| p.spec.settings.retention >= server.journal_retention)
+    {
+        return Err(format!(
+            "[server] journal_retention = {} must be longer than pool {:?}'s retention ({})",
+            fmt_duration(server.journal_retention),
+            p.spec.name,
+            fmt_duration(p.spec.settings.retention)
+        ));
     }
     let mut keys: Vec<KeyConfig> = Vec::new();
     for k in raw.keys {
@@ -616,6 +620,13 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         secs(0),
         secs(86_400),
     )?;
+    let journal_retention = bounded(
+        "journal_retention",
+        &raw.journal_retention,
+        secs(365 * 86_400),
+        secs(86_400),
+        secs(100 * 365 * 86_400),
+    )?;
     let trusted_proxies = raw
         .trusted_proxies
         .unwrap_or_default()
@@ -632,6 +643,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
         commit,
         snapshot_after_changes,
         snapshot_min_interval,
+        journal_retention,
         log_format,
         max_clock_rewind,
         accept_wall_clock: false,
@@ -819,9 +831,10 @@ fn validate_pool(
                     per_call: Some(pr.amount),
                     per_minute: None,
                     currency: pr.currency,
+                    increment: None,
                 })
                 .map_err(|e| ctx(e.replace("tariff", "price")))?;
-                Some((t.amount, t.currency))
+                Some((t.rate.to_string(), t.currency.to_string()))
             }
             None => None,
         };
@@ -892,8 +905,8 @@ fn validate_pool(
                 max_live_per_tenant: p.max_live_per_tenant.unwrap_or(0),
                 page_share,
             },
+            tariff,
         },
-        tariff,
         allocations_per_minute_per_key: p.allocations_per_minute_per_key.unwrap_or(0),
     })
 }
@@ -929,35 +942,40 @@ fn parse_number_entry(entry: &str) -> Result<(u64, u64), String> {
 }
 
 fn validate_tariff(t: RawTariff) -> Result<Tariff, String> {
-    let (amount, unit) = match (t.per_call, t.per_minute) {
-        (Some(a), None) => (a, TariffUnit::PerCall),
-        (None, Some(a)) => (a, TariffUnit::PerMinute),
+    let (amount, per_minute) = match (t.per_call, t.per_minute) {
+        (Some(a), None) => (a, false),
+        (None, Some(a)) => (a, true),
         _ => return Err("tariff needs exactly one of per_call or per_minute".into()),
     };
-    let valid = amount
-        .split_once('.')
-        .map_or(Some((amount.as_str(), "")), Some)
-        .is_some_and(|(i, f)| {
-            !i.is_empty()
-                && i.bytes().all(|b| b.is_ascii_digit())
-                && f.len() <= 4
-                && f.bytes().all(|b| b.is_ascii_digit())
-        });
-    if !valid {
-        return Err(format!(
-            "tariff amount {amount:?}: expected a decimal such as \"2.99\""
-        ));
-    }
-    if t.currency.len() != 3 || !t.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "tariff currency {:?}: expected an ISO 4217 code such as \"EUR\"",
-            t.currency
-        ));
-    }
+    let rate = Rate::parse(&amount).map_err(|e| format!("tariff amount {e}"))?;
+    let currency = Currency::parse(&t.currency).map_err(|e| format!("tariff currency: {e}"))?;
+    let unit = match (per_minute, t.increment) {
+        (false, None) => TariffUnit::PerCall,
+        (false, Some(_)) => {
+            return Err("tariff increment: only a per_minute tariff bills by increments".into())
+        }
+        (true, inc) => {
+            let inc = match inc {
+                Some(s) => {
+                    parse_duration(&s).map_err(|e| format!("tariff increment = {s:?}: {e}"))?
+                }
+                None => Duration::from_secs(1),
+            };
+            if inc.is_zero() || inc > Duration::from_secs(3600) || inc.subsec_nanos() != 0 {
+                return Err(format!(
+                    "tariff increment = {}: expected whole seconds from 1s to 1h, such as \"20s\"",
+                    fmt_duration(inc)
+                ));
+            }
+            TariffUnit::PerMinute {
+                increment_secs: inc.as_secs() as u32,
+            }
+        }
+    };
     Ok(Tariff {
-        amount,
+        rate,
         unit,
-        currency: t.currency,
+        currency,
     })
 }
 
@@ -1149,6 +1167,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
+            "y" => 365 * 86_400_000,
             _ => return Err(expected.into()),
         };
         rest = &rest[unit_len..];
@@ -1312,6 +1331,38 @@ mod tests {
             "tariff = { per_call = \"1\", per_minute = \"1\", currency = \"EUR\" }"
         ))
         .contains("exactly one"));
+        let c = parse(&pool(
+            "tariff = { per_minute = \"3.13\", currency = \"CHF\", increment = \"20s\" }",
+        ))
+        .unwrap();
+        let t = c.pools[0].spec.tariff.unwrap();
+        assert_eq!(t.describe(), "3.13 CHF per minute, billed by 20 s");
+        for (bad, needle) in [
+            (
+                "per_minute = \"3.13\", currency = \"CHF\", increment = \"0s\"",
+                "from 1s to 1h",
+            ),
+            (
+                "per_minute = \"3.13\", currency = \"CHF\", increment = \"2h\"",
+                "from 1s to 1h",
+            ),
+            (
+                "per_minute = \"3.13\", currency = \"CHF\", increment = \"soon\"",
+                "increment = \"soon\"",
+            ),
+            (
+                "per_call = \"2.99\", currency = \"EUR\", increment = \"20s\"",
+                "only a per_minute",
+            ),
+            (
+                "per_call = \"2.99999\", currency = \"EUR\"",
+                "at most four decimals",
+            ),
+            ("per_call = \"2.99\", currency = \"eur\"", "ISO 4217"),
+        ] {
+            let e = error_of(&pool(&format!("tariff = {{ {bad} }}")));
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use leaseline::clock::SteadyClock;
-use leaseline::config::{fmt_duration, parse_duration, Config, LogFormat, TariffUnit};
+use leaseline::config::{fmt_duration, parse_duration, Config, LogFormat};
 use leaseline::core::OnExhausted;
 use leaseline::plan::{parse_blocking, parse_rate, Plan};
 use leaseline::startup::{shutdown_signal, Application};
@@ -295,13 +295,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     );
     for p in &c.pools {
         let s = &p.spec.settings;
-        let tariff = p.tariff.as_ref().map_or(String::new(), |t| {
-            let unit = match t.unit {
-                TariffUnit::PerCall => "call",
-                TariffUnit::PerMinute => "minute",
-            };
-            format!(", {} {} per {unit}", t.amount, t.currency)
-        });
+        let tariff = p
+            .spec
+            .tariff
+            .as_ref()
+            .map_or(String::new(), |t| format!(", {}", t.describe()));
         let exhausted = match &p.spec.on_exhausted {
             OnExhausted::Reject => "when exhausted: reject (503)".to_string(),
             OnExhausted::Shared { number, code_ttl } => format!(

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub live_leases: IntGauge,
     pub calls: IntCounterVec,
     pub call_ends: IntCounterVec,
+    pub billed_seconds: IntCounterVec,
+    pub amount: IntCounterVec,
     pub first_call: HistogramVec,
     pub paid: IntCounterVec,
     pub redeemed: IntCounterVec,
@@ -351,6 +353,28 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            billed_seconds: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_billed_seconds_total",
+                        "Seconds billed by pools' tariffs (durations rounded up to the increment), by pool.",
+                    ),
+                    &["pool"],
+                )
+                .unwrap(),
+            ),
+            amount: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "leaseline_amount_total",
+                        "What calls cost under their pool's tariff, in cents (hundredths of the currency), by pool and currency: an integer counter, never a float.",
+                    ),
+                    &["pool", "currency"],
+                )
+                .unwrap(),
+            ),
             first_call: reg(
                 r,
                 HistogramVec::new(
@@ -520,7 +544,11 @@ impl Metrics {
 
     /// Creates every labelled series of a pool at zero, so dashboards and alerts see a
     /// series (and `rate()` a starting point) before the first event of each kind.
-    pub fn register_pool(&self, pool: &str) {
+    pub fn register_pool(&self, pool: &str, currency: Option<&str>) {
+        self.billed_seconds.with_label_values(&[pool]);
+        if let Some(c) = currency {
+            self.amount.with_label_values(&[pool, c]);
+        }
         for state in ["free", "leased", "cooling"] {
             self.pool_numbers.with_label_values(&[pool, state]);
         }

@@ -13,10 +13,10 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::core::{
-    AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, Capacity, CoreError, Directory,
-    EndReason, Entropy, Formula, Lease, LeaseId, LeaseState, ListingId, Notice, Outbox, Pass,
-    PassId, PhoneNumber, PoolId, PoolSpec, PoolStats, Target, TenantId, Ticket, TicketCode,
-    Timestamp, DEFAULT_BLOCKING, TICK_MS,
+    day_start, AllocateRequest, Allocator, Call, CallEnd, CallId, CallStart, Capacity, CoreError,
+    Counts, Currency, Directory, EndReason, Entropy, Formula, Lease, LeaseId, LeaseQuery,
+    LeaseState, ListingId, Money, Notice, Outbox, Pass, PassId, PhoneNumber, PoolId, PoolSpec,
+    PoolStats, Target, Tariff, TenantId, Ticket, TicketCode, Timestamp, DEFAULT_BLOCKING, TICK_MS,
 };
 use crate::metrics::Metrics;
 use crate::metrics::Window;
@@ -35,6 +35,11 @@ pub enum ServiceError {
     Unavailable,
 }
 
+/// How long callers' numbers stay in the journal by default: a year.
+pub const DEFAULT_JOURNAL_RETENTION: Duration = Duration::from_secs(365 * 86_400);
+/// Journal rows looked at per tick when replacing callers' numbers.
+const PSEUDONYMIZE_PER_TICK: usize = 10_000;
+
 /// A lease as seen at one instant, with the names the edges need.
 #[derive(Clone, Debug)]
 pub struct LeaseView {
@@ -43,6 +48,25 @@ pub struct LeaseView {
     pub state: LeaseState,
     /// The access pass its redeem granted, if any.
     pub pass: Option<PassView>,
+    /// Its pool's tariff, so a page can show the price beside the number.
+    pub tariff: Option<Tariff>,
+}
+
+/// How statistics are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsBy {
+    Day,
+    Listing,
+    Pool,
+}
+
+/// One row of statistics: a group's counters, in one currency.
+#[derive(Clone, Debug)]
+pub struct StatRow {
+    /// The day (`2026-01-31`), the listing (`None`: calls and leases of no listing) or the pool.
+    pub key: Option<String>,
+    pub currency: Option<Currency>,
+    pub counts: Counts,
 }
 
 /// What a reload changed.
@@ -126,6 +150,8 @@ pub struct Service {
     /// Webhooks, when `[[webhook]]` endpoints are configured: each write's events are derived
     /// under the lock, written in its batch, and handed to the worker once durable.
     hooks: Option<Arc<Dispatcher>>,
+    /// Past this age, callers' numbers in the journal are replaced by keyed hashes.
+    journal_retention: Duration,
 }
 
 impl Service {
@@ -139,7 +165,8 @@ impl Service {
         let first_event = clock.now().as_millis() * 1000;
         let dir = Arc::clone(core.directory());
         for p in dir.ids() {
-            metrics.register_pool(dir.name(p));
+            let currency = dir.spec(p).tariff.map(|t| t.currency);
+            metrics.register_pool(dir.name(p), currency.as_ref().map(Currency::as_str));
         }
         Service {
             core: Mutex::new(core),
@@ -154,7 +181,14 @@ impl Service {
             next_event: AtomicU64::new(first_event),
             closing: tokio::sync::watch::channel(false).0,
             hooks: None,
+            journal_retention: DEFAULT_JOURNAL_RETENTION,
         }
+    }
+
+    /// How long callers' numbers stay readable in the journal (`[server] journal_retention`).
+    pub fn with_journal_retention(mut self, retention: Duration) -> Service {
+        self.journal_retention = retention;
+        self
     }
 
     /// Sends webhooks through `hooks` from now on.
@@ -250,6 +284,89 @@ impl Service {
     }
 
     /// The lease `id` as it stands now.
+    /// Statistics of the UTC days `from..=to` (days since 1970-01-01) for `pools` (`None`:
+    /// every configured pool) and `tenant` (`None`: every tenant's, and calls that reached no
+    /// lease), grouped `by` day, listing or pool and by currency, in key
+    /// order. Read from the store's index: the cells of the range, never the journal.
+    pub fn stats(
+        &self,
+        from: u32,
+        to: u32,
+        pools: Option<&[PoolId]>,
+        tenant: Option<&TenantId>,
+        by: StatsBy,
+    ) -> Result<Vec<StatRow>, ServiceError> {
+        let tenant = tenant.map(crate::store::tenant_tag);
+        if self.failed.load(Ordering::Acquire) {
+            return Err(ServiceError::Unavailable);
+        }
+        let mut groups: std::collections::BTreeMap<(Option<String>, Option<Currency>), Counts> =
+            Default::default();
+        for cell in self.store.stats(from, to)? {
+            let Some(pool) = cell.pool else { continue };
+            if pools.is_some_and(|p| !p.contains(&pool))
+                || tenant.is_some_and(|t| cell.tenant != Some(t))
+            {
+                continue;
+            }
+            let key = match by {
+                StatsBy::Day => Some(
+                    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(
+                        day_start(cell.day).as_millis() as i64,
+                    )
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d")
+                    .to_string(),
+                ),
+                StatsBy::Listing => cell.listing,
+                StatsBy::Pool => Some(self.directory().name(pool).to_owned()),
+            };
+            groups
+                .entry((key, cell.currency))
+                .or_default()
+                .add(&cell.counts);
+        }
+        Ok(groups
+            .into_iter()
+            .map(|((key, currency), counts)| StatRow {
+                key,
+                currency,
+                counts,
+            })
+            .collect())
+    }
+
+    /// A page of leases (transactions), newest first, as views: the leases the core holds,
+    /// merged with the purged ones the store keeps (the history), by (creation, id).
+    pub fn leases(&self, q: &LeaseQuery) -> Result<(Vec<LeaseView>, bool), ServiceError> {
+        let now = self.clock.now();
+        let held = {
+            let core = self.lock()?;
+            core.leases(q, now)
+        };
+        let keep = |l: &Lease| {
+            q.tenant.as_ref().is_none_or(|t| t == &l.tenant)
+                && q.pools.as_ref().is_none_or(|p| p.contains(&l.pool))
+                && q.listing
+                    .as_ref()
+                    .is_none_or(|x| l.listing.as_ref() == Some(x))
+                && q.state.is_none_or(|s| l.state(now) == s)
+        };
+        let archived = self
+            .store
+            .lease_history(q.before, q.since, q.until, &keep, q.limit + 1)?;
+        let mut all: Vec<Lease> = held.leases;
+        all.extend(archived);
+        all.sort_unstable_by_key(|l| std::cmp::Reverse((l.created_at, l.id)));
+        // A lease purged between the two reads is in both.
+        all.dedup_by_key(|l| l.id);
+        let more = held.more || all.len() > q.limit;
+        all.truncate(q.limit);
+        let core = self.lock()?;
+        let views = all.into_iter().map(|l| view(&core, l, now)).collect();
+        Ok((views, more))
+    }
+
     pub fn get(&self, id: &LeaseId) -> Result<LeaseView, ServiceError> {
         let core = self.lock()?;
         let lease = core.lease(id).ok_or(CoreError::UnknownLease)?;
@@ -303,6 +420,22 @@ impl Service {
             .with_label_values(&[&pool, outcome])
             .inc();
         res
+    }
+
+    /// Records a refund on a paid lease of `owner` and revokes the pass its redeem granted.
+    pub async fn refund(
+        &self,
+        id: LeaseId,
+        owner: &TenantId,
+        amount: Money,
+        reason: String,
+    ) -> Result<LeaseView, ServiceError> {
+        let event_id: [u8; 16] = rand::thread_rng().gen();
+        self.write(|core, now, out| {
+            let (lease, _) = core.refund(&id, owner, amount, reason, event_id, now, out)?;
+            Ok(view(core, lease, now))
+        })
+        .await
     }
 
     /// Registers (or forgets, with `None`) where `tenant`'s listing sends its calls.
@@ -427,7 +560,23 @@ impl Service {
         if self.failed.load(Ordering::Acquire) {
             return Err(ServiceError::Unavailable);
         }
-        Ok(self.store.journal(q)?)
+        let mut page = self.store.journal(q)?;
+        // Calls recorded before amounts were (store format's call record 1) are priced now,
+        // from their pool's tariff, when their pool is still configured.
+        for row in &mut page.rows {
+            if let crate::store::JournalRow::Call(c) = row {
+                if let (None, Some(end), Some(pool)) =
+                    (c.call.charge, c.call.end, c.call.attribution.pool)
+                {
+                    c.call.charge = self
+                        .directory()
+                        .spec(pool)
+                        .tariff
+                        .map(|t| t.charge(end.duration_secs));
+                }
+            }
+        }
+        Ok(page)
     }
 
     /// Events of lease `id` after `last_seen`, and a receiver for those still to come.
@@ -472,7 +621,17 @@ impl Service {
             .await?;
         self.metrics.wheel_pending.set(pending as i64);
         self.metrics.wheel_lag.set((lag * TICK_MS) as f64 / 1000.0);
-        self.store.set_watermark(self.clock.now());
+        let now = self.clock.now();
+        self.store.set_watermark(now);
+        // Callers' numbers past the journal's retention become pseudonyms, a bounded batch a
+        // tick so a first pass over an old journal never holds the writers for long.
+        if let Some(before) = now
+            .as_millis()
+            .checked_sub(self.journal_retention.as_millis() as u64)
+        {
+            self.store
+                .pseudonymize(Timestamp::from_millis(before), PSEUDONYMIZE_PER_TICK)?;
+        }
         Ok(())
     }
 
@@ -545,7 +704,9 @@ impl Service {
                 .count();
             let name = next.name(p).to_owned();
             if known.is_none() {
-                self.metrics.register_pool(&name);
+                let currency = next.spec(p).tariff.map(|t| t.currency);
+                self.metrics
+                    .register_pool(&name, currency.as_ref().map(Currency::as_str));
                 changes.pools_added.push(name.clone());
             } else if next.removed(p) && !old.removed(p) {
                 changes.pools_removed.push(name.clone());
@@ -555,6 +716,16 @@ impl Service {
             }
         }
         Ok(changes)
+    }
+
+    /// A page of a pool's numbers with their state and holder.
+    pub fn numbers(
+        &self,
+        pool: PoolId,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::core::NumberView>, ServiceError> {
+        Ok(self.lock()?.numbers(pool, offset, limit))
     }
 
     pub fn pools(&self) -> Result<Vec<PoolView>, ServiceError> {
@@ -772,7 +943,7 @@ impl Service {
                         pool: pool.map(name),
                         notice: n,
                     },
-                    Notice::TicketIssued { pool, .. } => Described {
+                    Notice::Charged { pool, .. } | Notice::TicketIssued { pool, .. } => Described {
                         counters: None,
                         pool: Some(name(*pool)),
                         notice: n,
@@ -882,6 +1053,19 @@ impl Service {
                 Notice::Paid { lease } => {
                     self.metrics.paid.with_label_values(&[&pool]).inc();
                     event(lease, EventKind::Paid, None, None, None)
+                }
+                Notice::Charged { charge, .. } => {
+                    let pool = d.pool.unwrap_or_default();
+                    self.metrics
+                        .billed_seconds
+                        .with_label_values(&[&pool])
+                        .inc_by(u64::from(charge.billed_secs));
+                    if let Ok(cents) = u64::try_from(charge.amount.cents()) {
+                        self.metrics
+                            .amount
+                            .with_label_values(&[&pool, charge.currency.as_str()])
+                            .inc_by(cents);
+                    }
                 }
                 Notice::TicketIssued { .. } => {
                     let pool = d.pool.unwrap_or_default();
@@ -1006,6 +1190,7 @@ fn owned(core: &Allocator, id: &LeaseId, owner: &TenantId) -> Result<(), CoreErr
 pub(crate) fn view(core: &Allocator, lease: Lease, now: Timestamp) -> LeaseView {
     LeaseView {
         pool: core.directory().name(lease.pool).to_owned(),
+        tariff: core.directory().spec(lease.pool).tariff,
         state: lease.state(now),
         pass: lease
             .pass

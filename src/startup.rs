@@ -87,7 +87,8 @@ pub async fn build_state_with(
         commit,
         Arc::clone(&clock),
         Arc::clone(&metrics),
-    );
+    )
+    .with_journal_retention(config.server.journal_retention);
     if !config.webhooks.is_empty() {
         let hooks = crate::webhooks::Dispatcher::start(
             crate::webhooks::Router::new(config.webhooks.clone()),

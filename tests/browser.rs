@@ -1,7 +1,9 @@
-//! The drop-in script in a real browser: headless Chromium (Debian's package) driven by
-//! playwright-core (npm), against the real binary on 127.0.0.1. The scenarios live in
-//! `tests/browser/embed.test.mjs`; this test starts Leaseline and runs them. A screenshot of
-//! the demo page is left in `artifacts/demo.png` (not committed).
+//! The drop-in script and the back-office in a real browser: headless Chromium (Debian's
+//! package) driven by playwright-core (npm), against the real binary on 127.0.0.1. The
+//! scenarios live in `tests/browser/embed.test.mjs` and `tests/browser/admin.test.mjs`; this
+//! test starts Leaseline and runs them. Screenshots of the demo page and the back-office are
+//! left in `artifacts/demo.png` and `artifacts/admin.png` (not committed; `docs/admin.png` is
+//! a copy of the latter for the README).
 
 mod common;
 
@@ -44,6 +46,12 @@ log_format = "json"
 name = "fr"
 numbers = ["+33899100000..=+33899100099"]
 fallback_target = "+33100000000"
+tariff = {{ per_call = "2.99", currency = "EUR" }}
+
+[[pool]]
+name = "ch"
+numbers = ["+41900100000..=+41900100009"]
+tariff = {{ per_minute = "3.13", currency = "CHF", increment = "20s" }}
 
 [[pool]]
 name = "tiny"
@@ -74,6 +82,11 @@ name = "tel"
 role = "telephony"
 sha256 = "{tel_key}"
 
+[[key]]
+name = "admin"
+role = "admin"
+sha256 = "{admin_key}"
+
 [demo]
 enabled = true
 key = "{PAGE}"
@@ -83,16 +96,24 @@ pool = "fr"
             site_key = sha(SITE),
             page_key = sha(PAGE),
             tel_key = sha(TELEPHONY),
+            admin_key = sha(ADMIN),
         ),
     )
     .unwrap();
     let server = Server::start(&config);
     let out = Command::new("node")
-        .args(["--test", "--test-reporter=spec", "embed.test.mjs"])
+        .args([
+            "--test",
+            "--test-reporter=spec",
+            "embed.test.mjs",
+            "admin.test.mjs",
+        ])
         .current_dir(repo("tests/browser"))
         .env("LEASELINE_URL", format!("http://{}", server.addr))
         .env("PAGE_KEY", PAGE)
         .env("TEL_KEY", TELEPHONY)
+        .env("SITE_KEY", SITE)
+        .env("ADMIN_KEY", ADMIN)
         .env("SITE_PORT", site.to_string())
         .env("EVIL_PORT", evil.to_string())
         .env("DEAD_PORT", dead.to_string())
@@ -109,5 +130,9 @@ pool = "fr"
     assert!(
         repo("artifacts/demo.png").is_file(),
         "no screenshot of the demo"
+    );
+    assert!(
+        repo("artifacts/admin.png").is_file(),
+        "no screenshot of the back-office"
     );
 }

@@ -213,11 +213,12 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
     let (status, v) = http(&agent(), "POST", &redeem, Some(SITE), None).unwrap();
     assert_eq!(status, 409, "redeem is refused after a restart too: {v}");
 
-    // The journal holds every call; the export writes it as CSV.
+    // The journal holds every call, and the redeem after them; the export writes it as CSV.
     let (_, j) = http(&agent(), "GET", &server.url("/v1/calls"), Some(ADMIN), None).unwrap();
-    let ids: Vec<_> = j["calls"]
-        .as_array()
-        .unwrap()
+    let rows = j["calls"].as_array().unwrap();
+    assert_eq!(rows[0]["kind"], "lease_redeemed", "{j}");
+    assert_eq!(rows[0]["lease_id"], d_id.as_str(), "{j}");
+    let ids: Vec<_> = rows[1..]
         .iter()
         .map(|c| c["call_id"].as_str().unwrap().to_owned())
         .collect();
@@ -241,12 +242,13 @@ fn the_call_modes_work_end_to_end_through_the_binary() {
     );
     let csv = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<_> = csv.lines().collect();
-    assert_eq!(lines.len(), 6, "{csv}");
+    assert_eq!(lines.len(), 7, "{csv}");
+    assert!(lines[1].contains(",lease_redeemed,"), "{csv}");
     assert!(
-        lines[1].starts_with("d2,p,+33899199999,+33633333332,"),
+        lines[2].starts_with("d2,p,+33899199999,+33633333332,"),
         "{csv}"
     );
-    assert!(lines[1].ends_with(",12,true,call,,,"), "{csv}");
+    assert!(lines[2].ends_with(",12,true,call,,,"), "{csv}");
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn pool(size: u64, quarantine: Duration) -> Allocator {
         mode: PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
         limits: Default::default(),
+        tariff: None,
     }])
     .unwrap()
 }
@@ -101,6 +102,7 @@ fn simulate(
             calls_required: 1,
             min_call_secs: 0,
             from_page: false,
+            amount: None,
         };
         let res = core.allocate(req, now, LeaseId::from_bytes(id), &mut out);
         if arrival >= warm {

@@ -83,6 +83,53 @@ access_ttl = "7d"
     )
 }
 
+/// Priced pools: "eur" charges 2.99 EUR per answered call; "chf" 3.13 CHF a minute by the
+/// second; "chf20" the same by 20-second pulses; "min" 1.00 EUR a minute by whole minutes;
+/// "half" 0.30 EUR a minute by the second (one second is exactly half a cent).
+fn money_config(data: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{}"
+
+[[pool]]
+name = "eur"
+numbers = ["+33899100000", "+33899100001"]
+tariff = {{ per_call = "2.99", currency = "EUR" }}
+
+[[pool]]
+name = "chf"
+numbers = ["+41900100000"]
+tariff = {{ per_minute = "3.13", currency = "CHF" }}
+
+[[pool]]
+name = "chf20"
+numbers = ["+41900200000"]
+tariff = {{ per_minute = "3.13", currency = "CHF", increment = "20s" }}
+
+[[pool]]
+name = "min"
+numbers = ["+33899400000"]
+tariff = {{ per_minute = "1.00", currency = "EUR", increment = "60s" }}
+
+[[pool]]
+name = "half"
+numbers = ["+33899500000"]
+tariff = {{ per_minute = "0.30", currency = "EUR" }}
+
+{}
+{}
+{}
+{}"#,
+        data.display(),
+        key("site", "site", SITE),
+        key("other", "site", OTHER_SITE),
+        key("tel", "telephony", TELEPHONY),
+        key("admin", "admin", ADMIN)
+    )
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Fixture {
@@ -140,6 +187,10 @@ struct TicketingExpect {
 struct Allocate {
     /// "site" (default) or "other" (another tenant's site key).
     key: Option<String>,
+    /// The pool ("fx" unless named).
+    pool: Option<String>,
+    /// What the merchant asks, a decimal string.
+    amount: Option<String>,
     session: String,
     listing: Option<String>,
     target: Option<String>,
@@ -175,6 +226,7 @@ struct LeaseCheck {
     calls: Option<u64>,
     paid: Option<bool>,
     state: Option<String>,
+    amount_paid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,7 +242,11 @@ struct Expect {
     number: Option<String>,
     status: Option<u16>,
     ticketing: Option<TicketingExpect>,
+    /// A redeem's price, or what an ended call cost (checked in its answer and its journal
+    /// row, JSON and CSV).
     amount: Option<String>,
+    currency: Option<String>,
+    billed_secs: Option<u32>,
 }
 
 fn offset(s: &str) -> Duration {
@@ -216,7 +272,7 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
 
         if let Some(a) = &step.allocate {
             let body = json!({
-                "pool": "fx", "session": a.session, "listing": a.listing, "target": a.target,
+                "pool": a.pool.as_deref().unwrap_or("fx"), "amount": a.amount, "session": a.session, "listing": a.listing, "target": a.target,
                 "caller": a.caller, "calls_required": a.calls_required, "min_call_secs": a.min_call_secs,
             });
             let key = tenant_key(a.key.as_deref());
@@ -288,6 +344,9 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
             }
             check(&ctx, &r.json, expect, &leases);
             remember_code(&mut codes, &e.id, &r.json);
+            if let Some(x) = expect.filter(|x| x.amount.is_some() || x.billed_secs.is_some()) {
+                check_charge(&ctx, &app, &e.id, &r.json, x).await;
+            }
         }
         if let Some(rd) = &step.redeem {
             let code = match (&rd.code_of, &rd.code) {
@@ -352,8 +411,52 @@ async fn play(path: &Path, config: fn(&Path) -> String) {
             if let Some(state) = &l.state {
                 assert_eq!(r.json["state"], state.as_str(), "{ctx}: {}", r.text);
             }
+            if let Some(a) = &l.amount_paid {
+                assert_eq!(r.json["amount_paid"], a.as_str(), "{ctx}: {}", r.text);
+            }
         }
     }
+}
+
+/// An ended call's cost, in the end event's answer and in its journal row (JSON and CSV).
+async fn check_charge(ctx: &str, app: &TestApp, call: &str, answer: &Value, e: &Expect) {
+    let journal = app.call("GET", "/v1/calls", Some(ADMIN), None).await;
+    assert_eq!(journal.status, 200, "{ctx}: {}", journal.text);
+    let row = journal.json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["call_id"] == call)
+        .unwrap_or_else(|| panic!("{ctx}: {call} not in the journal"))
+        .clone();
+    let csv = app
+        .call("GET", "/v1/calls?format=csv", Some(ADMIN), None)
+        .await;
+    let line = csv
+        .text
+        .lines()
+        .find(|l| l.starts_with(&format!("{call},")))
+        .unwrap_or_else(|| panic!("{ctx}: {call} not in the CSV"));
+    for got in [answer, &row] {
+        if let Some(a) = &e.amount {
+            assert_eq!(got["amount"], a.as_str(), "{ctx}: {got}");
+        }
+        if let Some(c) = &e.currency {
+            assert_eq!(got["currency"], c.as_str(), "{ctx}: {got}");
+        }
+        if let Some(b) = e.billed_secs {
+            assert_eq!(got["billed_secs"], b, "{ctx}: {got}");
+        }
+    }
+    let tail = format!(
+        ",{},{}",
+        e.amount.as_deref().unwrap_or_default(),
+        e.currency.as_deref().unwrap_or_default()
+    );
+    assert!(
+        line.ends_with(&tail),
+        "{ctx}: {line} should end with {tail}"
+    );
 }
 
 /// The site key of a tenant named in a fixture: "other", or the site's own.
@@ -424,6 +527,11 @@ async fn play_all(folder: &str, at_least: usize, config: fn(&Path) -> String) {
 #[tokio::test]
 async fn every_attribution_fixture_gives_the_expected_answers() {
     play_all("attribution", 8, fixture_config).await;
+}
+
+#[tokio::test]
+async fn every_money_fixture_gives_the_expected_amounts() {
+    play_all("money", 5, money_config).await;
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ fn spec() -> PoolSpec {
             page_share: leaseline::core::Share::from_permille(500).unwrap(),
             ..Default::default()
         },
+        tariff: None,
     }
 }
 
@@ -373,6 +374,7 @@ impl Real {
                     ttl: ttl_secs.map(|s| Duration::from_secs(s as u64)),
                     calls_required: 1,
                     min_call_secs: 0,
+                    amount: None,
                     from_page: page,
                 };
                 match self.core.allocate(req, now, id(next_id), &mut self.out) {

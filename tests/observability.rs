@@ -89,11 +89,15 @@ fn the_dashboard_is_well_formed() {
 /// The dashboard and the alerts use exactly the metric names the binary exports.
 #[tokio::test]
 async fn dashboard_and_alerts_use_only_exported_metric_names() {
-    // With a webhook endpoint, so its series exist.
+    // With a webhook endpoint, so its series exist; and a priced pool, so that the revenue
+    // counter has a series.
     let app = TestApp::with_config(|data| {
         format!(
             "{}{}",
-            config_text(data, ""),
+            config_text(data, "").replace(
+                "name = \"ch\"\n",
+                "name = \"ch\"\ntariff = { per_minute = \"3.13\", currency = \"CHF\" }\n",
+            ),
             DEAD_WEBHOOK.replace("PORT", &free_port().to_string())
         )
     })
@@ -207,6 +211,7 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
             r#"[[pool]]
 name = "ex"
 numbers = ["+33899100000", "+33899100001"]
+tariff = {{ per_call = "2.99", currency = "EUR" }}
 grace = "1s"
 quarantine = "1s"
 [[pool]]

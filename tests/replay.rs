@@ -45,6 +45,7 @@ fn spec() -> PoolSpec {
         mode: leaseline::core::PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
         limits: Default::default(),
+        tariff: None,
     }
 }
 
@@ -179,6 +180,7 @@ impl Twin {
                     ttl: None,
                     calls_required: calls,
                     min_call_secs: min,
+                    amount: None,
                     from_page: false,
                 };
                 format!(

@@ -38,6 +38,7 @@ fn spec() -> PoolSpec {
         mode: PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
         limits: Default::default(),
+        tariff: None,
     }
 }
 
@@ -105,6 +106,7 @@ impl Node {
                 ttl: None,
                 calls_required: 1,
                 min_call_secs: 0,
+                amount: None,
                 from_page: i.is_multiple_of(3),
             };
             let mut id = [0u8; 16];

@@ -89,7 +89,7 @@ async fn assert_journal_keeps_release_1(app: &TestApp, fx: &Fixture) {
             .iter()
             .find(|row| key(row) == key(was))
             .unwrap_or_else(|| panic!("release 1's journal row {was} is gone"));
-        fx.assert_keeps("journal row", was, is);
+        fx.assert_keeps_row("journal row", was, is);
     }
     for (id, call) in fx.manifest["calls"].as_object().unwrap() {
         let row = now
@@ -531,4 +531,41 @@ async fn release_1_data_starts_with_no_traffic_and_counts_from_the_upgrade_on() 
     let app = app.restart().await;
     let c = capacity(&app).await;
     assert_eq!(c["last_hour"]["requests"], 1, "{c}");
+}
+
+#[tokio::test]
+async fn statistics_of_release_1_calls_are_built_from_its_journal() {
+    let fx = fixture();
+    let app = fx.open().await;
+    let r = get(&app, "/v1/calls?limit=1000", ADMIN).await;
+    let calls: Vec<&Value> = r.json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "call" && c["pool"] == POOL)
+        .collect();
+    assert!(!calls.is_empty());
+    let answered = calls
+        .iter()
+        .filter(|c| c["duration_secs"].as_u64().is_some_and(|d| d >= 1))
+        .count();
+    let s = get(
+        &app,
+        "/v1/stats?by=pool&since=2020-01-01T00:00:00Z&until=2030-01-01T00:00:00Z",
+        ADMIN,
+    )
+    .await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    let row = s.json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == POOL)
+        .unwrap_or_else(|| panic!("{}", s.text))
+        .clone();
+    assert_eq!(row["calls"], calls.len(), "{}", s.text);
+    assert_eq!(row["answered"], answered, "{}", s.text);
+    assert_eq!(row["currency"], "EUR");
+    let cents = 299 * answered;
+    assert_eq!(row["amount"], format!("{}.{:02}", cents / 100, cents % 100));
 }

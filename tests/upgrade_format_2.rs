@@ -71,7 +71,7 @@ async fn assert_journal_whole(app: &TestApp, fx: &Fixture, when: &str) {
             .iter()
             .find(|row| key(row) == key(was))
             .unwrap_or_else(|| panic!("{when}: journal row {was} is gone"));
-        fx.assert_keeps(&format!("{when}: journal row"), was, is);
+        fx.assert_keeps_row(&format!("{when}: journal row"), was, is);
     }
 }
 

@@ -46,6 +46,19 @@
     if (m) m.textContent = l.paid ? " \u2713 pay\u00e9" : " appels restants : " + l.calls_missing;
   }
 
+  // The price beside the number (SVA "cartouche"): "2,99 \u20ac/appel", "CHF 3.13/min".
+  function price(t) {
+    var v = t.per_call || t.per_minute, c = t.currency, s = "\u00a0";
+    return (c == "EUR" ? v.replace(".", ",") + s + "\u20ac" : c == "CHF" ? c + s + v : v + s + c) + (t.per_call ? "/appel" : "/min");
+  }
+
+  function span(el, cls, text) {
+    var s = d.createElement("span");
+    s.className = cls;
+    s.textContent = text;
+    el.appendChild(s);
+  }
+
   function render(el, l) {
     el.textContent = "";
     var a = d.createElement("a");
@@ -53,16 +66,10 @@
     a.href = "tel:" + l.number + (l.code ? "," + l.code : "");
     a.textContent = l.display;
     el.appendChild(a);
-    if (l.code) {
-      var c = d.createElement("span");
-      c.className = "leaseline-code";
-      c.textContent = " code " + l.code;
-      el.appendChild(c);
-    }
+    if (l.code) span(el, "leaseline-code", " code " + l.code);
+    if (l.tariff && attr(el, "price") != "off") span(el, "leaseline-price", " \u2014 " + price(l.tariff));
     if (l.calls_required > 1) {
-      var m = d.createElement("span");
-      m.className = "leaseline-missing";
-      el.appendChild(m);
+      span(el, "leaseline-missing", "");
       missing(el, l);
     }
     if (l.lease_id) {

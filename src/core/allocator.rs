@@ -10,10 +10,15 @@ use std::time::Duration;
 use super::call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 use super::calls::{Calls, Ending};
 use super::directory::Directory;
-use super::lease::{AllocateRequest, Allocated, Lease, PoolSpec, PoolStats};
+use super::journal::{derived_id, EventKind, JournalEvent};
+use super::lease::{
+    AllocateRequest, Allocated, Lease, LeasePage, LeaseQuery, NumberView, PoolSpec, PoolStats,
+};
 use super::leasing::Leasing;
+use super::money::Money;
 use super::outbox::Notice;
 use super::schedule::{Cx, Fired, Schedule};
+use super::stats::{day_of, Counts, Tally};
 use super::ticket::{Entropy, Formula, Pass, PassSource, Progress, Ticket};
 use super::tickets::Ticketing;
 use super::time::Timestamp;
@@ -144,6 +149,11 @@ impl Allocator {
         self.dir.spec(pool)
     }
 
+    /// A page of `pool`'s numbers with their state and holder (see `Leasing::numbers`).
+    pub fn numbers(&self, pool: PoolId, offset: usize, limit: usize) -> Vec<NumberView> {
+        self.leasing.numbers(&self.dir, pool, offset, limit)
+    }
+
     pub fn pool_stats(&self, pool: PoolId) -> PoolStats {
         self.leasing.pool_stats(pool)
     }
@@ -151,6 +161,11 @@ impl Allocator {
     /// The lease `id` as it stands (built from the core's compact record: owned).
     pub fn lease(&self, id: &LeaseId) -> Option<Lease> {
         self.leasing.lease(id)
+    }
+
+    /// A page of leases (transactions), newest first; see [`LeaseQuery`].
+    pub fn leases(&self, q: &LeaseQuery, now: Timestamp) -> LeasePage {
+        self.leasing.list(q, now)
     }
 
     pub fn lease_count(&self) -> usize {
@@ -199,6 +214,17 @@ impl Allocator {
             let s = self.leasing.pool_stats(pool);
             self.traffic.asked(pool, how, s.leased + s.cooling, now);
         }
+        if let Ok(a) = &res {
+            if a.fresh {
+                let l = &a.lease;
+                let counts = Counts {
+                    leases: 1,
+                    ..Counts::default()
+                };
+                let who = (Some(l.tenant.clone()), l.listing.clone());
+                self.tally(l.pool, l.created_at, who, counts, out);
+            }
+        }
         res
     }
 
@@ -220,6 +246,49 @@ impl Allocator {
         Ok(self
             .traffic
             .capacity(pool, spec.numbers.len(), &spec.settings, blocking, now))
+    }
+
+    /// Adds `counts` to the statistics of `pool` on the day of `at`, for `who`: the tenant
+    /// and listing of the lease concerned (none for a call that reached no lease).
+    fn tally(
+        &self,
+        pool: PoolId,
+        at: Timestamp,
+        who: (Option<TenantId>, Option<ListingId>),
+        counts: Counts,
+        out: &mut Outbox,
+    ) {
+        out.effects.push(Effect::Tally(Tally {
+            day: day_of(at),
+            pool,
+            currency: self.dir.spec(pool).tariff.map(|t| t.currency),
+            tenant: who.0,
+            listing: who.1,
+            counts,
+        }));
+    }
+
+    /// Whose a call is, for the statistics: its lease's tenant (if the lease is still held)
+    /// and its listing.
+    fn call_owner(&self, call: &Call) -> (Option<TenantId>, Option<ListingId>) {
+        let tenant = call
+            .attribution
+            .lease
+            .and_then(|id| self.leasing.tenant_of(&id));
+        (tenant, call.attribution.listing.clone())
+    }
+
+    /// Credits a lease (see `Leasing::credit`), counting it paid in the statistics of the day
+    /// it was created when it just became paid.
+    fn credit(&mut self, lease: &Lease, count: bool, amount: Money, out: &mut Outbox) {
+        if self.leasing.credit(lease.id, count, amount, out) {
+            let counts = Counts {
+                paid_leases: 1,
+                ..Counts::default()
+            };
+            let who = (Some(lease.tenant.clone()), lease.listing.clone());
+            self.tally(lease.pool, lease.created_at, who, counts, out);
+        }
     }
 
     /// Registers (or with `None`, forgets) where a tenant's listing sends its calls. Leases
@@ -276,7 +345,27 @@ impl Allocator {
             .leasing
             .mark_redeemed(id, now, pass.as_ref().map(|p| p.id), out);
         out.notices.push(Notice::Redeemed { lease: *id });
+        let mut e = self.lease_event(&lease, EventKind::LeaseRedeemed, now);
+        e.amount = e.currency.map(|_| lease.amount_paid);
+        out.effects.push(Effect::JournalEvent(e));
         Ok((lease, pass))
+    }
+
+    /// A journal event about `lease`, its amount and note left for the caller to set.
+    fn lease_event(&self, lease: &Lease, kind: EventKind, now: Timestamp) -> JournalEvent {
+        JournalEvent {
+            id: derived_id(*lease.id.as_bytes(), kind),
+            kind,
+            at: now,
+            pool: lease.pool,
+            tenant: lease.tenant.clone(),
+            lease: Some(lease.id),
+            pass: lease.pass,
+            listing: lease.listing.clone(),
+            amount: None,
+            currency: self.dir.spec(lease.pool).tariff.map(|t| t.currency),
+            note: None,
+        }
     }
 
     /// Redeems an access code once, for a site allowed on the ticket's pool. Grants a pass
@@ -292,6 +381,38 @@ impl Allocator {
     ) -> Result<(Ticket, Option<Pass>), CoreError> {
         self.ticketing
             .redeem_ticket(cx!(self, out), code, tenant, allowed, now, pass_id)
+    }
+
+    /// Records a refund of part or all of what a paid lease of `tenant` was paid (journalled
+    /// with `reason`, under `event_id`, fresh randomness from the caller), and revokes the pass
+    /// its redeem granted, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refund(
+        &mut self,
+        id: &LeaseId,
+        tenant: &TenantId,
+        amount: Money,
+        reason: String,
+        event_id: [u8; 16],
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(Lease, Option<Pass>), CoreError> {
+        let lease = self.leasing.refund(id, tenant, amount, out)?;
+        let mut e = self.lease_event(&lease, EventKind::LeaseRefunded, now);
+        e.id = event_id;
+        e.amount = Some(amount);
+        e.note = Some(reason);
+        out.effects.push(Effect::JournalEvent(e));
+        let pass = match lease.pass {
+            Some(p) => match self.ticketing.revoke_pass(cx!(self, out), &p, tenant, now) {
+                Ok(pass) => Some(pass),
+                // A pass already purged (its access long over) has nothing left to revoke.
+                Err(CoreError::UnknownPass) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok((lease, pass))
     }
 
     /// Ends a pass now (refund, abuse); only its tenant may.
@@ -338,6 +459,7 @@ impl Allocator {
             started_at: start.at,
             attribution,
             end: None,
+            charge: None,
             counted: false,
             ticketing: None,
         };
@@ -365,7 +487,7 @@ impl Allocator {
             .lease
             .and_then(|id| self.leasing.lease(&id))
         {
-            let (id, listing, target) = (lease.id, lease.listing, lease.target);
+            let (id, listing, target) = (lease.id, lease.listing.clone(), lease.target.clone());
             let counts_now = lease.min_call_secs == 0;
             first_call_after =
                 self.leasing
@@ -375,7 +497,7 @@ impl Allocator {
                 call: call.id.clone(),
             });
             if counts_now {
-                self.leasing.count_call(id, out);
+                self.credit(&lease, true, Money::ZERO, out);
                 call.counted = true;
             } else {
                 self.leasing.put(id, out);
@@ -393,6 +515,15 @@ impl Allocator {
             reason,
             first_call_after,
         });
+        if let Some(pool) = call.attribution.pool {
+            let counts = Counts {
+                calls: 1,
+                attributed: u64::from(reason.attributed()),
+                ..Counts::default()
+            };
+            let who = self.call_owner(&call);
+            self.tally(pool, call.started_at, who, counts, out);
+        }
         self.calls.remember_start(cx!(self, out), &call, now);
         Ok(call)
     }
@@ -412,6 +543,11 @@ impl Allocator {
             Ending::Retried(call) => return Ok(call),
             Ending::Fresh(call) => call,
         };
+        call.charge = call
+            .attribution
+            .pool
+            .and_then(|p| self.dir.spec(p).tariff)
+            .map(|t| t.charge(end.duration_secs));
         let formula = call
             .attribution
             .pool
@@ -439,10 +575,31 @@ impl Allocator {
                 duration_secs: end.duration_secs,
                 counted: call.counted || counts_now,
             });
-            if counts_now {
-                self.leasing.count_call(lease_id, out);
-                call.counted = true;
+            // A counted call pays its lease what it cost, whether it counted at its start
+            // (no minimum length) or counts now.
+            let paid = match call.counted || counts_now {
+                true => call.charge.map_or(Money::ZERO, |c| c.amount),
+                false => Money::ZERO,
+            };
+            if counts_now || paid != Money::ZERO {
+                self.credit(&lease, counts_now, paid, out);
             }
+            call.counted |= counts_now;
+        }
+        if let (Some(pool), Some(charge)) = (call.attribution.pool, call.charge) {
+            out.notices.push(Notice::Charged { pool, charge });
+        }
+        if let Some(pool) = call.attribution.pool {
+            let counts = Counts {
+                answered: u64::from(end.duration_secs >= 1),
+                billed_secs: call
+                    .charge
+                    .map_or(u64::from(end.duration_secs), |c| u64::from(c.billed_secs)),
+                amount: call.charge.map_or(0, |c| c.amount.cents()),
+                ..Counts::default()
+            };
+            let who = self.call_owner(&call);
+            self.tally(pool, call.started_at, who, counts, out);
         }
         self.calls.remember_end(&call, out);
         Ok(call)

@@ -1,6 +1,7 @@
 //! Calls as data: a call's start, end and record, where it went and why (`Reason`,
 //! `Attribution`), and return routes. The rules that decide them live in `calls.rs`.
 
+use super::money::Charge;
 use super::ticket::{Entropy, TicketingAnswer};
 use super::time::Timestamp;
 use super::types::{CallId, Code, LeaseId, ListingId, PhoneNumber, PoolId, ReturnKey, Target};
@@ -112,6 +113,9 @@ pub struct Call {
     pub started_at: Timestamp,
     pub attribution: Attribution,
     pub end: Option<CallEnd>,
+    /// What it cost under its pool's tariff, once its duration is known (none without a
+    /// tariff).
+    pub charge: Option<Charge>,
     /// It counted toward its lease's `calls` (or its caller's ticketing formula).
     pub counted: bool,
     /// On a ticketing number: the formula's progress after this call, and any code issued.

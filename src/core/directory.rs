@@ -341,6 +341,7 @@ mod tests {
             mode: PoolMode::Dynamic,
             access_ttl: Duration::ZERO,
             limits: Default::default(),
+            tariff: None,
         }
     }
 

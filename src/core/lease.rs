@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::money::{Money, Tariff};
 use super::ticket::PoolMode;
 use super::time::Timestamp;
 use super::types::{
@@ -56,6 +57,8 @@ pub struct PoolSpec {
     pub access_ttl: Duration,
     /// Caps on live leases, so one visitor or one site cannot drain the pool.
     pub limits: PoolLimits,
+    /// What its calls cost the caller; `None`: calls carry no amount.
+    pub tariff: Option<Tariff>,
 }
 
 /// Caps on live leases of a pool; 0 means no cap.
@@ -94,6 +97,9 @@ pub struct AllocateRequest {
     pub ttl: Option<Duration>,
     pub calls_required: u32,
     pub min_call_secs: u32,
+    /// What the merchant asks, in the pool's currency: paid once the counted calls' amounts
+    /// reach it (and `calls_required` calls were counted).
+    pub amount: Option<Money>,
     /// Made with a publishable key, from a page: bound by the pool's `page_share` and
     /// `page_max_ttl`.
     pub from_page: bool,
@@ -165,6 +171,12 @@ pub struct Lease {
     pub calls_required: u32,
     pub min_call_secs: u32,
     pub calls: u32,
+    /// What the merchant asks (see [`AllocateRequest::amount`]).
+    pub amount: Option<Money>,
+    /// The sum of the amounts of the calls counted for it.
+    pub amount_paid: Money,
+    /// The sum of the refunds recorded on it.
+    pub refunded: Money,
     pub redeemed_at: Option<Timestamp>,
     /// On a shared number: the code the caller types.
     pub code: Option<Code>,
@@ -184,8 +196,73 @@ impl Lease {
     }
 
     pub fn paid(&self) -> bool {
-        self.calls >= self.calls_required
+        paid(
+            self.calls,
+            self.calls_required,
+            self.amount_paid,
+            self.amount,
+        )
     }
+}
+
+/// Which leases a transactions page holds: filters, and where the previous page stopped.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseQuery {
+    /// Only this tenant's (a site key's view); `None`: every tenant's (an admin's).
+    pub tenant: Option<TenantId>,
+    /// Only these pools'; `None`: every pool's.
+    pub pools: Option<Vec<PoolId>>,
+    pub state: Option<LeaseState>,
+    pub listing: Option<ListingId>,
+    /// Created at or after.
+    pub since: Option<Timestamp>,
+    /// Created before.
+    pub until: Option<Timestamp>,
+    /// Strictly older than this (creation, id): the last lease of the previous page.
+    pub before: Option<(Timestamp, LeaseId)>,
+    pub limit: usize,
+}
+
+/// Where a pool number is in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumberState {
+    Free,
+    Leased,
+    Cooling,
+    /// No longer configured (a reload removed it) and no longer held: never leased again.
+    Retired,
+}
+
+impl NumberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberState::Free => "free",
+            NumberState::Leased => "leased",
+            NumberState::Cooling => "cooling",
+            NumberState::Retired => "retired",
+        }
+    }
+}
+
+/// A pool number as the back-office shows it: its state, and the lease holding it (leased or
+/// cooling).
+#[derive(Clone, Debug)]
+pub struct NumberView {
+    pub number: PhoneNumber,
+    pub state: NumberState,
+    pub holder: Option<Lease>,
+}
+
+/// A page of leases, newest first, and whether older ones match too.
+#[derive(Clone, Debug, Default)]
+pub struct LeasePage {
+    pub leases: Vec<Lease>,
+    pub more: bool,
+}
+
+/// Paid: enough calls counted and, when an amount is asked, enough paid by them.
+pub(crate) fn paid(calls: u32, required: u32, amount_paid: Money, asked: Option<Money>) -> bool {
+    calls >= required && asked.is_none_or(|a| amount_paid >= a)
 }
 
 /// What a call is placed on: a pool number, or a shared number with a code.

@@ -7,10 +7,13 @@ mod call;
 mod calls;
 mod directory;
 mod erlang;
+mod journal;
 mod lease;
 mod leasing;
+mod money;
 mod outbox;
 mod schedule;
+mod stats;
 mod ticket;
 mod tickets;
 mod time;
@@ -22,11 +25,14 @@ pub use allocator::{Allocator, Snapshot};
 pub use call::{Attribution, Call, CallEnd, CallStart, Reason, ReturnRoute};
 pub use directory::Directory;
 pub use erlang::{erlang_b, servers_for, MAX_SERVERS};
+pub use journal::{EventKind, JournalEvent};
 pub use lease::{
-    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, OnExhausted,
-    PoolLimits, PoolSpec, PoolStats,
+    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeasePage, LeaseQuery, LeaseSettings,
+    LeaseState, NumberState, NumberView, OnExhausted, PoolLimits, PoolSpec, PoolStats,
 };
+pub use money::{Charge, Currency, Money, Rate, Tariff, TariffUnit};
 pub use outbox::{Notice, Outbox};
+pub use stats::{day_of, day_start, Counts, Tally};
 pub use ticket::{
     Entropy, Formula, Pass, PassSource, PoolMode, Progress, Ticket, TicketEvent, TicketEventKind,
     TicketingAnswer,
@@ -49,6 +55,8 @@ use thiserror::Error;
 pub enum Effect {
     PutLease(Lease),
     DelLease(LeaseId),
+    /// A purged lease as it last stood, for the transactions' history (journal, like calls).
+    ArchiveLease(Lease),
     /// A call record; it stays on disk (the journal) after memory forgets it.
     PutCall(Call),
     PutReturn(ReturnRoute),
@@ -61,6 +69,10 @@ pub enum Effect {
     DelProgress(ProgressKey),
     /// A line of the journal about a ticket (issued, redeemed, expired).
     TicketEvent(TicketEvent),
+    /// A line of the journal about a lease or a pass (redeemed, refunded, pass revoked).
+    JournalEvent(JournalEvent),
+    /// What to add to the statistics' index.
+    Tally(Tally),
     /// Where a tenant's listing sends calls.
     PutListing(TenantId, ListingId, Target),
     DelListing(TenantId, ListingId),
@@ -84,8 +96,15 @@ pub enum CoreError {
     LeaseEnded(LeaseState),
     #[error("no number is free in this pool; retry in {retry_after_secs} s")]
     Exhausted { retry_after_secs: u64 },
-    #[error("the lease is not paid yet: {calls} of {calls_required} calls")]
-    NotPaid { calls: u32, calls_required: u32 },
+    #[error("the lease is not paid yet: {calls} of {calls_required} calls{}", .amount.map_or(String::new(), |(paid, asked)| format!(", {paid} of {asked} paid")))]
+    NotPaid {
+        calls: u32,
+        calls_required: u32,
+        /// (amount paid, amount asked), when the lease asks for an amount.
+        amount: Option<(Money, Money)>,
+    },
+    #[error("a refund of {asked} is more than the {refundable} paid and not yet refunded")]
+    RefundTooLarge { asked: Money, refundable: Money },
     #[error("the lease was already redeemed")]
     AlreadyRedeemed,
     #[error("no such call")]

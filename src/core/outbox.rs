@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::call::Reason;
 use super::lease::EndReason;
+use super::money::Charge;
 use super::types::{CallId, LeaseId, PassId, PoolId, TenantId, TicketId};
 use super::Effect;
 
@@ -73,6 +74,11 @@ pub enum Notice {
     /// An allocation found no number (nor code) to give.
     Exhausted {
         pool: PoolId,
+    },
+    /// A call of `pool` ended and was priced by its tariff.
+    Charged {
+        pool: PoolId,
+        charge: Charge,
     },
     /// The record is gone (retention over): nothing more will happen to it.
     Purged {

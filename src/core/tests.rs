@@ -94,6 +94,7 @@ fn allocator(size: u64) -> Harness {
             mode: PoolMode::Dynamic,
             access_ttl: Duration::ZERO,
             limits: Default::default(),
+            tariff: None,
         }])
         .unwrap(),
     )
@@ -115,6 +116,7 @@ fn req(session: &str, listing: Option<&str>) -> AllocateRequest {
         ttl: None,
         calls_required: 1,
         min_call_secs: 0,
+        amount: None,
         from_page: false,
     }
 }
@@ -504,6 +506,7 @@ fn page_pool(size: u64, permille: u16, shared: bool) -> Harness {
                 page_share: Share::from_permille(permille).unwrap(),
                 ..Default::default()
             },
+            tariff: None,
         }])
         .unwrap(),
     )
@@ -771,6 +774,7 @@ fn spec_of(name: &str, numbers: Vec<PhoneNumber>) -> PoolSpec {
         mode: PoolMode::Dynamic,
         access_ttl: Duration::ZERO,
         limits: Default::default(),
+        tariff: None,
     }
 }
 

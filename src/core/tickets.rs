@@ -6,6 +6,7 @@
 use std::collections::HashMap as StdMap;
 
 use super::directory::Directory;
+use super::journal::{derived_id, EventKind, JournalEvent};
 use super::outbox::Notice;
 use super::schedule::Cx;
 use super::ticket::{
@@ -272,6 +273,23 @@ impl Ticketing {
             let pass = pass.clone();
             cx.out.effects.push(Effect::PutPass(pass.clone()));
             cx.out.notices.push(Notice::PassRevoked { pass: *id });
+            let lease = match pass.source {
+                PassSource::Lease(l) => Some(l),
+                PassSource::Ticket(_) => None,
+            };
+            cx.out.effects.push(Effect::JournalEvent(JournalEvent {
+                id: derived_id(pass.id.0, EventKind::PassRevoked),
+                kind: EventKind::PassRevoked,
+                at: now,
+                pool: pass.pool,
+                tenant: pass.tenant.clone(),
+                lease,
+                pass: Some(pass.id),
+                listing: None,
+                amount: None,
+                currency: None,
+                note: None,
+            }));
             cx.sched
                 .at(Self::pass_purge_at(cx.dir, &pass), Due::Pass(*id), cx.out);
         }

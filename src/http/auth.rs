@@ -102,6 +102,16 @@ impl RoleSpec for SiteOrPage {
     }
 }
 
+/// A site's server (its tenant's objects) or an admin (its pools').
+pub struct SiteOrAdmin;
+impl RoleSpec for SiteOrAdmin {
+    const ROLE: Role = Role::Site;
+
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Site | Role::Admin)
+    }
+}
+
 pub struct Site;
 impl RoleSpec for Site {
     const ROLE: Role = Role::Site;

@@ -119,6 +119,9 @@ pub async fn event(
                 counted: call.counted,
                 lease_id: call.attribution.lease.map(|l| l.to_string()),
                 ticketing: call.ticketing.map(Into::into),
+                amount: call.charge.map(|c| c.amount.to_string()),
+                currency: call.charge.map(|c| c.currency.to_string()),
+                billed_secs: call.charge.map(|c| c.billed_secs),
             })
             .into_response())
         }

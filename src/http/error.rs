@@ -136,6 +136,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Core(e @ CoreError::NotPaid { .. }) => {
                 Self::new(StatusCode::PAYMENT_REQUIRED, "not-paid", e.to_string())
             }
+            ServiceError::Core(e @ CoreError::RefundTooLarge { .. }) => {
+                Self::new(StatusCode::CONFLICT, "refund-too-large", e.to_string())
+            }
             ServiceError::Core(CoreError::AlreadyRedeemed) => Self::new(
                 StatusCode::CONFLICT,
                 "already-redeemed",

@@ -10,10 +10,13 @@ use super::auth::{check_pool, Auth, Need, Site, SiteOrPage};
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::site::ClientIp;
-use super::wire::{AllocateBody, LeaseBody, ListingBody, RenewBody};
+use super::wire::{AllocateBody, LeaseBody, ListingBody, RefundBody, RenewBody};
 use super::AppState;
 use crate::config::Role;
-use crate::core::{AllocateRequest, LeaseId, ListingId, PhoneNumber, SessionId, Target};
+use crate::core::{
+    AllocateRequest, CoreError, LeaseId, ListingId, Money, PhoneNumber, SessionId, Target,
+};
+use crate::service::ServiceError;
 
 /// Bounds on what a site may ask for; beyond them the request is refused, not clamped.
 const MAX_CALLS_REQUIRED: u32 = 100;
@@ -56,6 +59,23 @@ pub async fn create(
             "calls_required: must be 1 to {MAX_CALLS_REQUIRED}"
         )));
     }
+    let amount = match &b.amount {
+        None => None,
+        Some(_) if key.role == Role::Publishable => {
+            return Err(ApiError::invalid(
+                "amount: a page may not set the price; the site's server asks for an amount",
+            ))
+        }
+        Some(a) => {
+            if s.service.directory().spec(pool).tariff.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "amount: pool {:?} has no tariff, so its calls pay no amount",
+                    b.pool
+                )));
+            }
+            Some(money_field("amount", a)?)
+        }
+    };
     let min_call_secs = b.min_call_secs.unwrap_or(0);
     if min_call_secs > MAX_MIN_CALL_SECS {
         return Err(ApiError::invalid(format!(
@@ -81,6 +101,7 @@ pub async fn create(
         ttl: ttl(b.ttl_secs)?,
         calls_required,
         min_call_secs,
+        amount,
         from_page: page,
     };
     if page {
@@ -159,6 +180,61 @@ pub async fn redeem(
     }
     check_pool(&key, &view.pool)?;
     let view = s.service.redeem(id, &key.tenant).await?;
+    Ok(Json(LeaseBody::new(&view, true)))
+}
+
+/// Longest refund reason kept in the journal, in bytes.
+const MAX_REASON: usize = 500;
+
+/// A decimal string of money, more than zero; a JSON number is refused (it would have gone
+/// through floating point).
+fn money_field(name: &str, v: &serde_json::Value) -> Result<Money, ApiError> {
+    let serde_json::Value::String(a) = v else {
+        return Err(ApiError::invalid(format!(
+            "{name}: must be a decimal string such as \"2.99\"; a JSON number would pass through floating point"
+        )));
+    };
+    let a = field(name, Money::parse(a))?;
+    if a == Money::ZERO {
+        return Err(ApiError::invalid(format!("{name}: must be more than 0.00")));
+    }
+    Ok(a)
+}
+
+/// Records a refund of a paid lease (part or all of what its calls paid) and revokes the pass
+/// its redeem granted: 200 with the lease, 409 when it is not paid or the refund is more than
+/// what was paid and not yet refunded.
+pub async fn refund(
+    State(s): State<AppState>,
+    Need(key, _): Need<Site>,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<RefundBody>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let id = lease_id(&id)?;
+    let amount = money_field("amount", &b.amount)?;
+    let reason = b.reason.trim();
+    if reason.is_empty() || reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "reason: 1 to {MAX_REASON} bytes of text without control characters"
+        )));
+    }
+    let view = s.service.get(&id)?;
+    if view.lease.tenant != key.tenant {
+        return Err(ApiError::unknown_lease());
+    }
+    check_pool(&key, &view.pool)?;
+    let view = s
+        .service
+        .refund(id, &key.tenant, amount, reason.to_owned())
+        .await
+        .map_err(|e| match e {
+            ServiceError::Core(e @ CoreError::NotPaid { .. }) => ApiError::new(
+                StatusCode::CONFLICT,
+                "lease-not-paid",
+                format!("only a paid lease can be refunded: {e}"),
+            ),
+            e => e.into(),
+        })?;
     Ok(Json(LeaseBody::new(&view, true)))
 }
 

@@ -1,12 +1,14 @@
 //! The HTTP edge: the axum router of the v1 contract, request logging and metrics.
 //! Handlers parse and authorise, call the [`Service`], and turn its answer into JSON.
 
+mod admin;
 mod auth;
 mod calls;
 mod error;
 mod events;
 mod json;
 mod leases;
+mod money;
 mod ops;
 mod site;
 mod tickets;
@@ -147,10 +149,11 @@ pub fn router(state: AppState) -> Router {
 
 fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/leases", post(leases::create))
+        .route("/v1/leases", post(leases::create).get(money::transactions))
         .route("/v1/leases/{id}", get(leases::show).delete(leases::release))
         .route("/v1/leases/{id}/renew", post(leases::renew))
         .route("/v1/leases/{id}/redeem", post(leases::redeem))
+        .route("/v1/leases/{id}/refund", post(leases::refund))
         .route("/v1/leases/{id}/events", get(events::stream))
         .route("/v1/calls", post(calls::event).get(calls::journal))
         .route("/v1/attribution", get(calls::lookup))
@@ -167,11 +170,14 @@ fn routes() -> Router<AppState> {
         )
         .route("/v1/pools", get(ops::pools))
         .route("/v1/admin/reload", post(ops::reload))
-        .route("/v1/pools/{name}/capacity", get(ops::capacity))
+        .route("/v1/pools/{pool}/capacity", get(ops::capacity))
         .route("/v1/webhooks/deliveries", get(webhooks::list))
         .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
+        .route("/v1/pools/{pool}/numbers", get(ops::numbers))
+        .route("/v1/stats", get(money::stats))
         .route("/embed.js", get(site::embed_js))
         .route("/demo", get(site::demo))
+        .route("/admin", get(admin::page))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

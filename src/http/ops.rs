@@ -7,7 +7,7 @@ use axum::Json;
 
 use super::auth::{check_pool, Admin, Need};
 use super::error::ApiError;
-use super::wire::{CapacityBody, PoolBody, PoolsBody};
+use super::wire::{CapacityBody, NumberBody, NumbersBody, NumbersParams, PoolBody, PoolsBody};
 use super::AppState;
 use crate::core::DEFAULT_BLOCKING;
 use crate::plan::parse_blocking;
@@ -18,11 +18,12 @@ pub async fn pools(
     Need(key, _): Need<Admin>,
 ) -> Result<Json<PoolsBody>, ApiError> {
     let pools = s.service.pools()?;
+    let dir = s.service.directory();
     Ok(Json(PoolsBody {
         pools: pools
             .iter()
             .filter(|p| check_pool(&key, &p.name).is_ok())
-            .map(PoolBody::from)
+            .filter_map(|p| Some(PoolBody::new(p, dir.spec(dir.id(&p.name)?))))
             .collect(),
     }))
 }
@@ -80,6 +81,37 @@ pub async fn capacity(
     };
     let c = s.service.capacity(pool, blocking)?;
     Ok(Json(CapacityBody::new(name, &c)))
+}
+
+const MAX_NUMBERS: usize = 1000;
+
+/// A page of a pool's numbers (in the configured order) with their state and the lease
+/// holding each: `offset` (default 0), `limit` 1–1000 (default 100).
+pub async fn numbers(
+    State(s): State<AppState>,
+    Need(key, _): Need<Admin>,
+    Path(pool): Path<String>,
+    params: Result<Query<NumbersParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<NumbersBody>, ApiError> {
+    let Query(p) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text()))?;
+    let dir = s.service.directory();
+    let id = dir.id(&pool).ok_or_else(|| ApiError::unknown_pool(&pool))?;
+    check_pool(&key, &pool)?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=MAX_NUMBERS).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be 1 to {MAX_NUMBERS}"
+        )));
+    }
+    let offset = p.offset.unwrap_or(0);
+    let numbers = s.service.numbers(id, offset, limit)?;
+    Ok(Json(NumbersBody {
+        size: dir.spec(id).numbers.len(),
+        pool,
+        offset,
+        numbers: numbers.iter().map(NumberBody::from).collect(),
+    }))
 }
 
 pub async fn healthz() -> impl IntoResponse {

@@ -18,8 +18,20 @@ use crate::config::{LimitsConfig, PoolConfig};
 use crate::core::{LeaseId, SessionId, TenantId};
 use crate::limits::{prefix_of, Cidr, Limit, RateLimiter};
 
-/// The drop-in script, embedded in the binary.
+/// The drop-in script, embedded in the binary as written (commented, indented).
 const EMBED_JS: &str = include_str!("../../web/embed.js");
+
+/// The script as served: every page of a site downloads it, so its indentation and
+/// comment-only lines are left out (the file keeps them for readers). Nothing else changes:
+/// no line of the script starts a string or a regular expression with `//`.
+static EMBED_JS_SERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    EMBED_JS
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with("//") && !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+});
 const DEMO_HTML: &str = include_str!("../../web/demo.html");
 
 /// Rate limits on what pages ask for. Allocations with publishable keys per client address,
@@ -255,7 +267,7 @@ pub async fn embed_js() -> Response {
             ),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
-        EMBED_JS,
+        EMBED_JS_SERVED.as_str(),
     )
         .into_response()
 }

@@ -4,8 +4,11 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{erlang_b, Attribution, Call, Capacity, Load, TicketingAnswer, Timestamp};
-use crate::service::{LeaseView, PoolView};
+use crate::core::{
+    erlang_b, Attribution, Call, Capacity, Load, NumberView, OnExhausted, PoolMode, PoolSpec,
+    Tariff, TariffUnit, TicketingAnswer, Timestamp,
+};
+use crate::service::{LeaseView, PoolView, StatRow};
 use crate::service::{PassView, TicketView};
 use crate::store::JournalRow as StoredRow;
 
@@ -27,6 +30,17 @@ pub struct AllocateBody {
     pub ttl_secs: Option<u64>,
     pub calls_required: Option<u32>,
     pub min_call_secs: Option<u32>,
+    /// What the merchant asks, a decimal string in the pool's currency (`"4.50"`); read as a
+    /// JSON value so that a number gets a precise 422 rather than a parser's message.
+    pub amount: Option<serde_json::Value>,
+}
+
+/// `POST /v1/leases/{id}/refund`: how much (a decimal string) and why.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount: serde_json::Value,
+    pub reason: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -63,6 +77,144 @@ pub struct LeaseBody {
     /// Set once redeemed, when the pool grants access for a period (`access_ttl`).
     pub pass_id: Option<String>,
     pub access_until: Option<String>,
+    /// What the merchant asked, when the lease was created with an amount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// The sum of the amounts of the calls counted for it.
+    pub amount_paid: String,
+    /// The sum of the refunds recorded on it.
+    pub refunded: String,
+    /// The pool's currency (`null` when the pool has no tariff).
+    pub currency: Option<String>,
+    /// The pool's tariff, to show the price beside the number.
+    pub tariff: Option<TariffBody>,
+}
+
+impl LeaseBody {
+    pub const CSV_HEADER: &'static str = "lease_id,pool,number,session,listing,state,created_at,expires_at,calls,calls_required,paid,amount,amount_paid,refunded,currency,redeemed_at";
+
+    /// One CSV line of a transactions export; text cells through [`csv_cell`].
+    pub fn csv(&self) -> String {
+        let q = csv_cell;
+        let o = |v: &Option<String>| v.as_deref().map(q).unwrap_or_default();
+        [
+            q(&self.lease_id),
+            q(&self.pool),
+            q(&self.number),
+            q(&self.session),
+            o(&self.listing),
+            self.state.to_owned(),
+            q(&self.created_at),
+            q(&self.expires_at),
+            self.calls.to_string(),
+            self.calls_required.to_string(),
+            self.paid.to_string(),
+            o(&self.amount),
+            q(&self.amount_paid),
+            q(&self.refunded),
+            o(&self.currency),
+            o(&self.redeemed_at),
+        ]
+        .join(",")
+    }
+}
+
+/// `GET /v1/stats`: one row per group and currency.
+#[derive(Serialize)]
+pub struct StatsBody {
+    pub by: &'static str,
+    pub since: String,
+    pub until: String,
+    pub rows: Vec<StatRowBody>,
+}
+
+#[derive(Serialize)]
+pub struct StatRowBody {
+    pub key: Option<String>,
+    pub calls: u64,
+    pub attributed: u64,
+    pub answered: u64,
+    pub billed_seconds: u64,
+    pub amount: String,
+    pub currency: Option<String>,
+    pub leases: u64,
+    pub paid_leases: u64,
+}
+
+impl From<&StatRow> for StatRowBody {
+    fn from(r: &StatRow) -> Self {
+        let c = &r.counts;
+        StatRowBody {
+            key: r.key.clone(),
+            calls: c.calls,
+            attributed: c.attributed,
+            answered: c.answered,
+            billed_seconds: c.billed_secs,
+            amount: c.amount().to_string(),
+            currency: r.currency.map(|c| c.to_string()),
+            leases: c.leases,
+            paid_leases: c.paid_leases,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsParams {
+    pub pool: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub by: Option<String>,
+}
+
+/// `GET /v1/leases`: a page of transactions.
+#[derive(Serialize)]
+pub struct LeasesBody {
+    pub leases: Vec<LeaseBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesParams {
+    pub pool: Option<String>,
+    pub state: Option<String>,
+    pub listing: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+    pub format: Option<String>,
+}
+
+/// A pool's tariff as `pool.toml` writes it: `{"per_call": "2.99", "currency": "EUR"}` or
+/// `{"per_minute": "3.13", "currency": "CHF", "increment_secs": 20}`.
+#[derive(Serialize)]
+pub struct TariffBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_call: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<String>,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub increment_secs: Option<u32>,
+}
+
+impl From<&Tariff> for TariffBody {
+    fn from(t: &Tariff) -> Self {
+        let (per_call, per_minute, increment_secs) = match t.unit {
+            TariffUnit::PerCall => (Some(t.rate.to_string()), None, None),
+            TariffUnit::PerMinute { increment_secs } => {
+                (None, Some(t.rate.to_string()), Some(increment_secs))
+            }
+        };
+        TariffBody {
+            per_call,
+            per_minute,
+            currency: t.currency.to_string(),
+            increment_secs,
+        }
+    }
 }
 
 impl LeaseBody {
@@ -90,6 +242,11 @@ impl LeaseBody {
             redeemed_at: l.redeemed_at.map(rfc3339),
             pass_id: v.pass.as_ref().map(|p| p.pass.id.to_string()),
             access_until: v.pass.as_ref().map(|p| rfc3339(p.pass.access_until)),
+            amount: l.amount.map(|a| a.to_string()),
+            amount_paid: l.amount_paid.to_string(),
+            refunded: l.refunded.to_string(),
+            currency: v.tariff.map(|t| t.currency.to_string()),
+            tariff: v.tariff.as_ref().map(TariffBody::from),
         }
     }
 }
@@ -106,11 +263,29 @@ pub struct PoolBody {
     /// Fewest numbers keeping blocking under 1% at the busiest hour of the last 7 days (see
     /// `GET /v1/pools/{name}/capacity`); null for a ticketing pool.
     pub recommended_size: Option<u64>,
+    /// The pool's settings, for the back-office.
+    pub settings: PoolSettingsBody,
 }
 
-impl From<&PoolView> for PoolBody {
-    fn from(p: &PoolView) -> Self {
+#[derive(Serialize)]
+pub struct PoolSettingsBody {
+    pub tariff: Option<TariffBody>,
+    /// `dynamic` or `ticketing`.
+    pub mode: &'static str,
+    /// `reject` or `shared`.
+    pub on_exhausted: &'static str,
+    pub shared_number: Option<String>,
+    pub ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    pub grace_secs: u64,
+    pub quarantine_secs: u64,
+    pub retention_secs: u64,
+}
+
+impl PoolBody {
+    pub fn new(p: &PoolView, spec: &PoolSpec) -> Self {
         let s = p.stats;
+        let t = &spec.settings;
         PoolBody {
             name: p.name.clone(),
             size: s.size,
@@ -119,6 +294,23 @@ impl From<&PoolView> for PoolBody {
             cooling: s.cooling,
             saturation: (s.leased + s.cooling) as f64 / s.size.max(1) as f64,
             recommended_size: p.capacity.as_ref().map(|c| c.recommended),
+            settings: PoolSettingsBody {
+                tariff: spec.tariff.as_ref().map(TariffBody::from),
+                mode: match spec.mode {
+                    PoolMode::Dynamic => "dynamic",
+                    PoolMode::Ticketing(_) => "ticketing",
+                },
+                on_exhausted: match spec.on_exhausted {
+                    OnExhausted::Reject => "reject",
+                    OnExhausted::Shared { .. } => "shared",
+                },
+                shared_number: spec.shared_number().map(|n| n.to_string()),
+                ttl_secs: t.ttl.as_secs(),
+                max_ttl_secs: t.max_ttl.as_secs(),
+                grace_secs: t.grace.as_secs(),
+                quarantine_secs: t.quarantine.as_secs(),
+                retention_secs: t.retention.as_secs(),
+            },
         }
     }
 }
@@ -181,6 +373,40 @@ impl LoadBody {
     }
 }
 
+/// `GET /v1/pools/{pool}/numbers`: a page of a pool's numbers.
+#[derive(Serialize)]
+pub struct NumbersBody {
+    pub pool: String,
+    pub size: usize,
+    pub offset: usize,
+    pub numbers: Vec<NumberBody>,
+}
+
+#[derive(Serialize)]
+pub struct NumberBody {
+    pub number: String,
+    pub display: String,
+    /// `free`, `leased` or `cooling`.
+    pub state: &'static str,
+    pub lease_id: Option<String>,
+    pub listing: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+impl From<&NumberView> for NumberBody {
+    fn from(n: &NumberView) -> Self {
+        let h = n.holder.as_ref();
+        NumberBody {
+            number: n.number.to_string(),
+            display: n.number.display(),
+            state: n.state.as_str(),
+            lease_id: h.map(|l| l.id.to_string()),
+            listing: h.and_then(|l| l.listing.as_ref().map(|x| x.as_str().to_owned())),
+            expires_at: h.map(|l| rfc3339(l.expires_at)),
+        }
+    }
+}
+
 /// What would lower the recommendation besides buying numbers, at the busiest hour's load.
 #[derive(Serialize)]
 pub struct LeversBody {
@@ -233,6 +459,13 @@ impl CapacityBody {
 /// `x` to the nearest 1/`scale`: estimates read better without 17 digits.
 fn round(x: f64, scale: f64) -> f64 {
     (x * scale).round() / scale
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumbersParams {
+    pub offset: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -319,6 +552,13 @@ pub struct CallEndAnswer {
     pub lease_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticketing: Option<TicketingBody>,
+    /// What the call cost under its pool's tariff (absent without a tariff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billed_secs: Option<u32>,
 }
 
 /// One row of the journal: a call (`kind` = call) or a ticket event (`ticket_issued`,
@@ -343,6 +583,15 @@ pub struct JournalRow {
     pub ticket_id: Option<String>,
     pub amount: Option<String>,
     pub currency: Option<String>,
+    /// A call's duration rounded up to its tariff's increment (JSON only, like `pass_id` and
+    /// `note`: the CSV's columns are kept as they were).
+    pub billed_secs: Option<u32>,
+    /// The pass a lease or pass event concerns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_id: Option<String>,
+    /// Why: a refund's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl JournalRow {
@@ -356,7 +605,10 @@ impl JournalRow {
                     call_id: Some(c.id.as_str().to_owned()),
                     pool: row.pool.clone(),
                     called: Some(c.called.to_string()),
-                    caller: c.caller.map(|n| n.to_string()),
+                    caller: c
+                        .caller
+                        .map(|n| n.to_string())
+                        .or(row.caller_hash.map(pseudonym)),
                     code: c.code.map(|x| x.to_string()),
                     started_at: rfc3339(c.started_at),
                     reason: Some(a.reason.as_str()),
@@ -368,6 +620,24 @@ impl JournalRow {
                     duration_secs: c.end.map(|e| e.duration_secs),
                     counted: c.counted,
                     ticket_id: c.ticketing.and_then(|t| t.ticket).map(|t| t.to_string()),
+                    billed_secs: c.charge.map(|x| x.billed_secs),
+                    amount: c.charge.map(|x| x.amount.to_string()),
+                    currency: c.charge.map(|x| x.currency.to_string()),
+                    ..JournalRow::default()
+                }
+            }
+            StoredRow::Event(row) => {
+                let e = &row.event;
+                JournalRow {
+                    kind: e.kind.as_str(),
+                    pool: Some(row.pool.clone()),
+                    started_at: rfc3339(e.at),
+                    lease_id: e.lease.map(|l| l.to_string()),
+                    listing: e.listing.as_ref().map(|l| l.as_str().to_owned()),
+                    amount: e.amount.map(|a| a.to_string()),
+                    currency: e.currency.map(|c| c.to_string()),
+                    pass_id: e.pass.map(|p| p.to_string()),
+                    note: e.note.clone(),
                     ..JournalRow::default()
                 }
             }
@@ -377,7 +647,11 @@ impl JournalRow {
                 JournalRow {
                     kind: e.kind.as_str(),
                     pool: Some(t.pool.clone()),
-                    caller: e.ticket.caller.map(|n| n.to_string()),
+                    caller: e
+                        .ticket
+                        .caller
+                        .map(|n| n.to_string())
+                        .or(t.caller_hash.map(pseudonym)),
                     started_at: rfc3339(e.at),
                     ticket_id: Some(e.ticket.id.to_string()),
                     amount,
@@ -420,6 +694,11 @@ impl JournalRow {
         ]
         .join(",")
     }
+}
+
+/// A caller's number replaced by the journal's retention: `anon:` and the keyed hash in hex.
+fn pseudonym(h: crate::store::Pseudonym) -> String {
+    format!("anon:{}", hex::encode(h))
 }
 
 /// One CSV cell, safe to open in a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`,

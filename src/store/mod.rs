@@ -41,12 +41,14 @@ mod log;
 mod migrate;
 mod record;
 mod snapshot;
+mod stats;
 
 pub use commit::Committer;
 pub use compact::Policy;
 pub use deliveries::{Delivery, DeliveryId, DeliveryLog, DeliveryStatus, Group};
 pub use faults::{Fault, Faulty};
-pub use record::{CallRow, TicketRow};
+pub use record::{CallRow, EventRow, Pseudonym, TicketRow};
+pub use stats::{tenant_tag, Cell};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,8 +58,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
 
 use crate::core::{
-    CallKey, Directory, Due, Effect, LeaseId, ListingId, PassId, PhoneNumber, PoolId, ProgressKey,
-    ReturnKey, Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
+    CallKey, Directory, Due, Effect, Lease, LeaseId, ListingId, PassId, PhoneNumber, PoolId,
+    ProgressKey, ReturnKey, Snapshot, TenantId, TicketEvent, TicketEventKind, TicketId, Timestamp,
 };
 
 const LEASE: u8 = b'L';
@@ -68,6 +70,10 @@ const TICKET: u8 = b'T';
 const PASS: u8 = b'P';
 const PROGRESS: u8 = b'G';
 const EVENT: u8 = b'E';
+/// A purged lease as it last stood, by creation time: the transactions' history.
+const HISTORY: u8 = b'Y';
+/// A lease or pass event (redeemed, refunded, pass revoked): journal, like calls.
+const LEASE_EVENT: u8 = b'V';
 const LISTING: u8 = b'Q';
 const WHEEL: u8 = b'W';
 /// Traffic buckets; new in this release, within format 3 (older stores simply have none).
@@ -79,6 +85,11 @@ const FORMAT_KEY: &[u8] = b"Mformat";
 const WATERMARK_KEY: &[u8] = b"Mnow";
 /// The first log seq the log still holds (every entry from it on is there); absent: 1.
 const LOG_START_KEY: &[u8] = b"Mlogstart";
+/// The key of the callers' pseudonyms (32 random bytes, made at first open): HMAC keys them,
+/// so a pseudonym cannot be reversed by hashing every possible number.
+const PSEUDONYM_KEY: &[u8] = b"Mpseudokey";
+/// The journal key up to which callers' numbers were replaced (exclusive).
+const PSEUDONYMIZED_KEY: &[u8] = b"Mpseudoupto";
 /// Written by the probe that checks a failed disk takes writes again.
 const PROBE_KEY: &[u8] = b"Mprobe";
 const FORMAT: &[u8] = b"leaseline-store-3";
@@ -116,6 +127,7 @@ pub struct Recovered {
 pub enum JournalRow {
     Call(CallRow),
     Ticket(TicketRow),
+    Event(EventRow),
 }
 
 impl JournalRow {
@@ -123,6 +135,7 @@ impl JournalRow {
         match self {
             JournalRow::Call(c) => c.pool.as_deref(),
             JournalRow::Ticket(t) => Some(&t.pool),
+            JournalRow::Event(e) => Some(&e.pool),
         }
     }
 }
@@ -171,6 +184,20 @@ pub trait Storage: Send + Sync + 'static {
     fn load(&self) -> Result<Recovered, StoreError>;
     /// One page of the call journal, newest first.
     fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError>;
+    /// The statistics' cells of the UTC days `from..=to` (days since 1970-01-01).
+    fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError>;
+    /// Replaces callers' numbers in the journal's calls started before `before` by keyed
+    /// hashes, at most `max` rows at a time (see [`Store::pseudonymize`]).
+    fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError>;
+    /// Purged leases, newest first (see [`Store::lease_history`]).
+    fn lease_history(
+        &self,
+        before: Option<(Timestamp, LeaseId)>,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        keep: &dyn Fn(&Lease) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError>;
     /// The last instant a running Leaseline recorded.
     fn watermark(&self) -> Option<Timestamp>;
     /// Records how far time has got; made durable by the next flush.
@@ -213,6 +240,25 @@ impl Storage for Store {
 
     fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError> {
         Store::journal(self, q)
+    }
+
+    fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError> {
+        Store::stats(self, from, to)
+    }
+
+    fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
+        Store::pseudonymize(self, before, max)
+    }
+
+    fn lease_history(
+        &self,
+        before: Option<(Timestamp, LeaseId)>,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        keep: &dyn Fn(&Lease) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        Store::lease_history(self, before, since, until, keep, limit)
     }
 
     fn watermark(&self) -> Option<Timestamp> {
@@ -452,7 +498,11 @@ impl Store {
                 "removed snapshot files a crash left unfinished"
             );
         }
+        let counted = stats::build(&db, &pools)?;
         let names = RwLock::new(Arc::new(Names::new(pools)?));
+        if counted > 0 {
+            tracing::info!(calls = counted, "statistics index built from the journal");
+        }
         let last = last_seq(&db, dir)?;
         let disk = Arc::new(Disk {
             db: RwLock::new(Some(db)),
@@ -597,17 +647,20 @@ impl Store {
         let db = self.disk.db()?;
         let mut batch = sled::Batch::default();
         let mut entry = log::Entry::default();
+        let mut tallies = stats::Pending::new();
         let mut journal = 0;
         for (effects, sent) in groups {
-            journal += self.add_to(&mut batch, &mut entry, effects);
+            journal += self.add_to(&mut batch, &mut entry, &mut tallies, effects);
             journal += deliveries::add_to(&mut batch, sent);
             if entry.ops() + journal >= ENTRY_CHANGES || entry.bytes().len() >= ENTRY_BYTES {
+                stats::merge_into(&db, &mut batch, std::mem::take(&mut tallies))?;
                 self.commit(&db, &mut next, std::mem::take(&mut batch), entry)?;
                 entry = log::Entry::default();
                 journal = 0;
             }
         }
-        if entry.ops() + journal > 0 {
+        if entry.ops() + journal > 0 || !tallies.is_empty() {
+            stats::merge_into(&db, &mut batch, tallies)?;
             self.commit(&db, &mut next, batch, entry)?;
         }
         Ok(())
@@ -637,7 +690,13 @@ impl Store {
 
     /// Adds one operation's effects: journal keys to `batch`, state changes to `entry`.
     /// Returns how many journal keys it added.
-    fn add_to(&self, batch: &mut sled::Batch, entry: &mut log::Entry, effects: &[Effect]) -> usize {
+    fn add_to(
+        &self,
+        batch: &mut sled::Batch,
+        entry: &mut log::Entry,
+        tallies: &mut stats::Pending,
+        effects: &[Effect],
+    ) -> usize {
         let names = self.names();
         let name = |p: PoolId| names.pools.name(p);
         let mut journal = 0;
@@ -647,6 +706,13 @@ impl Store {
                     entry.put(&lease_key(&l.id), &record::encode_lease(l, name(l.pool)))
                 }
                 Effect::DelLease(id) => entry.del(&lease_key(id)),
+                Effect::ArchiveLease(l) => {
+                    batch.insert(
+                        history_key(l.created_at, &l.id).to_vec(),
+                        record::encode_lease(l, name(l.pool)),
+                    );
+                    journal += 1;
+                }
                 Effect::PutCall(c) => {
                     let key = c.id.key();
                     let pool = c.attribution.pool.map(name);
@@ -682,6 +748,15 @@ impl Store {
                     batch.insert(&journal_key(e.at, &id)[..], &[EVENT][..]);
                     journal += 2;
                 }
+                Effect::JournalEvent(e) => {
+                    batch.insert(
+                        &prefixed(LEASE_EVENT, &e.id)[..],
+                        record::encode_journal_event(e, name(e.pool)),
+                    );
+                    batch.insert(&journal_key(e.at, &e.id)[..], &[LEASE_EVENT][..]);
+                    journal += 2;
+                }
+                Effect::Tally(t) => stats::add(tallies, t, name(t.pool)),
                 Effect::PutReturn(r) => entry.put(&return_key(&r.key), &record::encode_return(r)),
                 Effect::DelReturn(k) => entry.del(&return_key(k)),
                 Effect::PutWheel(t, due) => entry.put(&self.wheel_key(*t, due), &[]),
@@ -711,6 +786,129 @@ impl Store {
     #[doc(hidden)]
     pub fn compact_torn_for_tests(&self) -> Result<Option<u64>, StoreError> {
         self.compactor.now(false)
+    }
+
+    /// The statistics' cells of the UTC days `from..=to`: one key per (day, pool, currency,
+    /// listing) that saw anything, read in key order.
+    pub fn stats(&self, from: u32, to: u32) -> Result<Vec<Cell>, StoreError> {
+        let lo = [&[stats::STATS][..], &from.to_be_bytes()].concat();
+        let hi = match to.checked_add(1) {
+            Some(d) => [&[stats::STATS][..], &d.to_be_bytes()].concat(),
+            None => vec![stats::STATS + 1],
+        };
+        let db = self.disk.db()?;
+        db.range(lo..hi)
+            .map(|item| {
+                let (k, v) = item?;
+                stats::cell(&k, &v, &self.names().by_tag)
+            })
+            .collect()
+    }
+
+    /// Purged leases (the transactions' history), newest first by (creation, id), strictly
+    /// before `before` and created in `since..until`, that `keep` accepts: at most `limit`.
+    /// Leases of pools no longer configured are left out.
+    pub fn lease_history(
+        &self,
+        before: Option<(Timestamp, LeaseId)>,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        keep: &dyn Fn(&Lease) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let lo = history_key(
+            since.unwrap_or(Timestamp::ZERO),
+            &LeaseId::from_bytes([0; 16]),
+        );
+        let mut hi = match until {
+            Some(t) => history_key(t, &LeaseId::from_bytes([0; 16])).to_vec(),
+            None => vec![HISTORY + 1],
+        };
+        if let Some((t, id)) = before {
+            let b = history_key(t, &id).to_vec();
+            if b < hi {
+                hi = b;
+            }
+        }
+        let db = self.disk.db()?;
+        let names = self.names();
+        let mut out = Vec::new();
+        for item in db.range(lo.to_vec()..hi).rev() {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = item?;
+            let id = LeaseId::from_bytes(fixed(&k[9..])?);
+            match record::decode_lease(id, &v, |n| names.pools.id(n)) {
+                Ok(l) if keep(&l) => out.push(l),
+                Ok(_) | Err(record::DecodeError::UnknownPool) => {}
+                Err(e) => return Err(corrupt(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the callers' numbers of the journal's calls started before `before` by their
+    /// pseudonyms (a keyed hash), at most `max` rows a call, resuming where the last call
+    /// stopped; amounts, durations and everything else stay. Returns how many rows changed.
+    /// Under the writers' lock, so it never interleaves with a commit or a reopen.
+    pub fn pseudonymize(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
+        use hmac::Mac;
+        let _writer = self.disk.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.disk.db()?;
+        let key = match db.get(PSEUDONYM_KEY)? {
+            Some(k) => k.to_vec(),
+            None => {
+                let k: [u8; 32] = rand::random();
+                db.insert(PSEUDONYM_KEY, &k[..])?;
+                k.to_vec()
+            }
+        };
+        let hash = |digits: u64| -> record::Pseudonym {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key");
+            mac.update(&digits.to_be_bytes());
+            let out = mac.finalize().into_bytes();
+            out[..12].try_into().expect("12 bytes")
+        };
+        let from = match db.get(PSEUDONYMIZED_KEY)? {
+            Some(k) => k.to_vec(),
+            None => vec![JOURNAL],
+        };
+        let to = journal_bound(before).to_vec();
+        if from >= to {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let (mut seen, mut changed, mut upto) = (0, 0, None);
+        for item in db.range(from..to.clone()) {
+            let (k, kind) = item?;
+            if seen == max {
+                upto = Some(k.to_vec());
+                break;
+            }
+            seen += 1;
+            let id: [u8; 16] = fixed(&k[9..])?;
+            let (rk, hidden) = match kind.first() {
+                Some(&CALL) => {
+                    let rk = call_key(&CallKey(id)).to_vec();
+                    let Some(v) = db.get(&rk)? else { continue };
+                    (rk, record::pseudonymize_call(&v, hash))
+                }
+                Some(&EVENT) => {
+                    let rk = prefixed(EVENT, &id);
+                    let Some(v) = db.get(&rk)? else { continue };
+                    (rk, record::pseudonymize_ticket_event(&v, hash))
+                }
+                _ => continue,
+            };
+            if let Some(hidden) = hidden.map_err(corrupt)? {
+                batch.insert(rk, hidden);
+                changed += 1;
+            }
+        }
+        batch.insert(PSEUDONYMIZED_KEY, upto.unwrap_or(to));
+        db.apply_batch(batch)?;
+        Ok(changed)
     }
 
     /// One page of the call journal, newest first.
@@ -743,6 +941,14 @@ impl Store {
                         continue;
                     };
                     JournalRow::Ticket(record::decode_ticket_event(&v, pool_id).map_err(corrupt)?)
+                }
+                Some(&LEASE_EVENT) => {
+                    let Some(v) = db.get(prefixed(LEASE_EVENT, &id))? else {
+                        continue;
+                    };
+                    JournalRow::Event(
+                        record::decode_journal_event(id, &v, pool_id).map_err(corrupt)?,
+                    )
                 }
                 _ => {
                     let Some(v) = db.get(call_key(&CallKey(id)))? else {
@@ -982,6 +1188,14 @@ fn journal_key(at: Timestamp, id: &[u8; 16]) -> [u8; 25] {
 }
 
 /// The smallest journal key at `at`.
+fn history_key(created_at: Timestamp, id: &LeaseId) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = HISTORY;
+    k[1..9].copy_from_slice(&created_at.as_millis().to_be_bytes());
+    k[9..].copy_from_slice(id.as_bytes());
+    k
+}
+
 fn journal_bound(at: Timestamp) -> [u8; 25] {
     let mut k = [0u8; 25];
     k[0] = JOURNAL;
@@ -1110,7 +1324,44 @@ fn corrupt(e: record::DecodeError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::open_db;
+    use super::*;
+
+    /// Sled's keys are told apart by their first byte, and so are the state keys in log entries
+    /// and snapshots: each kind has a letter of its own (features written side by side once
+    /// both took `H`, one for webhook deliveries and one for the lease history).
+    #[test]
+    fn every_kind_of_key_has_a_first_byte_of_its_own() {
+        let sled_keys = [
+            CALL,
+            JOURNAL,
+            EVENT,
+            HISTORY,
+            LEASE_EVENT,
+            log::LOG,
+            stats::STATS,
+            deliveries::DELIVERY,
+            FORMAT_KEY[0],
+        ];
+        let state_keys = [
+            LEASE, RETURN, TICKET, PASS, PROGRESS, LISTING, WHEEL, TRAFFIC,
+        ];
+        for keys in [&sled_keys[..], &state_keys[..]] {
+            let distinct: std::collections::HashSet<u8> = keys.iter().copied().collect();
+            let letters: String = keys.iter().map(|&b| char::from(b)).collect();
+            assert_eq!(distinct.len(), keys.len(), "{letters}");
+        }
+        // The journal's `M` keys all start alike, and only they do.
+        for k in [
+            WATERMARK_KEY,
+            LOG_START_KEY,
+            PSEUDONYM_KEY,
+            PSEUDONYMIZED_KEY,
+            PROBE_KEY,
+        ] {
+            assert_eq!(k[0], b'M');
+        }
+        assert_eq!(stats::BUILT_KEY[0], b'M');
+    }
 
     #[test]
     fn a_lock_let_go_of_a_moment_later_is_waited_for() {

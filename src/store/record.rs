@@ -4,10 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    Attribution, Bucket, Call, CallEnd, CallId, Code, EndReason, Lease, LeaseEnd, LeaseId,
-    ListingId, Pass, PassId, PassSource, PhoneNumber, PoolId, Progress, ProgressKey, Reason,
-    ReturnKey, ReturnRoute, SessionId, Target, TenantId, Ticket, TicketCode, TicketEvent,
-    TicketEventKind, TicketId, TicketingAnswer, Timestamp,
+    Attribution, Bucket, Call, CallEnd, CallId, Charge, Code, Currency, EndReason, EventKind,
+    JournalEvent, Lease, LeaseEnd, LeaseId, ListingId, Money, Pass, PassId, PassSource,
+    PhoneNumber, PoolId, Progress, ProgressKey, Reason, ReturnKey, ReturnRoute, SessionId, Target,
+    TenantId, Ticket, TicketCode, TicketEvent, TicketEventKind, TicketId, TicketingAnswer,
+    Timestamp,
 };
 
 /// First byte of every value: bump it (and keep a reader for the old one) when a record
@@ -113,7 +114,18 @@ struct LeaseRecordV2 {
     from_page: bool,
 }
 
-const LEASE_VERSION: u8 = 2;
+/// Version 3 of a lease: version 2's, then money: the amount asked (cents), the amount its
+/// counted calls paid and the refunds recorded. Older records read as asking no amount,
+/// nothing paid or refunded.
+#[derive(Serialize, Deserialize)]
+struct LeaseRecordV3 {
+    v2: LeaseRecordV2,
+    amount: Option<i64>,
+    amount_paid: i64,
+    refunded: i64,
+}
+
+const LEASE_VERSION: u8 = 3;
 
 pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
     let v1 = LeaseRecordV1 {
@@ -144,9 +156,14 @@ pub fn encode_lease(lease: &Lease, pool_name: &str) -> Vec<u8> {
     };
     wrap_as(
         LEASE_VERSION,
-        &LeaseRecordV2 {
-            v1,
-            from_page: lease.from_page,
+        &LeaseRecordV3 {
+            v2: LeaseRecordV2 {
+                v1,
+                from_page: lease.from_page,
+            },
+            amount: lease.amount.map(Money::cents),
+            amount_paid: lease.amount_paid.cents(),
+            refunded: lease.refunded.cents(),
         },
     )
 }
@@ -158,11 +175,23 @@ pub fn decode_lease(
 ) -> Result<Lease, DecodeError> {
     let what = format!("lease {id}");
     let what = what.as_str();
-    let LeaseRecordV2 { v1: r, from_page } = match split(what, bytes)? {
-        (1, b) => LeaseRecordV2 {
+    let money = |v2| LeaseRecordV3 {
+        v2,
+        amount: None,
+        amount_paid: 0,
+        refunded: 0,
+    };
+    let LeaseRecordV3 {
+        v2: LeaseRecordV2 { v1: r, from_page },
+        amount,
+        amount_paid,
+        refunded,
+    } = match split(what, bytes)? {
+        (1, b) => money(LeaseRecordV2 {
             v1: body(what, b)?,
             from_page: false,
-        },
+        }),
+        (2, b) => money(body(what, b)?),
         (LEASE_VERSION, b) => body(what, b)?,
         (v, _) => return Err(unknown_version(what, v)),
     };
@@ -197,6 +226,9 @@ pub fn decode_lease(
         calls_required: r.calls_required,
         min_call_secs: r.min_call_secs,
         calls: r.calls,
+        amount: amount.map(Money::from_cents),
+        amount_paid: Money::from_cents(amount_paid),
+        refunded: Money::from_cents(refunded),
         redeemed_at: r.redeemed_at.map(Timestamp::from_millis),
         code: r
             .code
@@ -231,16 +263,63 @@ struct CallRecordV1 {
 /// (calls_done, calls_missing, code, ticket id)
 type TicketingRecordV1 = (u32, u32, Option<u32>, Option<[u8; 16]>);
 
+/// Version 2 of a call: version 1's fields, then what it cost once ended, as (billed
+/// seconds, cents, currency), and the caller's pseudonym once the journal's retention has
+/// replaced the caller's number (then `v1.caller` is `None`). Version 1 records (written
+/// before amounts) read with no charge: the journal computes theirs from the pool's tariff
+/// where it can.
+#[derive(Serialize, Deserialize)]
+struct CallRecordV2 {
+    v1: CallRecordV1,
+    charge: Option<(u32, i64, [u8; 3])>,
+    caller_hash: Option<Pseudonym>,
+}
+
+const CALL_VERSION: u8 = 2;
+
+/// A caller's number once the journal's retention is over: a keyed hash (HMAC-SHA256 under
+/// the store's own key, first 12 bytes): the same caller always gets the same pseudonym, so
+/// rows still group by caller, but the number cannot be read back from it.
+pub type Pseudonym = [u8; 12];
+
 /// A journal row: a call as stored, with its pool by name (it may no longer be configured).
 #[derive(Clone, Debug)]
 pub struct CallRow {
     pub pool: Option<String>,
     pub call: Call,
+    /// The caller's pseudonym, when retention replaced the number (`call.caller` is `None`).
+    pub caller_hash: Option<Pseudonym>,
+}
+
+fn call_record(bytes: &[u8]) -> Result<CallRecordV2, DecodeError> {
+    match split("call", bytes)? {
+        (1, b) => Ok(CallRecordV2 {
+            v1: body("call", b)?,
+            charge: None,
+            caller_hash: None,
+        }),
+        (CALL_VERSION, b) => body("call", b),
+        (v, _) => Err(unknown_version("call", v)),
+    }
+}
+
+/// The call record `bytes` with its caller's number replaced by `hash(number)`; `None` when
+/// it holds no number (none given, or already replaced).
+pub fn pseudonymize_call(
+    bytes: &[u8],
+    hash: impl Fn(u64) -> Pseudonym,
+) -> Result<Option<Vec<u8>>, DecodeError> {
+    let mut r = call_record(bytes)?;
+    let Some(caller) = r.v1.caller.take() else {
+        return Ok(None);
+    };
+    r.caller_hash = Some(hash(caller));
+    Ok(Some(wrap_as(CALL_VERSION, &r)))
 }
 
 pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
     let a = &call.attribution;
-    wrap(&CallRecordV1 {
+    let v1 = CallRecordV1 {
         id: call.id.as_str().to_owned(),
         pool: pool_name.map(str::to_owned),
         called: call.called.digits(),
@@ -261,7 +340,18 @@ pub fn encode_call(call: &Call, pool_name: Option<&str>) -> Vec<u8> {
                 t.ticket.map(|x| x.0),
             )
         }),
-    })
+    };
+    let charge = call
+        .charge
+        .map(|c| (c.billed_secs, c.amount.cents(), currency_bytes(c.currency)));
+    wrap_as(
+        CALL_VERSION,
+        &CallRecordV2 {
+            v1,
+            charge,
+            caller_hash: None,
+        },
+    )
 }
 
 /// Decodes a call; its attribution's pool id is `None` if the pool is no longer configured.
@@ -269,10 +359,25 @@ pub fn decode_call(
     bytes: &[u8],
     pool_id: impl Fn(&str) -> Option<PoolId>,
 ) -> Result<CallRow, DecodeError> {
-    let r: CallRecordV1 = unwrap("call", bytes)?;
+    let CallRecordV2 {
+        v1: r,
+        charge,
+        caller_hash,
+    } = call_record(bytes)?;
     let what = format!("call {:?}", r.id);
     let what = what.as_str();
+    let charge = charge
+        .map(|(billed_secs, cents, cur)| {
+            let currency = currency_from(what, cur)?;
+            Ok::<_, DecodeError>(Charge {
+                billed_secs,
+                amount: Money::from_cents(cents),
+                currency,
+            })
+        })
+        .transpose()?;
     Ok(CallRow {
+        caller_hash,
         call: Call {
             id: CallId::parse(&r.id).map_err(|e| invalid(what, e))?,
             called: number(what, r.called)?,
@@ -293,6 +398,7 @@ pub fn decode_call(
                 at: Timestamp::from_millis(at),
                 duration_secs: d,
             }),
+            charge,
             counted: r.counted,
             ticketing: r
                 .ticketing
@@ -526,11 +632,45 @@ struct TicketEventRecordV1 {
     ticket: TicketRecordV1,
 }
 
+/// Version 2 of a ticket event: version 1's, then the caller's pseudonym once the journal's
+/// retention has replaced the number (then `ticket.caller` is `None`).
+#[derive(Serialize, Deserialize)]
+struct TicketEventRecordV2 {
+    v1: TicketEventRecordV1,
+    caller_hash: Option<Pseudonym>,
+}
+
+fn ticket_event_record(bytes: &[u8]) -> Result<TicketEventRecordV2, DecodeError> {
+    match split("ticket event", bytes)? {
+        (1, b) => Ok(TicketEventRecordV2 {
+            v1: body("ticket event", b)?,
+            caller_hash: None,
+        }),
+        (2, b) => body("ticket event", b),
+        (v, _) => Err(unknown_version("ticket event", v)),
+    }
+}
+
+/// As [`pseudonymize_call`], for a ticket event.
+pub fn pseudonymize_ticket_event(
+    bytes: &[u8],
+    hash: impl Fn(u64) -> Pseudonym,
+) -> Result<Option<Vec<u8>>, DecodeError> {
+    let mut r = ticket_event_record(bytes)?;
+    let Some(caller) = r.v1.ticket.caller.take() else {
+        return Ok(None);
+    };
+    r.caller_hash = Some(hash(caller));
+    Ok(Some(wrap_as(2, &r)))
+}
+
 /// A journal row about a ticket, with its pool by name.
 #[derive(Clone, Debug)]
 pub struct TicketRow {
     pub pool: String,
     pub event: TicketEvent,
+    /// The caller's pseudonym, when retention replaced the number.
+    pub caller_hash: Option<Pseudonym>,
 }
 
 pub fn encode_ticket_event(e: &TicketEvent, pool: &str) -> Vec<u8> {
@@ -552,7 +692,7 @@ pub fn decode_ticket_event(
     bytes: &[u8],
     pool_id: impl Fn(&str) -> Option<PoolId>,
 ) -> Result<TicketRow, DecodeError> {
-    let r: TicketEventRecordV1 = unwrap("ticket event", bytes)?;
+    let TicketEventRecordV2 { v1: r, caller_hash } = ticket_event_record(bytes)?;
     let pool = r.ticket.pool.clone();
     let kind = match r.kind {
         0 => TicketEventKind::Issued,
@@ -565,11 +705,89 @@ pub fn decode_ticket_event(
     })?;
     Ok(TicketRow {
         pool,
+        caller_hash,
         event: TicketEvent {
             kind,
             at: Timestamp::from_millis(r.at),
             ticket,
         },
+    })
+}
+
+// ---- lease and pass events -------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct JournalEventRecordV1 {
+    kind: u8,
+    at: u64,
+    pool: String,
+    tenant: String,
+    lease: Option<[u8; 16]>,
+    pass: Option<[u8; 16]>,
+    listing: Option<String>,
+    amount: Option<i64>,
+    currency: Option<[u8; 3]>,
+    note: Option<String>,
+}
+
+/// A journal row about a lease or a pass, with its pool by name.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub pool: String,
+    pub event: JournalEvent,
+}
+
+fn currency_bytes(c: Currency) -> [u8; 3] {
+    let b = c.as_str().as_bytes();
+    [b[0], b[1], b[2]]
+}
+
+fn currency_from(what: &str, b: [u8; 3]) -> Result<Currency, DecodeError> {
+    std::str::from_utf8(&b)
+        .ok()
+        .and_then(|c| Currency::parse(c).ok())
+        .ok_or_else(|| invalid(what, "bad currency"))
+}
+
+pub fn encode_journal_event(e: &JournalEvent, pool: &str) -> Vec<u8> {
+    wrap(&JournalEventRecordV1 {
+        kind: e.kind.code(),
+        at: e.at.as_millis(),
+        pool: pool.to_owned(),
+        tenant: e.tenant.as_str().to_owned(),
+        lease: e.lease.map(|l| *l.as_bytes()),
+        pass: e.pass.map(|p| p.0),
+        listing: e.listing.as_ref().map(|l| l.as_str().to_owned()),
+        amount: e.amount.map(Money::cents),
+        currency: e.currency.map(currency_bytes),
+        note: e.note.clone(),
+    })
+}
+
+/// Decodes a lease or pass event, under its journal id; its pool may no longer be configured
+/// (then its id is `PoolId(u32::MAX)`; the row names it by `pool`).
+pub fn decode_journal_event(
+    id: [u8; 16],
+    bytes: &[u8],
+    pool_id: impl Fn(&str) -> Option<PoolId>,
+) -> Result<EventRow, DecodeError> {
+    let what = "journal event";
+    let r: JournalEventRecordV1 = unwrap(what, bytes)?;
+    Ok(EventRow {
+        event: JournalEvent {
+            id,
+            kind: EventKind::from_code(r.kind).ok_or_else(|| invalid(what, "bad kind"))?,
+            at: Timestamp::from_millis(r.at),
+            pool: pool_id(&r.pool).unwrap_or(PoolId(u32::MAX)),
+            tenant: TenantId::parse(&r.tenant).map_err(|e| invalid(what, e))?,
+            lease: r.lease.map(LeaseId::from_bytes),
+            pass: r.pass.map(PassId),
+            listing: listing(what, r.listing)?,
+            amount: r.amount.map(Money::from_cents),
+            currency: r.currency.map(|c| currency_from(what, c)).transpose()?,
+            note: r.note,
+        },
+        pool: r.pool,
     })
 }
 
@@ -605,6 +823,9 @@ mod tests {
             calls_required: 1,
             min_call_secs: 0,
             calls: 0,
+            amount: None,
+            amount_paid: crate::core::Money::ZERO,
+            refunded: crate::core::Money::ZERO,
             redeemed_at: None,
             code: None,
             first_call_at: None,
@@ -648,5 +869,87 @@ mod tests {
             decode_lease(l.id, &future, pool),
             Err(DecodeError::Invalid(m)) if m.contains("version 9")
         ));
+    }
+
+    #[test]
+    fn a_lease_keeps_its_money_and_older_versions_read_as_owing_none() {
+        let l = Lease {
+            amount: Some(Money::from_cents(500)),
+            amount_paid: Money::from_cents(522),
+            refunded: Money::from_cents(100),
+            ..lease(false)
+        };
+        let v3 = encode_lease(&l, "fr");
+        assert_eq!(v3[0], 3);
+        assert_eq!(decode_lease(l.id, &v3, pool).unwrap(), l);
+        let LeaseRecordV3 { v2, .. } = postcard::from_bytes(&v3[1..]).unwrap();
+        let read = decode_lease(l.id, &wrap_as(2, &v2), pool).unwrap();
+        assert_eq!(
+            read,
+            Lease {
+                amount: None,
+                amount_paid: Money::ZERO,
+                refunded: Money::ZERO,
+                ..l
+            }
+        );
+    }
+
+    fn call(charge: Option<Charge>) -> Call {
+        Call {
+            id: CallId::parse("c-1").unwrap(),
+            called: PhoneNumber::parse("+33899100042").unwrap(),
+            caller: PhoneNumber::parse("+33612345678").ok(),
+            code: None,
+            started_at: Timestamp::from_millis(1_000),
+            attribution: Attribution {
+                reason: Reason::NotLeased,
+                pool: Some(PoolId(0)),
+                lease: None,
+                target: None,
+                listing: None,
+            },
+            end: Some(CallEnd {
+                at: Timestamp::from_millis(61_000),
+                duration_secs: 60,
+            }),
+            charge,
+            counted: false,
+            ticketing: None,
+        }
+    }
+
+    #[test]
+    fn a_call_keeps_its_charge_and_version_1_calls_read_without_one() {
+        let priced = call(Some(Charge {
+            billed_secs: 60,
+            amount: Money::from_cents(313),
+            currency: Currency::parse("CHF").unwrap(),
+        }));
+        let v2 = encode_call(&priced, Some("fr"));
+        assert_eq!(v2[0], 2);
+        assert_eq!(decode_call(&v2, pool).unwrap().call, priced);
+        let CallRecordV2 { v1, .. } = postcard::from_bytes(&v2[1..]).unwrap();
+        let read = decode_call(&wrap_as(1, &v1), pool).unwrap();
+        assert_eq!(read.call, call(None));
+        // Retention replaces the number by its pseudonym, once; the rest stays.
+        let hidden = pseudonymize_call(&v2, |d| {
+            assert_eq!(d, 33612345678);
+            [7; 12]
+        })
+        .unwrap()
+        .unwrap();
+        let read = decode_call(&hidden, pool).unwrap();
+        assert_eq!((read.call.caller, read.caller_hash), (None, Some([7; 12])));
+        assert_eq!(read.call.charge, priced.charge);
+        assert_eq!(pseudonymize_call(&hidden, |_| [8; 12]).unwrap(), None);
+        assert!(pseudonymize_call(&wrap_as(1, &v1), |_| [9; 12])
+            .unwrap()
+            .is_some());
+        let mut bad = v2.clone();
+        let n = bad.len();
+        // the currency's three bytes, before the (absent) pseudonym's one
+        bad[n - 4..n - 1].copy_from_slice(b"e\x00r");
+        assert!(decode_call(&bad, pool).is_err());
     }
 }

@@ -119,6 +119,7 @@ impl Router {
                                     .pool
                                     .map(|p| core.directory().name(p).to_owned()),
                                 call: c.clone(),
+                                caller_hash: None,
                             }))),
                             None => Data::None,
                         });
@@ -144,17 +145,20 @@ impl Router {
                 Notice::Exhausted { pool } => {
                     if self.exhausted_due(*pool, now) {
                         emit(EventType::PoolExhausted, None, &|| {
-                            Data::of(PoolBody::from(&PoolView {
-                                name: core.directory().name(*pool).to_owned(),
-                                stats: core.pool_stats(*pool),
-                                capacity: core
-                                    .capacity(*pool, crate::core::DEFAULT_BLOCKING, now)
-                                    .ok(),
-                            }))
+                            Data::of(PoolBody::new(
+                                &PoolView {
+                                    name: core.directory().name(*pool).to_owned(),
+                                    stats: core.pool_stats(*pool),
+                                    capacity: core
+                                        .capacity(*pool, crate::core::DEFAULT_BLOCKING, now)
+                                        .ok(),
+                                },
+                                core.directory().spec(*pool),
+                            ))
                         });
                     }
                 }
-                Notice::Attributed { .. } | Notice::Purged { .. } => {}
+                Notice::Attributed { .. } | Notice::Purged { .. } | Notice::Charged { .. } => {}
             }
         }
         sent
@@ -274,6 +278,7 @@ mod tests {
             calls_required: 1,
             min_call_secs: 0,
             from_page: false,
+            amount: None,
         };
         core.allocate(req, now, LeaseId::from_bytes([n; 16]), out)
             .map(|a| a.lease.id)

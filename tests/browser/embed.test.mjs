@@ -18,7 +18,7 @@ const ARTIFACTS = process.env.ARTIFACTS;
 
 function page(q) {
   const attrs = [`data-leaseline-pool="${q.get("pool") || "fr"}"`, `data-leaseline-fallback="01 23 45 67 89"`];
-  for (const k of ["listing", "mode", "heartbeat", "calls"]) if (q.get(k)) attrs.push(`data-leaseline-${k}="${q.get(k)}"`);
+  for (const k of ["listing", "mode", "heartbeat", "calls", "price"]) if (q.get(k)) attrs.push(`data-leaseline-${k}="${q.get(k)}"`);
   const endpoint = q.get("dead") ? ` data-leaseline-endpoint="http://127.0.0.1:${DEAD_PORT}"` : "";
   const late = q.get("late")
     ? `<script>setTimeout(function(){var s=document.createElement("span");s.id="late";s.setAttribute("data-leaseline-pool","fr");s.setAttribute("data-leaseline-listing","late-1");s.textContent="Voir le numéro";document.body.appendChild(s);},300);</script>`
@@ -147,6 +147,19 @@ test("a call drops the missing-calls counter live", async () => {
   assert.equal(r.status, 200);
   await p.waitForFunction(() => /appels restants : 1/.test(document.querySelector("#n .leaseline-missing").textContent), null, { timeout: 10000 });
   await c.close();
+});
+
+test("the price is shown beside a surcharged number, as its country writes it", async () => {
+  const fr = await open(site("listing=price-1&mode=load"));
+  await fr.p.waitForSelector("#n .leaseline-price");
+  assert.match(await fr.p.textContent("#n"), /^08 99 10 0\d \d\d \u2014 2,99\u00a0\u20ac\/appel$/);
+  const ch = await open(site("pool=ch&listing=price-2&mode=load"));
+  await ch.p.waitForSelector("#n .leaseline-price");
+  assert.match(await ch.p.textContent("#n"), /^0900 100 00\d \u2014 CHF\u00a03\.13\/min$/);
+  const off = await open(site("listing=price-3&mode=load&price=off"));
+  await off.p.waitForSelector("#n a.leaseline-number");
+  assert.equal(await off.p.$("#n .leaseline-price"), null, "data-leaseline-price=off hides it");
+  for (const x of [fr, ch, off]) await x.c.close();
 });
 
 test("a page from a foreign origin is refused and shows the fallback", async () => {

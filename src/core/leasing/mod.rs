@@ -13,6 +13,7 @@ mod queues;
 mod slab;
 
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap as StdMap;
 use std::time::Duration;
 
@@ -21,9 +22,11 @@ use priority_queue::PriorityQueue;
 
 use super::directory::Directory;
 use super::lease::{
-    AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeaseSettings, LeaseState, Line,
-    OnExhausted, PoolLimits, PoolSpec, PoolStats,
+    paid, AllocateRequest, Allocated, EndReason, Lease, LeaseEnd, LeasePage, LeaseQuery,
+    LeaseSettings, LeaseState, Line, NumberState, NumberView, OnExhausted, PoolLimits, PoolSpec,
+    PoolStats,
 };
+use super::money::Money;
 use super::outbox::{Notice, Outbox};
 use super::schedule::Cx;
 use super::ticket::PoolMode;
@@ -466,6 +469,40 @@ impl Leasing {
         Ok(a)
     }
 
+    /// The numbers of `pool` from position `offset`, at most `limit`, in the configured order,
+    /// with their state and holder.
+    pub(super) fn numbers(
+        &self,
+        dir: &Directory,
+        pool: PoolId,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<NumberView> {
+        let spec = dir.spec(pool);
+        self.pools[pool.0 as usize]
+            .slots
+            .iter()
+            .enumerate()
+            .skip(offset)
+            .take(limit)
+            .map(|(i, slot)| {
+                let state = match slot.state {
+                    SlotState::Free => NumberState::Free,
+                    SlotState::Leased => NumberState::Leased,
+                    SlotState::Cooling => NumberState::Cooling,
+                    SlotState::Retired => NumberState::Retired,
+                };
+                let holder = (slot.state.held() && slot.holder != NONE)
+                    .then(|| self.leases.lease(slot.holder));
+                NumberView {
+                    number: spec.numbers[i],
+                    state,
+                    holder,
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn pool_stats(&self, pool: PoolId) -> PoolStats {
         self.pools[pool.0 as usize].stats()
     }
@@ -473,6 +510,12 @@ impl Leasing {
     /// The lease `id` as it stands, materialised from its record.
     pub(super) fn lease(&self, id: &LeaseId) -> Option<Lease> {
         self.leases.find(id).map(|i| self.leases.lease(i))
+    }
+
+    /// The tenant of lease `id`, if it is still held.
+    pub(super) fn tenant_of(&self, id: &LeaseId) -> Option<TenantId> {
+        let i = self.leases.find(id)?;
+        Some(self.leases.terms(self.leases.get(i)).tenant.clone())
     }
 
     pub(super) fn lease_count(&self) -> usize {
@@ -626,6 +669,9 @@ impl Leasing {
             calls_required: req.calls_required.max(1),
             min_call_secs: req.min_call_secs,
             calls: 0,
+            amount: req.amount,
+            amount_paid: Money::ZERO,
+            refunded: Money::ZERO,
             redeemed_at: None,
             code,
             first_call_at: None,
@@ -747,13 +793,95 @@ impl Leasing {
         if r.redeemed_at().is_some() {
             return Err(CoreError::AlreadyRedeemed);
         }
-        if r.calls() < t.calls_required {
+        if !self.is_paid(i) {
             return Err(CoreError::NotPaid {
                 calls: r.calls(),
                 calls_required: t.calls_required,
+                amount: t.amount.map(|a| (r.amount_paid(), a)),
             });
         }
         Ok((r.pool(), t.tenant.clone()))
+    }
+
+    fn is_paid(&self, i: u32) -> bool {
+        let r = self.leases.get(i);
+        let t = self.leases.terms(r);
+        paid(r.calls(), t.calls_required, r.amount_paid(), t.amount)
+    }
+
+    /// The leases `q` asks for, newest first (by creation, then id): one pass over the records,
+    /// keeping only the `limit + 1` newest that match.
+    pub(super) fn list(&self, q: &LeaseQuery, now: Timestamp) -> LeasePage {
+        let mut newest: BinaryHeap<Reverse<(Timestamp, LeaseId, u32)>> = BinaryHeap::new();
+        for (i, r) in self.leases.iter() {
+            let key = (r.created_at, r.id);
+            if q.before.is_some_and(|b| key >= b)
+                || q.since.is_some_and(|t| r.created_at < t)
+                || q.until.is_some_and(|t| r.created_at >= t)
+                || q.pools.as_ref().is_some_and(|p| !p.contains(&r.pool()))
+                || q.state.is_some_and(|s| r.state(now) != s)
+            {
+                continue;
+            }
+            let t = self.leases.terms(r);
+            if q.tenant.as_ref().is_some_and(|x| x != &t.tenant)
+                || q.listing
+                    .as_ref()
+                    .is_some_and(|l| t.listing.as_ref() != Some(l))
+            {
+                continue;
+            }
+            newest.push(Reverse((key.0, key.1, i)));
+            if newest.len() > q.limit + 1 {
+                newest.pop();
+            }
+        }
+        let mut found: Vec<_> = newest.into_iter().map(|Reverse(k)| k).collect();
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        let more = found.len() > q.limit;
+        found.truncate(q.limit);
+        LeasePage {
+            leases: found
+                .into_iter()
+                .map(|(_, _, i)| self.leases.lease(i))
+                .collect(),
+            more,
+        }
+    }
+
+    /// Records a refund of `amount` on a paid lease of `tenant`: never more than was paid and
+    /// not yet refunded. Returns the lease as it now stands.
+    pub(super) fn refund(
+        &mut self,
+        id: &LeaseId,
+        tenant: &TenantId,
+        amount: Money,
+        out: &mut Outbox,
+    ) -> Result<Lease, CoreError> {
+        let i = self.leases.find(id).ok_or(CoreError::UnknownLease)?;
+        let r = self.leases.get(i);
+        if &self.leases.terms(r).tenant != tenant {
+            return Err(CoreError::UnknownLease);
+        }
+        if !self.is_paid(i) {
+            let t = self.leases.terms(r);
+            return Err(CoreError::NotPaid {
+                calls: r.calls(),
+                calls_required: t.calls_required,
+                amount: t.amount.map(|a| (r.amount_paid(), a)),
+            });
+        }
+        let refundable = r.amount_paid().saturating_sub(r.refunded());
+        if amount > refundable {
+            return Err(CoreError::RefundTooLarge {
+                asked: amount,
+                refundable,
+            });
+        }
+        self.leases.get_mut(i).add_refund(amount);
+        let lease = self.leases.lease(i);
+        out.effects.push(Effect::PutLease(lease.clone()));
+        Ok(lease)
     }
 
     /// Marks a lease redeemed at `now`, with the pass it granted if any.
@@ -1170,17 +1298,31 @@ impl Leasing {
         None
     }
 
-    /// Counts a call toward its lease (once), noting when the lease becomes paid.
-    pub(super) fn count_call(&mut self, id: LeaseId, out: &mut Outbox) {
+    /// Credits a lease with a call counted toward it (`count`, once per call) and what a
+    /// counted call cost (`amount`, once its duration is known), noting when it becomes paid.
+    /// Returns whether it just became paid.
+    pub(super) fn credit(
+        &mut self,
+        id: LeaseId,
+        count: bool,
+        amount: Money,
+        out: &mut Outbox,
+    ) -> bool {
         let i = self.leases.find(&id).expect("caller checked");
-        let required = self.leases.terms(self.leases.get(i)).calls_required;
+        let was_paid = self.is_paid(i);
         let l = self.leases.get_mut(i);
-        let was_paid = l.calls() >= required;
-        l.count_call();
-        if !was_paid && l.calls() >= required {
+        if count {
+            l.count_call();
+        }
+        if amount != Money::ZERO {
+            l.add_paid(amount);
+        }
+        let became = !was_paid && self.is_paid(i);
+        if became {
             out.notices.push(Notice::Paid { lease: id });
         }
         out.effects.push(Effect::PutLease(self.leases.lease(i)));
+        became
     }
 
     /// Writes the lease as it stands.
@@ -1407,10 +1549,12 @@ impl Leasing {
                     break;
                 }
                 let id = lease.id;
+                let last = self.leases.lease(i);
                 self.unlink(dir, i);
                 self.forget_last_holder(dir, i);
                 self.leases.purge(i);
                 cx.out.effects.push(Effect::DelLease(id));
+                cx.out.effects.push(Effect::ArchiveLease(last));
                 cx.out.notices.push(Notice::Purged { lease: id });
                 return;
             }

@@ -11,6 +11,7 @@ use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use super::super::lease::{EndReason, Lease, LeaseEnd, LeaseState, Line};
+use super::super::money::Money;
 use super::super::time::Timestamp;
 use super::super::types::{
     Code, LeaseId, ListingId, PassId, PhoneNumber, PoolId, SessionId, Target, TenantId,
@@ -28,14 +29,17 @@ pub(super) struct Terms {
     pub(super) target: Option<Target>,
     pub(super) calls_required: u32,
     pub(super) min_call_secs: u32,
+    pub(super) amount: Option<Money>,
 }
 
-/// What few leases have (a caller typed on the page, calls, a redeem), boxed so that the
-/// others pay 8 bytes for it.
+/// What few leases have (a caller typed on the page, calls and what they paid, a redeem, a
+/// refund), boxed so that the others pay 8 bytes for it.
 #[derive(Clone, Debug)]
 struct Extra {
     caller: Option<PhoneNumber>,
     calls: u32,
+    amount_paid: Money,
+    refunded: Money,
     first_call_at: Option<Timestamp>,
     redeemed_at: Option<Timestamp>,
     pass: Option<PassId>,
@@ -53,7 +57,7 @@ const FROM_PAGE: u8 = 8;
 const GHOST: u8 = 16;
 const NO_CODE: u16 = u16::MAX;
 
-/// One lease, in 96 bytes (a [`Lease`] is 216, and was boxed behind a map's 24-byte bucket).
+/// One lease, in 96 bytes (a [`Lease`] is 248, and was boxed behind a map's 24-byte bucket).
 #[derive(Debug)]
 pub(super) struct Rec {
     pub(super) id: LeaseId,
@@ -154,6 +158,25 @@ impl Rec {
         self.extra_mut().calls += 1;
     }
 
+    /// The sum of the amounts of the calls counted for it.
+    pub(super) fn amount_paid(&self) -> Money {
+        self.extra.as_ref().map_or(Money::ZERO, |e| e.amount_paid)
+    }
+
+    pub(super) fn add_paid(&mut self, amount: Money) {
+        let e = self.extra_mut();
+        e.amount_paid = e.amount_paid.saturating_add(amount);
+    }
+
+    pub(super) fn refunded(&self) -> Money {
+        self.extra.as_ref().map_or(Money::ZERO, |e| e.refunded)
+    }
+
+    pub(super) fn add_refund(&mut self, amount: Money) {
+        let e = self.extra_mut();
+        e.refunded = e.refunded.saturating_add(amount);
+    }
+
     pub(super) fn first_call_at(&self) -> Option<Timestamp> {
         self.extra.as_ref().and_then(|e| e.first_call_at)
     }
@@ -188,6 +211,8 @@ impl Rec {
             Box::new(Extra {
                 caller: None,
                 calls: 0,
+                amount_paid: Money::ZERO,
+                refunded: Money::ZERO,
                 first_call_at: None,
                 redeemed_at: None,
                 pass: None,
@@ -349,9 +374,12 @@ impl Slab {
             target: lease.target,
             calls_required: lease.calls_required,
             min_call_secs: lease.min_call_secs,
+            amount: lease.amount,
         });
         let extra = (lease.caller.is_some()
             || lease.calls > 0
+            || lease.amount_paid != Money::ZERO
+            || lease.refunded != Money::ZERO
             || lease.first_call_at.is_some()
             || lease.redeemed_at.is_some()
             || lease.pass.is_some())
@@ -359,6 +387,8 @@ impl Slab {
             Box::new(Extra {
                 caller: lease.caller,
                 calls: lease.calls,
+                amount_paid: lease.amount_paid,
+                refunded: lease.refunded,
                 first_call_at: lease.first_call_at,
                 redeemed_at: lease.redeemed_at,
                 pass: lease.pass,
@@ -463,6 +493,9 @@ impl Slab {
             calls_required: t.calls_required,
             min_call_secs: t.min_call_secs,
             calls: r.calls(),
+            amount: t.amount,
+            amount_paid: r.amount_paid(),
+            refunded: r.refunded(),
             redeemed_at: r.redeemed_at(),
             code: r.code(),
             first_call_at: r.first_call_at(),
@@ -589,8 +622,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_is_96_bytes_where_a_lease_is_216() {
+    fn a_record_is_96_bytes_where_a_lease_is_248() {
         assert_eq!(std::mem::size_of::<Option<Rec>>(), 96);
-        assert_eq!(std::mem::size_of::<Lease>(), 216);
+        assert_eq!(std::mem::size_of::<Lease>(), 248);
     }
 }
