@@ -1,6 +1,6 @@
 //! Sizing a pool before it exists (`leaseline plan`): a request rate and how long each lease
 //! holds its number give the offered load, and Erlang-B the numbers it needs. Also the one
-//! parser of a blocking target, for the command and `GET /v1/pools/{name}/capacity` alike.
+//! parser of a blocking target, for the command and `GET /v1/pools/{pool}/capacity` alike.
 
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Capacity planning: the pure core, driven on a manual clock by random traffic of a known
-//! load, measures that load and blocks as Erlang-B says; and `GET /v1/pools/{name}/capacity`
+//! load, measures that load and blocks as Erlang-B says; and `GET /v1/pools/{pool}/capacity`
 //! as an operator's tooling reads it.
 
 mod common;

@@ -261,7 +261,7 @@ pub struct PoolBody {
     /// Share of numbers not free (leased or cooling), 0 to 1.
     pub saturation: f64,
     /// Fewest numbers keeping blocking under 1% at the busiest hour of the last 7 days (see
-    /// `GET /v1/pools/{name}/capacity`); null for a ticketing pool.
+    /// `GET /v1/pools/{pool}/capacity`); null for a ticketing pool.
     pub recommended_size: Option<u64>,
     /// The pool's settings, for the back-office.
     pub settings: PoolSettingsBody,
@@ -315,7 +315,7 @@ impl PoolBody {
     }
 }
 
-/// `GET /v1/pools/{name}/capacity`: what a pool's traffic says of its size.
+/// `GET /v1/pools/{pool}/capacity`: what a pool's traffic says of its size.
 #[derive(Serialize)]
 pub struct CapacityBody {
     pub pool: String,
