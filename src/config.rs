@@ -1,7 +1,7 @@
 //! `pool.toml` → a typed, validated [`Config`]. Everything is checked here, once, with a message
 //! that names the file, the pool or key, and what was expected; nothing later re-validates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::limits::{BackoffPolicy, Cidr};
+use crate::telephony::prompts::Voice;
 use thiserror::Error;
 
 use crate::core::{
@@ -89,8 +90,8 @@ pub struct TwilioConfig {
     /// The base URL Twilio calls (`https://calls.example.com`), when a proxy stands in front:
     /// signatures cover the URL Twilio used. Without it, `http://` + the Host header.
     pub public_url: Option<String>,
-    /// Language of the voice prompts (`<Say language=…>`).
-    pub language: String,
+    /// The voice of pools that set no `language`: `language` (default `fr-FR`), shipped prompts.
+    pub voice: Voice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +181,8 @@ pub struct PoolConfig {
     pub spec: PoolSpec,
     /// Allocations one key may make per minute in this pool (0: no limit).
     pub allocations_per_minute_per_key: u32,
+    /// What its calls hear: the pool's `language` (else `[twilio] language`) and `prompts`.
+    pub voice: Voice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -345,6 +348,10 @@ struct RawPool {
     max_live_per_tenant: Option<u32>,
     allocations_per_minute_per_key: Option<u32>,
     page_share: Option<f64>,
+    /// The voice's language (`fr`, `de`, `it`, `en`, or a tag such as `de-CH`).
+    language: Option<String>,
+    /// Prompt name → the pool's own text for it.
+    prompts: Option<BTreeMap<String, String>>,
     ttl: Option<String>,
     max_ttl: Option<String>,
     page_max_ttl: Option<String>,
@@ -395,11 +402,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     if raw.pools.is_empty() {
         return Err("no [[pool]] is defined: at least one pool of numbers is needed".into());
     }
+    let twilio = raw.twilio.map(validate_twilio).transpose()?;
+    let default_voice = twilio.as_ref().map(|t| t.voice.clone()).unwrap_or_default();
     let mut pools = Vec::new();
     let mut owner: HashMap<PhoneNumber, String> = HashMap::new();
     let mut names = HashSet::new();
     for p in raw.pools {
-        let pool = validate_pool(p, &defaults, &mut owner)?;
+        let pool = validate_pool(p, &defaults, &default_voice, &mut owner)?;
         if !names.insert(pool.spec.name.clone()) {
             return Err(format!("pool {:?} is defined twice", pool.spec.name));
         }
@@ -425,7 +434,6 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
             server.listen
         ));
     }
-    let twilio = raw.twilio.map(validate_twilio).transpose()?;
     let mut warnings = Vec::new();
     let limits = validate_limits(raw.limits, &mut warnings)?;
     let demo = match raw.demo {
@@ -624,6 +632,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
 fn validate_pool(
     p: RawPool,
     defaults: &RawLease,
+    default_voice: &Voice,
     owner: &mut HashMap<PhoneNumber, String>,
 ) -> Result<PoolConfig, String> {
     let name = p.name;
@@ -859,6 +868,14 @@ fn validate_pool(
             ))
         })?,
     };
+    let voice = match (&p.language, &p.prompts) {
+        (None, None) => default_voice.clone(),
+        (language, prompts) => Voice::parse(
+            language.as_deref().unwrap_or(default_voice.locale()),
+            prompts.as_ref().unwrap_or(&BTreeMap::new()),
+        )
+        .map_err(ctx)?,
+    };
     Ok(PoolConfig {
         spec: PoolSpec {
             name,
@@ -877,6 +894,7 @@ fn validate_pool(
             tariff,
         },
         allocations_per_minute_per_key: p.allocations_per_minute_per_key.unwrap_or(0),
+        voice,
     })
 }
 
@@ -1110,7 +1128,8 @@ fn validate_twilio(t: RawTwilio) -> Result<TwilioConfig, String> {
     Ok(TwilioConfig {
         auth_token: t.auth_token,
         public_url: t.public_url,
-        language: t.language.unwrap_or_else(|| "fr-FR".into()),
+        voice: Voice::parse(t.language.as_deref().unwrap_or("fr-FR"), &BTreeMap::new())
+            .map_err(|e| format!("[twilio] {e}"))?,
     })
 }
 

@@ -117,6 +117,7 @@ fn req(session: &str, listing: Option<&str>) -> AllocateRequest {
         calls_required: 1,
         min_call_secs: 0,
         amount: None,
+        with_code: false,
         from_page: false,
     }
 }
@@ -514,6 +515,7 @@ fn page_pool(size: u64, permille: u16, shared: bool) -> Harness {
 
 fn page(session: &str) -> AllocateRequest {
     AllocateRequest {
+        with_code: false,
         from_page: true,
         ..req(session, None)
     }

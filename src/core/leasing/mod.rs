@@ -142,6 +142,8 @@ pub(super) struct Claim<'a> {
     pub(super) id: LeaseId,
     pub(super) listing: Option<&'a ListingId>,
     pub(super) target: Option<&'a Target>,
+    /// Paid already: on a shared number, its code is spent.
+    pub(super) paid: bool,
 }
 
 /// Where a line's newest lease is noted.
@@ -395,6 +397,9 @@ impl Leasing {
         if matches!(spec.mode, PoolMode::Ticketing(_)) {
             return Err(CoreError::TicketingPool);
         }
+        if req.with_code && spec.shared_number().is_none() {
+            return Err(CoreError::NoSharedNumber);
+        }
         let settings = &spec.settings;
 
         let key =
@@ -414,7 +419,8 @@ impl Leasing {
             .copied();
         if let Some(i) = held {
             let r = self.leases.get(i);
-            if r.state(now) == LeaseState::Active {
+            // A checkout asking for a code does not get a number lease back.
+            if r.state(now) == LeaseState::Active && !(req.with_code && r.code().is_none()) {
                 let ttl = ttl_of(dir, r, req.ttl);
                 self.extend(cx, i, ttl, now);
                 return Ok(Allocated {
@@ -455,7 +461,7 @@ impl Leasing {
             true => pool.open_to_pages(spec),
             false => (true, true),
         };
-        let popped = match numbers_open {
+        let popped = match numbers_open && !req.with_code {
             true => pool.queues.pop(Queue::Free),
             false => None,
         };
@@ -1121,6 +1127,7 @@ impl Leasing {
             id: r.id,
             listing: t.listing.as_ref(),
             target: t.target.as_ref(),
+            paid: self.is_paid(i),
         }
     }
 
