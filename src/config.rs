@@ -1255,6 +1255,38 @@ mod tests {
     }
 
     #[test]
+    fn a_pools_language_and_prompts_are_checked_and_default_to_twilios() {
+        let twilio = "[twilio]\nauth_token = \"0123456789abcdef0123\"\nlanguage = \"it-CH\"\n";
+        let c = parse(&format!("{twilio}{}", pool(""))).unwrap();
+        assert_eq!(c.pools[0].voice.locale(), "it-CH");
+        let c = parse(&format!(
+            "{twilio}{}",
+            pool("language = \"de\"\nprompts = { hold = \"Einen Moment.\" }")
+        ))
+        .unwrap();
+        let v = &c.pools[0].voice;
+        assert_eq!(v.locale(), "de-DE");
+        assert_eq!(
+            v.text(crate::telephony::prompts::Prompt::Hold, &[]),
+            "Einen Moment."
+        );
+        // Without [twilio], French.
+        assert_eq!(parse(&pool("")).unwrap().pools[0].voice.locale(), "fr-FR");
+        let e = error_of(&pool("[pool.prompts]\nhold_on = \"x\""));
+        assert!(
+            e.contains("pool \"fr\": prompts: unknown prompt \"hold_on\""),
+            "{e}"
+        );
+        let e = error_of(&pool("language = \"es\""));
+        assert!(e.contains("shipped in fr, de, it and en"), "{e}");
+        let e = error_of(&format!(
+            "[twilio]\nauth_token = \"0123456789abcdef0123\"\nlanguage = \"nl-NL\"\n{}",
+            pool("")
+        ));
+        assert!(e.contains("[twilio] language = \"nl-NL\""), "{e}");
+    }
+
+    #[test]
     fn a_number_in_two_pools_is_refused_by_name() {
         let e = error_of(
             "[[pool]]\nname = \"a\"\nnumbers = [\"+33899100000\"]\n[[pool]]\nname = \"b\"\nnumbers = [\"+33899100000\"]\n",
