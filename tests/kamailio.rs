@@ -139,7 +139,8 @@ name = "s"
 numbers = ["+33899200000"]
 on_exhausted = "shared"
 shared_number = "+33899299999"
-code_ttl = "10m""#,
+code_ttl = "10m"
+fallback_target = "sip:switchboard@127.0.0.1:9""#,
     );
     let server = Server::start(&config);
     let gateway_port = udp_port();
@@ -278,6 +279,7 @@ code_ttl = "10m""#,
         ("postd", "caller.xml"),
         ("header", "caller_code_header.xml"),
     ];
+    let mut codes_used = Vec::new();
     for (i, (way, scenario)) in ways.into_iter().enumerate() {
         let l = lease(
             &server,
@@ -285,6 +287,7 @@ code_ttl = "10m""#,
         );
         assert_eq!(l["number"], "+33899299999", "{l}");
         let code = l["code"].as_str().unwrap();
+        codes_used.push(code.to_owned());
         let (service, extra) = match way {
             "star" => (format!("33899299999*{code}"), vec![]),
             "postd" => (format!("33899299999;postd={code}"), vec![]),
@@ -310,6 +313,18 @@ code_ttl = "10m""#,
             "{way}: the number alone, without the digits"
         );
     }
+    // A code matching no live lease reaches nobody: 404, not the pool's fallback.
+    let wrong = (0..4)
+        .map(|n| format!("{n:04}"))
+        .find(|c| !codes_used.contains(c))
+        .unwrap();
+    let (ok, msgs, _) = rig.call(
+        "refused.xml",
+        &format!("33899299999*{wrong}"),
+        "+33612345678",
+        &["-m", "1"],
+    );
+    assert!(ok && msgs.contains("SIP/2.0 404"), "{msgs}");
     // A code that is not four digits is refused with 484, never guessed at.
     let (ok, msgs, _) = rig.call(
         "refused.xml",
