@@ -499,3 +499,37 @@ async fn a_withheld_caller_on_a_multi_call_formula_is_told_to_show_their_number(
     let v = verbs(&twilio(&app, VOICE, &call("CA5", "+33612345678")).await);
     assert!(said(&v).contains("Votre code d'accès est"), "{v:?}");
 }
+
+#[test]
+fn check_refuses_an_unknown_prompt_and_prints_each_pools_voice() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |pool_extra: &str| {
+        let path = binary_config(
+            dir.path(),
+            &format!("[[pool]]\nname = \"shop\"\nnumbers = [\"+33899100000\"]\n{pool_extra}\n"),
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leaseline"))
+            .args(["check", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run("language = \"it-CH\"\nprompts = { paid = \"Grazie!\" }");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("voice it-CH (1 prompt of its own)"),
+        "{text}"
+    );
+    let (ok, text) = run("prompts = { hold_on = \"Un attimo.\" }");
+    assert!(!ok);
+    assert!(
+        text.contains("pool \"shop\": prompts: unknown prompt \"hold_on\""),
+        "{text}"
+    );
+    let (ok, text) = run("language = \"es\"");
+    assert!(!ok);
+    assert!(text.contains("shipped in fr, de, it and en"), "{text}");
+}

@@ -263,6 +263,11 @@ impl Voice {
         &self.locale
     }
 
+    /// How many prompts the pool words its own way.
+    pub fn overridden(&self) -> usize {
+        self.overrides.len()
+    }
+
     /// `prompt`'s text with its placeholders filled: `args` as (name, value); a `code` is
     /// read digit by digit.
     pub fn text(&self, prompt: Prompt, args: &[(&str, &str)]) -> String {
