@@ -519,10 +519,7 @@ fn check_refuses_an_unknown_prompt_and_prints_each_pools_voice() {
     };
     let (ok, text) = run("language = \"it-CH\"\nprompts = { paid = \"Grazie!\" }");
     assert!(ok, "{text}");
-    assert!(
-        text.contains("voice it-CH (1 prompt of its own)"),
-        "{text}"
-    );
+    assert!(text.contains("voice it-CH (1 prompt of its own)"), "{text}");
     let (ok, text) = run("prompts = { hold_on = \"Un attimo.\" }");
     assert!(!ok);
     assert!(
