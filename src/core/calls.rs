@@ -53,7 +53,7 @@ impl Calls {
     }
 
     /// Who gets a call placed at `at`, from the state as stored. Rules in order: code (unless
-    /// its lease is paid: a spent code reaches nobody),
+    /// its lease is a purchase already paid: a spent code reaches nobody),
     /// return, active, grace, caller (only on a line nobody holds); else not_leased or
     /// unknown_number (with the pool's fallback target, if any).
     pub(super) fn attribute(
@@ -94,9 +94,9 @@ impl Calls {
         let on_shared = dir.shared_pool(called) == Some(pool);
         if let (Some(code), true) = (code, on_shared) {
             match leasing.hold(dir, (called, Some(code)), at) {
-                // A paid lease's code is spent: whoever types it later reaches nobody by it
-                // (nor by a return route or a claim: the code typed names the lease).
-                Hold::Active(l) | Hold::Grace(l) if l.paid => {
+                // A paid purchase's code is spent: whoever types it later reaches nobody by
+                // it (nor by a return route or a claim: the code typed names the lease).
+                Hold::Active(l) | Hold::Grace(l) if l.spent => {
                     return Attribution {
                         reason: Reason::NotLeased,
                         pool: Some(pool),

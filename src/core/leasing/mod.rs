@@ -142,8 +142,10 @@ pub(super) struct Claim<'a> {
     pub(super) id: LeaseId,
     pub(super) listing: Option<&'a ListingId>,
     pub(super) target: Option<&'a Target>,
-    /// Paid already: on a shared number, its code is spent.
-    pub(super) paid: bool,
+    /// A purchase (asking an amount, or more than one call) already paid: on a shared
+    /// number, its code is spent. A plain lease (one call, no amount: a listing's visitor)
+    /// keeps its code for every caller until it ends.
+    pub(super) spent: bool,
 }
 
 /// Where a line's newest lease is noted.
@@ -1127,7 +1129,7 @@ impl Leasing {
             id: r.id,
             listing: t.listing.as_ref(),
             target: t.target.as_ref(),
-            paid: self.is_paid(i),
+            spent: (t.amount.is_some() || t.calls_required > 1) && self.is_paid(i),
         }
     }
 
