@@ -77,6 +77,7 @@ fn memory_and_restore(sizes: &[u64]) {
                 calls_required: 1,
                 min_call_secs: 0,
                 amount: None,
+                with_code: false,
                 from_page: false,
             };
             a.allocate(req, t0, id(i), &mut out).unwrap();
@@ -239,6 +240,7 @@ impl Fixture {
             calls_required: 1,
             min_call_secs: 0,
             amount: None,
+            with_code: false,
             from_page: false,
         }
     }

@@ -707,6 +707,7 @@ fn fill_store(config_path: &Path, n: u64) {
             calls_required: 1,
             min_call_secs: 0,
             amount: None,
+            with_code: false,
             from_page: false,
         };
         core.allocate(req, now, LeaseId::from_bytes(id), &mut out)

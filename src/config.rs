@@ -1,7 +1,7 @@
 //! `pool.toml` → a typed, validated [`Config`]. Everything is checked here, once, with a message
 //! that names the file, the pool or key, and what was expected; nothing later re-validates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::limits::{BackoffPolicy, Cidr};
+use crate::telephony::prompts::Voice;
 use thiserror::Error;
 
 use crate::core::{
@@ -91,8 +92,8 @@ pub struct TwilioConfig {
     /// The base URL Twilio calls (`https://calls.example.com`), when a proxy stands in front:
     /// signatures cover the URL Twilio used. Without it, `http://` + the Host header.
     pub public_url: Option<String>,
-    /// Language of the voice prompts (`<Say language=…>`).
-    pub language: String,
+    /// The voice of pools that set no `language`: `language` (default `fr-FR`), shipped prompts.
+    pub voice: Voice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +186,8 @@ pub struct PoolConfig {
     pub spec: PoolSpec,
     /// Allocations one key may make per minute in this pool (0: no limit).
     pub allocations_per_minute_per_key: u32,
+    /// What its calls hear: the pool's `language` (else `[twilio] language`) and `prompts`.
+    pub voice: Voice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -353,6 +356,10 @@ struct RawPool {
     max_live_per_tenant: Option<u32>,
     allocations_per_minute_per_key: Option<u32>,
     page_share: Option<f64>,
+    /// The voice's language (`fr`, `de`, `it`, `en`, or a tag such as `de-CH`).
+    language: Option<String>,
+    /// Prompt name → the pool's own text for it.
+    prompts: Option<BTreeMap<String, String>>,
     ttl: Option<String>,
     max_ttl: Option<String>,
     page_max_ttl: Option<String>,
@@ -403,11 +410,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     if raw.pools.is_empty() {
         return Err("no [[pool]] is defined: at least one pool of numbers is needed".into());
     }
+    let twilio = raw.twilio.map(validate_twilio).transpose()?;
+    let default_voice = twilio.as_ref().map(|t| t.voice.clone()).unwrap_or_default();
     let mut pools = Vec::new();
     let mut owner: HashMap<PhoneNumber, String> = HashMap::new();
     let mut names = HashSet::new();
     for p in raw.pools {
-        let pool = validate_pool(p, &defaults, &mut owner)?;
+        let pool = validate_pool(p, &defaults, &default_voice, &mut owner)?;
         if !names.insert(pool.spec.name.clone()) {
             return Err(format!("pool {:?} is defined twice", pool.spec.name));
         }
@@ -446,7 +455,6 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
             server.listen
         ));
     }
-    let twilio = raw.twilio.map(validate_twilio).transpose()?;
     let mut warnings = Vec::new();
     let limits = validate_limits(raw.limits, &mut warnings)?;
     let demo = match raw.demo {
@@ -655,6 +663,7 @@ fn validate_server(raw: RawServer, base: &Path) -> Result<ServerConfig, String> 
 fn validate_pool(
     p: RawPool,
     defaults: &RawLease,
+    default_voice: &Voice,
     owner: &mut HashMap<PhoneNumber, String>,
 ) -> Result<PoolConfig, String> {
     let name = p.name;
@@ -890,6 +899,14 @@ fn validate_pool(
             ))
         })?,
     };
+    let voice = match (&p.language, &p.prompts) {
+        (None, None) => default_voice.clone(),
+        (language, prompts) => Voice::parse(
+            language.as_deref().unwrap_or(default_voice.locale()),
+            prompts.as_ref().unwrap_or(&BTreeMap::new()),
+        )
+        .map_err(ctx)?,
+    };
     Ok(PoolConfig {
         spec: PoolSpec {
             name,
@@ -908,6 +925,7 @@ fn validate_pool(
             tariff,
         },
         allocations_per_minute_per_key: p.allocations_per_minute_per_key.unwrap_or(0),
+        voice,
     })
 }
 
@@ -1141,7 +1159,8 @@ fn validate_twilio(t: RawTwilio) -> Result<TwilioConfig, String> {
     Ok(TwilioConfig {
         auth_token: t.auth_token,
         public_url: t.public_url,
-        language: t.language.unwrap_or_else(|| "fr-FR".into()),
+        voice: Voice::parse(t.language.as_deref().unwrap_or("fr-FR"), &BTreeMap::new())
+            .map_err(|e| format!("[twilio] {e}"))?,
     })
 }
 
@@ -1265,6 +1284,38 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_pools_language_and_prompts_are_checked_and_default_to_twilios() {
+        let twilio = "[twilio]\nauth_token = \"0123456789abcdef0123\"\nlanguage = \"it-CH\"\n";
+        let c = parse(&format!("{twilio}{}", pool(""))).unwrap();
+        assert_eq!(c.pools[0].voice.locale(), "it-CH");
+        let c = parse(&format!(
+            "{twilio}{}",
+            pool("language = \"de\"\nprompts = { hold = \"Einen Moment.\" }")
+        ))
+        .unwrap();
+        let v = &c.pools[0].voice;
+        assert_eq!(v.locale(), "de-DE");
+        assert_eq!(
+            v.text(crate::telephony::prompts::Prompt::Hold, &[]),
+            "Einen Moment."
+        );
+        // Without [twilio], French.
+        assert_eq!(parse(&pool("")).unwrap().pools[0].voice.locale(), "fr-FR");
+        let e = error_of(&pool("[pool.prompts]\nhold_on = \"x\""));
+        assert!(
+            e.contains("pool \"fr\": prompts: unknown prompt \"hold_on\""),
+            "{e}"
+        );
+        let e = error_of(&pool("language = \"es\""));
+        assert!(e.contains("shipped in fr, de, it and en"), "{e}");
+        let e = error_of(&format!(
+            "[twilio]\nauth_token = \"0123456789abcdef0123\"\nlanguage = \"nl-NL\"\n{}",
+            pool("")
+        ));
+        assert!(e.contains("[twilio] language = \"nl-NL\""), "{e}");
     }
 
     #[test]

@@ -325,8 +325,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             share.of(p.spec.numbers.len()),
             fmt_duration(s.page_max_ttl)
         );
+        let voice = match p.voice.overridden() {
+            0 => format!("voice {}", p.voice.locale()),
+            1 => format!("voice {} (1 prompt of its own)", p.voice.locale()),
+            n => format!("voice {} ({n} prompts of its own)", p.voice.locale()),
+        };
         println!(
-            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}; {pages}",
+            "pool {}: {} numbers, ttl {}, max_ttl {}, grace {}, quarantine {}, return window {}{tariff}; {exhausted}{fallback}; {pages}; {voice}",
             p.spec.name,
             p.spec.numbers.len(),
             fmt_duration(s.ttl),

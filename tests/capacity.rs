@@ -103,6 +103,7 @@ fn simulate(
             min_call_secs: 0,
             from_page: false,
             amount: None,
+            with_code: false,
         };
         let res = core.allocate(req, now, LeaseId::from_bytes(id), &mut out);
         if arrival >= warm {

@@ -134,7 +134,18 @@ fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
     let config = binary_config(
         dir.path(),
         &format!(
-            "[[pool]]\nname = \"p\"\nnumbers = [\"+33899100000..=+33899100009\"]\n{}",
+            r#"[[pool]]
+name = "p"
+numbers = ["+33899100000..=+33899100009"]
+
+[[pool]]
+name = "s"
+numbers = ["+33899200000"]
+on_exhausted = "shared"
+shared_number = "+33899299999"
+code_ttl = "10m"
+fallback_target = "sip:switchboard@127.0.0.1:9"
+{}"#,
             key("kamailio", "telephony", kamailio_key)
         ),
     );
@@ -276,7 +287,71 @@ fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
         "SIP targets are relayed directly"
     );
 
-    // 4. A bounded load run: every call of a burst succeeds.
+    // 4. The shared number's code reaches Leaseline three ways: dialled after the number
+    //    (`*1234`, `;postd=1234`), or in the X-Leaseline-Code header of an IVR in front.
+    //    Each call is attributed by its code to its own lease and relayed to its target.
+    let gw_target = format!("sip:adv@127.0.0.1:{gateway_port}");
+    let ways: [(&str, &str); 3] = [
+        ("star", "caller.xml"),
+        ("postd", "caller.xml"),
+        ("header", "caller_code_header.xml"),
+    ];
+    let mut codes_used = Vec::new();
+    for (i, (way, scenario)) in ways.into_iter().enumerate() {
+        let l = lease(
+            &server,
+            json!({"pool": "s", "session": format!("buyer-{i}"), "with_code": true, "target": gw_target}),
+        );
+        assert_eq!(l["number"], "+33899299999", "{l}");
+        let code = l["code"].as_str().unwrap();
+        codes_used.push(code.to_owned());
+        let (service, extra) = match way {
+            "star" => (format!("33899299999*{code}"), vec![]),
+            "postd" => (format!("33899299999;postd={code}"), vec![]),
+            _ => ("33899299999".to_owned(), vec!["-key", "code", code]),
+        };
+        let mut args = vec!["-m", "1", "-d", "500"];
+        args.extend(extra);
+        let caller = format!("+3364444444{i}");
+        let (ok, msgs, _) = rig.call(scenario, &service, &caller, &args);
+        assert!(ok, "the call with the code {way} failed: {msgs}");
+        let c = ended(&server, |c| c["caller"] == caller.as_str());
+        assert_eq!(
+            (
+                c["reason"].as_str(),
+                c["lease_id"].as_str(),
+                c["code"].as_str()
+            ),
+            (Some("code"), l["lease_id"].as_str(), Some(code)),
+            "{way}: {c}"
+        );
+        assert_eq!(
+            c["called"], "+33899299999",
+            "{way}: the number alone, without the digits"
+        );
+    }
+    // A code matching no live lease reaches nobody: 404, not the pool's fallback.
+    let wrong = (0..4)
+        .map(|n| format!("{n:04}"))
+        .find(|c| !codes_used.contains(c))
+        .unwrap();
+    let (ok, msgs, _) = rig.call(
+        "refused.xml",
+        &format!("33899299999*{wrong}"),
+        "+33612345678",
+        &["-m", "1"],
+    );
+    assert!(ok && msgs.contains("SIP/2.0 404"), "{msgs}");
+    // A code that is not four digits is refused with 484, never guessed at.
+    let (ok, msgs, _) = rig.call(
+        "refused.xml",
+        "33899299999*12",
+        "+33612345678",
+        &["-m", "1"],
+    );
+    assert!(ok && msgs.contains("SIP/2.0 484"), "{msgs}");
+
+    // 5. A bounded load run: every call of a burst succeeds.
     let calls: u64 = std::env::var("LEASELINE_SIP_LOAD_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -317,7 +392,7 @@ fn calls_through_kamailio_reach_the_leased_target_and_report_their_duration() {
     .unwrap();
     assert_eq!(shown["calls"].as_u64(), Some(1 + calls), "{shown}");
 
-    // 5. Leaseline stopped: Kamailio answers 503, quickly.
+    // 6. Leaseline stopped: Kamailio answers 503, quickly.
     server.kill9();
     let (ok, msgs, took) = rig.call("refused.xml", "33899100000", "+33612345678", &["-m", "1"]);
     assert!(ok && msgs.contains("SIP/2.0 503"), "{msgs}");

@@ -375,6 +375,7 @@ impl Real {
                     calls_required: 1,
                     min_call_secs: 0,
                     amount: None,
+                    with_code: false,
                     from_page: page,
                 };
                 match self.core.allocate(req, now, id(next_id), &mut self.out) {

@@ -181,6 +181,7 @@ impl Twin {
                     calls_required: calls,
                     min_call_secs: min,
                     amount: None,
+                    with_code: false,
                     from_page: false,
                 };
                 format!(

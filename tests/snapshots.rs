@@ -107,6 +107,7 @@ impl Node {
                 calls_required: 1,
                 min_call_secs: 0,
                 amount: None,
+                with_code: false,
                 from_page: i.is_multiple_of(3),
             };
             let mut id = [0u8; 16];

@@ -52,7 +52,8 @@ impl Calls {
         c
     }
 
-    /// Who gets a call placed at `at`, from the state as stored. Rules in order: code,
+    /// Who gets a call placed at `at`, from the state as stored. Rules in order: code (unless
+    /// its lease is a purchase already paid: a spent code reaches nobody),
     /// return, active, grace, caller (only on a line nobody holds); else not_leased or
     /// unknown_number (with the pool's fallback target, if any).
     pub(super) fn attribute(
@@ -93,6 +94,17 @@ impl Calls {
         let on_shared = dir.shared_pool(called) == Some(pool);
         if let (Some(code), true) = (code, on_shared) {
             match leasing.hold(dir, (called, Some(code)), at) {
+                // A paid purchase's code is spent: whoever types it later reaches nobody by
+                // it (nor by a return route or a claim: the code typed names the lease).
+                Hold::Active(l) | Hold::Grace(l) if l.spent => {
+                    return Attribution {
+                        reason: Reason::NotLeased,
+                        pool: Some(pool),
+                        lease: None,
+                        target: dir.spec(pool).fallback.clone(),
+                        listing: None,
+                    }
+                }
                 Hold::Active(l) | Hold::Grace(l) => return from_lease(Reason::Code, l),
                 Hold::Cooling | Hold::Free => {}
             }

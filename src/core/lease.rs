@@ -100,6 +100,9 @@ pub struct AllocateRequest {
     /// What the merchant asks, in the pool's currency: paid once the counted calls' amounts
     /// reach it (and `calls_required` calls were counted).
     pub amount: Option<Money>,
+    /// The shared number and a code even while numbers are free (checkout by phone): the
+    /// pool must have a shared number.
+    pub with_code: bool,
     /// Made with a publishable key, from a page: bound by the pool's `page_share` and
     /// `page_max_ttl`.
     pub from_page: bool,

@@ -117,6 +117,8 @@ pub enum CoreError {
     TooManyLeases { per: &'static str, limit: u32 },
     #[error("this pool sells access codes by phone: its numbers are not leased")]
     TicketingPool,
+    #[error("this pool has no shared_number, so it gives no codes (with_code)")]
+    NoSharedNumber,
     #[error("no such access code")]
     UnknownTicket,
     #[error("the access code has expired")]

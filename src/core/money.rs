@@ -196,6 +196,27 @@ impl Tariff {
         }
     }
 
+    /// The shortest call (in whole seconds, at least 1) whose charge reaches `amount`; `None`
+    /// when no call of up to a day would (a per-call rate below it). What a caller paying by
+    /// phone is held on the line for.
+    pub fn secs_to_reach(&self, amount: Money) -> Option<u32> {
+        const DAY: u32 = 86_400;
+        if self.charge(DAY).amount < amount {
+            return None;
+        }
+        // The charge grows with the duration: the first second reaching it, by bisection.
+        let (mut lo, mut hi) = (1, DAY);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.charge(mid).amount >= amount {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Some(lo)
+    }
+
     /// `"2.99 EUR per call"`, `"3.13 CHF per minute, billed by 20 s"`.
     pub fn describe(&self) -> String {
         match self.unit {
@@ -219,6 +240,35 @@ fn half_up(n: u128, d: u128) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shortest_paying_call_is_found_to_the_second() {
+        // 60.00 a minute is 1.00 a second: 2.50 needs 3 s (2 s pay 2.00).
+        let t = per_minute("60.00", 1);
+        assert_eq!(t.secs_to_reach(Money::parse("2.50").unwrap()), Some(3));
+        assert_eq!(t.secs_to_reach(Money::parse("2.00").unwrap()), Some(2));
+        assert_eq!(t.secs_to_reach(Money::ZERO), Some(1));
+        // Billed by 20 s pulses: 0.50 at 3.00 a minute is one pulse (1.00 per 20 s), reached
+        // from the first second.
+        assert_eq!(
+            per_minute("3.00", 20).secs_to_reach(Money::parse("0.50").unwrap()),
+            Some(1)
+        );
+        // 3.13 a minute: 5.00 needs 95.85… s, so 96 s (95 s bill 4.96).
+        let t = per_minute("3.13", 1);
+        assert_eq!(t.secs_to_reach(Money::parse("5.00").unwrap()), Some(96));
+        assert!(t.charge(95).amount < Money::parse("5.00").unwrap());
+        let per_call = Tariff {
+            rate: Rate::parse("2.99").unwrap(),
+            unit: TariffUnit::PerCall,
+            currency: Currency::parse("EUR").unwrap(),
+        };
+        assert_eq!(
+            per_call.secs_to_reach(Money::parse("2.99").unwrap()),
+            Some(1)
+        );
+        assert_eq!(per_call.secs_to_reach(Money::parse("3.00").unwrap()), None);
+    }
 
     fn per_minute(rate: &str, inc: u32) -> Tariff {
         Tariff {

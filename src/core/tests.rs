@@ -117,6 +117,7 @@ fn req(session: &str, listing: Option<&str>) -> AllocateRequest {
         calls_required: 1,
         min_call_secs: 0,
         amount: None,
+        with_code: false,
         from_page: false,
     }
 }
@@ -514,6 +515,7 @@ fn page_pool(size: u64, permille: u16, shared: bool) -> Harness {
 
 fn page(session: &str) -> AllocateRequest {
     AllocateRequest {
+        with_code: false,
         from_page: true,
         ..req(session, None)
     }
@@ -940,5 +942,73 @@ fn a_reload_that_the_state_forbids_changes_nothing() {
     );
     assert!(std::sync::Arc::ptr_eq(&before, a.directory()));
     assert_eq!(stats(&a), (1, 1, 0));
+    a.check_invariants().unwrap();
+}
+
+// ---- checkout: codes asked for while numbers are free -------------------------------------
+
+fn checkout(session: &str) -> AllocateRequest {
+    AllocateRequest {
+        with_code: true,
+        ..req(session, None)
+    }
+}
+
+#[test]
+fn with_code_gives_the_shared_number_and_a_code_while_numbers_are_free() {
+    let mut a = page_pool(10, 1000, true);
+    let l = a.allocate(checkout("buyer"), at(0), id(1)).unwrap().lease;
+    assert_eq!(l.number, PhoneNumber::from_digits(33_899_199_999).unwrap());
+    assert!(l.code.is_some());
+    assert_eq!(l.expires_at, at(3), "a code lives code_ttl");
+    assert_eq!(stats(&a), (10, 0, 0), "no number was taken");
+    // The same visitor asking again gets the same code back; without with_code, a number.
+    let again = a.allocate(checkout("buyer"), at(1), id(2)).unwrap();
+    assert!(!again.fresh && again.lease.id == l.id);
+    let plain = a.allocate(req("other", None), at(1), id(3)).unwrap().lease;
+    assert!(plain.code.is_none());
+    // A visitor holding a number who now asks for a code gets a new lease with one.
+    let switched = a.allocate(checkout("other"), at(2), id(4)).unwrap();
+    assert!(switched.fresh && switched.lease.code.is_some());
+    a.check_invariants().unwrap();
+
+    let mut no_shared = page_pool(10, 1000, false);
+    assert!(matches!(
+        no_shared.allocate(checkout("buyer"), at(0), id(1)),
+        Err(CoreError::NoSharedNumber)
+    ));
+}
+
+#[test]
+fn pages_asking_for_codes_stop_at_their_share_of_codes() {
+    // 1 thousandth: of 10,000 codes pages may hold 10, even with every number free.
+    let mut a = page_pool(10, 1, true);
+    for i in 0..10 {
+        let req = AllocateRequest {
+            with_code: true,
+            ..page(&format!("bot{i}"))
+        };
+        assert!(a
+            .allocate(req, at(0), wide_id(i))
+            .unwrap()
+            .lease
+            .code
+            .is_some());
+    }
+    let req = AllocateRequest {
+        with_code: true,
+        ..page("bot10")
+    };
+    assert!(matches!(
+        a.allocate(req, at(0), wide_id(10)),
+        Err(CoreError::Exhausted { .. })
+    ));
+    // The merchant's server still gets codes.
+    let server = a
+        .allocate(checkout("merchant"), at(0), wide_id(11))
+        .unwrap();
+    assert!(server.lease.code.is_some());
+    let s = a.pool_stats(PoolId(0));
+    assert_eq!((s.page_numbers, s.page_codes, s.codes), (0, 10, 11));
     a.check_invariants().unwrap();
 }

@@ -166,6 +166,9 @@ impl From<ServiceError> for ApiError {
                 format!("{e}: release one, or retry when one expires"),
             ),
             ServiceError::Core(e @ CoreError::TicketingPool) => Self::invalid(format!("pool: {e}")),
+            ServiceError::Core(e @ CoreError::NoSharedNumber) => {
+                Self::invalid(format!("with_code: {e}"))
+            }
             ServiceError::Core(CoreError::UnknownTicket) => Self::new(
                 StatusCode::NOT_FOUND,
                 "unknown-code",

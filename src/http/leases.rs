@@ -102,6 +102,7 @@ pub async fn create(
         calls_required,
         min_call_secs,
         amount,
+        with_code: b.with_code.unwrap_or(false),
         from_page: page,
     };
     if page {

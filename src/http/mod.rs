@@ -16,7 +16,7 @@ mod twilio;
 mod webhooks;
 pub(crate) mod wire;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,7 @@ pub use wire::rfc3339;
 
 use crate::metrics::Metrics;
 use crate::service::Service;
+use crate::telephony::prompts::Voice;
 
 /// What every handler and layer reaches: one `Arc`, so the clones axum makes per request and
 /// per layer cost one reference count, not one per field.
@@ -58,6 +59,9 @@ pub struct Edge {
     pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
     pub twilio: Option<Arc<crate::config::TwilioConfig>>,
+    /// Each pool's voice (language and prompts), by name; `[twilio] language`'s for numbers of
+    /// no pool.
+    pub voices: Arc<(HashMap<String, Voice>, Voice)>,
     pub limits: Arc<tickets::RedeemLimits>,
     pub pages: Arc<site::PageLimits>,
     /// Open event streams per lease and per client address.
@@ -85,6 +89,18 @@ impl AppState {
             keys: Arc::new(Keys::new(&config.keys)),
             metrics,
             twilio: config.twilio.clone().map(Arc::new),
+            voices: Arc::new((
+                config
+                    .pools
+                    .iter()
+                    .map(|p| (p.spec.name.clone(), p.voice.clone()))
+                    .collect(),
+                config
+                    .twilio
+                    .as_ref()
+                    .map(|t| t.voice.clone())
+                    .unwrap_or_default(),
+            )),
             limits: Arc::new(tickets::RedeemLimits::new(&config.limits)),
             pages: Arc::new(site::PageLimits::new(&config.limits, &config.pools)),
             streams: Arc::new(events::StreamLimits::new(&config.limits)),
@@ -102,7 +118,7 @@ impl AppState {
         }))
     }
 
-    /// The edge for `config` after a reload, around the same service: keys, origins, Twilio
+    /// The edge for `config` after a reload, around the same service: keys, origins, Twilio, voices
     /// and the pages' limits are `config`'s. The abuse limiters' counts carry over unless
     /// `[limits]` changed; `[server]` settings (proxies, timeouts) are the running ones.
     pub fn rebuilt(&self, config: &crate::config::Config, limits_changed: bool) -> Self {
@@ -119,6 +135,7 @@ impl AppState {
             origins: Arc::clone(&fresh.origins),
             trusted_proxies: Arc::clone(&self.trusted_proxies),
             demo: fresh.demo.clone(),
+            voices: Arc::clone(&fresh.voices),
             request_timeout: self.request_timeout,
             reload: self.reload.clone(),
         }))
@@ -126,6 +143,15 @@ impl AppState {
 }
 
 impl AppState {
+    /// The voice calls to `called` hear: its pool's.
+    pub fn voice_of(&self, called: crate::core::PhoneNumber) -> &Voice {
+        let (pools, default) = &*self.voices;
+        self.service
+            .pool_of_number(called)
+            .and_then(|p| pools.get(&p))
+            .unwrap_or(default)
+    }
+
     /// Refuses a request over the abuse limit `limit` (counted in the metrics) with a 429.
     pub fn limited(
         &self,

@@ -33,6 +33,9 @@ pub struct AllocateBody {
     /// What the merchant asks, a decimal string in the pool's currency (`"4.50"`); read as a
     /// JSON value so that a number gets a precise 422 rather than a parser's message.
     pub amount: Option<serde_json::Value>,
+    /// The pool's shared number and a four-digit code even while numbers are free (a
+    /// checkout paid by phone).
+    pub with_code: Option<bool>,
 }
 
 /// `POST /v1/leases/{id}/refund`: how much (a decimal string) and why.

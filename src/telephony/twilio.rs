@@ -6,6 +6,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
+use super::prompts::{Prompt, Voice};
 use crate::core::Target;
 
 /// Twilio's signature: base64(HMAC-SHA1(auth token, URL + every POST parameter's name and
@@ -40,10 +41,10 @@ fn response(body: &str) -> String {
     format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{body}</Response>")
 }
 
-fn say(language: &str, text: &str) -> String {
+fn say(voice: &Voice, text: &str) -> String {
     format!(
         "<Say language=\"{}\">{}</Say>",
-        escape(language),
+        escape(voice.locale()),
         escape(text)
     )
 }
@@ -57,45 +58,56 @@ pub fn dial(target: &Target) -> String {
     response(&format!("<Dial>{noun}</Dial>"))
 }
 
-/// Asks for the four-digit code shown on the page, posting it back to `action`.
-pub fn gather_code(language: &str, action: &str) -> String {
-    response(&format!(
-        "<Gather input=\"dtmf\" numDigits=\"4\" timeout=\"10\" action=\"{}\" method=\"POST\">{}</Gather>{}<Hangup/>",
-        escape(action),
-        say(language, "Bonjour. Tapez le code à quatre chiffres affiché sur la page."),
-        say(language, "Nous n'avons pas reçu de code. Au revoir."),
-    ))
+/// Tries a caller has to type a shared number's code, in all.
+pub const CODE_TRIES: u32 = 3;
+
+/// Asks for the four-digit code, for every try left after `failed` ones: each `<Gather>` posts
+/// what was typed to `path` with the number of tries that failed before it (`?tries=N`, none
+/// for the first); silence falls through to the next `<Gather>`, and after the last to a
+/// polite goodbye. So the count needs no state: Twilio signs the URL it posts to. `lead` is
+/// said first (why the code is asked again).
+pub fn ask_code(voice: &Voice, lead: Option<Prompt>, failed: u32, path: &str) -> String {
+    let mut body = lead
+        .map(|p| say(voice, &voice.text(p, &[])))
+        .unwrap_or_default();
+    for n in failed..CODE_TRIES {
+        let action = match n {
+            0 => path.to_owned(),
+            n => format!("{path}?tries={n}"),
+        };
+        let ask = match n {
+            0 => Prompt::AskCode,
+            _ => Prompt::AskCodeAgain,
+        };
+        if n > failed {
+            body += &say(voice, &voice.text(Prompt::NoCode, &[]));
+        }
+        body += &format!(
+            "<Gather input=\"dtmf\" numDigits=\"4\" timeout=\"10\" action=\"{}\" method=\"POST\">{}</Gather>",
+            escape(&action),
+            say(voice, &voice.text(ask, &[])),
+        );
+    }
+    body += &say(voice, &voice.text(Prompt::GoodbyeCode, &[]));
+    response(&format!("{body}<Hangup/>"))
 }
 
-/// A polite refusal: nobody to connect the caller to.
-pub fn refuse(language: &str, code_given: bool) -> String {
-    let text = if code_given {
-        "Ce code n'est pas valable ou a expiré. Affichez à nouveau le numéro sur la page. Au revoir."
-    } else {
-        "Ce numéro n'est plus attribué. Affichez à nouveau le numéro sur la page de l'annonce. Au revoir."
-    };
-    response(&format!("{}<Hangup/>", say(language, text)))
+/// Says `prompt` (with its `args`; a `code` digit by digit) `times` times, then hangs up.
+pub fn speak(voice: &Voice, prompt: Prompt, args: &[(&str, &str)], times: usize) -> String {
+    let text = voice.text(prompt, args);
+    let said: String = (0..times).map(|_| say(voice, &text)).collect();
+    response(&format!("{said}<Hangup/>"))
 }
 
-/// Reads digits one by one, twice (`1 2 3 4`), as a voice server reads a code.
-pub fn spell_digits(digits: &str) -> String {
-    let spaced: Vec<String> = digits.chars().map(String::from).collect();
-    spaced.join(" ")
-}
-
-/// Speaks `text`, holds for `secs` seconds, then fetches new instructions from `url`.
-pub fn hold_then_redirect(language: &str, text: &str, secs: u32, url: &str) -> String {
+/// One turn of a hold: "stay on the line", `secs` of silence, then back to `url` for what
+/// comes next (another turn, or the outcome). The call stays up meanwhile, so its duration
+/// (what the caller is billed) grows.
+pub fn hold(voice: &Voice, secs: u32, url: &str) -> String {
     response(&format!(
         "{}<Pause length=\"{secs}\"/><Redirect method=\"POST\">{}</Redirect>",
-        say(language, text),
+        say(voice, &voice.text(Prompt::Hold, &[])),
         escape(url)
     ))
-}
-
-/// Speaks `text` (repeated `times`), then hangs up.
-pub fn speak(language: &str, text: &str, times: usize) -> String {
-    let said: String = (0..times).map(|_| say(language, text)).collect();
-    response(&format!("{said}<Hangup/>"))
 }
 
 #[cfg(test)]
@@ -133,6 +145,7 @@ mod tests {
     fn twiml_escapes_what_it_embeds() {
         let t = Target::parse("sip:adv@pbx.example;transport=tls").unwrap();
         assert!(dial(&t).contains("<Sip>sip:adv@pbx.example;transport=tls</Sip>"));
-        assert!(gather_code("fr-FR", "/a?x=1&y=2").contains("action=\"/a?x=1&amp;y=2\""));
+        assert!(ask_code(&Voice::default(), None, 1, "/a?x=1&y=2")
+            .contains("action=\"/a?x=1&amp;y=2?tries=1\""));
     }
 }

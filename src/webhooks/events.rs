@@ -279,6 +279,7 @@ mod tests {
             min_call_secs: 0,
             from_page: false,
             amount: None,
+            with_code: false,
         };
         core.allocate(req, now, LeaseId::from_bytes([n; 16]), out)
             .map(|a| a.lease.id)

@@ -193,6 +193,10 @@ pub(super) struct Claim<'a> {
     pub(super) id: LeaseId,
     pub(super) listing: Option<&'a ListingId>,
     pub(super) target: Option<&'a Target>,
+    /// A purchase (asking an amount, or more than one call) already paid: on a shared
+    /// number, its code is spent. A plain lease (one call, no amount: a listing's visitor)
+    /// keeps its code for every caller until it ends.
+    pub(super) spent: bool,
 }
 
 /// Where a line's newest lease is noted.
@@ -541,6 +545,9 @@ impl Leasing {
         if matches!(spec.mode, PoolMode::Ticketing(_)) {
             return Err(CoreError::TicketingPool);
         }
+        if req.with_code && spec.shared_number().is_none() {
+            return Err(CoreError::NoSharedNumber);
+        }
         let settings = &spec.settings;
 
         let key =
@@ -560,7 +567,8 @@ impl Leasing {
             .copied();
         if let Some(i) = held {
             let r = self.leases.get(i);
-            if r.state(now) == LeaseState::Active {
+            // A checkout asking for a code does not get a number lease back.
+            if r.state(now) == LeaseState::Active && !(req.with_code && r.code().is_none()) {
                 let ttl = ttl_of(dir, r, req.ttl);
                 self.extend(cx, i, ttl, now);
                 return Ok(Allocated {
@@ -601,7 +609,7 @@ impl Leasing {
             true => pool.open_to_pages(spec),
             false => (true, true),
         };
-        let popped = match numbers_open {
+        let popped = match numbers_open && !req.with_code {
             true => pool.queues.pop(Queue::Free),
             false => None,
         };
@@ -1278,6 +1286,7 @@ impl Leasing {
             id: r.id,
             listing: t.listing.as_ref(),
             target: t.target.as_ref(),
+            spent: (t.amount.is_some() || t.calls_required > 1) && self.is_paid(i),
         }
     }
 
