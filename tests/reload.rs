@@ -297,3 +297,26 @@ fn sighup_reloads_and_a_removed_key_stops_working_on_open_connections() {
     let (status, _) = allocate(&server, SITE, "fr", "k3");
     assert_eq!(status, 201, "the process is still serving");
 }
+
+#[test]
+fn a_changed_webhook_is_reported_as_needing_a_restart_not_as_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = |tenant: &str| {
+        format!(
+            "[[webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+             secret = \"whsec_0123456789abcdef\"\nevents = [\"lease.released\"]\n{tenant}\n"
+        )
+    };
+    let config = write(dir.path(), 2, &hook(""));
+    let server = Server::start(&config);
+    let (status, report) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["needs_restart"], json!([]), "nothing changed");
+
+    // The operator narrows the endpoint to one tenant: its lane, built at start, still sends
+    // every tenant's events, so the reload must not read as if that took effect.
+    write(dir.path(), 2, &hook("tenant = \"site\""));
+    let (status, report) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["needs_restart"], json!(["webhook"]), "{report}");
+}
