@@ -228,9 +228,9 @@ pub struct KeyConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_bounded(path).map_err(|message| ConfigError {
             file: path.display().to_string(),
-            message: format!("cannot read: {e}"),
+            message: format!("cannot read: {message}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|message| ConfigError {
@@ -243,6 +243,31 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         validate(raw, base)
+    }
+}
+
+/// The largest configuration file read: far above any real one (a million numbers listed one
+/// by one take about 17 MiB), and a bound on what a wrong path costs a running server that
+/// reloads it.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The file's text, if it is a regular file (symbolic links followed) of at most
+/// [`MAX_CONFIG_BYTES`]: a device such as `/dev/zero` would be read until memory runs out, and
+/// opening a FIFO blocks until someone writes to it, either one holding the reload task for
+/// good.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    match text.len() as u64 > MAX_CONFIG_BYTES {
+        true => Err(format!("larger than {} MiB", MAX_CONFIG_BYTES >> 20)),
+        false => Ok(text),
     }
 }
 

@@ -2,8 +2,9 @@
 //! pools, numbers and keys take effect at once; a removed number or pool finishes its leases
 //! and quarantine and is never leased again (the core's [`Directory::evolve`]); a file that
 //! does not check out, or a change the state forbids, is refused with the reason and the
-//! running configuration is kept. `[server]` settings (addresses, folders, timeouts) need a
-//! restart: a reload that changes them says so and leaves them as they are.
+//! running configuration is kept. `[server]` settings (addresses, folders, timeouts) and
+//! `[[webhook]]` endpoints (their lanes and threads are made at start) need a restart: a
+//! reload that changes them says so and leaves them as they are.
 //!
 //! One task owns the reload, so reloads never overlap; the HTTP handler asks it through a
 //! channel (no reference cycle between the router and what rebuilds it).
@@ -90,6 +91,13 @@ impl Reloader {
             needs_restart.push("server");
             // Keep what runs, so that the next reload compares against it too.
             next.server = self.current.server.clone();
+        }
+        // An endpoint's url, secret and tenant live in its lane, built at start: a changed
+        // one must not read as applied (an operator revoking a leaked secret or narrowing a
+        // tenant would believe it done while every event still went out the old way).
+        if format!("{:?}", next.webhooks) != format!("{:?}", self.current.webhooks) {
+            needs_restart.push("webhook");
+            next.webhooks = self.current.webhooks.clone();
         }
         let limits_changed = format!("{:?}", next.limits) != format!("{:?}", self.current.limits);
         let state = self.state.rebuilt(&next, limits_changed);

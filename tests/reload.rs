@@ -297,3 +297,66 @@ fn sighup_reloads_and_a_removed_key_stops_working_on_open_connections() {
     let (status, _) = allocate(&server, SITE, "fr", "k3");
     assert_eq!(status, 201, "the process is still serving");
 }
+
+#[test]
+fn a_changed_webhook_is_reported_as_needing_a_restart_not_as_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = |tenant: &str| {
+        format!(
+            "[[webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+             secret = \"whsec_0123456789abcdef\"\nevents = [\"lease.released\"]\n{tenant}\n"
+        )
+    };
+    let config = write(dir.path(), 2, &hook(""));
+    let server = Server::start(&config);
+    let (status, report) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["needs_restart"], json!([]), "nothing changed");
+
+    // The operator narrows the endpoint to one tenant: its lane, built at start, still sends
+    // every tenant's events, so the reload must not read as if that took effect.
+    write(dir.path(), 2, &hook("tenant = \"site\""));
+    let (status, report) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["needs_restart"], json!(["webhook"]), "{report}");
+}
+
+#[test]
+fn a_file_swapped_for_a_device_or_a_fifo_is_refused_without_holding_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), 2, "");
+    let server = Server::start(&config);
+
+    // A symbolic link to /dev/zero used to be read until memory ran out, with the reload
+    // task (and every later reload) stuck behind it.
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    let (status, v) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("not a regular file"),
+        "{v}"
+    );
+
+    // A FIFO blocked the open until someone wrote to it.
+    std::fs::remove_file(&config).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (status, v) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 422, "{v}");
+
+    // The good file back: reloads work again, and the server never stopped serving.
+    std::fs::remove_file(&config).unwrap();
+    write(dir.path(), 3, "");
+    let (status, v) = reload(&server, Some(ADMIN));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["numbers"],
+        json!([{"pool": "fr", "added": 1, "retired": 0}])
+    );
+    let (status, _) = allocate(&server, SITE, "fr", "s1");
+    assert_eq!(status, 201);
+}
