@@ -880,24 +880,30 @@ fn a_removed_number_finishes_its_lease_and_quarantine_and_is_never_leased_again(
 }
 
 #[test]
-fn a_removed_pool_finishes_its_leases_and_is_found_by_name_no_more() {
+fn a_pool_is_removed_only_once_nothing_holds_its_numbers() {
     let mut a = allocator(2);
     let held = a.allocate(req("s1", None), at(0), id(1)).unwrap().lease;
     let be = spec_of(
         "be",
         vec![PhoneNumber::from_digits(32_900_000_000).unwrap()],
     );
+    // Its lease could not be served after a restart (the file no longer describes the pool).
+    let err = reload(&mut a, vec![be.clone()]).unwrap_err();
+    assert!(err.to_string().contains("still holds 1"), "{err}");
+    assert_eq!(a.directory().id("fr"), Some(PoolId(0)));
+    assert_eq!(
+        a.attribute(held.number, None, None, at(1)).lease,
+        Some(held.id)
+    );
+    // Expired at 15, cooling until 25: then it may go.
+    a.tick(at(20));
+    assert!(reload(&mut a, vec![be.clone()]).is_err(), "still cooling");
+    a.tick(at(25));
     reload(&mut a, vec![be.clone()]).unwrap();
     a.check_invariants().unwrap();
     assert_eq!(a.directory().id("fr"), None);
     assert!(a.directory().removed(PoolId(0)));
     assert_eq!(a.directory().serving().collect::<Vec<_>>(), vec![PoolId(1)]);
-    assert_eq!(
-        a.attribute(held.number, None, None, at(1)).lease,
-        Some(held.id)
-    );
-    a.tick(at(30));
-    a.check_invariants().unwrap();
     assert_eq!(
         stats(&a),
         (0, 0, 0),

@@ -300,6 +300,19 @@ impl Leasing {
     ) -> Result<(), CoreError> {
         for (p, pool) in self.pools.iter().enumerate() {
             let p = PoolId(p as u32);
+            // A removed pool's leases could not be served after a restart (the file no longer
+            // holds its settings): it goes once nothing holds its numbers or codes.
+            let s = pool.stats();
+            let held = s.leased + s.cooling + s.codes;
+            if next.removed(p) && !now.removed(p) && held > 0 {
+                return Err(CoreError::Corrupt(format!(
+                    "pool {} still holds {held} numbers or codes (leased, or cooling after a \
+                     lease): remove it once they are free (its leases end by their ttl, or \
+                     release them), or keep it and remove its numbers, which retire as their \
+                     leases end",
+                    now.name(p)
+                )));
+            }
             if !pool.codes.is_empty() && now.spec(p).shared_number() != next.spec(p).shared_number()
             {
                 return Err(CoreError::Corrupt(format!(
