@@ -2,7 +2,6 @@
 //! that names the file, the pool or key, and what was expected; nothing later re-validates.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +17,8 @@ use crate::core::{
     Currency, Formula, LeaseSettings, OnExhausted, PhoneNumber, PoolLimits, PoolMode, PoolSpec,
     Rate, Share, Target, Tariff, TariffUnit, TenantId,
 };
+
+pub use crate::duration::{fmt_duration, parse_duration};
 
 /// Most numbers one `[[pool]]` may hold: a bound on memory and start-up time.
 pub const MAX_POOL_SIZE: u64 = 10_000_000;
@@ -1187,67 +1188,6 @@ fn validate_twilio(t: RawTwilio) -> Result<TwilioConfig, String> {
         voice: Voice::parse(t.language.as_deref().unwrap_or("fr-FR"), &BTreeMap::new())
             .map_err(|e| format!("[twilio] {e}"))?,
     })
-}
-
-/// `90s`, `15m`, `2h`, `1d`, `500ms`, or several together (`1h30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let expected = "expected a duration such as \"90s\", \"15m\", \"2h\" or \"1h30m\"";
-    let mut total: u64 = 0;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(expected.into());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(expected.into());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| expected.to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let ms = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "y" => 365 * 86_400_000,
-            _ => return Err(expected.into()),
-        };
-        rest = &rest[unit_len..];
-        total = n
-            .checked_mul(ms)
-            .and_then(|v| total.checked_add(v))
-            .ok_or("duration too long")?;
-    }
-    Ok(Duration::from_millis(total))
-}
-
-/// The shortest way to write a duration in the config's own syntax.
-pub fn fmt_duration(d: Duration) -> String {
-    struct D(u64);
-    impl fmt::Display for D {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            let mut ms = self.0;
-            if ms == 0 {
-                return f.write_str("0s");
-            }
-            for (unit, size) in [
-                ("d", 86_400_000),
-                ("h", 3_600_000),
-                ("m", 60_000),
-                ("s", 1000),
-                ("ms", 1),
-            ] {
-                if ms >= size {
-                    write!(f, "{}{unit}", ms / size)?;
-                    ms %= size;
-                }
-            }
-            Ok(())
-        }
-    }
-    D(d.as_millis() as u64).to_string()
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`service`]: the core behind a lock, each change durable before it is answered.
 //! - [`http`]: the axum router of the v1 contract, errors as problem+json.
 //! - [`server`]: the connection layer: connection cap, head and idle deadlines, bounded drain.
-//! - [`config`]: `pool.toml` into a validated [`config::Config`].
+//! - [`config`]: `pool.toml` into a validated [`config::Config`]; [`duration`]: how it writes
+//!   durations.
 //! - [`limits`]: abuse limiters (rates, backoff on failures) and client address prefixes.
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`startup`]: wiring, tick task, graceful shutdown.
@@ -24,6 +25,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod duration;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::config::fmt_duration;
 use crate::core::{erlang_b, servers_for};
+use crate::duration::fmt_duration;
 
 /// Loads beyond this are refused: they would need more numbers than any pool holds, and the
 /// search would take long.

@@ -7,55 +7,19 @@
 //! reload that changes them says so and leaves them as they are.
 //!
 //! One task owns the reload, so reloads never overlap; the HTTP handler asks it through a
-//! channel (no reference cycle between the router and what rebuilds it).
+//! channel (`http::reload::Handle`: no reference cycle between the router and what rebuilds
+//! it, and no import circle: this module uses the edge, the edge knows only the channel).
 //!
 //! [`Directory::evolve`]: crate::core::Directory::evolve
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::http::reload::{Ask, PoolNumbers, Report};
 use crate::http::{router, AppState};
 use crate::server::Routes;
-
-/// What a reload did, as `POST /v1/admin/reload` answers it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
-    pub pools_added: Vec<String>,
-    pub pools_removed: Vec<String>,
-    pub numbers: Vec<PoolNumbers>,
-    pub keys: usize,
-    /// Sections whose changes wait for a restart.
-    pub needs_restart: Vec<&'static str>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PoolNumbers {
-    pub pool: String,
-    pub added: usize,
-    pub retired: usize,
-}
-
-/// A reload asked for, and where its outcome goes.
-pub type Ask = oneshot::Sender<Result<Report, String>>;
-
-/// The handle the HTTP edge keeps: asks the reload task, if there is one.
-#[derive(Clone, Default)]
-pub struct Handle(Arc<std::sync::OnceLock<mpsc::Sender<Ask>>>);
-
-impl Handle {
-    /// Asks for a reload and waits for its outcome; `None` when this process has no file to
-    /// reload from (embedded in tests).
-    pub async fn reload(&self) -> Option<Result<Report, String>> {
-        let tx = self.0.get()?;
-        let (reply, outcome) = oneshot::channel();
-        tx.send(reply).await.ok()?;
-        outcome.await.ok()
-    }
-}
 
 pub struct Reloader {
     path: PathBuf,
@@ -122,7 +86,7 @@ impl Reloader {
     /// Serves reloads until `stop` turns true: on `SIGHUP`, and when the edge asks.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let (tx, mut asks) = mpsc::channel::<Ask>(4);
-        let _ = self.state.reload.0.set(tx);
+        self.state.reload.connect(tx);
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {

@@ -10,6 +10,7 @@ mod json;
 mod leases;
 mod money;
 mod ops;
+pub mod reload;
 mod site;
 mod tickets;
 mod twilio;
@@ -74,7 +75,7 @@ pub struct Edge {
     /// A request (but an event stream) not answered within this gets 408 or 503 (`guard`).
     pub request_timeout: std::time::Duration,
     /// Asks the reload task, when the process runs from a configuration file.
-    pub reload: crate::reload::Handle,
+    pub reload: reload::Handle,
 }
 
 impl AppState {
@@ -114,7 +115,7 @@ impl AppState {
             demo: config.demo.clone().map(Arc::new),
             trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             request_timeout: config.server.connections.request_timeout,
-            reload: crate::reload::Handle::default(),
+            reload: reload::Handle::default(),
         }))
     }
 
@@ -195,7 +196,7 @@ fn routes() -> Router<AppState> {
             get(tickets::show_pass).delete(tickets::revoke_pass),
         )
         .route("/v1/pools", get(ops::pools))
-        .route("/v1/admin/reload", post(ops::reload))
+        .route("/v1/admin/reload", post(reload::reload))
         .route("/v1/pools/{pool}/capacity", get(ops::capacity))
         .route("/v1/webhooks/deliveries", get(webhooks::list))
         .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))

@@ -28,33 +28,6 @@ pub async fn pools(
     }))
 }
 
-/// Re-reads the configuration file (as `SIGHUP` does) and says what changed; a file that does
-/// not check out, or a change the state forbids, is refused (422) and nothing changes. Only an
-/// admin key for every pool may: a reload changes every pool and key.
-pub async fn reload(
-    State(s): State<AppState>,
-    Need(key, _): Need<Admin>,
-) -> Result<Json<crate::reload::Report>, ApiError> {
-    if key.pools.is_some() {
-        return Err(ApiError::forbidden(
-            "a reload changes every pool and key: it needs an admin key not limited to pools",
-        ));
-    }
-    match s.reload.reload().await {
-        Some(Ok(report)) => Ok(Json(report)),
-        Some(Err(why)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "reload-refused",
-            format!("{why}; the running configuration is kept"),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reload-unavailable",
-            "this process was not started from a configuration file it can read again",
-        )),
-    }
-}
-
 #[derive(serde::Deserialize)]
 pub struct CapacityParams {
     blocking: Option<String>,

@@ -16,8 +16,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::parse_duration;
 use crate::core::TenantId;
+use crate::duration::parse_duration;
 
 pub use events::Router;
 pub use worker::Dispatcher;
