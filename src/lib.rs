@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod http;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use leaseline::clock::SteadyClock;
 use leaseline::config::{fmt_duration, parse_duration, Config, LogFormat, TariffUnit};
@@ -444,6 +445,14 @@ fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        if let Some(cluster) = config.cluster.clone() {
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            let clock = Arc::new(SteadyClock::start());
+            return leaseline::cluster::run(config, cluster, clock, listener, shutdown_signal())
+                .await;
+        }
         let app = Application::build(&config, Arc::new(SteadyClock::start()))
             .await?
             .reloading(path.to_owned(), config.clone());

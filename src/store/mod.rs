@@ -36,6 +36,7 @@
 mod commit;
 mod compact;
 mod deliveries;
+pub mod etcd;
 mod faults;
 mod log;
 mod migrate;
@@ -860,20 +861,20 @@ fn add_to(
     journal
 }
 
+/// A call record by its key (sled's, or etcd's folded keys and log).
+type CallLookup<'a> = dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError> + 'a;
+
 /// Turns state entries, in key order, into the core's [`Snapshot`]: the dispatch by record
 /// kind that recovery and nothing else uses.
 struct Loader<'a> {
     names: Arc<Names>,
     /// A call record by its key: for the calls the wheel remembers (the journal's records).
-    calls: &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+    calls: &'a CallLookup<'a>,
     out: Recovered,
 }
 
 impl<'a> Loader<'a> {
-    fn new(
-        names: Arc<Names>,
-        calls: &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
-    ) -> Self {
+    fn new(names: Arc<Names>, calls: &'a CallLookup) -> Self {
         Loader {
             names,
             calls,
