@@ -1,0 +1,477 @@
+//! High availability on etcd, through the real binary: a 3-member etcd on 127.0.0.1 (plain
+//! `etcd` processes, each with its own data folder and ports, torn down by PID) and two
+//! Leaseline nodes. Under concurrent load: the leader killed with SIGKILL, the standby serves
+//! within `lease_ttl` + 5 s with every acknowledged lease, renewal, release and call, and no
+//! number held twice; the leader stopped (SIGSTOP) longer than `lease_ttl` and resumed answers
+//! nothing but 503 once it lost the leadership. Bounded to well under a minute.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const LEASE_TTL_SECS: u64 = 3;
+const POOL_SIZE: u64 = 60;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process this test started, killed by PID when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn signal(&self, sig: libc::c_int) {
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, sig);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Three etcd members on loopback; their client URLs.
+fn etcd_cluster(dir: &Path) -> Option<(Vec<Proc>, Vec<String>)> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("LEASELINE_REQUIRE_EXTERNAL").is_none(),
+            "etcd is missing (Debian: etcd-server)"
+        );
+        eprintln!("etcd not installed: skipped");
+        return None;
+    }
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("e{i}")))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "t",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        procs.push(Proc(child));
+        urls.push(url);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for url in &urls {
+        loop {
+            let ok = ureq::post(&format!("{url}/v3/kv/range"))
+                .send_json(json!({"key": "AA=="}))
+                .is_ok();
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcd member {url} not up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Some((procs, urls))
+}
+
+fn node_config(dir: &Path, name: &str, port: u16, etcd: &[String]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    let endpoints: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
+    binary_config(
+        &dir.join(name),
+        &format!(
+            r#"
+[lease]
+ttl = "60s"
+max_ttl = "2m"
+grace = "1s"
+quarantine = "2s"
+
+[[pool]]
+name = "p"
+numbers = ["+33899100000..=+33899100059"]
+
+[cluster]
+etcd = [{}]
+node = "{name}"
+advertise = "http://127.0.0.1:{port}"
+lease_ttl = "{LEASE_TTL_SECS}s"
+"#,
+            endpoints.join(", ")
+        ),
+    )
+}
+
+/// A Leaseline node on a fixed port (its advertise URL).
+fn start_node(config: &Path, port: u16) -> Proc {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(config, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_leaseline"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("LEASELINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    Proc(child)
+}
+
+fn ready(url: &str) -> bool {
+    matches!(ureq::get(&format!("{url}/readyz")).timeout(Duration::from_secs(1)).call(), Ok(r) if r.status() == 200)
+}
+
+/// Waits until one of `urls` leads; its index.
+fn leader_of(urls: &[String], within: Duration) -> Option<usize> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(i) = urls.iter().position(|u| ready(u)) {
+            return Some(i);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[derive(Default)]
+struct Acked {
+    /// lease id → (number, latest acknowledged expires_at in ms)
+    leases: HashMap<String, (String, u64)>,
+    released: HashSet<String>,
+    /// call id → lease id
+    calls: HashMap<String, String>,
+}
+
+fn ms(v: &Value) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as u64
+}
+
+/// Sends requests to whichever node answers, recording every acknowledged write; a 503 (a
+/// standby, or a leader between losing and stepping down) is retried elsewhere.
+fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, tag: String) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(3))
+        .build();
+    let mut mine: Vec<(String, String)> = Vec::new();
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let url = &urls[(i as usize) % urls.len()];
+        let res = match (i % 5, mine.last().cloned()) {
+            (0 | 1, _) | (_, None) => http(
+                &agent,
+                "POST",
+                &format!("{url}/v1/leases"),
+                Some(SITE),
+                Some(&json!({"pool": "p", "session": format!("{tag}-{i}")})),
+            )
+            .map(|(s, v)| match s {
+                201 => {
+                    let id = v["lease_id"].as_str().unwrap().to_owned();
+                    let number = v["number"].as_str().unwrap().to_owned();
+                    acked
+                        .lock()
+                        .unwrap()
+                        .leases
+                        .insert(id.clone(), (number.clone(), ms(&v["expires_at"])));
+                    mine.push((id, number));
+                }
+                409 | 503 => {}
+                _ => panic!("allocate: {s} {v}"),
+            }),
+            (2, Some((id, _))) => http(
+                &agent,
+                "POST",
+                &format!("{url}/v1/leases/{id}/renew"),
+                Some(SITE),
+                None,
+            )
+            .map(|(s, v)| match s {
+                200 => {
+                    let mut a = acked.lock().unwrap();
+                    let e = a.leases.get_mut(&id).unwrap();
+                    e.1 = e.1.max(ms(&v["expires_at"]));
+                }
+                410 | 503 => {}
+                _ => panic!("renew: {s} {v}"),
+            }),
+            (3, Some((id, _))) => http(
+                &agent,
+                "DELETE",
+                &format!("{url}/v1/leases/{id}"),
+                Some(SITE),
+                None,
+            )
+            .map(|(s, v)| match s {
+                204 => {
+                    acked.lock().unwrap().released.insert(id.clone());
+                    mine.pop();
+                }
+                503 => {}
+                _ => panic!("release: {s} {v}"),
+            }),
+            (_, Some((id, number))) => {
+                let call = format!("{tag}-call-{i}");
+                http(
+                    &agent,
+                    "POST",
+                    &format!("{url}/v1/calls"),
+                    Some(TELEPHONY),
+                    Some(&json!({"call_id": call, "event": "start", "called": number, "caller": "+33612345678"})),
+                )
+                .map(|(s, v)| match s {
+                    200 => {
+                        let lease = v["lease_id"].as_str().unwrap_or("").to_owned();
+                        let _ = id;
+                        acked.lock().unwrap().calls.insert(call, lease);
+                    }
+                    503 => {}
+                    _ => panic!("call: {s} {v}"),
+                })
+            }
+        };
+        if res.is_err() {
+            // A node killed or stopped: try the other one next.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Every acknowledged write is on the leader at `url`; no number is held by two live leases.
+fn verify(url: &str, acked: &Acked) {
+    let agent = agent();
+    let mut live: HashSet<String> = HashSet::new();
+    for (id, (number, expires)) in &acked.leases {
+        let (s, v) = http(&agent, "GET", &format!("{url}/v1/leases/{id}"), None, None).unwrap();
+        assert_eq!(s, 200, "acknowledged lease {id} lost: {v}");
+        assert_eq!(v["number"].as_str().unwrap(), number);
+        assert!(
+            ms(&v["expires_at"]) >= *expires,
+            "acknowledged renewal of {id} lost"
+        );
+        let state = v["state"].as_str().unwrap();
+        if acked.released.contains(id) {
+            assert_eq!(state, "released", "acknowledged release of {id} lost");
+        }
+        if state == "active" {
+            assert!(live.insert(number.clone()), "number {number} held twice");
+        }
+    }
+    let (_, pools) = http(&agent, "GET", &format!("{url}/v1/pools"), Some(ADMIN), None).unwrap();
+    let p = &pools["pools"][0];
+    let sum = p["free"].as_u64().unwrap()
+        + p["leased"].as_u64().unwrap()
+        + p["cooling"].as_u64().unwrap();
+    assert_eq!(sum, POOL_SIZE, "counts do not add up: {p}");
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("{url}/v1/calls?limit=100");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (s, page) = http(&agent, "GET", &path, Some(ADMIN), None).unwrap();
+        assert_eq!(s, 200, "{page}");
+        for c in page["calls"].as_array().unwrap() {
+            let id = c["call_id"].as_str().unwrap().to_owned();
+            if let Some(lease) = acked.calls.get(&id) {
+                assert_eq!(c["lease_id"].as_str().unwrap_or(""), lease, "call {id}");
+            }
+            *seen.entry(id).or_default() += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    for id in acked.calls.keys() {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "acknowledged call {id} in the journal {:?} times",
+            seen.get(id)
+        );
+    }
+}
+
+fn load(
+    urls: &[String],
+    acked: &Arc<Mutex<Acked>>,
+) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = (0..4)
+        .map(|c| {
+            let (urls, acked, stop) = (urls.to_vec(), Arc::clone(acked), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                client(urls, acked, stop, format!("c{c}-{}", rand::random::<u32>()))
+            })
+        })
+        .collect();
+    (stop, threads)
+}
+
+fn finish(stop: Arc<AtomicBool>, threads: Vec<std::thread::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("a client saw an answer it should not have");
+    }
+}
+
+#[test]
+fn a_standby_takes_over_with_every_acknowledged_write_and_a_paused_leader_acknowledges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_etcd, etcd)) = etcd_cluster(dir.path()) else {
+        return;
+    };
+    let ports = [free_port(), free_port()];
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let configs: Vec<_> = ["node-a", "node-b"]
+        .iter()
+        .zip(ports)
+        .map(|(n, p)| node_config(dir.path(), n, p, &etcd))
+        .collect();
+    let mut nodes: Vec<Option<Proc>> = vec![Some(start_node(&configs[0], ports[0])), None];
+    let first = leader_of(&urls, Duration::from_secs(30)).expect("a leader is elected");
+    assert_eq!(first, 0);
+    nodes[1] = Some(start_node(&configs[1], ports[1]));
+    // The standby says who leads (once its first campaign read the leader key).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = http(
+            &agent(),
+            "GET",
+            &format!("{}/v1/pools", urls[1]),
+            Some(ADMIN),
+            None,
+        )
+        .unwrap_or((0, Value::Null));
+        if s == 503 {
+            assert_eq!(v["type"], "urn:leaseline:problem:not-leader");
+            let r = ureq::get(&format!("{}/readyz", urls[1])).call();
+            let Err(ureq::Error::Status(503, r)) = r else {
+                panic!("the standby is ready")
+            };
+            if r.header("leaseline-leader") == Some(urls[0].as_str()) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never named the leader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 1. kill -9 the leader under load.
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let (stop, threads) = load(&urls, &acked);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(nodes[0].take());
+    let killed = Instant::now();
+    let next = leader_of(&urls[1..], Duration::from_secs(LEASE_TTL_SECS + 5))
+        .expect("the standby serves within lease_ttl + 5 s");
+    assert_eq!(next, 0);
+    eprintln!("failover after kill -9: {:?}", killed.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    finish(stop, threads);
+    {
+        let a = acked.lock().unwrap();
+        assert!(a.leases.len() > 10, "too little load: {}", a.leases.len());
+        verify(&urls[1], &a);
+    }
+
+    // 2. SIGSTOP the leader (now node-b) longer than lease_ttl; node-a, restarted, takes over.
+    nodes[0] = Some(start_node(&configs[0], ports[0]));
+    let (stop, threads) = load(&urls, &acked);
+    std::thread::sleep(Duration::from_secs(1));
+    let b = nodes[1].as_ref().unwrap();
+    b.signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    assert_eq!(
+        leader_of(&urls[..1], Duration::from_secs(LEASE_TTL_SECS + 5)),
+        Some(0),
+        "the restarted node takes over from the paused one"
+    );
+    while paused.elapsed() < Duration::from_secs(LEASE_TTL_SECS + 1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.signal(libc::SIGCONT);
+    // Resumed, it acknowledges nothing: writes and reads alike are 503.
+    let agent = agent();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut answers = 0;
+    while Instant::now() < until {
+        let (s, v) = http(
+            &agent,
+            "POST",
+            &format!("{}/v1/leases", urls[1]),
+            Some(SITE),
+            Some(&json!({"pool": "p", "session": "late"})),
+        )
+        .unwrap();
+        assert_eq!(s, 503, "a deposed leader answered {v}");
+        let (s, _) = http(
+            &agent,
+            "GET",
+            &format!("{}/v1/pools", urls[1]),
+            Some(ADMIN),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s, 503);
+        answers += 1;
+    }
+    assert!(answers > 0);
+    finish(stop, threads);
+    verify(&urls[0], &acked.lock().unwrap());
+}
