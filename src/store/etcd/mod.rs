@@ -253,15 +253,11 @@ impl Backend for EtcdStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        // A transaction etcd answered is on a quorum's disks already; the watermark rides
-        // with the next round, or goes alone when there was none.
+        // A transaction etcd answered is on a quorum's disks already; the watermark goes
+        // alone only when no round took it.
         let now = self.watermark.swap(0, Ordering::AcqRel);
         if now != 0 {
-            self.commit(&[Op::Put {
-                key: self.key(&[b"now"]),
-                value: now.to_be_bytes().to_vec(),
-                lease: 0,
-            }])?;
+            self.commit(&[self.watermark_put(now)])?;
         }
         Ok(())
     }
@@ -276,6 +272,14 @@ impl Backend for EtcdStore {
 }
 
 impl EtcdStore {
+    fn watermark_put(&self, now: u64) -> Op {
+        Op::Put {
+            key: self.key(&[b"now"]),
+            value: now.to_be_bytes().to_vec(),
+            lease: 0,
+        }
+    }
+
     /// Writes `entry` and `journal` as log entry `next`, fenced.
     fn round(
         &self,
@@ -285,11 +289,17 @@ impl EtcdStore {
     ) -> Result<(), StoreError> {
         let mut value = std::mem::take(entry);
         value.append(&std::mem::take(journal));
-        self.commit(&[Op::Put {
+        let mut ops = vec![Op::Put {
             key: self.log_key(*next),
             value: value.bytes().to_vec(),
             lease: 0,
-        }])?;
+        }];
+        // The watermark rides with the round rather than costing a transaction of its own.
+        let now = self.watermark.swap(0, Ordering::AcqRel);
+        if now != 0 {
+            ops.push(self.watermark_put(now));
+        }
+        self.commit(&ops)?;
         *next += 1;
         Ok(())
     }
