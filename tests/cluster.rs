@@ -210,6 +210,8 @@ struct Acked {
     released: HashSet<String>,
     /// call id → lease id
     calls: HashMap<String, String>,
+    /// Calls whose end was acknowledged.
+    ended: HashSet<String>,
 }
 
 fn ms(v: &Value) -> u64 {
@@ -225,6 +227,7 @@ fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, ta
         .timeout(Duration::from_secs(3))
         .build();
     let mut mine: Vec<(String, String)> = Vec::new();
+    let mut started: Vec<String> = Vec::new();
     for i in 0u64.. {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -283,6 +286,24 @@ fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, ta
                 503 => {}
                 _ => panic!("release: {s} {v}"),
             }),
+            // Every other fifth request ends a call started earlier (maybe on another leader).
+            (_, Some(_)) if i % 10 == 9 && !started.is_empty() => {
+                let call = started.pop().unwrap();
+                http(
+                    &agent,
+                    "POST",
+                    &format!("{url}/v1/calls"),
+                    Some(TELEPHONY),
+                    Some(&json!({"call_id": call, "event": "end", "duration_secs": 7})),
+                )
+                .map(|(s, v)| match s {
+                    200 => {
+                        acked.lock().unwrap().ended.insert(call);
+                    }
+                    503 => started.push(call),
+                    _ => panic!("call end: {s} {v}"),
+                })
+            }
             (_, Some((id, number))) => {
                 let call = format!("{tag}-call-{i}");
                 http(
@@ -296,7 +317,8 @@ fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, ta
                     200 => {
                         let lease = v["lease_id"].as_str().unwrap_or("").to_owned();
                         let _ = id;
-                        acked.lock().unwrap().calls.insert(call, lease);
+                        acked.lock().unwrap().calls.insert(call.clone(), lease);
+                        started.push(call);
                     }
                     503 => {}
                     _ => panic!("call: {s} {v}"),
@@ -350,6 +372,9 @@ fn verify(url: &str, acked: &Acked) {
             let id = c["call_id"].as_str().unwrap().to_owned();
             if let Some(lease) = acked.calls.get(&id) {
                 assert_eq!(c["lease_id"].as_str().unwrap_or(""), lease, "call {id}");
+            }
+            if acked.ended.contains(&id) {
+                assert!(c["duration_secs"].is_u64(), "acknowledged end of {id} lost");
             }
             *seen.entry(id).or_default() += 1;
         }
@@ -454,7 +479,20 @@ fn a_standby_takes_over_with_every_acknowledged_write_and_a_paused_leader_acknow
     finish(stop, threads);
     {
         let a = acked.lock().unwrap();
-        assert!(a.leases.len() > 10, "too little load: {}", a.leases.len());
+        assert!(
+            a.leases.len() > 10 && a.calls.len() > 5 && !a.ended.is_empty(),
+            "too little load: {} leases, {} calls, {} ends",
+            a.leases.len(),
+            a.calls.len(),
+            a.ended.len()
+        );
+        eprintln!(
+            "acknowledged: {} leases, {} releases, {} calls, {} ends",
+            a.leases.len(),
+            a.released.len(),
+            a.calls.len(),
+            a.ended.len()
+        );
         verify(&urls[1], &a);
     }
 

@@ -210,6 +210,12 @@ impl Client {
         })
     }
 
+    /// The keys of `keys` that exist, read at one revision (one transaction of gets).
+    pub fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Kv>, EtcdError> {
+        let ops: Vec<Op> = keys.iter().map(|k| Op::Get { key: k.clone() }).collect();
+        Ok(self.txn(&[], &ops, &[])?.read)
+    }
+
     /// A new lease of `ttl` seconds; its id.
     pub fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
         let v = self.post("/v3/lease/grant", &json!({"TTL": ttl.to_string()}))?;

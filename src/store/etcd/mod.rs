@@ -23,7 +23,7 @@
 
 pub mod client;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -32,6 +32,7 @@ use client::{prefix_end, Client, Compare, Op};
 use super::{
     add_to, journal_bound, log, record, Backend, Group, JournalPage, JournalQuery, JournalRow,
     Loader, Names, Recovered, Storage, StoreError, CALL, EVENT, JOURNAL, STATE_KINDS, TRAFFIC,
+    WHEEL,
 };
 use crate::core::{Directory, Timestamp};
 
@@ -346,7 +347,26 @@ impl Storage for EtcdStore {
                 None => state.remove(k),
             };
         }
-        let calls = |k: &[u8]| self.folded(&tail, k);
+        // The calls the wheel remembers, fetched a hundred per request rather than one by one.
+        let mut remembered: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let wanted: Vec<Vec<u8>> = state
+            .keys()
+            .filter(|k| k.len() == 26 && k[0] == WHEEL && k[9] == CALL)
+            .map(|k| [&[CALL][..], &k[10..]].concat())
+            .filter(|k| !tail.contains_key(k))
+            .collect();
+        for chunk in wanted.chunks(FOLD_OPS) {
+            let keys: Vec<Vec<u8>> = chunk.iter().map(|k| self.key(&[b"s/", k])).collect();
+            for kv in self.client.get_many(&keys).map_err(etcd)? {
+                remembered.insert(kv.key[skip..].to_vec(), kv.value);
+            }
+        }
+        let calls = |k: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(match tail.get(k) {
+                Some(v) => v.clone(),
+                None => remembered.get(k).cloned(),
+            })
+        };
         let mut loader = Loader::new(self.names(), &calls);
         for (k, v) in &state {
             loader.entry(k, v)?;
