@@ -32,7 +32,7 @@ use crate::core::{Directory, TICK_MS};
 use crate::http::{router, ApiError};
 use crate::metrics::Metrics;
 use crate::store::etcd::client::{Client, Compare, Op};
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{EtcdStore, Mirror, Space};
 use crate::store::{Backend, Storage};
 
 /// The header a standby names the leader in.
@@ -102,8 +102,9 @@ impl Node {
         Ok(None)
     }
 
-    /// Campaigns until this node leads (or stops): `(lease, fence, leadership)`.
-    fn campaign(&self) -> Option<(i64, i64, Arc<Leadership>)> {
+    /// Campaigns until this node leads (or stops): `(lease, fence, leadership)`. Between
+    /// tries, keeps `mirror` up to date with the leader's writes.
+    fn campaign(&self, mirror: &mut Mirror) -> Option<(i64, i64, Arc<Leadership>)> {
         let ttl = self.cluster.lease_ttl;
         let mut lease: Option<(i64, Instant)> = None;
         while !self.stop.load(Ordering::Acquire) {
@@ -128,7 +129,11 @@ impl Node {
             })();
             match attempt {
                 Ok(Some(won)) => return Some(won),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Err(e) = mirror.refresh() {
+                        tracing::debug!(error = %e, "warm copy not refreshed");
+                    }
+                }
                 Err(e) => {
                     lease = None;
                     tracing::warn!(error = %e, "cannot campaign for leadership");
@@ -236,14 +241,20 @@ pub async fn run(
     );
     while !node.stop.load(Ordering::Acquire) {
         let n = Arc::clone(&node);
-        let Some((lease, fence, leadership)) = tokio::task::spawn_blocking(move || n.campaign())
+        let mut mirror = Mirror::new(Space::new(Arc::clone(&node.client), &node.cluster.prefix));
+        let (won, mirror) = tokio::task::spawn_blocking(move || (n.campaign(&mut mirror), mirror))
             .await
-            .context("campaign task")?
-        else {
+            .context("campaign task")?;
+        let Some((lease, fence, leadership)) = won else {
             break;
         };
-        tracing::info!(fence, "elected leader: loading the state from etcd");
+        tracing::info!(
+            fence,
+            warm_records = mirror.len(),
+            "elected leader: catching up the warm copy from etcd"
+        );
         if let Err(e) = lead(
+            mirror,
             &config,
             &clock,
             &node,
@@ -269,6 +280,7 @@ pub async fn run(
 /// Leads from election to step-down (or shutdown, after which it flushes and folds).
 #[allow(clippy::too_many_arguments)]
 async fn lead(
+    mirror: Mirror,
     config: &Config,
     clock: &Arc<dyn Clock>,
     node: &Arc<Node>,
@@ -283,13 +295,18 @@ async fn lead(
         let (n, l, d) = (Arc::clone(node), Arc::clone(leadership), Arc::clone(&done));
         std::thread::spawn(move || n.keep(lease, &l, &d))
     };
-    let result = serve_as_leader(config, clock, node, routes, fence, leadership, &mut stop).await;
+    let result = serve_as_leader(
+        mirror, config, clock, node, routes, fence, leadership, &mut stop,
+    )
+    .await;
     done.store(true, Ordering::Release);
     let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_as_leader(
+    mirror: Mirror,
     config: &Config,
     clock: &Arc<dyn Clock>,
     node: &Arc<Node>,
@@ -308,6 +325,7 @@ async fn serve_as_leader(
         Arc::clone(&pools),
         Arc::clone(&deposed),
     )?);
+    store.warm_from(mirror);
     let started = Instant::now();
     let state = crate::startup::restore(
         config,

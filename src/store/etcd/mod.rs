@@ -22,8 +22,11 @@
 //! entries again over keys that already hold their values, which changes nothing.
 
 pub mod client;
+mod mirror;
 
-use std::collections::{BTreeMap, HashMap};
+pub use mirror::Mirror;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -48,45 +51,20 @@ impl super::JournalSink for log::Entry {
     }
 }
 
-pub struct EtcdStore {
+/// Where a cluster's keys live: the client and the prefix, for the leader's store and a
+/// standby's [`Mirror`] alike.
+#[derive(Clone)]
+pub struct Space {
     client: Arc<Client>,
     prefix: Vec<u8>,
-    /// The create revision of the leader key this node holds: every write compares it.
-    fence: i64,
-    names: RwLock<Arc<Names>>,
-    /// The seq the next log entry takes; held while a round is written.
-    next_seq: Mutex<u64>,
-    /// The watermark to write with the next round (0: unchanged).
-    watermark: AtomicU64,
-    /// A write was refused or may not have happened: nothing more is written through this
-    /// store (the node steps down and, leader again, reloads from etcd).
-    failed: AtomicBool,
-    /// Set when a write found the leader key gone or another node's.
-    pub deposed: Arc<AtomicBool>,
-    /// One fold at a time.
-    folding: Mutex<()>,
 }
 
-impl EtcdStore {
-    /// The store of the leader holding the leader key created at revision `fence`.
-    pub fn new(
-        client: Arc<Client>,
-        prefix: &str,
-        fence: i64,
-        pools: Arc<Directory>,
-        deposed: Arc<AtomicBool>,
-    ) -> Result<EtcdStore, StoreError> {
-        Ok(EtcdStore {
+impl Space {
+    pub fn new(client: Arc<Client>, prefix: &str) -> Space {
+        Space {
             client,
             prefix: prefix.as_bytes().to_vec(),
-            fence,
-            names: RwLock::new(Arc::new(Names::new(pools)?)),
-            next_seq: Mutex::new(1),
-            watermark: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
-            deposed,
-            folding: Mutex::new(()),
-        })
+        }
     }
 
     fn key(&self, parts: &[&[u8]]) -> Vec<u8> {
@@ -97,36 +75,6 @@ impl EtcdStore {
 
     fn log_key(&self, seq: u64) -> Vec<u8> {
         self.key(&[b"log/", &seq.to_be_bytes()])
-    }
-
-    fn names(&self) -> Arc<Names> {
-        Arc::clone(&self.names.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn fenced(&self) -> [Compare; 1] {
-        [Compare::CreateRevision(self.key(&[b"leader"]), self.fence)]
-    }
-
-    /// Runs a fenced transaction; any doubt (refused, unreachable, deposed) fails the store.
-    fn commit(&self, ops: &[Op]) -> Result<i64, StoreError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed("an earlier write to etcd failed".into()));
-        }
-        let res = self.client.txn(&self.fenced(), ops, &[]);
-        match res {
-            Ok(r) if r.succeeded => Ok(r.revision),
-            Ok(_) => {
-                self.failed.store(true, Ordering::Release);
-                self.deposed.store(true, Ordering::Release);
-                Err(StoreError::Failed(
-                    "this node is no longer the leader".into(),
-                ))
-            }
-            Err(e) => {
-                self.failed.store(true, Ordering::Release);
-                Err(StoreError::Failed(e.to_string()))
-            }
-        }
     }
 
     fn get_u64(&self, name: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -163,13 +111,94 @@ impl EtcdStore {
             }
         }
     }
+}
+
+pub struct EtcdStore {
+    space: Space,
+    /// The create revision of the leader key this node holds: every write compares it.
+    fence: i64,
+    names: RwLock<Arc<Names>>,
+    /// The seq the next log entry takes; held while a round is written.
+    next_seq: Mutex<u64>,
+    /// The watermark to write with the next round (0: unchanged).
+    watermark: AtomicU64,
+    /// A write was refused or may not have happened: nothing more is written through this
+    /// store (the node steps down and, leader again, reloads from etcd).
+    failed: AtomicBool,
+    /// Set when a write found the leader key gone or another node's.
+    pub deposed: Arc<AtomicBool>,
+    /// One fold at a time.
+    folding: Mutex<()>,
+    /// A standby's copy of the state, handed over when it wins: `load` catches it up.
+    warm: Mutex<Option<Mirror>>,
+}
+
+impl EtcdStore {
+    /// The store of the leader holding the leader key created at revision `fence`.
+    pub fn new(
+        client: Arc<Client>,
+        prefix: &str,
+        fence: i64,
+        pools: Arc<Directory>,
+        deposed: Arc<AtomicBool>,
+    ) -> Result<EtcdStore, StoreError> {
+        Ok(EtcdStore {
+            space: Space::new(client, prefix),
+            fence,
+            names: RwLock::new(Arc::new(Names::new(pools)?)),
+            next_seq: Mutex::new(1),
+            watermark: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            deposed,
+            folding: Mutex::new(()),
+            warm: Mutex::new(None),
+        })
+    }
+
+    /// Loads from `mirror` (a standby's warm copy) rather than reading everything again.
+    pub fn warm_from(&self, mirror: Mirror) {
+        *self.warm.lock().unwrap_or_else(|p| p.into_inner()) = Some(mirror);
+    }
+
+    fn names(&self) -> Arc<Names> {
+        Arc::clone(&self.names.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn fenced(&self) -> [Compare; 1] {
+        [Compare::CreateRevision(
+            self.space.key(&[b"leader"]),
+            self.fence,
+        )]
+    }
+
+    /// Runs a fenced transaction; any doubt (refused, unreachable, deposed) fails the store.
+    fn commit(&self, ops: &[Op]) -> Result<i64, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed("an earlier write to etcd failed".into()));
+        }
+        let res = self.space.client.txn(&self.fenced(), ops, &[]);
+        match res {
+            Ok(r) if r.succeeded => Ok(r.revision),
+            Ok(_) => {
+                self.failed.store(true, Ordering::Release);
+                self.deposed.store(true, Ordering::Release);
+                Err(StoreError::Failed(
+                    "this node is no longer the leader".into(),
+                ))
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Release);
+                Err(StoreError::Failed(e.to_string()))
+            }
+        }
+    }
 
     /// Folds the log into `P s/` up to its current end, then lets etcd forget the history
     /// before. The leader calls it every few seconds; it takes no lock the service holds.
     pub fn fold(&self) -> Result<u64, StoreError> {
         let _one = self.folding.lock().unwrap_or_else(|p| p.into_inner());
-        let applied = self.get_u64(b"applied")?.unwrap_or(0);
-        let entries = self.log_after(applied)?;
+        let applied = self.space.get_u64(b"applied")?.unwrap_or(0);
+        let entries = self.space.log_after(applied)?;
         let Some(&(last, _)) = entries.last() else {
             return Ok(0);
         };
@@ -181,7 +210,7 @@ impl EtcdStore {
         let mut revision = 0;
         let n = tail.len();
         for (i, (k, v)) in tail.into_iter().enumerate() {
-            let key = self.key(&[b"s/", &k]);
+            let key = self.space.key(&[b"s/", &k]);
             ops.push(match v {
                 Some(value) => Op::Put {
                     key,
@@ -193,20 +222,22 @@ impl EtcdStore {
             if ops.len() == FOLD_OPS || i + 1 == n {
                 if i + 1 == n {
                     ops.push(Op::Put {
-                        key: self.key(&[b"applied"]),
+                        key: self.space.key(&[b"applied"]),
                         value: last.to_be_bytes().to_vec(),
                         lease: 0,
                     });
+                    // Entries folded by the fold before this one: a standby polling the log
+                    // had a whole fold's interval to read them.
                     ops.push(Op::Delete {
-                        key: self.log_key(0),
-                        end: Some(self.log_key(last + 1)),
+                        key: self.space.log_key(0),
+                        end: Some(self.space.log_key(applied + 1)),
                     });
                 }
                 revision = self.commit(&std::mem::take(&mut ops))?;
             }
         }
         // etcd keeps every version of every key until told otherwise.
-        if let Err(e) = self.client.compact(revision) {
+        if let Err(e) = self.space.client.compact(revision) {
             tracing::debug!(error = %e, "etcd history not compacted");
         }
         Ok(n as u64)
@@ -218,8 +249,9 @@ impl EtcdStore {
             return Ok(v.clone());
         }
         let r = self
+            .space
             .client
-            .range(&self.key(&[b"s/", k]), None, 1, false)
+            .range(&self.space.key(&[b"s/", k]), None, 1, false)
             .map_err(etcd)?;
         Ok(r.kvs.into_iter().next().map(|kv| kv.value))
     }
@@ -275,7 +307,7 @@ impl Backend for EtcdStore {
 impl EtcdStore {
     fn watermark_put(&self, now: u64) -> Op {
         Op::Put {
-            key: self.key(&[b"now"]),
+            key: self.space.key(&[b"now"]),
             value: now.to_be_bytes().to_vec(),
             lease: 0,
         }
@@ -291,7 +323,7 @@ impl EtcdStore {
         let mut value = std::mem::take(entry);
         value.append(&std::mem::take(journal));
         let mut ops = vec![Op::Put {
-            key: self.log_key(*next),
+            key: self.space.log_key(*next),
             value: value.bytes().to_vec(),
             lease: 0,
         }];
@@ -310,43 +342,23 @@ impl Storage for EtcdStore {
     /// The folded state (`P s/`, one range per state kind: the journal is not read) with the
     /// log after `applied` replayed over it.
     fn load(&self) -> Result<Recovered, StoreError> {
-        let applied = self.get_u64(b"applied")?.unwrap_or(0);
-        let entries = self.log_after(applied)?;
+        let mut mirror = self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| Mirror::new(self.space.clone()));
+        let from = mirror.synced.then_some(mirror.seq);
+        let replayed = mirror.refresh()?;
+        *self.next_seq.lock().unwrap_or_else(|p| p.into_inner()) = mirror.seq + 1;
+        let state = &mirror.state;
+        // Call records not folded yet are in the log after `applied`.
+        let applied = self.space.get_u64(b"applied")?.unwrap_or(0);
         let mut tail = log::Tail::new();
-        let mut expect = applied + 1;
-        let mut replayed = 0;
-        for (seq, e) in &entries {
-            if *seq != expect {
-                return Err(StoreError::Corrupt(format!(
-                    "the log in etcd goes from entry {} to {seq}: entries are missing",
-                    expect - 1
-                )));
-            }
-            replayed += log::replay(e, &mut tail)?;
-            expect += 1;
+        for (_, e) in self.space.log_after(applied)? {
+            log::replay(&e, &mut tail)?;
         }
-        *self.next_seq.lock().unwrap_or_else(|p| p.into_inner()) = expect;
-        let mut state: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let skip = self.prefix.len() + 2;
-        for kind in STATE_KINDS.iter().chain([&TRAFFIC]) {
-            self.client
-                .range_prefix(&self.key(&[b"s/", &[*kind]]), |kv| {
-                    state.insert(kv.key[skip..].to_vec(), kv.value);
-                })
-                .map_err(etcd)?;
-        }
-        for (k, v) in &tail {
-            if !k
-                .first()
-                .is_some_and(|c| STATE_KINDS.contains(c) || *c == TRAFFIC)
-            {
-                continue;
-            }
-            match v {
-                Some(v) => state.insert(k.clone(), v.clone()),
-                None => state.remove(k),
-            };
-        }
+        let skip = self.space.prefix.len() + 2;
         // The calls the wheel remembers, fetched a hundred per request rather than one by one.
         let mut remembered: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let wanted: Vec<Vec<u8>> = state
@@ -356,8 +368,8 @@ impl Storage for EtcdStore {
             .filter(|k| !tail.contains_key(k))
             .collect();
         for chunk in wanted.chunks(FOLD_OPS) {
-            let keys: Vec<Vec<u8>> = chunk.iter().map(|k| self.key(&[b"s/", k])).collect();
-            for kv in self.client.get_many(&keys).map_err(etcd)? {
+            let keys: Vec<Vec<u8>> = chunk.iter().map(|k| self.space.key(&[b"s/", k])).collect();
+            for kv in self.space.client.get_many(&keys).map_err(etcd)? {
                 remembered.insert(kv.key[skip..].to_vec(), kv.value);
             }
         }
@@ -368,11 +380,12 @@ impl Storage for EtcdStore {
             })
         };
         let mut loader = Loader::new(self.names(), &calls);
-        for (k, v) in &state {
+        for (k, v) in state {
             loader.entry(k, v)?;
         }
         let mut out = loader.out;
-        out.from_snapshot = Some(applied);
+        // A warm copy's log position, or none (everything read now).
+        out.from_snapshot = from;
         out.replayed = replayed;
         Ok(out)
     }
@@ -380,9 +393,9 @@ impl Storage for EtcdStore {
     /// The journal's folded keys (`P s/J…`) and those still in the log, newest first.
     fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError> {
         // The leader folds every few seconds: the unfolded rows are merged in from the log.
-        let applied = self.get_u64(b"applied")?.unwrap_or(0);
+        let applied = self.space.get_u64(b"applied")?.unwrap_or(0);
         let mut tail = log::Tail::new();
-        for (_, e) in self.log_after(applied)? {
+        for (_, e) in self.space.log_after(applied)? {
             log::replay(&e, &mut tail)?;
         }
         let lo = journal_bound(q.since.unwrap_or(Timestamp::ZERO)).to_vec();
@@ -411,15 +424,16 @@ impl Storage for EtcdStore {
         let mut upper = hi;
         loop {
             let r = self
+                .space
                 .client
                 .range(
-                    &self.key(&[b"s/", &lo]),
-                    Some(&self.key(&[b"s/", &upper])),
+                    &self.space.key(&[b"s/", &lo]),
+                    Some(&self.space.key(&[b"s/", &upper])),
                     q.limit as i64 + 1,
                     true,
                 )
                 .map_err(etcd)?;
-            let skip = self.prefix.len() + 2;
+            let skip = self.space.prefix.len() + 2;
             let mut keys: Vec<(Vec<u8>, Vec<u8>)> = r
                 .kvs
                 .into_iter()
@@ -475,7 +489,7 @@ impl Storage for EtcdStore {
     }
 
     fn watermark(&self) -> Option<Timestamp> {
-        self.get_u64(b"now").ok()?.map(Timestamp::from_millis)
+        self.space.get_u64(b"now").ok()?.map(Timestamp::from_millis)
     }
 
     fn set_watermark(&self, now: Timestamp) {
