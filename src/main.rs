@@ -399,6 +399,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             k.tenant.as_str()
         );
     }
+    if let Some(cl) = &c.cluster {
+        println!(
+            "cluster: node {} at {}, etcd {}, lease_ttl {}, keys under {}",
+            cl.node,
+            cl.advertise,
+            cl.etcd.join(" "),
+            fmt_duration(cl.lease_ttl),
+            cl.prefix
+        );
+    }
     for w in &c.webhooks {
         let events: Vec<&str> = w.events().map(|e| e.as_str()).collect();
         println!(

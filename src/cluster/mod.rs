@@ -234,6 +234,19 @@ pub async fn run(
             },
         ))
     };
+    // SIGHUP's default would end the process: a reload in cluster mode is a rolling restart
+    // (standbys first), said so rather than done halfway.
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP: reloading pool.toml is not supported with [cluster] yet; restart \
+                     the nodes one by one (standbys first) to apply a new configuration"
+                );
+            }
+        });
+    }
     tracing::info!(
         addr = %listener_addr,
         node = %node.cluster.node,
