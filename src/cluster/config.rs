@@ -177,4 +177,20 @@ mod tests {
         ))
         .is_err());
     }
+
+    const POOL: &str = "[[pool]]\nname = \"p\"\nnumbers = [\"+33899100000\"]\n";
+
+    #[test]
+    fn without_a_cluster_section_nothing_changes_and_webhooks_with_one_are_refused() {
+        let base = std::path::Path::new(".");
+        let plain = crate::config::Config::parse(POOL, base).unwrap();
+        assert_eq!(plain.cluster, None);
+        let clustered = crate::config::Config::parse(&format!("{POOL}[cluster]\n{OK}"), base);
+        assert_eq!(clustered.unwrap().cluster.unwrap().node, "node-a");
+        let hook = "[[webhook]]\nname = \"w\"\nurl = \"https://example.org/h\"\n\
+                    secret = \"whsec_0123456789abcdef\"\nevents = [\"lease.released\"]\n";
+        let e = crate::config::Config::parse(&format!("{POOL}{hook}[cluster]\n{OK}"), base)
+            .unwrap_err();
+        assert!(e.contains("[cluster]"), "{e}");
+    }
 }
