@@ -1,7 +1,8 @@
 //! High availability on etcd, through the real binary: a 3-member etcd on 127.0.0.1 (plain
 //! `etcd` processes, each with its own data folder and ports, torn down by PID) and two
 //! Leaseline nodes. Under concurrent load: the leader killed with SIGKILL, the standby serves
-//! within `lease_ttl` + 5 s with every acknowledged lease, renewal, release and call, and no
+//! within `lease_ttl` + 5 s with every acknowledged lease, renewal, release, call, call end and
+//! redeem, and no
 //! number held twice; the leader stopped (SIGSTOP) longer than `lease_ttl` and resumed answers
 //! nothing but 503 once it lost the leadership. Bounded to well under a minute.
 
@@ -19,7 +20,7 @@ use common::*;
 use serde_json::{json, Value};
 
 const LEASE_TTL_SECS: u64 = 3;
-const POOL_SIZE: u64 = 60;
+const POOL_SIZE: u64 = 1000;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -155,7 +156,7 @@ quarantine = "2s"
 
 [[pool]]
 name = "p"
-numbers = ["+33899100000..=+33899100059"]
+numbers = ["+33899100000..=+33899100999"]
 
 [cluster]
 etcd = [{}]
@@ -212,6 +213,8 @@ struct Acked {
     calls: HashMap<String, String>,
     /// Calls whose end was acknowledged.
     ended: HashSet<String>,
+    /// Leases whose redeem was acknowledged.
+    redeemed: HashSet<String>,
 }
 
 fn ms(v: &Value) -> u64 {
@@ -271,7 +274,8 @@ fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, ta
                 410 | 503 => {}
                 _ => panic!("renew: {s} {v}"),
             }),
-            (3, Some((id, _))) => http(
+            // One request in ten releases: most leases are live when the state is checked.
+            (3, Some((id, _))) if i % 10 == 3 => http(
                 &agent,
                 "DELETE",
                 &format!("{url}/v1/leases/{id}"),
@@ -316,9 +320,21 @@ fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, ta
                 .map(|(s, v)| match s {
                     200 => {
                         let lease = v["lease_id"].as_str().unwrap_or("").to_owned();
-                        let _ = id;
-                        acked.lock().unwrap().calls.insert(call.clone(), lease);
+                        acked.lock().unwrap().calls.insert(call.clone(), lease.clone());
                         started.push(call);
+                        // Its call paid the lease (one call required, no minimum length).
+                        if lease == id {
+                            let r = http(&agent, "POST", &format!("{url}/v1/leases/{id}/redeem"), Some(SITE), None);
+                            match r {
+                                Ok((200, v)) => {
+                                    assert!(v["redeemed_at"].is_string(), "{v}");
+                                    acked.lock().unwrap().redeemed.insert(id);
+                                }
+                                // Redeemed already (by an earlier call of this lease), or no leader.
+                                Ok((409 | 503, _)) | Err(_) => {}
+                                Ok((s, v)) => panic!("redeem: {s} {v}"),
+                            }
+                        }
                     }
                     503 => {}
                     _ => panic!("call: {s} {v}"),
@@ -332,8 +348,9 @@ fn client(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, ta
     }
 }
 
-/// Every acknowledged write is on the leader at `url`; no number is held by two live leases.
-fn verify(url: &str, acked: &Acked) {
+/// Every acknowledged write is on the leader at `url`; no number is held by two live leases
+/// (of which there are at least `min_live`, so that this says something).
+fn verify(url: &str, acked: &Acked, min_live: usize) {
     let agent = agent();
     let mut live: HashSet<String> = HashSet::new();
     for (id, (number, expires)) in &acked.leases {
@@ -348,10 +365,21 @@ fn verify(url: &str, acked: &Acked) {
         if acked.released.contains(id) {
             assert_eq!(state, "released", "acknowledged release of {id} lost");
         }
+        if acked.redeemed.contains(id) {
+            assert!(
+                v["redeemed_at"].is_string(),
+                "acknowledged redeem of {id} lost: {v}"
+            );
+        }
         if state == "active" {
             assert!(live.insert(number.clone()), "number {number} held twice");
         }
     }
+    assert!(
+        live.len() >= min_live,
+        "too few live leases to check: {}",
+        live.len()
+    );
     let (_, pools) = http(&agent, "GET", &format!("{url}/v1/pools"), Some(ADMIN), None).unwrap();
     let p = &pools["pools"][0];
     let sum = p["free"].as_u64().unwrap()
@@ -486,14 +514,16 @@ fn a_standby_takes_over_with_every_acknowledged_write_and_a_paused_leader_acknow
             a.calls.len(),
             a.ended.len()
         );
+        assert!(!a.redeemed.is_empty(), "no redeem acknowledged");
         eprintln!(
-            "acknowledged: {} leases, {} releases, {} calls, {} ends",
+            "acknowledged: {} leases, {} releases, {} calls, {} ends, {} redeems",
             a.leases.len(),
             a.released.len(),
             a.calls.len(),
-            a.ended.len()
+            a.ended.len(),
+            a.redeemed.len()
         );
-        verify(&urls[1], &a);
+        verify(&urls[1], &a, 20);
     }
 
     // 2. SIGSTOP the leader (now node-b) longer than lease_ttl; node-a, restarted, takes over.
@@ -539,7 +569,7 @@ fn a_standby_takes_over_with_every_acknowledged_write_and_a_paused_leader_acknow
     }
     assert!(answers > 0);
     finish(stop, threads);
-    verify(&urls[0], &acked.lock().unwrap());
+    verify(&urls[0], &acked.lock().unwrap(), 20);
 }
 
 /// Allocates once on `url`: the status.
@@ -619,5 +649,5 @@ fn one_etcd_member_down_is_served_through_and_two_stop_writes_until_one_returns(
     etcd.member_up(1);
     etcd.wait_answering(1);
     until_allocations_answer(&url, 201, Duration::from_secs(LEASE_TTL_SECS + 20), &acked);
-    verify(&url, &acked.lock().unwrap());
+    verify(&url, &acked.lock().unwrap(), 5);
 }
