@@ -158,6 +158,12 @@ quarantine = "2s"
 name = "p"
 numbers = ["+33899100000..=+33899100999"]
 
+# One number, leased only by the deadline check: its lease's expiry and quarantine fire on
+# whichever node leads when they fall due.
+[[pool]]
+name = "q"
+numbers = ["+33899200000"]
+
 [cluster]
 etcd = [{}]
 node = "{name}"
@@ -637,6 +643,31 @@ fn one_etcd_member_down_is_served_through_and_two_stop_writes_until_one_returns(
         assert_eq!(allocate(&url, &format!("one-down-{i}"), &acked), 201);
     }
 
+    // A lease of one second on pool q's only number: it ends, and its number cools, while
+    // no write can be made.
+    let short = json!({"pool": "q", "session": "short", "ttl_secs": 1});
+    let (s, v) = http(
+        &agent(),
+        "POST",
+        &format!("{url}/v1/leases"),
+        Some(SITE),
+        Some(&short),
+    )
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let q = |url: &str| -> Value {
+        let (_, pools) = http(
+            &agent(),
+            "GET",
+            &format!("{url}/v1/pools"),
+            Some(ADMIN),
+            None,
+        )
+        .unwrap();
+        pools["pools"][1].clone()
+    };
+    assert_eq!(q(&url)["leased"], 1);
+
     // Two gone: no quorum, every write refused (503), nothing acknowledged.
     etcd.member_down(1);
     until_allocations_answer(&url, 503, Duration::from_secs(LEASE_TTL_SECS + 5), &acked);
@@ -649,5 +680,18 @@ fn one_etcd_member_down_is_served_through_and_two_stop_writes_until_one_returns(
     etcd.member_up(1);
     etcd.wait_answering(1);
     until_allocations_answer(&url, 201, Duration::from_secs(LEASE_TTL_SECS + 20), &acked);
+    // The deadlines that fell due meanwhile fired when the node led again (the expiry, then
+    // the end of the quarantine): the number is free.
+    let pool = q(&url);
+    assert_eq!(pool["name"], "q");
+    assert_eq!(
+        (
+            pool["free"].as_u64(),
+            pool["leased"].as_u64(),
+            pool["cooling"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{pool}"
+    );
     verify(&url, &acked.lock().unwrap(), 5);
 }
