@@ -107,6 +107,7 @@ impl Node {
     fn campaign(&self, mirror: &mut Mirror) -> Option<(i64, i64, Arc<Leadership>)> {
         let ttl = self.cluster.lease_ttl;
         let mut lease: Option<(i64, Instant)> = None;
+        let mut failing = false;
         while !self.stop.load(Ordering::Acquire) {
             let attempt = (|| -> anyhow::Result<Option<(i64, i64, Arc<Leadership>)>> {
                 // A fresh lease when the last one may have run out.
@@ -130,13 +131,21 @@ impl Node {
             match attempt {
                 Ok(Some(won)) => return Some(won),
                 Ok(None) => {
+                    if failing {
+                        tracing::info!("etcd answers again");
+                        failing = false;
+                    }
                     if let Err(e) = mirror.refresh() {
                         tracing::debug!(error = %e, "warm copy not refreshed");
                     }
                 }
                 Err(e) => {
                     lease = None;
-                    tracing::warn!(error = %e, "cannot campaign for leadership");
+                    // Once per outage, not every 300 ms.
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot campaign for leadership");
+                    }
+                    failing = true;
                 }
             }
             std::thread::sleep(Duration::from_millis(300));
@@ -167,11 +176,16 @@ impl Node {
 
 /// The answer of a node that does not lead.
 fn not_leader(leader: &str) -> Response {
-    let mut r = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not-leader",
-        "this node is a standby: send requests to the leader (Leaseline-Leader)",
-    )
+    // Retry-After: a failover takes about lease_ttl; a client without a load balancer may
+    // also follow Leaseline-Leader at once.
+    let mut r = ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-leader",
+            "this node is a standby: send requests to the leader (Leaseline-Leader)",
+        )
+    }
     .into_response();
     if let Ok(v) = HeaderValue::from_str(leader) {
         if !leader.is_empty() {
