@@ -6,7 +6,8 @@
 //! and latency, attribution lookups/s and latency, each with the ratio Leaseline / peer, the
 //! peer with `appendfsync always` (the same durability) and `everysec` (the usual setting);
 //! then group commit against a flush per request; then restart time, memory and disk with
-//! 1M live leases. Bounded: `LEASELINE_BENCH_SECS` per cell (default 5), `LEASELINE_BENCH_FILL`
+//! 1M live leases; then durable allocations on one node (sled) against a cluster leader on a
+//! 3-member etcd and etcd's own puts. Bounded: `LEASELINE_BENCH_SECS` per cell (default 5), `LEASELINE_BENCH_FILL`
 //! live leases for the recovery part (default 1,000,000). Under `cargo test` it runs briefly.
 
 use std::io::{BufRead, BufReader};
@@ -161,7 +162,10 @@ fn start_leaseline(config: &Path) -> (Proc, String, Duration) {
     let mut child = server_command(env!("CARGO_BIN_EXE_leaseline"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("LEASELINE_LOG", "warn,leaseline::startup=info")
+        .env(
+            "LEASELINE_LOG",
+            "warn,leaseline::startup=info,leaseline::cluster=info",
+        )
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -193,6 +197,66 @@ fn start_leaseline(config: &Path) -> (Proc, String, Duration) {
         std::thread::sleep(Duration::from_millis(5));
     }
     (proc, addr, started.elapsed())
+}
+
+/// A 3-member etcd on 127.0.0.1 (plain processes, killed when dropped) and its client URLs;
+/// `None` when etcd is not installed and the run may skip it.
+fn start_etcd(dir: &Path, benching: bool) -> Option<(Vec<Proc>, Vec<String>)> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        assert!(
+            !benching && std::env::var("LEASELINE_REQUIRE_EXTERNAL").is_err(),
+            "etcd is not installed"
+        );
+        eprintln!("SKIPPED: etcd is not installed (scripts/test.sh installs it)");
+        return None;
+    }
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{client}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = server_command("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("etcd-{i}")))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push(Proc(child));
+        urls.push(url);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for url in &urls {
+        while ureq::post(&format!("{url}/v3/kv/range"))
+            .send_string(r#"{"key":"AA=="}"#)
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "etcd member {url} not up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Some((procs, urls))
 }
 
 /// A keep-alive HTTP/1.1 connection that sends prepared requests and reads status + body.
@@ -924,6 +988,69 @@ fn main() {
         hooks[1].p50 / hooks[0].p50,
         hooks[1].p99 / hooks[0].p99
     );
+
+    // High availability: durable allocations at 50 clients on one node with sled, on a cluster
+    // leader writing to a 3-member etcd on this same machine, and etcd's own puts (through its
+    // HTTP gateway, one key each) to that etcd: what HA costs, and how much of it is etcd.
+    if let Some((_etcd, urls)) = start_etcd(dir.path(), benching) {
+        println!();
+        println!("| durable allocations | clients | ops/s | p50 ms | p99 ms | p99.9 ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        let mut cells = Vec::new();
+        for (what, extra) in [
+            ("one node, sled", String::new()),
+            (
+                "cluster leader, 3-member etcd",
+                format!(
+                    "[cluster]\netcd = [{}]\nnode = \"bench\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"5s\"\n",
+                    urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        ] {
+            let name = if extra.is_empty() { "ha-sled" } else { "ha-etcd" };
+            let cfg = dir.path().join(format!("{name}.toml"));
+            let text = leaseline_config(&dir.path().join(name), POOL, "group") + &extra;
+            std::fs::write(&cfg, text).unwrap();
+            let (_p, addr, _) = start_leaseline(&cfg);
+            let cell = rt.block_on(leaseline_alloc(&addr, 50, secs, "h"));
+            row(what, 50, cell);
+            cells.push(cell);
+        }
+        let etcd_addr = urls[0].trim_start_matches("http://").to_owned();
+        let puts = rt.block_on(drive(
+            50,
+            secs,
+            |_| Http::connect(&etcd_addr),
+            |h: &mut Http, c, i| {
+                Box::pin(async move {
+                    use base64::Engine;
+                    let key =
+                        base64::engine::general_purpose::STANDARD.encode(format!("/bench/{c}/{i}"));
+                    let body = format!("{{\"key\":\"{key}\",\"value\":\"eA==\"}}");
+                    // No Authorization header: etcd's gateway would take it for its own auth.
+                    let req = format!(
+                        "POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let st = h.send(req.as_bytes()).await;
+                    assert_eq!(st, 200);
+                })
+            },
+        ));
+        row("etcd puts (its HTTP gateway)", 50, puts);
+        println!(
+            "| **ratio cluster / sled** | 50 | **{:.2}x** | {:.2}x | {:.2}x | |",
+            cells[1].per_sec / cells[0].per_sec,
+            cells[1].p50 / cells[0].p50,
+            cells[1].p99 / cells[0].p99
+        );
+        println!(
+            "| **ratio cluster / etcd puts** | 50 | **{:.2}x** | {:.2}x | {:.2}x | |",
+            cells[1].per_sec / puts.per_sec,
+            cells[1].p50 / puts.p50,
+            cells[1].p99 / puts.p99
+        );
+    }
 
     // Restart, memory and disk with `fill` live leases.
     println!();

@@ -40,6 +40,10 @@ need_apt python3 python3-jsonschema
 # libfaketime: the clock tests run the real binary with its wall clock shifted (LD_PRELOAD).
 need_apt faketime
 
+# A 3-member etcd for the cluster test (tests/cluster.rs): plain `etcd` processes on 127.0.0.1,
+# never the packaged service (policy-rc.d above keeps it from starting).
+need_apt etcd-server
+
 # The peer of the load benchmark (benches/load.rs, run briefly by the test suite).
 need_apt redis-server
 

@@ -51,6 +51,9 @@ pub struct Config {
     pub demo: Option<DemoConfig>,
     /// `[[webhook]]` endpoints (see [`crate::webhooks`]).
     pub webhooks: Vec<crate::webhooks::Endpoint>,
+    /// `[cluster]`: state in etcd, one leader elected among instances (see [`crate::cluster`]);
+    /// `None`: embedded sled, one process.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Settings accepted but no longer used (kept so an upgrade never refuses a file that
     /// worked): `check` prints them, `serve` logs them.
     pub warnings: Vec<String>,
@@ -289,6 +292,7 @@ struct RawConfig {
     demo: Option<RawDemo>,
     #[serde(default, rename = "webhook")]
     webhooks: Vec<crate::webhooks::RawEndpoint>,
+    cluster: Option<crate::cluster::RawCluster>,
 }
 
 #[derive(Deserialize, Default)]
@@ -508,6 +512,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         _ => None,
     };
     let webhooks = crate::webhooks::validate(raw.webhooks, |var| std::env::var(var).ok())?;
+    let cluster = raw.cluster.map(crate::cluster::validate).transpose()?;
+    if cluster.is_some() && !webhooks.is_empty() {
+        return Err(
+            "[[webhook]] cannot be used with [cluster] yet: deliveries are kept in the local \
+             store, which a failover would leave behind"
+                .into(),
+        );
+    }
     Ok(Config {
         server,
         pools,
@@ -516,6 +528,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         limits,
         demo,
         webhooks,
+        cluster,
         warnings,
     })
 }

@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod duration;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use leaseline::clock::SteadyClock;
 use leaseline::config::{fmt_duration, parse_duration, Config, LogFormat};
@@ -401,6 +402,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             k.tenant.as_str()
         );
     }
+    if let Some(cl) = &c.cluster {
+        println!(
+            "cluster: node {} at {}, etcd {}, lease_ttl {}, keys under {}",
+            cl.node,
+            cl.advertise,
+            cl.etcd.join(" "),
+            fmt_duration(cl.lease_ttl),
+            cl.prefix
+        );
+    }
     for w in &c.webhooks {
         let events: Vec<&str> = w.events().map(|e| e.as_str()).collect();
         println!(
@@ -447,6 +458,14 @@ fn serve(path: &std::path::Path, accept_wall_clock: bool) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        if let Some(cluster) = config.cluster.clone() {
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            let clock = Arc::new(SteadyClock::start());
+            return leaseline::cluster::run(config, cluster, clock, listener, shutdown_signal())
+                .await;
+        }
         let app = Application::build(&config, Arc::new(SteadyClock::start()))
             .await?
             .reloading(path.to_owned(), config.clone());

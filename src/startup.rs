@@ -16,7 +16,7 @@ use crate::core::{Allocator, Directory, TICK_MS};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::service::Service;
-use crate::store::{Backend, Committer, Policy, Store};
+use crate::store::{Backend, Committer, Policy, Storage, Store};
 
 /// Opens the store, rebuilds the core from it and fires whatever fell due while stopped.
 pub async fn build_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
@@ -30,7 +30,7 @@ pub async fn build_state_with(
     clock: Arc<dyn Clock>,
     wrap: impl FnOnce(Arc<Store>) -> Arc<dyn Backend>,
 ) -> anyhow::Result<AppState> {
-    let mut pools = Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
+    let pools = Directory::new(config.pools.iter().map(|p| p.spec.clone()).collect())
         .context("the pools are inconsistent")?;
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir)
@@ -46,6 +46,30 @@ pub async fn build_state_with(
         policy,
     )
     .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let store = Arc::new(store);
+    let backend = wrap(Arc::clone(&store));
+    restore(
+        config,
+        clock,
+        pools,
+        Arc::clone(&store) as Arc<dyn Storage>,
+        backend,
+        Some(store),
+    )
+    .await
+}
+
+/// Rebuilds the core from `storage` (sled's store, or etcd's for a new leader), starts the
+/// committer writing through `backend`, and fires whatever fell due meanwhile. `hooks` is where
+/// webhook deliveries live (sled only).
+pub(crate) async fn restore(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    mut pools: Arc<Directory>,
+    store: Arc<dyn Storage>,
+    backend: Arc<dyn Backend>,
+    hooks: Option<Arc<Store>>,
+) -> anyhow::Result<AppState> {
     let started = std::time::Instant::now();
     let recovered = store.load().context("cannot read the store")?;
     let read_ms = started.elapsed().as_millis() as u64;
@@ -75,21 +99,16 @@ pub async fn build_state_with(
         .context("the store's contents are inconsistent")?;
     let rebuild_ms = started.elapsed().as_millis() as u64;
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(store);
-    let commit = Committer::start(
-        wrap(Arc::clone(&store)),
-        config.server.commit,
-        Arc::clone(&metrics),
-    );
+    let commit = Committer::start(backend, config.server.commit, Arc::clone(&metrics));
     let mut service = Service::new(
         core,
-        Arc::clone(&store) as Arc<dyn crate::store::Storage>,
+        store,
         commit,
         Arc::clone(&clock),
         Arc::clone(&metrics),
     )
     .with_journal_retention(config.server.journal_retention);
-    if !config.webhooks.is_empty() {
+    if let Some(store) = hooks.filter(|_| !config.webhooks.is_empty()) {
         let hooks = crate::webhooks::Dispatcher::start(
             crate::webhooks::Router::new(config.webhooks.clone()),
             store,

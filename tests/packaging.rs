@@ -140,3 +140,26 @@ fn the_dockerfile_builds_in_one_stage_and_runs_unprivileged_with_a_data_volume()
     );
     assert!(stdout.contains("data in /var/lib/leaseline"), "{stdout}");
 }
+
+/// The cluster's routing example sends traffic only to the node whose `/readyz` is 200 (the
+/// leader; a standby answers 503), checked often enough for a failover of a few seconds.
+#[test]
+fn the_cluster_load_balancer_example_routes_to_the_ready_node_only() {
+    let cfg = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/haproxy-cluster.cfg"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = cfg.lines().map(str::trim).collect();
+    assert!(lines.contains(&"option httpchk GET /readyz"));
+    assert!(lines.contains(&"http-check expect status 200"));
+    assert!(lines.contains(&"default-server inter 500ms fall 2 rise 1"));
+    let servers = lines.iter().filter(|l| l.starts_with("server ")).count();
+    assert!(servers >= 2, "a cluster has two nodes or more");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("server "))
+            .all(|l| l.ends_with(" check")),
+        "every node is health-checked"
+    );
+}

@@ -60,6 +60,12 @@ impl Entry {
         self.ops += 1;
     }
 
+    /// Adds `other`'s changes after this entry's.
+    pub fn append(&mut self, other: &Entry) {
+        self.buf.extend_from_slice(&other.buf[1..]);
+        self.ops += other.ops;
+    }
+
     pub fn ops(&self) -> usize {
         self.ops
     }

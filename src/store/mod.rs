@@ -36,6 +36,7 @@
 mod commit;
 mod compact;
 mod deliveries;
+pub mod etcd;
 mod faults;
 mod log;
 mod migrate;
@@ -565,7 +566,8 @@ impl Store {
                 continue;
             }
             let (tail, changes) = self.disk.tail(from, u64::MAX)?;
-            let mut loader = Loader::new(self, &db);
+            let calls = |k: &[u8]| Ok(db.get(k)?.map(|v| v.to_vec()));
+            let mut loader = Loader::new(self.names(), &calls);
             match file {
                 None => {
                     for (k, v) in &tail {
@@ -649,8 +651,9 @@ impl Store {
         let mut entry = log::Entry::default();
         let mut tallies = stats::Pending::new();
         let mut journal = 0;
+        let names = self.names();
         for (effects, sent) in groups {
-            journal += self.add_to(&mut batch, &mut entry, &mut tallies, effects);
+            journal += add_to(&names, &mut batch, &mut entry, &mut tallies, effects);
             journal += deliveries::add_to(&mut batch, sent);
             if entry.ops() + journal >= ENTRY_CHANGES || entry.bytes().len() >= ENTRY_BYTES {
                 stats::merge_into(&db, &mut batch, std::mem::take(&mut tallies))?;
@@ -686,91 +689,6 @@ impl Store {
             *next += 1;
         }
         Ok(())
-    }
-
-    /// Adds one operation's effects: journal keys to `batch`, state changes to `entry`.
-    /// Returns how many journal keys it added.
-    fn add_to(
-        &self,
-        batch: &mut sled::Batch,
-        entry: &mut log::Entry,
-        tallies: &mut stats::Pending,
-        effects: &[Effect],
-    ) -> usize {
-        let names = self.names();
-        let name = |p: PoolId| names.pools.name(p);
-        let mut journal = 0;
-        for e in effects {
-            match e {
-                Effect::PutLease(l) => {
-                    entry.put(&lease_key(&l.id), &record::encode_lease(l, name(l.pool)))
-                }
-                Effect::DelLease(id) => entry.del(&lease_key(id)),
-                Effect::ArchiveLease(l) => {
-                    batch.insert(
-                        history_key(l.created_at, &l.id).to_vec(),
-                        record::encode_lease(l, name(l.pool)),
-                    );
-                    journal += 1;
-                }
-                Effect::PutCall(c) => {
-                    let key = c.id.key();
-                    let pool = c.attribution.pool.map(name);
-                    batch.insert(&call_key(&key)[..], record::encode_call(c, pool));
-                    batch.insert(&journal_key(c.started_at, &key.0)[..], &[CALL][..]);
-                    journal += 2;
-                }
-                Effect::PutTicket(t) => entry.put(
-                    &prefixed(TICKET, &t.id.0),
-                    &record::encode_ticket(t, name(t.pool)),
-                ),
-                Effect::DelTicket(id) => entry.del(&prefixed(TICKET, &id.0)),
-                Effect::PutPass(p) => entry.put(
-                    &prefixed(PASS, &p.id.0),
-                    &record::encode_pass(p, name(p.pool)),
-                ),
-                Effect::DelPass(id) => entry.del(&prefixed(PASS, &id.0)),
-                Effect::PutProgress(p) => entry.put(
-                    &prefixed(PROGRESS, &self.progress_id(&p.key)),
-                    &record::encode_progress(p),
-                ),
-                Effect::DelProgress(k) => entry.del(&prefixed(PROGRESS, &self.progress_id(k))),
-                Effect::PutListing(t, l, target) => {
-                    entry.put(&listing_key(t, l), &record::encode_target(target))
-                }
-                Effect::DelListing(t, l) => entry.del(&listing_key(t, l)),
-                Effect::TicketEvent(e) => {
-                    let id = event_id(e);
-                    batch.insert(
-                        &prefixed(EVENT, &id)[..],
-                        record::encode_ticket_event(e, name(e.ticket.pool)),
-                    );
-                    batch.insert(&journal_key(e.at, &id)[..], &[EVENT][..]);
-                    journal += 2;
-                }
-                Effect::JournalEvent(e) => {
-                    batch.insert(
-                        &prefixed(LEASE_EVENT, &e.id)[..],
-                        record::encode_journal_event(e, name(e.pool)),
-                    );
-                    batch.insert(&journal_key(e.at, &e.id)[..], &[LEASE_EVENT][..]);
-                    journal += 2;
-                }
-                Effect::Tally(t) => stats::add(tallies, t, name(t.pool)),
-                Effect::PutReturn(r) => entry.put(&return_key(&r.key), &record::encode_return(r)),
-                Effect::DelReturn(k) => entry.del(&return_key(k)),
-                Effect::PutWheel(t, due) => entry.put(&self.wheel_key(*t, due), &[]),
-                Effect::DelWheel(t, due) => entry.del(&self.wheel_key(*t, due)),
-                Effect::PutTraffic(p, index, b) => entry.put(
-                    &prefixed(TRAFFIC, &self.traffic_id(*p, *index)),
-                    &record::encode_traffic(b),
-                ),
-                Effect::DelTraffic(p, index) => {
-                    entry.del(&prefixed(TRAFFIC, &self.traffic_id(*p, *index)))
-                }
-            }
-        }
-        journal
     }
 
     /// Folds every durable log entry into a new snapshot file now, on this thread (after any
@@ -1048,26 +966,125 @@ impl Store {
     }
 }
 
+/// Where an operation's journal keys go (sled's batch; the etcd log entry), beside its state
+/// changes in the log entry.
+trait JournalSink {
+    fn put(&mut self, k: &[u8], v: &[u8]);
+}
+
+impl JournalSink for sled::Batch {
+    fn put(&mut self, k: &[u8], v: &[u8]) {
+        self.insert(k, v);
+    }
+}
+
+/// Adds one operation's effects: journal keys to `batch`, state changes to `entry`, naming
+/// pools by `names`. Returns how many journal keys it added.
+fn add_to(
+    names: &Names,
+    batch: &mut impl JournalSink,
+    entry: &mut log::Entry,
+    tallies: &mut stats::Pending,
+    effects: &[Effect],
+) -> usize {
+    let name = |p: PoolId| names.pools.name(p);
+    let mut journal = 0;
+    for e in effects {
+        match e {
+            Effect::PutLease(l) => {
+                entry.put(&lease_key(&l.id), &record::encode_lease(l, name(l.pool)))
+            }
+            Effect::DelLease(id) => entry.del(&lease_key(id)),
+            Effect::ArchiveLease(l) => {
+                batch.put(
+                    &history_key(l.created_at, &l.id),
+                    &record::encode_lease(l, name(l.pool)),
+                );
+                journal += 1;
+            }
+            Effect::PutCall(c) => {
+                let key = c.id.key();
+                let pool = c.attribution.pool.map(name);
+                batch.put(&call_key(&key)[..], &record::encode_call(c, pool));
+                batch.put(&journal_key(c.started_at, &key.0)[..], &[CALL][..]);
+                journal += 2;
+            }
+            Effect::PutTicket(t) => entry.put(
+                &prefixed(TICKET, &t.id.0),
+                &record::encode_ticket(t, name(t.pool)),
+            ),
+            Effect::DelTicket(id) => entry.del(&prefixed(TICKET, &id.0)),
+            Effect::PutPass(p) => entry.put(
+                &prefixed(PASS, &p.id.0),
+                &record::encode_pass(p, name(p.pool)),
+            ),
+            Effect::DelPass(id) => entry.del(&prefixed(PASS, &id.0)),
+            Effect::PutProgress(p) => entry.put(
+                &prefixed(PROGRESS, &names.progress_id(&p.key)),
+                &record::encode_progress(p),
+            ),
+            Effect::DelProgress(k) => entry.del(&prefixed(PROGRESS, &names.progress_id(k))),
+            Effect::PutListing(t, l, target) => {
+                entry.put(&listing_key(t, l), &record::encode_target(target))
+            }
+            Effect::DelListing(t, l) => entry.del(&listing_key(t, l)),
+            Effect::TicketEvent(e) => {
+                let id = event_id(e);
+                batch.put(
+                    &prefixed(EVENT, &id)[..],
+                    &record::encode_ticket_event(e, name(e.ticket.pool)),
+                );
+                batch.put(&journal_key(e.at, &id)[..], &[EVENT][..]);
+                journal += 2;
+            }
+            Effect::JournalEvent(e) => {
+                batch.put(
+                    &prefixed(LEASE_EVENT, &e.id),
+                    &record::encode_journal_event(e, name(e.pool)),
+                );
+                batch.put(&journal_key(e.at, &e.id), &[LEASE_EVENT]);
+                journal += 2;
+            }
+            Effect::Tally(t) => stats::add(tallies, t, name(t.pool)),
+            Effect::PutReturn(r) => entry.put(&return_key(&r.key), &record::encode_return(r)),
+            Effect::DelReturn(k) => entry.del(&return_key(k)),
+            Effect::PutWheel(t, due) => entry.put(&names.wheel_key(*t, due), &[]),
+            Effect::DelWheel(t, due) => entry.del(&names.wheel_key(*t, due)),
+            Effect::PutTraffic(p, index, b) => entry.put(
+                &prefixed(TRAFFIC, &names.traffic_id(*p, *index)),
+                &record::encode_traffic(b),
+            ),
+            Effect::DelTraffic(p, index) => {
+                entry.del(&prefixed(TRAFFIC, &names.traffic_id(*p, *index)))
+            }
+        }
+    }
+    journal
+}
+
+/// A call record by its key (sled's, or etcd's folded keys and log).
+type CallLookup<'a> = dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError> + 'a;
+
 /// Turns state entries, in key order, into the core's [`Snapshot`]: the dispatch by record
 /// kind that recovery and nothing else uses.
 struct Loader<'a> {
-    store: &'a Store,
-    /// For the calls the wheel remembers (the journal's records, in sled).
-    db: &'a sled::Db,
+    names: Arc<Names>,
+    /// A call record by its key: for the calls the wheel remembers (the journal's records).
+    calls: &'a CallLookup<'a>,
     out: Recovered,
 }
 
 impl<'a> Loader<'a> {
-    fn new(store: &'a Store, db: &'a sled::Db) -> Self {
+    fn new(names: Arc<Names>, calls: &'a CallLookup) -> Self {
         Loader {
-            store,
-            db,
+            names,
+            calls,
             out: Recovered::default(),
         }
     }
 
     fn entry(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
-        let names = self.store.names();
+        let names = Arc::clone(&self.names);
         let pool_id = |name: &str| names.pools.id(name);
         let snap = &mut self.out.snapshot;
         let (&kind, rest) = k
@@ -1108,7 +1125,7 @@ impl<'a> Loader<'a> {
                 let target = record::decode_target(v).map_err(corrupt)?;
                 snap.listings.push((tenant, listing, target));
             }
-            PROGRESS => match self.store.progress_key_from(rest)? {
+            PROGRESS => match self.names.progress_key_from(rest)? {
                 Some(key) => snap
                     .progress
                     .push(record::decode_progress(key, v).map_err(corrupt)?),
@@ -1119,7 +1136,7 @@ impl<'a> Loader<'a> {
                     return Err(StoreError::Corrupt("malformed traffic key".into()));
                 }
                 let index = u64::from_be_bytes(fixed(&rest[8..])?);
-                match self.store.names().by_tag.get(&fixed::<8>(&rest[..8])?) {
+                match self.names.by_tag.get(&fixed::<8>(&rest[..8])?) {
                     Some(&pool) => {
                         let b = record::decode_traffic(v).map_err(corrupt)?;
                         snap.traffic.push((pool, index, b));
@@ -1136,7 +1153,7 @@ impl<'a> Loader<'a> {
                 let due = match k[9] {
                     LEASE => Due::Lease(LeaseId::from_bytes(id)),
                     CALL => {
-                        if let Some(v) = self.db.get(call_key(&CallKey(id)))? {
+                        if let Some(v) = (self.calls)(&call_key(&CallKey(id)))? {
                             let row = record::decode_call(&v, pool_id).map_err(corrupt)?;
                             snap.calls.push(row.call);
                         }
@@ -1145,7 +1162,7 @@ impl<'a> Loader<'a> {
                     RETURN => Due::Return(return_key_from(&id)?),
                     TICKET => Due::Ticket(TicketId(id)),
                     PASS => Due::Pass(PassId(id)),
-                    PROGRESS => match self.store.progress_key_from(&id)? {
+                    PROGRESS => match self.names.progress_key_from(&id)? {
                         Some(key) => Due::Progress(key),
                         // Progress in a pool no longer configured: left on disk, not served.
                         None => return Ok(()),
@@ -1229,11 +1246,11 @@ fn event_id(e: &TicketEvent) -> [u8; 16] {
     id
 }
 
-impl Store {
+impl Names {
     /// A progress record's id: its pool's tag, then the caller's digits.
     fn progress_id(&self, k: &ProgressKey) -> [u8; 16] {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.names().tags[k.pool.0 as usize]);
+        id[..8].copy_from_slice(&self.tags[k.pool.0 as usize]);
         id[8..].copy_from_slice(&k.caller.digits().to_be_bytes());
         id
     }
@@ -1242,7 +1259,7 @@ impl Store {
     /// order within a pool).
     fn traffic_id(&self, pool: PoolId, index: u64) -> [u8; 16] {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.names().tags[pool.0 as usize]);
+        id[..8].copy_from_slice(&self.tags[pool.0 as usize]);
         id[8..].copy_from_slice(&index.to_be_bytes());
         id
     }
@@ -1256,7 +1273,6 @@ impl Store {
         let caller =
             PhoneNumber::from_digits(u64::from_be_bytes(fixed(&b[8..])?)).ok_or_else(bad)?;
         Ok(self
-            .names()
             .by_tag
             .get(&fixed::<8>(&b[..8])?)
             .map(|&pool| ProgressKey { pool, caller }))
