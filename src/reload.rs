@@ -1,8 +1,8 @@
 //! Runtime reload: `SIGHUP` or `POST /v1/admin/reload` re-reads the configuration file. New
-//! pools, numbers and keys take effect at once; a removed number or pool finishes its leases
-//! and quarantine and is never leased again (the core's [`Directory::evolve`]); a file that
-//! does not check out, or a change the state forbids, is refused with the reason and the
-//! running configuration is kept. `[server]` settings (addresses, folders, timeouts) and
+//! pools, numbers and keys take effect at once; a removed number finishes its lease and
+//! quarantine and is never leased again, and a pool goes once nothing holds its numbers (the
+//! core's [`Directory::evolve`]); a file that does not check out, or a change the state
+//! forbids, is refused with the reason and the running configuration is kept. `[server]` settings (addresses, folders, timeouts) and
 //! `[[webhook]]` endpoints (their lanes and threads are made at start) need a restart: a
 //! reload that changes them says so and leaves them as they are.
 //!

@@ -673,10 +673,10 @@ impl Service {
     }
 
     /// Serves the pools `specs` from now on (a reload): new pools and numbers are leased at
-    /// once; a removed number or pool finishes its lease and quarantine and is never leased
-    /// again; every lease stays as it is. Refused, changing nothing, when the state forbids it
-    /// (a number moving between pools, a pool switching modes, a shared number changing under
-    /// held codes). Nothing is written: the configuration, not the store, is where pools live.
+    /// once; a removed number finishes its lease and quarantine and is never leased again;
+    /// every lease stays as it is. Refused, changing nothing, when the state forbids it (a
+    /// number moving between pools, a pool removed while it holds numbers or codes, a pool
+    /// switching modes, a shared number changing under held codes). Nothing is written: the configuration, not the store, is where pools live.
     pub fn reconfigure(&self, specs: Vec<PoolSpec>) -> Result<Reconfigured, ServiceError> {
         let mut core = self.lock()?;
         let old = Arc::clone(core.directory());
