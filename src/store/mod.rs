@@ -831,63 +831,19 @@ impl Store {
 
     /// One page of the call journal, newest first.
     pub fn journal(&self, q: &JournalQuery) -> Result<JournalPage, StoreError> {
-        let lo = journal_bound(q.since.unwrap_or(Timestamp::ZERO));
-        let mut hi = match q.until {
-            Some(t) => journal_bound(t).to_vec(),
-            None => vec![JOURNAL + 1],
-        };
-        if let Some(c) = &q.cursor {
-            let mut k = [0u8; 25];
-            if c.len() != 48 || hex::decode_to_slice(c, &mut k[1..]).is_err() {
-                return Err(StoreError::BadCursor);
-            }
-            k[0] = JOURNAL;
-            if k.as_slice() < hi.as_slice() {
-                hi = k.to_vec();
-            }
-        }
+        let (lo, hi) = journal_range(q)?;
         let names = self.names();
-        let pool_id = |name: &str| names.pools.id(name);
         let mut page = JournalPage::default();
         let db = self.disk.db()?;
-        for item in db.range(lo.to_vec()..hi).rev() {
+        let fetch = |k: &[u8]| Ok(db.get(k)?.map(|v| v.to_vec()));
+        for item in db.range(lo..hi).rev() {
             let (k, kind) = item?;
-            let id: [u8; 16] = fixed(&k[9..])?;
-            let row = match kind.first() {
-                Some(&EVENT) => {
-                    let Some(v) = db.get(prefixed(EVENT, &id))? else {
-                        continue;
-                    };
-                    JournalRow::Ticket(record::decode_ticket_event(&v, pool_id).map_err(corrupt)?)
-                }
-                Some(&LEASE_EVENT) => {
-                    let Some(v) = db.get(prefixed(LEASE_EVENT, &id))? else {
-                        continue;
-                    };
-                    JournalRow::Event(
-                        record::decode_journal_event(id, &v, pool_id).map_err(corrupt)?,
-                    )
-                }
-                _ => {
-                    let Some(v) = db.get(call_key(&CallKey(id)))? else {
-                        continue;
-                    };
-                    JournalRow::Call(record::decode_call(&v, pool_id).map_err(corrupt)?)
-                }
+            let Some(row) = journal_row(&k, &kind, &names, &fetch)? else {
+                continue;
             };
-            if let Some(pools) = &q.pools {
-                if !row.pool().is_some_and(|p| pools.iter().any(|x| x == p)) {
-                    continue;
-                }
-            }
-            if page.rows.len() == q.limit {
-                // There is at least one more: the cursor is the last key returned.
-                let last = page.keys.last().expect("a full page has rows");
-                page.next = Some(hex::encode(&last[1..]));
+            if page.offer(q, &k, row)? {
                 break;
             }
-            page.rows.push(row);
-            page.keys.push(fixed(&k)?);
         }
         Ok(page)
     }
@@ -1189,6 +1145,81 @@ fn lease_key(id: &LeaseId) -> [u8; 17] {
     let mut k = [LEASE; 17];
     k[1..].copy_from_slice(id.as_bytes());
     k
+}
+
+/// The journal keys a query reads, `lo..hi`: its time bounds, narrowed to before its cursor.
+fn journal_range(q: &JournalQuery) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let lo = journal_bound(q.since.unwrap_or(Timestamp::ZERO)).to_vec();
+    let mut hi = match q.until {
+        Some(t) => journal_bound(t).to_vec(),
+        None => vec![JOURNAL + 1],
+    };
+    if let Some(c) = &q.cursor {
+        let mut k = [0u8; 25];
+        if c.len() != 48 || hex::decode_to_slice(c, &mut k[1..]).is_err() {
+            return Err(StoreError::BadCursor);
+        }
+        k[0] = JOURNAL;
+        if k.as_slice() < hi.as_slice() {
+            hi = k.to_vec();
+        }
+    }
+    Ok((lo, hi))
+}
+
+/// Reads one record by key from where the journal lives (sled; etcd and its unfolded log).
+type Fetch<'a> = dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError> + 'a;
+
+/// The row journal key `k` (whose value is `kind`, the record's prefix) points to, read through
+/// `fetch`; `None` if the record is gone.
+fn journal_row(
+    k: &[u8],
+    kind: &[u8],
+    names: &Names,
+    fetch: &Fetch<'_>,
+) -> Result<Option<JournalRow>, StoreError> {
+    let pool_id = |name: &str| names.pools.id(name);
+    let id: [u8; 16] = fixed(&k[9..])?;
+    Ok(match kind.first() {
+        Some(&EVENT) => match fetch(&prefixed(EVENT, &id))? {
+            Some(v) => Some(JournalRow::Ticket(
+                record::decode_ticket_event(&v, pool_id).map_err(corrupt)?,
+            )),
+            None => None,
+        },
+        Some(&LEASE_EVENT) => match fetch(&prefixed(LEASE_EVENT, &id))? {
+            Some(v) => Some(JournalRow::Event(
+                record::decode_journal_event(id, &v, pool_id).map_err(corrupt)?,
+            )),
+            None => None,
+        },
+        _ => match fetch(&call_key(&CallKey(id)))? {
+            Some(v) => Some(JournalRow::Call(
+                record::decode_call(&v, pool_id).map_err(corrupt)?,
+            )),
+            None => None,
+        },
+    })
+}
+
+impl JournalPage {
+    /// Adds `row` (journal key `k`) unless the query's pools exclude it; true once the page is
+    /// full, `row` being the one past it: the cursor is the last key returned.
+    fn offer(&mut self, q: &JournalQuery, k: &[u8], row: JournalRow) -> Result<bool, StoreError> {
+        if let Some(pools) = &q.pools {
+            if !row.pool().is_some_and(|p| pools.iter().any(|x| x == p)) {
+                return Ok(false);
+            }
+        }
+        if self.rows.len() == q.limit {
+            let last = self.keys.last().expect("a full page has rows");
+            self.next = Some(hex::encode(&last[1..]));
+            return Ok(true);
+        }
+        self.rows.push(row);
+        self.keys.push(fixed(k)?);
+        Ok(false)
+    }
 }
 
 fn call_key(key: &CallKey) -> [u8; 17] {

@@ -33,9 +33,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use client::{prefix_end, Client, Compare, Op};
 
 use super::{
-    add_to, journal_bound, log, record, stats, Backend, Cell, Group, JournalPage, JournalQuery,
-    JournalRow, Loader, Names, Recovered, Storage, StoreError, CALL, EVENT, JOURNAL, LEASE_EVENT,
-    STATE_KINDS, TRAFFIC, WHEEL,
+    add_to, journal_range, journal_row, log, stats, Backend, Cell, Group, JournalPage,
+    JournalQuery, Loader, Names, Recovered, Storage, StoreError, CALL, STATE_KINDS, TRAFFIC, WHEEL,
 };
 use crate::core::{Directory, Lease, LeaseId, Timestamp};
 
@@ -406,23 +405,9 @@ impl Storage for EtcdStore {
         for (_, e) in self.space.log_after(applied)? {
             log::replay(&e, &mut tail)?;
         }
-        let lo = journal_bound(q.since.unwrap_or(Timestamp::ZERO)).to_vec();
-        let mut hi = match q.until {
-            Some(t) => journal_bound(t).to_vec(),
-            None => vec![JOURNAL + 1],
-        };
-        if let Some(c) = &q.cursor {
-            let mut k = [0u8; 25];
-            if c.len() != 48 || hex::decode_to_slice(c, &mut k[1..]).is_err() {
-                return Err(StoreError::BadCursor);
-            }
-            k[0] = JOURNAL;
-            if k.as_slice() < hi.as_slice() {
-                hi = k.to_vec();
-            }
-        }
+        let (lo, hi) = journal_range(q)?;
         let names = self.names();
-        let pool_id = |name: &str| names.pools.id(name);
+        let fetch = |k: &[u8]| self.folded(&tail, k);
         let mut page = JournalPage::default();
         // Newest first: the unfolded index keys and a page of folded ones at a time.
         let mut unfolded: Vec<(Vec<u8>, Vec<u8>)> = tail
@@ -459,45 +444,12 @@ impl Storage for EtcdStore {
             keys.sort();
             keys.dedup_by(|a, b| a.0 == b.0);
             for (k, kind) in keys.into_iter().rev() {
-                let id: [u8; 16] = super::fixed(&k[9..])?;
-                let row = match kind.first() {
-                    Some(&LEASE_EVENT) => {
-                        let Some(v) = self.folded(&tail, &super::prefixed(LEASE_EVENT, &id))?
-                        else {
-                            continue;
-                        };
-                        JournalRow::Event(
-                            record::decode_journal_event(id, &v, pool_id)
-                                .map_err(super::corrupt)?,
-                        )
-                    }
-                    Some(&EVENT) => {
-                        let Some(v) = self.folded(&tail, &super::prefixed(EVENT, &id))? else {
-                            continue;
-                        };
-                        JournalRow::Ticket(
-                            record::decode_ticket_event(&v, pool_id).map_err(super::corrupt)?,
-                        )
-                    }
-                    _ => {
-                        let Some(v) = self.folded(&tail, &[&[CALL][..], &id].concat())? else {
-                            continue;
-                        };
-                        JournalRow::Call(record::decode_call(&v, pool_id).map_err(super::corrupt)?)
-                    }
+                let Some(row) = journal_row(&k, &kind, &names, &fetch)? else {
+                    continue;
                 };
-                if let Some(pools) = &q.pools {
-                    if !row.pool().is_some_and(|p| pools.iter().any(|x| x == p)) {
-                        continue;
-                    }
-                }
-                if page.rows.len() == q.limit {
-                    let last = page.keys.last().expect("a full page has rows");
-                    page.next = Some(hex::encode(&last[1..]));
+                if page.offer(q, &k, row)? {
                     return Ok(page);
                 }
-                page.rows.push(row);
-                page.keys.push(super::fixed(&k)?);
             }
             if exhausted {
                 return Ok(page);
