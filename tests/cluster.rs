@@ -392,43 +392,8 @@ fn verify(url: &str, acked: &Acked, min_live: usize) {
         + p["leased"].as_u64().unwrap()
         + p["cooling"].as_u64().unwrap();
     assert_eq!(sum, POOL_SIZE, "counts do not add up: {p}");
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        // Small pages: the cursor crosses folded and not yet folded journal keys.
-        let mut path = format!("{url}/v1/calls?limit=7");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (s, page) = http(&agent, "GET", &path, Some(ADMIN), None).unwrap();
-        assert_eq!(s, 200, "{page}");
-        for c in page["calls"].as_array().unwrap() {
-            // The journal also holds redeems (and refunds, pass revocations): calls here.
-            if c["kind"] != "call" {
-                continue;
-            }
-            let id = c["call_id"].as_str().unwrap().to_owned();
-            if let Some(lease) = acked.calls.get(&id) {
-                assert_eq!(c["lease_id"].as_str().unwrap_or(""), lease, "call {id}");
-            }
-            if acked.ended.contains(&id) {
-                assert!(c["duration_secs"].is_u64(), "acknowledged end of {id} lost");
-            }
-            *seen.entry(id).or_default() += 1;
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
-    for id in acked.calls.keys() {
-        assert_eq!(
-            seen.get(id),
-            Some(&1),
-            "acknowledged call {id} in the journal {:?} times",
-            seen.get(id)
-        );
-    }
+    // Small pages: the cursor crosses folded and not yet folded journal keys.
+    assert_journal_holds_acknowledged_calls(&agent, url, 7, &acked.calls, &acked.ended);
 }
 
 fn load(

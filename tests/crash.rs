@@ -226,41 +226,13 @@ fn verify(server: &Server, acked: &Acked) {
         + p["cooling"].as_u64().unwrap();
     assert_eq!(sum, POOL_SIZE, "counts do not add up: {p}");
     // The journal holds each acknowledged call exactly once.
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/v1/calls?limit=1000".to_owned();
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (_, page) = http(&agent, "GET", &server.url(&path), Some(ADMIN), None).unwrap();
-        for c in page["calls"].as_array().unwrap() {
-            let id = c["call_id"].as_str().unwrap().to_owned();
-            let lease = c["lease_id"].as_str().unwrap_or("");
-            if let Some(acked_lease) = acked.calls.get(&id) {
-                assert_eq!(
-                    lease, acked_lease,
-                    "call {id} attributed differently after restart"
-                );
-            }
-            if acked.ended.contains(&id) {
-                assert!(c["duration_secs"].is_u64(), "acknowledged end of {id} lost");
-            }
-            *seen.entry(id).or_default() += 1;
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
-    for id in acked.calls.keys() {
-        assert_eq!(
-            seen.get(id),
-            Some(&1),
-            "acknowledged call {id} is in the journal {:?} times",
-            seen.get(id)
-        );
-    }
+    assert_journal_holds_acknowledged_calls(
+        &agent,
+        &server.url(""),
+        1000,
+        &acked.calls,
+        &acked.ended,
+    );
 }
 
 #[test]

@@ -542,3 +542,55 @@ pub fn standard_keys() -> String {
     ]
     .concat()
 }
+
+/// Reads the whole call journal of the server at `base` (pages of `page` rows, so the cursor is
+/// exercised) and checks it against what clients were told: each acknowledged call once, with
+/// the lease it was attributed to (`calls`: call id -> lease id, "" for none), and a duration
+/// for each acknowledged end. Journal rows of other kinds (redeems, refunds…) are skipped.
+pub fn assert_journal_holds_acknowledged_calls(
+    agent: &ureq::Agent,
+    base: &str,
+    page: usize,
+    calls: &std::collections::HashMap<String, String>,
+    ended: &std::collections::HashSet<String>,
+) {
+    let mut seen: std::collections::HashMap<String, u32> = Default::default();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("{base}/v1/calls?limit={page}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, rows) = http(agent, "GET", &path, Some(ADMIN), None).unwrap();
+        assert_eq!(status, 200, "{rows}");
+        for c in rows["calls"].as_array().unwrap() {
+            if c["kind"] != "call" {
+                continue;
+            }
+            let id = c["call_id"].as_str().unwrap().to_owned();
+            if let Some(lease) = calls.get(&id) {
+                assert_eq!(
+                    c["lease_id"].as_str().unwrap_or(""),
+                    lease,
+                    "call {id} attributed differently after the crash or failover"
+                );
+            }
+            if ended.contains(&id) {
+                assert!(c["duration_secs"].is_u64(), "acknowledged end of {id} lost");
+            }
+            *seen.entry(id).or_default() += 1;
+        }
+        match rows["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    for id in calls.keys() {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "acknowledged call {id} is in the journal {:?} times",
+            seen.get(id)
+        );
+    }
+}
